@@ -1,0 +1,61 @@
+# graduate — the front door. `make` prints this help.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY ?= python3
+VENV := .venv
+export GRADUATE_VAR_DIR ?= $(CURDIR)/var
+KAFKA := deploy/local/kafka/kafka.sh
+TRITON := deploy/local/triton/triton.sh
+
+.PHONY: help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
+
+help: ## show this help
+	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36mmake %-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(VENV)/.stamp: pyproject.toml requirements.lock
+	@command -v uv >/dev/null || $(PY) -m pip install -q uv
+	@test -x $(VENV)/bin/python || uv venv -q -p $(PY) $(VENV)
+	uv pip sync -q -p $(VENV)/bin/python requirements.lock
+	uv pip install -q -p $(VENV)/bin/python --no-deps -e .
+	@touch $@
+
+venv: $(VENV)/.stamp ## create .venv with every pinned package (uv; cached outside the clone)
+
+up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics
+	bash $(KAFKA) start
+	bash $(TRITON) start
+	$(VENV)/bin/graduate topics ensure
+
+down: ## stop everything `make up`, the demo or the tests started
+	-bash deploy/local/stop-services.sh
+	-bash $(TRITON) stop
+	-bash $(KAFKA) stop
+
+status: ## what is running
+	-bash $(KAFKA) status
+	-bash $(TRITON) status
+
+logs: ## tail the Kafka and Triton logs
+	-bash $(KAFKA) logs
+	-bash $(TRITON) logs
+
+topics: venv ## show the topics and their policies
+	$(VENV)/bin/graduate topics list
+
+test: venv ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
+	bash deploy/local/run-tests.sh tests
+
+test-unit: venv ## unit tests only (no services)
+	$(VENV)/bin/python -m pytest -q tests/unit
+
+test-reliability: venv ## the fault-injection suite against real services
+	bash deploy/local/run-tests.sh tests/reliability
+
+demo: venv ## the whole graduation loop on Banking77 (writes demo-report/)
+	bash deploy/local/demo.sh
+
+bench: venv ## run the benchmarks (bench/results/*.json, bench/RESULTS.md)
+	bash deploy/local/run-bench.sh
+
+clean: down ## stop and delete local state (var/)
+	rm -rf var

@@ -1,0 +1,1 @@
+"""graduate's deployable services and the contracts they share."""

@@ -1,0 +1,1 @@
+"""Contracts shared by every graduate service: topics, Avro schemas, models, codec, settings."""

@@ -1,0 +1,126 @@
+"""Kafka plumbing shared by services: topic ensure/drift, producers, dead letters."""
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import TopicAlreadyExistsError
+
+from services.common.catalog import CATALOG, DEADLETTER, TopicSpec, topic_name
+from services.common.codec import Codec
+from services.common.contracts import DeadLetter
+from services.common.settings import KafkaSettings
+
+MAX_DEADLETTER_PAYLOAD = 256 * 1024
+
+
+@dataclass
+class TopicState:
+    name: str
+    spec: TopicSpec
+    exists: bool = False
+    partitions: int | None = None
+    config: dict[str, str] = field(default_factory=dict)
+    created: bool = False
+    drift: list[str] = field(default_factory=list)
+
+
+def find_drift(spec: TopicSpec, partitions: int, config: dict[str, str]) -> list[str]:
+    """What differs between a topic on the broker and its catalog entry (pure; unit-tested)."""
+    drift = []
+    if partitions != spec.partitions:
+        drift.append(f"partitions {partitions}, catalog says {spec.partitions}")
+    for key, want in spec.config().items():
+        have = config.get(key)
+        if have is not None and have != want:
+            drift.append(f"{key}={have}, catalog says {want}")
+    return drift
+
+
+async def describe_topics(admin: AIOKafkaAdminClient, specs: tuple[TopicSpec, ...], namespace: str) -> list[TopicState]:
+    names = {topic_name(s, namespace): s for s in specs}
+    existing = set(await admin.list_topics())
+    states = [TopicState(n, s, exists=n in existing) for n, s in names.items()]
+    present = [s for s in states if s.exists]
+    if present:
+        described = await admin.describe_topics([s.name for s in present])
+        parts = {d["topic"]: len(d["partitions"]) for d in described}
+        responses = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, s.name) for s in present])
+        configs: dict[str, dict[str, str]] = {}
+        for resp in responses:
+            for res in resp.resources:
+                # (error_code, error_message, resource_type, resource_name, config_entries)
+                configs[res[3]] = {e[0]: e[1] for e in res[4]}
+        for s in present:
+            s.partitions = parts.get(s.name)
+            s.config = configs.get(s.name, {})
+            s.drift = find_drift(s.spec, s.partitions or 0, s.config)
+    return states
+
+
+async def ensure_topics(kafka: KafkaSettings, namespace: str = "", specs: tuple[TopicSpec, ...] = CATALOG,
+                        replication: int | None = None) -> list[TopicState]:
+    """Create missing topics with the catalog's configs; report drift on existing ones."""
+    admin = AIOKafkaAdminClient(**kafka.client_config(), request_timeout_ms=30000)
+    await admin.start()
+    try:
+        states = await describe_topics(admin, specs, namespace)
+        missing = [s for s in states if not s.exists]
+        if missing:
+            new = [NewTopic(s.name, s.spec.partitions, replication or s.spec.replication,
+                            topic_configs=s.spec.config()) for s in missing]
+            try:
+                await admin.create_topics(new, timeout_ms=30000)
+            except TopicAlreadyExistsError:
+                pass  # a concurrent ensure won the race; the re-describe below tells the truth
+            for _ in range(50):
+                if set(await admin.list_topics()) >= {s.name for s in missing}:
+                    break
+                await asyncio.sleep(0.1)
+            created = {s.name for s in missing}
+            states = await describe_topics(admin, specs, namespace)
+            for s in states:
+                s.created = s.name in created
+        return states
+    finally:
+        await admin.close()
+
+
+async def delete_topics(kafka: KafkaSettings, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(**kafka.client_config())
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        doomed = [n for n in names if n in existing]
+        if doomed:
+            await admin.delete_topics(doomed)
+    finally:
+        await admin.close()
+
+
+def make_producer(kafka: KafkaSettings, **overrides) -> AIOKafkaProducer:
+    """An idempotent producer that waits for every in-sync replica (acks=all)."""
+    cfg = dict(kafka.client_config(), enable_idempotence=True, acks="all", linger_ms=5,
+               request_timeout_ms=15000, client_id=kafka.client_id)
+    cfg.update(overrides)
+    return AIOKafkaProducer(**cfg)
+
+
+def dead_letter(source_topic: str, partition: int, offset: int, processor: str, error: BaseException,
+                key: bytes | None, payload: bytes | None) -> DeadLetter:
+    """Wrap a message that could not be processed, with the reason (pure)."""
+    payload = payload or b""
+    return DeadLetter(source_topic=source_topic, partition=partition, offset=offset, processor=processor,
+                      reason=str(error)[:2000] or type(error).__name__, error_type=type(error).__name__,
+                      key=key, payload=payload[:MAX_DEADLETTER_PAYLOAD],
+                      payload_truncated=len(payload) > MAX_DEADLETTER_PAYLOAD)
+
+
+async def send_dead_letter(producer: AIOKafkaProducer, codec: Codec, namespace: str, letter: DeadLetter) -> None:
+    await producer.send_and_wait(
+        topic_name(DEADLETTER, namespace), codec.encode(letter), key=letter.key,
+        headers=[("reason", letter.reason[:500].encode()), ("processor", letter.processor.encode())])

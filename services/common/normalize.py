@@ -1,0 +1,31 @@
+"""Input normalisation and the deterministic train/holdout split.
+
+The split is a pure function of (task, normalised input): a duplicate can never sit on both
+sides and a call's side never changes as data grows.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from typing import Literal
+
+Split = Literal["train", "holdout"]
+_WS = re.compile(r"\s+")
+
+
+def normalise_input(text: str) -> str:
+    """Unicode NFKC, case-folded, whitespace collapsed and trimmed."""
+    return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+
+
+def input_hash(task: str, normalised: str) -> bytes:
+    return hashlib.sha256(f"{task}\x00{normalised}".encode()).digest()
+
+
+def split_of(task: str, text: str, holdout_fraction: float) -> Split:
+    """'holdout' for a stable `holdout_fraction` share of distinct normalised inputs."""
+    if not 0.0 <= holdout_fraction < 1.0:
+        raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
+    bucket = int.from_bytes(input_hash(task, normalise_input(text))[:8], "big") / 2**64
+    return "holdout" if bucket < holdout_fraction else "train"

@@ -1,0 +1,93 @@
+"""Settings shared by every service (pydantic-settings, prefix GRADUATE_).
+
+Each service defines its own `Settings` subclass; library code never reads the environment,
+it takes these objects (or plain arguments). Bad values fail at start with the variable's name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Optional
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka; SASL/SSL are supported for real clusters."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADUATE_KAFKA_", extra="ignore", frozen=True)
+
+    bootstrap: str = "127.0.0.1:9092"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Optional[Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]] = None
+    sasl_username: Optional[str] = None
+    sasl_password: Optional[SecretStr] = None
+    ssl_cafile: Optional[Path] = None
+    ssl_certfile: Optional[Path] = None
+    ssl_keyfile: Optional[Path] = None
+    client_id: str = "graduate"
+
+    @field_validator("bootstrap")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        for hp in v.split(","):
+            host, _, port = hp.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port…], got {v!r}")
+        return v
+
+    def client_config(self) -> dict:
+        """Keyword arguments for aiokafka clients (producer, consumer, admin)."""
+        cfg: dict = {"bootstrap_servers": self.bootstrap, "security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            if not (self.sasl_mechanism and self.sasl_username and self.sasl_password):
+                raise ValueError(
+                    "GRADUATE_KAFKA_SASL_MECHANISM, GRADUATE_KAFKA_SASL_USERNAME and "
+                    "GRADUATE_KAFKA_SASL_PASSWORD are required with a SASL security protocol")
+            cfg.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=self.sasl_username,
+                       sasl_plain_password=self.sasl_password.get_secret_value())
+        if self.security_protocol.endswith("SSL"):
+            from aiokafka.helpers import create_ssl_context
+
+            cfg["ssl_context"] = create_ssl_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None,
+                certfile=str(self.ssl_certfile) if self.ssl_certfile else None,
+                keyfile=str(self.ssl_keyfile) if self.ssl_keyfile else None)
+        return cfg
+
+
+class CommonSettings(BaseSettings):
+    """What every graduate process needs: Kafka, topic namespace, codec, paths."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADUATE_", extra="ignore", frozen=True)
+
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    topic_namespace: str = Field("", description="prefix for every topic name (tests, tenants)")
+    schema_registry_url: Optional[str] = None
+    var_dir: Path = REPO_ROOT / "var"
+    tasks_file: Path = REPO_ROOT / "config" / "tasks.yaml"
+    model_repository: Path = REPO_ROOT / "var" / "model-repository"
+    triton_http_url: str = "127.0.0.1:8000"
+    triton_grpc_url: str = "127.0.0.1:8001"
+
+    @field_validator("topic_namespace")
+    @classmethod
+    def _namespace(cls, v: str) -> str:
+        if v and not all(c.isalnum() or c in "._-" for c in v):
+            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return v
+
+
+def load_settings(cls: type[BaseSettings], **overrides) -> BaseSettings:
+    """Build settings or exit with a message that names the bad variable."""
+    try:
+        return cls(**overrides)
+    except ValidationError as exc:
+        prefix = cls.model_config.get("env_prefix", "")
+        lines = []
+        for err in exc.errors():
+            var = prefix + "_".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"  {var}: {err['msg']}")
+        raise SystemExit("invalid settings:\n" + "\n".join(lines)) from None
