@@ -57,6 +57,7 @@ def _print_states(states) -> None:
                  if s.drift else "[green]created[/green]" if s.created else "[green]ok[/green]")
         table.add_row(s.name, str(s.partitions or s.spec.partitions),
                       s.config.get("cleanup.policy", s.spec.cleanup_policy),
+                      "compacted" if s.spec.cleanup_policy == "compact" else
                       _format_ms(s.config.get("retention.ms", str(s.spec.retention_ms) if s.spec.retention_ms else None)),
                       state)
     console.print(table)
@@ -124,3 +125,7 @@ _register_all()
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

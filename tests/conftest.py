@@ -44,3 +44,36 @@ async def topics(kafka_settings, namespace):
 @pytest.fixture
 def group_id() -> str:
     return f"g{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def triton_urls() -> dict:
+    return {"http": os.environ.get("GRADUATE_TRITON_HTTP_URL", "127.0.0.1:8000"),
+            "grpc": os.environ.get("GRADUATE_TRITON_GRPC_URL", "127.0.0.1:8001")}
+
+
+@pytest.fixture(scope="session")
+def model_repository():
+    from pathlib import Path
+
+    from services.common.settings import REPO_ROOT
+
+    return Path(os.environ.get("GRADUATE_MODEL_REPOSITORY", REPO_ROOT / "var" / "model-repository"))
+
+
+@pytest.fixture
+def keyword_model(triton_urls, model_repository):
+    """A loaded tiny model (see tests/support_triton.py); yields its name, unloads it after."""
+    from tests.support_triton import load_model, unload_and_remove, write_keyword_model
+
+    names = []
+
+    def make(keywords: dict[str, str], default: str) -> str:
+        name = write_keyword_model(model_repository, keywords, default)
+        names.append(name)
+        load_model(triton_urls["http"], name)
+        return name
+
+    yield make
+    for name in names:
+        unload_and_remove(triton_urls["http"], model_repository, name)

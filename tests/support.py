@@ -40,7 +40,7 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, min_count: int = 0, ti
             await consumer.seek_to_beginning(*parts)
             end = await consumer.end_offsets(parts)
             records = []
-            while any((await consumer.position(tp)) < end[tp] for tp in parts):
+            while [tp for tp in parts if await consumer.position(tp) < end[tp]]:
                 batch = await consumer.getmany(*parts, timeout_ms=1000)
                 for msgs in batch.values():
                     records.extend(msgs)

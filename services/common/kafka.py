@@ -62,6 +62,24 @@ async def describe_topics(admin: AIOKafkaAdminClient, specs: tuple[TopicSpec, ..
     return states
 
 
+async def wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout_s: float = 30.0) -> None:
+    """Block until every partition of `names` has a leader, so the first produce does not bounce."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        try:
+            described = await admin.describe_topics(names)
+            if len(described) == len(names) and all(
+                    d["error_code"] == 0 and d["partitions"] and all(p["leader"] >= 0 for p in d["partitions"])
+                    for d in described):
+                return
+        except Exception:
+            pass  # metadata not there yet
+        if loop.time() > deadline:
+            raise TimeoutError(f"topics without a leader after {timeout_s} s: {names}")
+        await asyncio.sleep(0.1)
+
+
 async def ensure_topics(kafka: KafkaSettings, namespace: str = "", specs: tuple[TopicSpec, ...] = CATALOG,
                         replication: int | None = None) -> list[TopicState]:
     """Create missing topics with the catalog's configs; report drift on existing ones."""
@@ -77,10 +95,7 @@ async def ensure_topics(kafka: KafkaSettings, namespace: str = "", specs: tuple[
                 await admin.create_topics(new, timeout_ms=30000)
             except TopicAlreadyExistsError:
                 pass  # a concurrent ensure won the race; the re-describe below tells the truth
-            for _ in range(50):
-                if set(await admin.list_topics()) >= {s.name for s in missing}:
-                    break
-                await asyncio.sleep(0.1)
+            await wait_for_leaders(admin, [s.name for s in missing])
             created = {s.name for s in missing}
             states = await describe_topics(admin, specs, namespace)
             for s in states:
