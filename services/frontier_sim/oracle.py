@@ -3,10 +3,14 @@
 Pure logic, no HTTP, so it is unit tested alone. Honest about how LLMs err (DESIGN.md):
 - deterministic per input: every draw comes from a hash of (task, normalised input, seed), so a
   repeated input gets the same answer, as a real model at temperature 0 would give;
-- errors go to confusable labels: the wrong label is drawn among the few labels whose centroid
-  (mean TF-IDF vector of its examples) is most similar to the input, weighted by that similarity;
+- errors go to confusable labels: the wrong label is drawn among the few labels most similar to
+  the input, weighted by that similarity; the similarity blends the input's to each label's
+  centroid (mean TF-IDF vector of its examples) with the gold label's centroid's to each other
+  label's, so a label's errors concentrate on its few confusable neighbours
+  (card_arrival -> card_delivery_estimate) as a real model's do;
 - harder inputs err more: p_err(x) = min(1, k * w(x)) with w(x) = exp(-margin(x) / tau), where the
-  margin is the input's similarity to its gold label's centroid minus that to the runner-up's;
+  margin is the input's similarity to its gold label's centroid minus that to the runner-up's
+  (negative where another label's centroid is nearer) and tau is half the margins' spread;
   k is solved once at start by bisection so that the mean p_err over the data set is exactly
   1 - accuracy, and the realised accuracy matches the configured one.
 
@@ -49,6 +53,7 @@ class Verdict:
     gold_known: bool  # the input is in the data set, so `gold` is a real label
     wrong: bool
     malformed: bool
+    margin: float  # similarity to the gold label's centroid minus the runner-up's; small = hard
     p_err: float
 
 
@@ -124,13 +129,13 @@ class ClassificationOracle:
     """Answers a classification task from labelled examples with a set accuracy, erring honestly."""
 
     def __init__(self, task: str, labels: Sequence[str], examples: Sequence[Example], *, accuracy: float,
-                 seed: int = 0, malformed_rate: float = 0.003, confusable_labels: int = 5,
-                 label_temperature: float = 0.05, hardness: float = 0.5) -> None:
+                 seed: int = 0, malformed_rate: float = 0.003, confusable_labels: int = 4,
+                 label_temperature: float = 0.03, input_weight: float = 0.7, hardness: float = 0.5) -> None:
         if not 0.0 < accuracy <= 1.0:
             raise ValueError(f"accuracy must be in (0, 1], got {accuracy}")
         self.task, self.labels, self.seed = task, tuple(labels), seed
         self.accuracy, self.malformed_rate = accuracy, malformed_rate
-        self._top, self._temperature = confusable_labels, label_temperature
+        self._top, self._temperature, self._input_weight = confusable_labels, label_temperature, input_weight
         label_index = {label: i for i, label in enumerate(self.labels)}
         unknown = sorted({e.label for e in examples} - set(label_index))
         if unknown:
@@ -151,6 +156,7 @@ class ClassificationOracle:
         norms = np.linalg.norm(centroids, axis=1, keepdims=True)
         self._centroids = centroids / np.where(norms == 0, 1.0, norms)
         self._similarities = np.asarray(self._vectors @ self._centroids.T)
+        self._label_affinity = self._centroids @ self._centroids.T
 
         self.margins = self._margins(self._similarities, self._gold)
         self._tau = hardness * float(self.margins.std()) or 1.0
@@ -178,22 +184,28 @@ class ClassificationOracle:
         u_err, u_label, u_malformed, u_form = draw_uniforms(self.task, normalised, self.seed)
         i = self._index.get(normalised)
         if i is not None:
-            gold, sims, p_err, known = int(self._gold[i]), self._similarities[i], float(self.p_err[i]), True
+            gold, sims, known = int(self._gold[i]), self._similarities[i], True
+            margin, p_err = float(self.margins[i]), float(self.p_err[i])
         else:
             vector = self._space.transform([normalised])
             if vector.nnz == 0:  # nothing in common with the data: an arbitrary (but stable) label
                 label = self.labels[int(u_label * len(self.labels))]
-                return self._verdict(label, None, False, False, 1.0, u_malformed, u_form)
+                return self._verdict(label, None, False, False, -np.inf, 1.0, u_malformed, u_form)
             gold = int(self._gold[int(np.asarray((self._vectors @ vector.T).todense()).ravel().argmax())])
             sims = np.asarray(vector @ self._centroids.T).ravel()
-            p_err = float(self._error_probability(self._margins(sims[None, :], np.array([gold])))[0])
+            margin = float(self._margins(sims[None, :], np.array([gold]))[0])
+            p_err = float(self._error_probability(np.array([margin]))[0])
             known = False
         wrong = u_err < p_err
-        chosen = pick_confusable(sims, gold, u_label, self._top, self._temperature) if wrong else gold
-        return self._verdict(self.labels[chosen], self.labels[gold], known, wrong, p_err, u_malformed, u_form)
+        chosen = self._confuse(sims, gold, u_label) if wrong else gold
+        return self._verdict(self.labels[chosen], self.labels[gold], known, wrong, margin, p_err, u_malformed, u_form)
 
-    def _verdict(self, label: str, gold: str | None, known: bool, wrong: bool, p_err: float,
+    def _confuse(self, sims: np.ndarray, gold: int, u: float) -> int:
+        blended = self._input_weight * sims + (1.0 - self._input_weight) * self._label_affinity[gold]
+        return pick_confusable(blended, gold, u, self._top, self._temperature)
+
+    def _verdict(self, label: str, gold: str | None, known: bool, wrong: bool, margin: float, p_err: float,
                  u_malformed: float, u_form: float) -> Verdict:
         malformed = u_malformed < self.malformed_rate
         content = malform(label, u_form, self.labels) if malformed else label
-        return Verdict(content, label, gold, known, wrong, malformed, p_err)
+        return Verdict(content, label, gold, known, wrong, malformed, margin, p_err)

@@ -1,0 +1,69 @@
+"""Settings of the frontier simulator (prefix GRADUATE_SIM_); the CLI's flags override them.
+
+Default accuracy 0.92: a plausible frontier-model level on Banking77, a little above the
+all-MiniLM-L6-v2 that was fine-tuned here on the clean labels (87.4 % test accuracy, DESIGN.md),
+so graduating the small model is a real question and not a foregone one. It is an assumption
+of the simulator, not a measurement of any real model; set GRADUATE_SIM_ACCURACY to study others.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.common.settings import REPO_ROOT
+
+Fault = Literal["500", "429", "timeout", "garbage"]
+FAULTS: tuple[Fault, ...] = ("500", "429", "timeout", "garbage")
+
+
+class SimSettings(BaseSettings):
+    """How the simulated frontier model answers: accuracy, latency, malformed answers, faults."""
+
+    model_config = SettingsConfigDict(env_prefix="GRADUATE_SIM_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8090, ge=1, le=65535)
+    accuracy: float = Field(0.92, gt=0.0, le=1.0, description="share of answers with the gold label")
+    latency_min_ms: float = Field(400.0, ge=0.0)
+    latency_max_ms: float = Field(900.0, ge=0.0)
+    seed: int = Field(0, description="changes which inputs are answered wrongly, and how")
+    malformed_rate: float = Field(0.003, ge=0.0, le=1.0, description="answers a strict parser refuses")
+    confusable_labels: int = Field(4, ge=1, description="how many similar labels an error may land on")
+    data_dir: Path = REPO_ROOT / "data" / "banking77"
+    data_task: str = Field("banking77-intent", description="the classification task the data set labels")
+    model_name: str = "graduate-frontier-sim"
+    fault_rate_500: float = Field(0.0, ge=0.0, le=1.0)
+    fault_rate_429: float = Field(0.0, ge=0.0, le=1.0)
+    fault_rate_timeout: float = Field(0.0, ge=0.0, le=1.0)
+    fault_rate_garbage: float = Field(0.0, ge=0.0, le=1.0)
+    fault_timeout_s: float = Field(30.0, ge=0.0, description="how long a 'timeout' fault hangs")
+
+    @field_validator("latency_max_ms")
+    @classmethod
+    def _range(cls, v: float, info: ValidationInfo) -> float:
+        low = info.data.get("latency_min_ms")
+        if low is not None and low > v:
+            raise ValueError(f"must be at least GRADUATE_SIM_LATENCY_MIN_MS ({low:g}), got {v:g}")
+        return v
+
+    @field_validator("data_dir")
+    @classmethod
+    def _has_data(cls, v: Path) -> Path:
+        if not any((v / name).exists() for name in ("train.csv", "test.csv")):
+            raise ValueError(f"{v} holds neither train.csv nor test.csv")
+        return v
+
+    @field_validator("fault_rate_garbage")  # the last rate: the others are validated by now
+    @classmethod
+    def _rates_sum(cls, v: float, info: ValidationInfo) -> float:
+        total = v + sum(info.data.get(f"fault_rate_{k}") or 0.0 for k in ("500", "429", "timeout"))
+        if total > 1.0:
+            raise ValueError(f"GRADUATE_SIM_FAULT_RATE_* add up to {total:g}, more than 1")
+        return v
+
+    def fault_rates(self) -> dict[Fault, float]:
+        return {"500": self.fault_rate_500, "429": self.fault_rate_429,
+                "timeout": self.fault_rate_timeout, "garbage": self.fault_rate_garbage}
