@@ -3,8 +3,16 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 started=0
-cleanup() { if [ "$started" = 1 ]; then make -s down >/dev/null 2>&1 || true; fi; }
-trap cleanup EXIT INT TERM
+cleanup() {
+  local rc=$?
+  if [ "$started" = 1 ]; then
+    make -s down >/dev/null 2>&1 || true
+    if ! bash deploy/local/leftovers.sh; then echo "make down left processes running"; rc=1; fi
+  fi
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 if [ -z "${GRADUATE_KAFKA_BOOTSTRAP:-}" ] || [ -z "${GRADUATE_TRITON_URL:-}" ]; then started=1; fi
 make -s up || { echo "make up failed"; exit 1; }
 start=$(date +%s)
