@@ -1,0 +1,124 @@
+"""Sizing arithmetic for deploy/README.md: per-process rates -> replicas, partitions, brokers, GPUs.
+
+Every input is a `Figure` that says whether it was measured (and where) or assumed; the README's
+table is `render_markdown()` verbatim (a unit test holds that), and `graduate deploy sizing --set
+NAME=VALUE` recomputes it when bench/ measures a rate that is only assumed here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+from services.common.catalog import CALLS_CAPTURED
+
+DAY_S = 86_400
+TIERS = (60_000, 6_000_000, 1_000_000_000)
+
+
+@dataclass(frozen=True)
+class Figure:
+    value: float
+    unit: str
+    measured: bool
+    source: str
+
+
+FIGURES: dict[str, Figure] = {
+    "triton_cpu_rps": Figure(258, "req/s per Triton on 2 CPU cores (int8, dynamic batching, 8 clients)", True,
+                             "shared/notes/ml-stack-facts.md, tritonserver 2.51 gRPC, MiniLM-L6 int8"),
+    "triton_gpu_rps": Figure(4000, "req/s per GPU (one Triton, int8/fp16 MiniLM-L6, dynamic batching)", False,
+                             "assumed: ~15x the 2-core CPU rate; bench/ (issue 5, --device cuda) replaces it"),
+    "router_rps": Figure(400, "req/s per router pod (1 vCPU, uvicorn, async frontier calls)", False,
+                         "assumed; bench/ router load test (issue 3) replaces it"),
+    "worker_rps": Figure(1000, "records/s per stream-worker process (1 vCPU: Avro decode + handler)", False,
+                         "assumed; per-processor bench replaces it"),
+    "peak_factor": Figure(3, "peak-to-average request rate", False, "assumed: a daytime peak of a business API"),
+    "utilisation": Figure(0.7, "target utilisation at peak (headroom for rebalances, failover)", False,
+                          "assumed (ops rule of thumb)"),
+    "inferences_per_call": Figure(1, "small-model inferences per call", False,
+                                  "design: router in small mode or the shadow worker in shadow mode, not both"),
+    "record_bytes": Figure(3072, "bytes written to Kafka per call (CapturedCall ~2 KiB + outcome + result)",
+                           False, "assumed from the Avro schemas with ~100-token inputs"),
+    "replication": Figure(3, "replicas per partition", False, "the generated KafkaTopics (min.insync 2)"),
+    "broker_write_mb_s": Figure(50, "MB/s of replicated writes one broker takes comfortably", False,
+                                "assumed (NVMe, 10 GbE, well below saturation)"),
+    "captured_bytes": Figure(2048, "bytes per CapturedCall record", False, "assumed (see record_bytes)"),
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    calls_per_day: int
+    avg_rps: float
+    peak_rps: float
+    router_pods: int
+    triton_cpu_pods: int
+    triton_gpus: int
+    consumers_per_group: int
+    captured_partitions: int
+    brokers: int
+    captured_storage_tb: float
+
+
+def plan(calls_per_day: int, figures: dict[str, Figure] = FIGURES) -> Plan:
+    f = {k: v.value for k, v in figures.items()}
+    u = f["utilisation"]
+    avg = calls_per_day / DAY_S
+    peak = avg * f["peak_factor"]
+    inferences = peak * f["inferences_per_call"]
+    consumers = max(1, math.ceil(peak / (f["worker_rps"] * u)))
+    writes_mb_s = peak * f["record_bytes"] * f["replication"] / 1e6
+    retention_days = (CALLS_CAPTURED.retention_ms or 0) / (DAY_S * 1000)
+    storage = avg * DAY_S * retention_days * f["captured_bytes"] * f["replication"] / 1e12
+    return Plan(
+        calls_per_day=calls_per_day, avg_rps=avg, peak_rps=peak,
+        router_pods=max(2, math.ceil(peak / (f["router_rps"] * u))),  # two for availability
+        triton_cpu_pods=max(1, math.ceil(inferences / (f["triton_cpu_rps"] * u))),
+        triton_gpus=max(1, math.ceil(inferences / (f["triton_gpu_rps"] * u))),
+        consumers_per_group=consumers,
+        # round up to the catalog's multiple so keys spread evenly; never below the catalog
+        captured_partitions=max(CALLS_CAPTURED.partitions,
+                                math.ceil(consumers / CALLS_CAPTURED.partitions) * CALLS_CAPTURED.partitions),
+        brokers=max(int(f["replication"]), math.ceil(writes_mb_s / f["broker_write_mb_s"])),
+        captured_storage_tb=storage,
+    )
+
+
+def with_overrides(overrides: dict[str, float]) -> dict[str, Figure]:
+    figures = dict(FIGURES)
+    for name, value in overrides.items():
+        if name not in figures:
+            raise KeyError(f"unknown figure {name!r}; known: {', '.join(sorted(figures))}")
+        figures[name] = replace(figures[name], value=value, measured=True, source="given on the command line")
+    return figures
+
+
+def _n(x: float) -> str:
+    return f"{x:,.0f}" if x >= 10 else f"{x:,.2f}"
+
+
+def render_markdown(figures: dict[str, Figure] = FIGURES) -> str:
+    plans = [plan(t, figures) for t in TIERS]
+    head = "| | " + " | ".join(f"{p.calls_per_day:,} calls/day" for p in plans) + " |"
+    rows = [
+        ("average req/s (calls / 86,400)", [_n(p.avg_rps) for p in plans]),
+        ("peak req/s (x peak_factor)", [_n(p.peak_rps) for p in plans]),
+        ("router pods (peak / (router_rps x utilisation), min 2)", [str(p.router_pods) for p in plans]),
+        ("Triton on CPU, 2-core pods (peak / (triton_cpu_rps x utilisation))",
+         [str(p.triton_cpu_pods) for p in plans]),
+        ("or Triton GPUs (peak / (triton_gpu_rps x utilisation))", [str(p.triton_gpus) for p in plans]),
+        ("consumers per worker group (peak / (worker_rps x utilisation))",
+         [str(p.consumers_per_group) for p in plans]),
+        (f"partitions of {CALLS_CAPTURED.name} (catalog: {CALLS_CAPTURED.partitions})",
+         [str(p.captured_partitions) for p in plans]),
+        ("Kafka brokers (peak x record_bytes x replication / broker_write_mb_s, min 3)",
+         [str(p.brokers) for p in plans]),
+        ("captured-call storage, TB (90 d retention x replication)",
+         [f"{p.captured_storage_tb:,.2f}" for p in plans]),
+    ]
+    lines = [head, "|---|" + "---:|" * len(plans)]
+    lines += [f"| {label} | " + " | ".join(cells) + " |" for label, cells in rows]
+    lines += ["", "| figure | value | what | measured? | source |", "|---|---:|---|---|---|"]
+    lines += [f"| {k} | {v.value:g} | {v.unit} | {'measured' if v.measured else 'assumed'} | {v.source} |"
+              for k, v in figures.items()]
+    return "\n".join(lines) + "\n"
