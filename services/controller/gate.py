@@ -1,0 +1,408 @@
+"""The gate: may a model version take over a task? Pure functions over the contracts, no broker.
+
+Offline gate (on each ModelRegistered) — non-inferiority of the small model to the frontier on
+the paired gold holdout table (b = small right and frontier wrong, c = the reverse, n items):
+
+    H0: p_small - p_frontier <= -margin    against    H1: p_small - p_frontier > -margin
+
+tested with Tango's score test for paired proportions (Tango 1998, Stat Med 17:891): the
+statistic is Z = (b - c + n*margin) / sqrt(n * (2*q - margin - margin^2)), where q is the
+maximum-likelihood P(frontier only) under H0 (closed form below); reject H0 when the one-sided
+p-value 1 - Phi(Z) < alpha. Why this one:
+- the conditional exact binomial on discordant pairs (exact McNemar) is exact only at margin 0;
+  with a margin its null depends on the unknown discordance rate, so it needs a plug-in, and it
+  has no information when the two models never disagree (it would refuse two identical models);
+- a paired bootstrap is random, and too optimistic when discordant pairs are few;
+- the score test uses the restricted MLE of the nuisance parameter, stays near its nominal
+  level at a few hundred pairs (tests/unit/test_gate_statistics.py enumerates its exact size),
+  reduces to McNemar's statistic at margin 0, and inverts into a confidence bound that the
+  evidence reports. The exact McNemar p-value (two-sided, no margin) is reported beside it.
+
+Which table: what a task in `small` serves is the small model's answer at or above the threshold
+and the frontier's below it, so by default (`offline_table="served"`) the test runs on the table
+of that served answer vs the frontier alone, when the trainer reports it in metrics_json as
+`paired_at_threshold` (discordant pairs can then only come from kept items). Without it, or with
+`offline_table="small"`, the test runs on ModelRegistered.paired (the small model everywhere),
+which is stricter. The evidence names the table and always carries the raw table's test too.
+The threshold was chosen on the same holdout, so the served figure is optimistic by that
+selection; the shadow gate re-checks on live traffic.
+
+The holdout's gold is the reviewed label where a person reviewed the call, else the frontier's
+answer, so on the unreviewed part the frontier is right by construction: the test is
+conservative for the small model, and the evidence carries gold_reviewed / gold_frontier.
+
+Shadow gate (on the judge's ShadowStats for the version in shadow), counting only comparisons
+made since the task entered shadow with that version (the decision's `shadow_baseline`):
+- comparisons: at least `min_shadow_comparisons` live comparisons, else pending;
+- fallback: the live fallback rate 1 - kept/compared is at most `fallback_limit(predicted)`,
+  the same level the post-cutover watch calls a breach (so a drifted task cannot flap back);
+- agreement at the threshold: with at least `min_shadow_kept` kept comparisons,
+  kept_agreed/kept >= expected - margin, where expected is the holdout agreement with the
+  frontier at the threshold (`kept_agreement` in the model's metrics_json) or else the holdout's
+  kept_accuracy (on the frontier-labelled part of the gold these are the same thing);
+- reviewed: with at least `min_shadow_reviewed` reviewed comparisons,
+  small_correct_reviewed >= frontier_correct_reviewed - margin * reviewed; fewer: not applicable.
+It is re-evaluated on every statistics update, so the minimum counts are what keep an early,
+lucky streak from passing it.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Optional
+
+from scipy.stats import binomtest, norm
+
+from services.common.contracts import ModelRegistered, PairedCounts, ShadowStats
+from services.controller.settings import ControllerSettings
+
+Status = Literal["pass", "fail", "pending", "n/a"]
+STATS_COUNTS = ("compared", "agreed", "kept", "kept_agreed", "reviewed", "small_correct_reviewed",
+                "frontier_correct_reviewed")
+TEST_NAME = "Tango score test, paired non-inferiority (one-sided)"
+
+
+# --- statistics ------------------------------------------------------------------------------
+
+def restricted_mle(b: float, c: float, n: float, delta: float) -> float:
+    """P(frontier only) maximising the likelihood under p_small - p_frontier = -delta.
+
+    With x = P(frontier only) and P(small only) = x - delta, the score equation is the quadratic
+    2n x^2 - (b + c + (2n - b + c) delta) x + c delta (1 + delta) = 0; its larger root is the MLE.
+    """
+    big_b = b + c + (2 * n - b + c) * delta
+    disc = max(big_b * big_b - 8 * n * c * delta * (1 + delta), 0.0)
+    x = (big_b + math.sqrt(disc)) / (4 * n)
+    return min(max(x, max(0.0, delta)), (1 + delta) / 2)
+
+
+def score_statistic(b: float, c: float, n: float, margin: float) -> float:
+    """Tango's Z for H0: p_small - p_frontier <= -margin (large Z: evidence of non-inferiority)."""
+    if n <= 0:
+        return 0.0
+    x = restricted_mle(b, c, n, margin)
+    variance = n * (2 * x - margin - margin * margin)
+    numerator = b - c + n * margin
+    if variance <= 1e-12:
+        return math.copysign(math.inf, numerator) if numerator else 0.0
+    return numerator / math.sqrt(variance)
+
+
+def score_p_value(b: float, c: float, n: float, margin: float) -> float:
+    """One-sided p-value of the score test; 1.0 without data."""
+    return 1.0 if n <= 0 else float(norm.sf(score_statistic(b, c, n, margin)))
+
+
+def lower_confidence_bound(b: float, c: float, n: float, alpha: float) -> float:
+    """The one-sided (1 - alpha) lower bound of p_small - p_frontier: the smallest difference
+    that the score test does not reject (inverting it by bisection)."""
+    if n <= 0:
+        return -1.0
+    hi = (b - c) / n  # not rejected: Z = 0 there
+    lo = -1.0 + 1e-12
+    if score_p_value(b, c, n, -lo) >= alpha:
+        return -1.0
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        if score_p_value(b, c, n, -mid) >= alpha:
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value (binomial on the discordant pairs, no margin)."""
+    return 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+
+
+@dataclass(frozen=True)
+class NonInferiority:
+    """The offline test's figures on one paired table."""
+
+    n: int
+    small_only: int
+    frontier_only: int
+    margin: float
+    alpha: float
+    difference: float
+    statistic: float
+    p_value: float
+    lower_bound: float
+    mcnemar_p: float
+
+    @property
+    def shown(self) -> bool:
+        return self.n > 0 and self.p_value < self.alpha
+
+    @property
+    def worse_beyond_margin(self) -> bool:
+        return self.n > 0 and self.difference <= -self.margin
+
+    def examples_needed(self) -> Optional[int]:
+        """Total holdout size at which these rates would pass (None: no size would)."""
+        if self.shown:
+            return self.n
+        if self.n == 0 or self.worse_beyond_margin or self.statistic <= 0:
+            return None
+        return math.ceil(self.n * (norm.isf(self.alpha) / self.statistic) ** 2)
+
+    def as_evidence(self) -> dict[str, Any]:
+        return {"test": TEST_NAME, "n": self.n, "small_only": self.small_only,
+                "frontier_only": self.frontier_only, "margin": self.margin, "alpha": self.alpha,
+                "difference": round(self.difference, 6), "statistic": _finite(self.statistic),
+                "p_value": self.p_value, "lower_bound": round(self.lower_bound, 6),
+                "mcnemar_exact_p": self.mcnemar_p}
+
+
+def noninferiority_test(paired: PairedCounts, margin: float, alpha: float) -> NonInferiority:
+    b, c, n = paired.small_only, paired.frontier_only, paired.n
+    return NonInferiority(
+        n=n, small_only=b, frontier_only=c, margin=margin, alpha=alpha,
+        difference=(b - c) / n if n else 0.0, statistic=score_statistic(b, c, n, margin),
+        p_value=score_p_value(b, c, n, margin), lower_bound=lower_confidence_bound(b, c, n, alpha),
+        mcnemar_p=mcnemar_exact_p(b, c))
+
+
+def fallback_limit(predicted: float, settings: ControllerSettings) -> float:
+    """The fallback rate that counts as a breach of what calibration predicted."""
+    return min(1.0, max(predicted * settings.breach_ratio, predicted + settings.breach_min_increase))
+
+
+def wilson_lower(successes: int, trials: int, alpha: float) -> Optional[float]:
+    if trials <= 0:
+        return None
+    return float(binomtest(successes, trials).proportion_ci(1 - 2 * alpha, method="wilson").low)
+
+
+def _finite(x: float) -> Optional[float]:
+    return round(x, 6) if math.isfinite(x) else (None if math.isnan(x) else (1e9 if x > 0 else -1e9))
+
+
+# --- verdicts --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: Status
+    detail: str
+    more_needed: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class GateResult:
+    gate: Literal["offline", "shadow"]
+    task: str
+    version: str
+    checks: tuple[Check, ...]
+    evidence: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def verdict(self) -> Literal["pass", "refused", "pending"]:
+        statuses = {c.status for c in self.checks}
+        return "refused" if "fail" in statuses else "pending" if "pending" in statuses else "pass"
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == "pass"
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.checks if c.status == "fail")
+
+    @property
+    def reason(self) -> str:
+        if self.passed:
+            return f"{self.gate} gate passed for {self.version}: " + "; ".join(
+                c.detail for c in self.checks if c.status == "pass")
+        word = "refused" if self.verdict == "refused" else "pending"
+        return f"{self.gate} gate {word} for {self.version}: " + "; ".join(
+            c.detail for c in self.checks if c.status in ("fail", "pending"))
+
+    def as_evidence(self) -> dict[str, Any]:
+        return {"gate": self.gate, "verdict": self.verdict, "candidate": self.version, **self.evidence,
+                "checks": [asdict(c) for c in self.checks]}
+
+
+def model_metrics(model: ModelRegistered) -> dict[str, Any]:
+    return {"snapshot_id": model.snapshot_id, "holdout_size": model.holdout_size,
+            "gold_reviewed": model.gold_reviewed, "gold_frontier": model.gold_frontier,
+            "small_accuracy": model.small_accuracy, "frontier_accuracy": model.frontier_accuracy,
+            "agreement": model.agreement, "macro_f1": model.macro_f1, "threshold": model.threshold,
+            "coverage": model.coverage, "kept_accuracy": model.kept_accuracy,
+            "predicted_fallback_rate": model.predicted_fallback_rate, "ece_after": model.ece_after}
+
+
+def _metrics_json(model: ModelRegistered) -> dict[str, Any]:
+    try:
+        metrics = json.loads(model.metrics_json or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def offline_table(model: ModelRegistered, settings: ControllerSettings) -> tuple[PairedCounts, str]:
+    """The paired table the offline gate tests, and its name ("served" or "small")."""
+    if settings.offline_table == "served":
+        served = _metrics_json(model).get("paired_at_threshold")
+        if isinstance(served, dict):
+            try:
+                return PairedCounts(**served), "served"
+            except ValueError:
+                pass
+    return model.paired, "small"
+
+
+def evaluate_offline(model: ModelRegistered, incumbent: Optional[ModelRegistered],
+                     settings: ControllerSettings) -> GateResult:
+    """The offline gate for a newly registered version; `incumbent` is the model it would replace."""
+    table, which = offline_table(model, settings)
+    test = noninferiority_test(table, settings.margin, settings.alpha)
+    checks = [_holdout_check(test.n, settings), _threshold_check(model), _noninferiority_check(test, which),
+              _serving_check(model, incumbent, settings)]
+    evidence = {"statistics": test.as_evidence() | {"table": which}, "counts": table.model_dump(),
+                "small_table": noninferiority_test(model.paired, settings.margin, settings.alpha).as_evidence()
+                | {"counts": model.paired.model_dump()},
+                "metrics": model_metrics(model),
+                "incumbent": {"version": incumbent.version, **model_metrics(incumbent)} if incumbent else None}
+    return GateResult("offline", model.task, model.version, tuple(checks), evidence)
+
+
+def _holdout_check(n: int, settings: ControllerSettings) -> Check:
+    if n >= settings.min_holdout:
+        return Check("holdout", "pass", f"{n} gold holdout examples (minimum {settings.min_holdout})")
+    more = settings.min_holdout - n
+    return Check("holdout", "fail", f"too little data: {n} gold holdout examples, the gate needs "
+                 f"{settings.min_holdout} ({more} more)", more)
+
+
+def _threshold_check(model: ModelRegistered) -> Check:
+    t = model.threshold
+    if t is None:
+        return Check("threshold", "fail", "no confidence threshold reaches the frontier's holdout accuracy")
+    if not 0.0 <= t <= 1.0:
+        return Check("threshold", "fail", f"threshold {t} is outside [0, 1]")
+    return Check("threshold", "pass", f"threshold {t:.4f} keeps {model.coverage:.1%} at "
+                 f"{model.kept_accuracy:.1%} accuracy (frontier {model.frontier_accuracy:.1%})")
+
+
+def _noninferiority_check(t: NonInferiority, which: str = "small") -> Check:
+    conf = f"{1 - t.alpha:.0%}"
+    side = "small with fallback" if which == "served" else "small"
+    figures = (f"{side} - frontier = {t.difference:+.4f} on {t.n} paired examples, {conf} lower bound "
+               f"{t.lower_bound:+.4f} vs margin -{t.margin:g} (p = {t.p_value:.3g})")
+    if t.n == 0:
+        return Check("non_inferiority", "fail", "no paired holdout table")
+    if t.shown:
+        return Check("non_inferiority", "pass", "non-inferior: " + figures)
+    if t.worse_beyond_margin:
+        return Check("non_inferiority", "fail", "worse than the frontier beyond the margin: " + figures)
+    needed = t.examples_needed()
+    more = needed - t.n if needed is not None else None
+    tail = f"; at these rates about {more} more gold holdout examples would show it" if more else ""
+    return Check("non_inferiority", "fail", "non-inferiority not shown: " + figures + tail, more)
+
+
+def _serving_check(model: ModelRegistered, incumbent: Optional[ModelRegistered],
+                   settings: ControllerSettings) -> Check:
+    if incumbent is None:
+        return Check("serving", "n/a", "no model of this task to compare with")
+    floor = incumbent.small_accuracy - settings.serving_tolerance
+    figures = (f"holdout accuracy {model.small_accuracy:.4f} vs {incumbent.version}'s "
+               f"{incumbent.small_accuracy:.4f}")
+    if model.small_accuracy + 1e-12 >= floor:
+        return Check("serving", "pass", f"not worse than {incumbent.version}: {figures}")
+    return Check("serving", "fail", f"worse than {incumbent.version}, which it would replace: {figures}")
+
+
+def expected_kept_agreement(model: ModelRegistered) -> tuple[float, str]:
+    """The holdout's agreement with the frontier at the threshold, and where the figure came from."""
+    metrics = _metrics_json(model)
+    for where in (metrics, metrics.get("threshold") if isinstance(metrics.get("threshold"), dict) else {}):
+        value = where.get("kept_agreement") if isinstance(where, dict) else None
+        if isinstance(value, (int, float)) and 0.0 <= value <= 1.0:
+            return float(value), "metrics_json.kept_agreement"
+    return model.kept_accuracy, "kept_accuracy"
+
+
+def stats_counts(stats: Optional[ShadowStats]) -> dict[str, int]:
+    return {k: getattr(stats, k) for k in STATS_COUNTS} if stats else {k: 0 for k in STATS_COUNTS}
+
+
+def since_baseline(stats: ShadowStats, baseline: Optional[dict[str, int]]) -> dict[str, int]:
+    """The judge's running totals minus those at the start of this shadow period (a judge that
+    restarted its totals, i.e. any negative difference, counts from zero)."""
+    now = stats_counts(stats)
+    if not baseline:
+        return now
+    delta = {k: now[k] - int(baseline.get(k, 0)) for k in STATS_COUNTS}
+    return now if any(v < 0 for v in delta.values()) else delta
+
+
+def evaluate_shadow(stats: ShadowStats, model: ModelRegistered, baseline: Optional[dict[str, int]],
+                    settings: ControllerSettings) -> GateResult:
+    """The shadow gate for the version in shadow, on the comparisons since `baseline`."""
+    n = since_baseline(stats, baseline)
+    expected, source = expected_kept_agreement(model)
+    predicted = model.predicted_fallback_rate
+    limit = fallback_limit(predicted, settings)
+    evidence: dict[str, Any] = {
+        "counts": n, "cumulative": stats_counts(stats), "baseline": baseline or None,
+        "threshold": model.threshold, "stats_threshold": stats.threshold,
+        "agreement": _ratio(n["agreed"], n["compared"]), "kept_agreement": _ratio(n["kept_agreed"], n["kept"]),
+        "kept_agreement_lower": wilson_lower(n["kept_agreed"], n["kept"], settings.alpha),
+        "expected_kept_agreement": expected, "expected_source": source,
+        "shadow_fallback_rate": _ratio(n["compared"] - n["kept"], n["compared"]),
+        "predicted_fallback_rate": predicted, "fallback_limit": limit, "margin": settings.margin,
+        "metrics": model_metrics(model)}
+    if n["compared"] < settings.min_shadow_comparisons:
+        more = settings.min_shadow_comparisons - n["compared"]
+        checks = (Check("comparisons", "pending", f"{n['compared']} live comparisons, the gate needs "
+                        f"{settings.min_shadow_comparisons} ({more} more)", more),)
+        return GateResult("shadow", stats.task, stats.model_version, checks, evidence)
+    checks = (Check("comparisons", "pass", f"{n['compared']} live comparisons"),
+              _threshold_check(model),
+              _shadow_fallback_check(n, predicted, limit),
+              _agreement_check(n, expected, source, settings),
+              _reviewed_check(n, settings))
+    return GateResult("shadow", stats.task, stats.model_version, checks, evidence)
+
+
+def _ratio(a: int, b: int) -> Optional[float]:
+    return a / b if b else None
+
+
+def _shadow_fallback_check(n: dict[str, int], predicted: float, limit: float) -> Check:
+    rate = (n["compared"] - n["kept"]) / n["compared"]
+    figures = f"live fallback rate {rate:.3f} (predicted {predicted:.3f}, limit {limit:.3f})"
+    return Check("fallback", "pass" if rate <= limit else "fail",
+                 figures if rate <= limit else "falls back far more than calibration predicted: " + figures)
+
+
+def _agreement_check(n: dict[str, int], expected: float, source: str, settings: ControllerSettings) -> Check:
+    if n["kept"] < settings.min_shadow_kept:
+        compared, kept = n["compared"], n["kept"]
+        more = (math.ceil((settings.min_shadow_kept - kept) * compared / kept) if kept
+                else settings.min_shadow_comparisons)
+        return Check("agreement", "pending", f"{kept} comparisons at or above the threshold, the agreement "
+                     f"check needs {settings.min_shadow_kept} (about {more} more comparisons)", more)
+    rate = n["kept_agreed"] / n["kept"]
+    floor = expected - settings.margin
+    figures = (f"agreement at the threshold {rate:.4f} on {n['kept']} kept vs holdout {expected:.4f} "
+               f"({source}) - margin {settings.margin:g}")
+    if rate + 1e-12 >= floor:
+        return Check("agreement", "pass", figures)
+    return Check("agreement", "fail", "disagrees with the frontier more than on the holdout: " + figures)
+
+
+def _reviewed_check(n: dict[str, int], settings: ControllerSettings) -> Check:
+    r = n["reviewed"]
+    if r < settings.min_shadow_reviewed:
+        return Check("reviewed", "n/a", f"{r} reviewed comparisons (< {settings.min_shadow_reviewed}), "
+                     "not graded against reviewed labels")
+    s, f = n["small_correct_reviewed"], n["frontier_correct_reviewed"]
+    figures = f"on {r} reviewed: small right {s}, frontier right {f}, margin {settings.margin:g}"
+    if s + 1e-9 >= f - settings.margin * r:
+        return Check("reviewed", "pass", figures)
+    return Check("reviewed", "fail", "less accurate than the frontier on reviewed labels: " + figures)

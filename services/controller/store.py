@@ -1,0 +1,108 @@
+"""The controller's reads and writes on Kafka: replay its state, tail router outcomes, publish.
+
+A decision goes to both routing topics — the compacted one the router follows and the history
+that is never compacted (the audit trail); a refusal goes to the history alone.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from services.common import catalog
+from services.common.catalog import topic_name
+from services.common.codec import Codec
+from services.common.contracts import ModelRegistered, RouterOutcome, RoutingDecision, ShadowStats
+from services.common.kafka import make_producer
+from services.common.settings import KafkaSettings
+from services.common.streams import Emit, replay_topic
+from services.controller.control import Controller, Effects
+
+
+def emits_of(effects: Effects) -> list[Emit]:
+    """What to send for a controller's effects (decisions first to the routing topic, then history)."""
+    out: list[Emit] = []
+    for d in effects.decisions:
+        out += [Emit(catalog.ROUTING_DECISIONS, d.task, d), Emit(catalog.ROUTING_HISTORY, d.task, d)]
+    out += [Emit(catalog.ROUTING_HISTORY, d.task, d) for d in effects.refusals]
+    out += [Emit(catalog.RETRAIN_REQUESTS, r.task, r) for r in effects.retrains]
+    return out
+
+
+@dataclass
+class Replayed:
+    """What the replay read: the offsets each topic was read to, and what would not decode."""
+
+    ends: dict[str, int] = field(default_factory=dict)  # topic -> next offset (single-partition topics)
+    undecodable: int = 0
+
+
+async def replay_state(controller: Controller, kafka: KafkaSettings, codec: Codec, namespace: str) -> Replayed:
+    """Feed the compacted routing topic, the history, the models and the judge's stats to `controller`."""
+    out = Replayed()
+    for spec, model, read in ((catalog.ROUTING_HISTORY, RoutingDecision, controller.read_history),
+                              (catalog.ROUTING_DECISIONS, RoutingDecision, controller.read_decision),
+                              (catalog.MODELS, ModelRegistered, controller.read_model),
+                              (catalog.SHADOW_STATS, ShadowStats, controller.read_stats)):
+        replay = await replay_topic(kafka, codec, spec, namespace, model)
+        for item in replay.records:
+            read(item.value)
+        out.ends[replay.topic] = max((end for _, end in replay.offsets.values()), default=0)
+        out.undecodable += len(replay.undecodable)
+    return out
+
+
+async def read_history(kafka: KafkaSettings, codec: Codec, namespace: str,
+                       task: str | None = None) -> list[RoutingDecision]:
+    replay = await replay_topic(kafka, codec, catalog.ROUTING_HISTORY, namespace, RoutingDecision)
+    return [i.value for i in replay.records if task is None or i.value.task == task]
+
+
+async def read_outcomes(kafka: KafkaSettings, codec: Codec, namespace: str, per_partition: int) -> list[RouterOutcome]:
+    """The last `per_partition` router outcomes of every partition, undecodable ones skipped."""
+    name = topic_name(catalog.ROUTER_OUTCOMES, namespace)
+    consumer = AIOKafkaConsumer(**kafka.client_config(), enable_auto_commit=False, max_poll_records=2000)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(name)
+        if not parts:
+            await consumer._client.force_metadata_update()
+            parts = consumer.partitions_for_topic(name) or set()
+        tps = [TopicPartition(name, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        consumer.assign(tps)
+        starts, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
+        pending = set()
+        for tp in tps:
+            consumer.seek(tp, max(starts[tp], ends[tp] - per_partition))
+            if starts[tp] < ends[tp]:
+                pending.add(tp)
+        out: list[RouterOutcome] = []
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    if m.offset < ends[tp]:
+                        try:
+                            out.append(codec.decode(m.value, RouterOutcome))
+                        except ValueError:
+                            pass
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        return sorted(out, key=lambda o: o.ts)
+    finally:
+        await consumer.stop()
+
+
+async def publish(kafka: KafkaSettings, codec: Codec, namespace: str, effects: Effects) -> None:
+    """Send effects from outside a worker (the CLI's overrides), waiting for every ack."""
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        for e in emits_of(effects):
+            await producer.send_and_wait(topic_name(e.spec, namespace), codec.encode(e.value), key=e.key_bytes())
+    finally:
+        await producer.stop()
+

@@ -1,0 +1,171 @@
+"""Every verdict of the offline and shadow gates, from plain contracts (no broker)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from services.common.contracts import ModelRegistered, PairedCounts, ShadowStats
+from services.controller.gate import evaluate_offline, evaluate_shadow, expected_kept_agreement, since_baseline
+from services.controller.settings import ControllerSettings
+
+SETTINGS = ControllerSettings()
+
+
+def registered(version: str = "v1", *, task: str = "intent", small_only: int = 30, frontier_only: int = 12,
+               both: int = 400, neither: int = 58, threshold: float | None = 0.62, small_accuracy: float | None = None,
+               predicted_fallback_rate: float = 0.2, kept_accuracy: float = 0.95, metrics: dict | None = None,
+               **extra) -> ModelRegistered:
+    """A registration whose paired table drives the offline gate (default: better than the frontier)."""
+    n = both + small_only + frontier_only + neither
+    small = (both + small_only) / n if small_accuracy is None else small_accuracy
+    return ModelRegistered(
+        task=task, version=version, base_model="all-MiniLM-L6-v2", snapshot_id=f"snap-{version}", holdout_size=n,
+        gold_reviewed=n // 5, gold_frontier=n - n // 5, small_accuracy=small,
+        frontier_accuracy=(both + frontier_only) / n, agreement=0.9, macro_f1=0.8,
+        paired=PairedCounts(both_correct=both, small_only=small_only, frontier_only=frontier_only, neither=neither),
+        threshold=threshold, coverage=1 - predicted_fallback_rate, kept_accuracy=kept_accuracy,
+        predicted_fallback_rate=predicted_fallback_rate, metrics_json=json.dumps(metrics or {}),
+        artifact_uri=f"file:///models/{version}", triton_model=f"intent-{version}", **extra)
+
+
+def shadow_stats(version: str = "v1", *, task: str = "intent", compared: int = 300, kept: int = 240,
+                 kept_agreed: int = 232, agreed: int = 270, reviewed: int = 0, small_right: int = 0,
+                 frontier_right: int = 0) -> ShadowStats:
+    return ShadowStats(task=task, model_version=version, compared=compared, agreed=agreed, kept=kept,
+                       kept_agreed=kept_agreed, reviewed=reviewed, small_correct_reviewed=small_right,
+                       frontier_correct_reviewed=frontier_right, threshold=0.62)
+
+
+def checks_of(result) -> dict[str, str]:
+    return {c.name: c.status for c in result.checks}
+
+
+# --- offline ---------------------------------------------------------------------------------
+
+def test_a_better_model_passes_with_its_evidence():
+    result = evaluate_offline(registered(), None, SETTINGS)
+    assert result.passed, result.reason
+    assert checks_of(result) == {"holdout": "pass", "threshold": "pass", "non_inferiority": "pass", "serving": "n/a"}
+    ev = result.as_evidence()
+    s = ev["statistics"]
+    assert s["n"] == 500 and s["small_only"] == 30 and s["frontier_only"] == 12
+    assert s["difference"] == pytest.approx(18 / 500)
+    assert s["p_value"] < 0.05 and s["lower_bound"] > -0.01 and "Tango" in s["test"]
+    assert ev["counts"] == {"both_correct": 400, "small_only": 30, "frontier_only": 12, "neither": 58}
+    assert ev["metrics"]["predicted_fallback_rate"] == 0.2 and ev["verdict"] == "pass"
+    json.dumps(ev)  # the evidence travels as JSON
+
+
+def test_a_model_worse_beyond_the_margin_is_refused_with_the_reason():
+    result = evaluate_offline(registered(small_only=10, frontier_only=40, both=390, neither=60), None, SETTINGS)
+    assert result.verdict == "refused" and result.failed == ("non_inferiority",)
+    assert "worse than the frontier beyond the margin" in result.reason
+    assert "small - frontier = -0.0600" in result.reason
+
+
+def test_too_little_data_is_refused_with_how_many_more_are_needed():
+    result = evaluate_offline(registered(both=150, small_only=20, frontier_only=5, neither=25), None, SETTINGS)
+    assert result.verdict == "refused" and "holdout" in result.failed
+    assert "200 gold holdout examples, the gate needs 300 (100 more)" in result.reason
+    assert next(c for c in result.checks if c.name == "holdout").more_needed == 100
+
+
+def test_an_inconclusive_comparison_says_how_many_more_examples_would_show_it():
+    result = evaluate_offline(registered(both=270, small_only=14, frontier_only=16, neither=20), None, SETTINGS)
+    check = next(c for c in result.checks if c.name == "non_inferiority")
+    assert check.status == "fail" and check.more_needed and check.more_needed > 0
+    assert f"about {check.more_needed} more gold holdout examples" in result.reason
+
+
+def test_no_threshold_at_parity_is_refused():
+    result = evaluate_offline(registered(threshold=None), None, SETTINGS)
+    assert result.failed == ("threshold",)
+    assert "no confidence threshold reaches the frontier's holdout accuracy" in result.reason
+
+
+def test_a_model_worse_than_the_serving_one_is_refused_even_when_non_inferior():
+    serving = registered("v1", small_accuracy=0.90)
+    candidate = registered("v2", small_accuracy=0.88)
+    result = evaluate_offline(candidate, serving, SETTINGS)
+    assert result.failed == ("serving",)
+    assert "worse than v1" in result.reason and result.evidence["incumbent"]["version"] == "v1"
+    assert evaluate_offline(registered("v3", small_accuracy=0.90), serving, SETTINGS).passed
+
+
+def test_the_margin_and_minimum_come_from_settings():
+    strict = ControllerSettings(margin=0.0, min_holdout=1000)
+    result = evaluate_offline(registered(), None, strict)
+    assert set(result.failed) == {"holdout"}
+    assert result.evidence["statistics"]["margin"] == 0.0
+
+
+# --- shadow ----------------------------------------------------------------------------------
+
+def test_shadow_passes_with_enough_agreeing_comparisons():
+    result = evaluate_shadow(shadow_stats(), registered(), None, SETTINGS)
+    assert result.passed, result.reason
+    assert checks_of(result) == {"comparisons": "pass", "threshold": "pass", "fallback": "pass",
+                                 "agreement": "pass", "reviewed": "n/a"}
+    assert result.evidence["kept_agreement"] == pytest.approx(232 / 240)
+    assert result.evidence["expected_source"] == "kept_accuracy"
+
+
+def test_shadow_waits_for_enough_comparisons_and_says_how_many():
+    result = evaluate_shadow(shadow_stats(compared=150, kept=120, kept_agreed=118), registered(), None, SETTINGS)
+    assert result.verdict == "pending"
+    assert "150 live comparisons, the gate needs 200 (50 more)" in result.reason
+
+
+def test_shadow_refuses_when_agreement_at_the_threshold_falls_below_the_holdout_level():
+    result = evaluate_shadow(shadow_stats(kept_agreed=200), registered(kept_accuracy=0.95), None, SETTINGS)
+    assert result.failed == ("agreement",)
+    assert "agreement at the threshold 0.8333" in result.reason and "0.9500" in result.reason
+
+
+def test_shadow_uses_the_holdout_agreement_at_the_threshold_when_the_trainer_reports_it():
+    model = registered(kept_accuracy=0.80, metrics={"kept_agreement": 0.99})
+    assert expected_kept_agreement(model) == (0.99, "metrics_json.kept_agreement")
+    assert evaluate_shadow(shadow_stats(), model, None, SETTINGS).failed == ("agreement",)
+
+
+def test_shadow_refuses_a_fallback_rate_far_above_the_prediction():
+    result = evaluate_shadow(shadow_stats(compared=300, kept=150, kept_agreed=148), registered(), None, SETTINGS)
+    assert "fallback" in result.failed and "live fallback rate 0.500" in result.reason
+
+
+def test_shadow_grades_against_reviewed_labels_when_enough_were_reviewed():
+    worse = shadow_stats(reviewed=100, small_right=80, frontier_right=90)
+    assert evaluate_shadow(worse, registered(), None, SETTINGS).failed == ("reviewed",)
+    within = shadow_stats(reviewed=100, small_right=89, frontier_right=90)
+    assert evaluate_shadow(within, registered(), None, SETTINGS).passed
+    few = shadow_stats(reviewed=10, small_right=2, frontier_right=10)
+    assert checks_of(evaluate_shadow(few, registered(), None, SETTINGS))["reviewed"] == "n/a"
+
+
+def test_shadow_counts_only_comparisons_since_the_shadow_period_began():
+    baseline = {"compared": 300, "agreed": 270, "kept": 240, "kept_agreed": 232, "reviewed": 0,
+                "small_correct_reviewed": 0, "frontier_correct_reviewed": 0}
+    later = shadow_stats(compared=400, kept=260, kept_agreed=250, agreed=350)
+    assert since_baseline(later, baseline)["compared"] == 100
+    result = evaluate_shadow(later, registered(), baseline, SETTINGS)
+    assert result.verdict == "pending" and "100 live comparisons" in result.reason
+    restarted = shadow_stats(compared=250)  # the judge's totals went backwards: count from zero
+    assert since_baseline(restarted, baseline)["compared"] == 250
+
+
+def test_shadow_without_a_threshold_cannot_cut_over():
+    assert "threshold" in evaluate_shadow(shadow_stats(), registered(threshold=None), None, SETTINGS).failed
+
+
+def test_the_served_table_decides_when_the_trainer_reports_it():
+    served = {"both_correct": 420, "small_only": 4, "frontier_only": 2, "neither": 74}  # fallback hides most misses
+    model = registered(small_only=10, frontier_only=40, both=390, neither=60,
+                       metrics={"paired_at_threshold": served})
+    result = evaluate_offline(model, None, SETTINGS)
+    assert result.passed, result.reason
+    assert result.evidence["statistics"]["table"] == "served" and result.evidence["counts"] == served
+    assert "small with fallback - frontier = +0.0040" in result.reason
+    assert result.evidence["small_table"]["difference"] < -0.05  # the stricter figure is kept as evidence
+    strict = evaluate_offline(model, None, ControllerSettings(offline_table="small"))
+    assert strict.failed == ("non_inferiority",) and strict.evidence["statistics"]["table"] == "small"
