@@ -7,7 +7,7 @@ export GRADUATE_VAR_DIR ?= $(CURDIR)/var
 KAFKA := deploy/local/kafka/kafka.sh
 TRITON := deploy/local/triton/triton.sh
 
-.PHONY: help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
+.PHONY: browser help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36mmake %-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -20,6 +20,13 @@ $(VENV)/.stamp: pyproject.toml requirements.lock
 	@touch $@
 
 venv: $(VENV)/.stamp ## create .venv with every pinned package (uv; cached outside the clone)
+
+node_modules/.package-lock.json: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+
+browser: node_modules/.package-lock.json ## Chromium (Debian) + playwright-core (npm) for the browser test
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "WARNING: chromium not installed: tests/e2e/test_review_browser.py will skip"
 
 up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics
 	bash $(KAFKA) start
@@ -42,7 +49,7 @@ logs: ## tail the Kafka and Triton logs
 topics: venv ## show the topics and their policies
 	$(VENV)/bin/graduate topics list
 
-test: venv ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
+test: venv browser ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
 	bash deploy/local/run-tests.sh tests
 
 test-unit: venv ## unit tests only (no services)

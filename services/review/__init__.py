@@ -1,0 +1,1 @@
+"""The review page: people fix labels where it matters (disagreements first), in a browser."""

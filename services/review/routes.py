@@ -1,0 +1,233 @@
+"""The review page's routes: sign-in, task pages, the queue and its form, and a small JSON API.
+
+Each route reads the view, or calls `submit_review`, and renders; the logic lives elsewhere.
+"""
+from __future__ import annotations
+
+from typing import Annotated, Optional
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from services.common.tasks import TaskSpec
+from services.review.auth import COOKIE, AuthError, Reviewer, check_csrf, reviewer_key, safe_next
+from services.review.charts import time_chart
+from services.review.deps import PageError, ReviewerDep, ReviewState, StateDep, TaskDep
+from services.review.logic import ReviewRefused, submit_review
+from services.review.view import Item
+from services.review.web import make_templates
+
+templates = make_templates()
+pages = APIRouter()
+api = APIRouter(prefix="/api")
+LATEST_DISAGREEMENTS = 20
+REVIEWED_SHOWN = 500
+
+
+def render(request: Request, name: str, state: ReviewState, reviewer: Optional[Reviewer], status: int = 200,
+           **context) -> Response:
+    context.update(reviewer=reviewer, csrf=reviewer.csrf if reviewer else "", ready=state.is_ready(),
+                   follower=state.follower_status())
+    return templates.TemplateResponse(request, name, context, status_code=status)
+
+
+def queue_url(task: str, **params) -> str:
+    query = urlencode({k: v for k, v in params.items() if v})
+    return f"/tasks/{quote(task, safe='')}/queue" + (f"?{query}" if query else "")
+
+
+# --- signing in -------------------------------------------------------------------------------
+
+@pages.get("/login")
+def login_page(request: Request, state: StateDep, next: str = "/") -> Response:
+    return render(request, "login.html", state, None, next=safe_next(next), error=None)
+
+
+@pages.post("/login")
+def login(request: Request, state: StateDep, key: Annotated[str, Form()] = "",
+          next: Annotated[str, Form()] = "/") -> Response:
+    try:
+        reviewer_key(state.keys, key)
+    except AuthError as exc:
+        return render(request, "login.html", state, None, status=exc.status, next=safe_next(next), error=str(exc))
+    sid, _ = state.sessions.create(key.strip())
+    response = RedirectResponse(safe_next(next), status_code=303)
+    response.set_cookie(COOKIE, sid, max_age=int(state.settings.session_ttl_s), httponly=True, samesite="strict",
+                        secure=state.settings.cookie_secure, path="/")
+    return response
+
+
+@pages.post("/logout")
+def logout(request: Request, state: StateDep, reviewer: ReviewerDep, csrf: Annotated[str, Form()] = "") -> Response:
+    check_csrf(reviewer, csrf)
+    state.sessions.drop(request.cookies.get(COOKIE))
+    response = RedirectResponse("/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+# --- pages ------------------------------------------------------------------------------------
+
+def task_rows(state: ReviewState, reviewer: Reviewer) -> list[dict]:
+    rows = []
+    for name, spec in sorted(state.tasks.tasks.items()):
+        if not spec.graduatable or not reviewer.key.may_use(name):
+            continue
+        decision = state.view.task(name).decision
+        rows.append({"task": name, "kind": spec.kind, "mode": decision.mode if decision else "frontier",
+                     "model_version": decision.model_version if decision else None,
+                     "queue": len(state.queue(name)), "reviewed": state.view.review_counts(name)["total"]})
+    return rows
+
+
+@pages.get("/")
+def index(request: Request, state: StateDep, reviewer: ReviewerDep) -> Response:
+    return render(request, "index.html", state, reviewer, rows=task_rows(state, reviewer))
+
+
+@pages.get("/tasks/{task}")
+def task_page(request: Request, state: StateDep, reviewer: ReviewerDep, task: TaskDep) -> Response:
+    view, t = state.view, state.view.task(task.name)
+    decision = t.decision
+    fallback = view.fallback_series(task.name)
+    gold = view.gold_labels(task.name)
+    labels = list(task.labels) or sorted(set(t.frontier_labels) | set(gold))
+    distribution = sorted(({"label": label, "frontier": t.frontier_labels[label], "gold": gold[label]}
+                           for label in labels), key=lambda r: (-r["frontier"], -r["gold"], r["label"]))
+    return render(
+        request, "task.html", state, reviewer, task=task, decision=decision, t=t,
+        queue_length=len(state.queue(task.name)), counts=view.review_counts(task.name),
+        holdout_inputs=len(view.dataset(task.name).examples), distribution=distribution,
+        distribution_max=max([1] + [max(r["frontier"], r["gold"]) for r in distribution]),
+        agreement=time_chart(view.agreement_series(task.name)),
+        fallback=time_chart({"fallback rate": [(ts, rate) for ts, rate, _ in fallback]},
+                            reference=decision.predicted_fallback_rate if decision else None,
+                            reference_label="predicted"),
+        fallback_requests=sum(n for _, _, n in fallback), stats=view.latest_stats(task.name),
+        disagreements=list(reversed(t.disagreements.values()))[:LATEST_DISAGREEMENTS],
+        history=list(reversed(t.history)))
+
+
+def item_page(request: Request, state: StateDep, reviewer: Reviewer, task: TaskSpec, item: Optional[Item], *,
+              status: int = 200, error: Optional[str] = None, form: Optional[dict] = None,
+              next_url: Optional[str] = None, saved: Optional[str] = None) -> Response:
+    queue = state.queue(task.name)
+    saved_review = state.view.latest_review(task.name, saved) if saved else None
+    position = next((i + 1 for i, q in enumerate(queue) if item and q.call_id == item.call_id), None)
+    review = item.review if item else None
+    form = form or {"label": review.label if review else None, "note": review.note if review and review.note else ""}
+    return render(request, "queue.html", state, reviewer, status=status, task=task, item=item, queue=queue,
+                  position=position, error=error, form=form, next_url=next_url or queue_url(task.name),
+                  saved=saved_review)
+
+
+@pages.get("/tasks/{task}/queue")
+def queue_page(request: Request, state: StateDep, reviewer: ReviewerDep, task: TaskDep,
+               saved: Optional[str] = None) -> Response:
+    queue = state.queue(task.name)
+    return item_page(request, state, reviewer, task, queue[0] if queue else None, saved=saved)
+
+
+@pages.get("/tasks/{task}/items/{call_id}")
+def item_view(request: Request, state: StateDep, reviewer: ReviewerDep, task: TaskDep, call_id: str,
+              next: Optional[str] = None) -> Response:
+    item = state.view.item(task.name, call_id)
+    if item is None:
+        raise PageError(404, f"call {call_id[:80]!r} is not an item of task {task.name} on this page")
+    return item_page(request, state, reviewer, task, item, next_url=safe_next(next, queue_url(task.name)))
+
+
+@pages.post("/tasks/{task}/items/{call_id}/review")
+async def review_form(request: Request, state: StateDep, reviewer: ReviewerDep, task: TaskDep, call_id: str,
+                      verdict: Annotated[str, Form()] = "label", label: Annotated[Optional[str], Form()] = None,
+                      note: Annotated[Optional[str], Form()] = None, csrf: Annotated[str, Form()] = "",
+                      next: Annotated[str, Form()] = "") -> Response:
+    check_csrf(reviewer, csrf)
+    next_url = safe_next(next, queue_url(task.name))
+    try:
+        await submit_review(state.view, state.publisher, task, call_id, verdict, label, note, reviewer.name,
+                            state.settings.note_max_chars)
+    except ReviewRefused as exc:
+        item = state.view.item(task.name, call_id)
+        if item is None:
+            raise PageError(exc.status, str(exc)) from None
+        return item_page(request, state, reviewer, task, item, status=exc.status, error=str(exc),
+                         form={"label": label, "note": note or ""}, next_url=next_url)
+    sep = "&" if "?" in next_url else "?"
+    return RedirectResponse(f"{next_url}{sep}{urlencode({'saved': call_id})}", status_code=303)
+
+
+@pages.get("/tasks/{task}/reviewed")
+def reviewed_page(request: Request, state: StateDep, reviewer: ReviewerDep, task: TaskDep) -> Response:
+    reviews = state.view.reviews(task.name)
+    return render(request, "reviewed.html", state, reviewer, task=task, reviews=reviews[:REVIEWED_SHOWN],
+                  total=len(reviews), counts=state.view.review_counts(task.name))
+
+
+@pages.get("/healthz")
+def healthz() -> dict:
+    return {"status": "ok"}
+
+
+@pages.get("/readyz")
+def readyz(state: StateDep) -> Response:
+    return JSONResponse({"ready": state.is_ready(), **state.follower_status()},
+                        status_code=200 if state.is_ready() else 503)
+
+
+# --- JSON API (Authorization: Bearer <reviewer key>) -----------------------------------------
+
+class ReviewIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    call_id: str = Field(min_length=1, max_length=200)
+    verdict: str = "label"
+    label: Optional[str] = None
+    note: Optional[str] = None
+
+
+def item_json(item: Item) -> dict:
+    return {"call_id": item.call_id, "task": item.task, "input": item.input, "reason": item.reason,
+            "frontier_label": item.frontier_label, "small_output": item.small_output,
+            "confidence": item.confidence, "model_version": item.model_version,
+            "review": item.review.model_dump(mode="json") if item.review else None}
+
+
+@api.get("/tasks")
+def api_tasks(state: StateDep, reviewer: ReviewerDep) -> list[dict]:
+    return task_rows(state, reviewer)
+
+
+@api.get("/tasks/{task}/queue")
+def api_queue(state: StateDep, task: TaskDep, limit: Annotated[Optional[int], Query(ge=1, le=1000)] = None) -> dict:
+    return {"task": task.name, "ready": state.is_ready(),
+            "items": [item_json(i) for i in state.queue(task.name, limit)]}
+
+
+@api.get("/tasks/{task}/items/{call_id}")
+def api_item(state: StateDep, task: TaskDep, call_id: str) -> dict:
+    item = state.view.item(task.name, call_id)
+    if item is None:
+        raise PageError(404, f"call {call_id[:80]!r} is not an item of task {task.name} on this page")
+    return item_json(item)
+
+
+@api.post("/tasks/{task}/reviews")
+async def api_review(state: StateDep, reviewer: ReviewerDep, task: TaskDep, body: ReviewIn) -> dict:
+    try:
+        review = await submit_review(state.view, state.publisher, task, body.call_id, body.verdict, body.label,
+                                     body.note, reviewer.name, state.settings.note_max_chars)
+    except ReviewRefused as exc:
+        raise PageError(exc.status, str(exc)) from None
+    return review.model_dump(mode="json")
+
+
+@api.get("/tasks/{task}/summary")
+def api_summary(state: StateDep, task: TaskDep) -> dict:
+    view, decision = state.view, state.view.task(task.name).decision
+    return {"task": task.name, "mode": decision.mode if decision else "frontier",
+            "model_version": decision.model_version if decision else None,
+            "threshold": decision.threshold if decision else None, "queue": len(state.queue(task.name)),
+            "reviewed": view.review_counts(task.name), "holdout_inputs": len(view.dataset(task.name).examples),
+            "frontier_labels": dict(view.task(task.name).frontier_labels.most_common())}

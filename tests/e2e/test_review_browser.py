@@ -1,0 +1,120 @@
+"""The review page in headless Chromium: a person signs in, labels three items with the keyboard
+and the mouse, and the ReviewedLabel records are read back from the real Kafka topic; an input
+holding HTML and a script is shown as text. Screenshots: <var>/screenshots/review-queue.png and
+review-task.png.
+
+The page runs as `graduate review serve` (a process of its own); the browser is driven by
+playwright-core (npm, package.json at the repository root) against the system's Chromium —
+`make test` installs both. Where either is missing the test skips and says what to install.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from services.common import catalog
+from services.common.catalog import topic_name
+from services.common.contracts import ReviewedLabel
+from services.common.settings import REPO_ROOT, CommonSettings
+from services.router.keys import create_key
+from tests.integration.test_review import (SCRIPT_TEXT, TASK, free_port, publish_records, seed_records,
+                                           wait_ready)
+from tests.support import decode_all, read_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.e2e]
+
+DRIVER = Path(__file__).with_suffix(".mjs")
+
+
+def chromium_path() -> str | None:
+    explicit = os.environ.get("GRADUATE_CHROMIUM")
+    if explicit:
+        return explicit if Path(explicit).exists() else None
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def browser() -> tuple[str, str]:
+    """(Chromium, node), or a skip that says what to install."""
+    chromium, node = chromium_path(), shutil.which("node")
+    if chromium is None:
+        pytest.skip("no Chromium: install Debian's package (apt-get install -y chromium) or set GRADUATE_CHROMIUM")
+    if node is None:
+        pytest.skip("no Node.js: the browser test drives Chromium with playwright-core")
+    if not (REPO_ROOT / "node_modules" / "playwright-core" / "package.json").exists():
+        pytest.skip("playwright-core is not installed: run `npm ci --no-audit --no-fund` at the repository root")
+    return chromium, node
+
+
+@pytest.fixture
+def start_review_page(topics, tmp_path, kafka_settings, namespace):
+    """Starts `graduate review serve` on this test's topics and waits until it has replayed them;
+    returns (url, reviewer key). Stopped afterwards."""
+    procs: list[subprocess.Popen] = []
+
+    def start() -> tuple[str, str]:
+        key = create_key(tmp_path / "keys.json", "ana", role="reviewer")
+        port = free_port()
+        env = {**os.environ, "GRADUATE_TOPIC_NAMESPACE": namespace,
+               "GRADUATE_KAFKA_BOOTSTRAP": kafka_settings.bootstrap,
+               "GRADUATE_REVIEW_API_KEYS_FILE": str(tmp_path / "keys.json"), "GRADUATE_VAR_DIR": str(tmp_path)}
+        exe = Path(sys.executable).with_name("graduate")
+        command = [str(exe)] if exe.exists() else [sys.executable, "-m", "services.cli"]
+        with open(tmp_path / "review.log", "w") as log:
+            procs.append(subprocess.Popen([*command, "review", "serve", "--port", str(port), "--log-level", "warning"],
+                                          env=env, stdout=log, stderr=subprocess.STDOUT))
+        url = f"http://127.0.0.1:{port}"
+        wait_ready(url, proc=procs[-1])
+        return url, key
+
+    yield start
+    for proc in procs:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+async def test_a_person_reviews_three_items_in_chromium(browser, start_review_page, kafka_settings, namespace, codec,
+                                                        tmp_path):
+    chromium, node = browser
+    records, texts = seed_records("b-")
+    await publish_records(kafka_settings, codec, namespace, records)
+    url, key = start_review_page()  # after the seed: it is ready once it has read them
+    screenshots = CommonSettings().var_dir / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run([node, str(DRIVER)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "REVIEW_URL": url, "REVIEW_KEY": key, "REVIEW_TASK": TASK,
+                              "CHROMIUM": chromium, "SCREENSHOT_DIR": str(screenshots)})
+    assert run.returncode == 0, f"browser driver failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n" \
+                                f"{(tmp_path / 'review.log').read_text()[-3000:]}"
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+
+    assert [(s["call_id"], s["label"]) for s in seen["steps"]] == [
+        ("b-d1", "card_arrival"), ("b-d2", "card_delivery_estimate"), ("b-l1", "top_up_failed")]
+    assert seen["steps"][2]["shown"] == ["top_up_failed"]  # the search narrowed 77 labels to one
+
+    reviewed = await read_topic(kafka_settings, topic_name(catalog.LABELS_REVIEWED, namespace), min_count=3)
+    labels = decode_all(codec, reviewed, ReviewedLabel)
+    got = sorted((r.key.decode(), v.call_id, v.verdict, v.label, v.reviewer)
+                 for r, v in zip(reviewed, labels, strict=True))
+    assert got == [
+        ("b-d1", "b-d1", "label", "card_arrival", "ana"), ("b-d2", "b-d2", "label", "card_delivery_estimate", "ana"),
+        ("b-l1", "b-l1", "label", "top_up_failed", "ana")]
+
+    assert seen["next_call_id"] == "b-x1" and seen["input_text"] == texts["b-x1"] and SCRIPT_TEXT in seen["input_text"]
+    assert seen["input_child_elements"] == 0 and seen["dialogs"] == []
+    assert seen["script_elements"] == ["/static/review.js"]
+    assert seen["errors"] == [] and seen["foreign_requests"] == []
+    assert "b-l1" in seen["flash"] and "top_up_failed" in seen["flash"]
+    assert (seen["task_mode"], seen["task_reviewed"]) == ("shadow", "3")
+    for name in ("review-queue.png", "review-task.png"):
+        assert (screenshots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,229 @@
+"""The review page as a real HTTP server against the real Kafka: it replays the topics at start,
+follows them live, and its reviews land on the compacted reviewed-labels topic keyed by call_id
+(a second review of a call replaces the first, also across a restart of the page).
+
+Each test gets its own topic namespace; the page runs in-process under uvicorn on a free port
+(its own thread and event loop). The seed helpers are shared with the browser test.
+"""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from services.common import catalog
+from services.common.catalog import topic_name
+from services.common.contracts import (CapturedCall, Contract, Disagreement, ReviewedLabel, RoutingDecision,
+                                       ShadowResult, ShadowStats)
+from services.common.normalize import split_of
+from services.common.settings import CommonSettings, KafkaSettings
+from services.curator.logic import DEFAULT_HOLDOUT_FRACTION
+from services.review.app import create_app
+from services.review.settings import ReviewSettings
+from services.router.keys import create_key
+from tests.support import decode_all, produce, read_topic
+
+pytestmark = pytest.mark.integration
+
+TASK = "banking77-intent"
+SCRIPT_TEXT = "<script>alert('xss')</script><b>bold?</b> my card was stolen"
+SEED = [  # (call id, text, frontier label, small label or None, confidence)
+    ("d1", "My card still has not arrived after two weeks", "card_arrival", "card_delivery_estimate", 0.31),
+    ("d2", "How long until a new card gets delivered to me?", "card_arrival", "card_delivery_estimate", 0.52),
+    ("l1", "The top-up did not go through this morning", "top_up_failed", "top_up_failed", 0.41),
+    ("x1", SCRIPT_TEXT, "lost_or_stolen_card", "lost_or_stolen_card", 0.58),
+    ("s1", "What is the exchange rate for euros today", "exchange_rate", "exchange_rate", 0.97),
+    ("s2", "I want to change my PIN", "change_pin", None, None),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url: str, timeout: float = 60.0, proc=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{url}: the process exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url}/readyz did not answer 200 within {timeout} s")
+
+
+def holdout_text(text: str, fraction: float = DEFAULT_HOLDOUT_FRACTION) -> str:
+    """`text`, or the first numbered variant of it, that the deterministic split holds out."""
+    for n in range(10_000):
+        candidate = text if n == 0 else f"{text} (ref {n})"
+        if split_of(TASK, candidate, fraction) == "holdout":
+            return candidate
+    raise AssertionError("no holdout variant found")
+
+
+def seed_records(prefix: str) -> tuple[list[tuple[catalog.TopicSpec, str, Contract]], dict[str, str]]:
+    """Captured holdout calls, two disagreements, shadow results, a decision and stats; call ids
+    are `prefix + id`. Returns the records and the text of each call id."""
+    records: list[tuple[catalog.TopicSpec, str, Contract]] = []
+    texts = {}
+    for cid, text, frontier, small, confidence in SEED:
+        call_id, text = prefix + cid, holdout_text(text)
+        texts[call_id] = text
+        records.append((catalog.CALLS_CAPTURED, call_id, CapturedCall(
+            call_id=call_id, task=TASK, input=text, output_raw=frontier, output=frontier, latency_ms=400.0)))
+        if small is None:
+            continue
+        records.append((catalog.SHADOW_RESULTS, call_id, ShadowResult(
+            call_id=call_id, task=TASK, model_version="1", output=small, confidence=confidence, latency_ms=4.0,
+            input=text, frontier_output=frontier)))
+        if small != frontier:
+            records.append((catalog.DISAGREEMENTS, call_id, Disagreement(
+                call_id=call_id, task=TASK, model_version="1", input=text, frontier_output=frontier,
+                small_output=small, confidence=confidence)))
+    shadow = RoutingDecision(task=TASK, mode="shadow", model_version="1", threshold=0.62, reason="offline gate passed",
+                             decided_by="controller")
+    records += [(catalog.ROUTING_DECISIONS, TASK, shadow), (catalog.ROUTING_HISTORY, TASK, shadow),
+                (catalog.SHADOW_STATS, f"{TASK}/1", ShadowStats(task=TASK, model_version="1", compared=4, agreed=2))]
+    return records, texts
+
+
+async def publish_records(kafka: KafkaSettings, codec, namespace: str, records) -> None:
+    by_topic: dict[str, list] = {}
+    for spec, key, value in records:
+        by_topic.setdefault(topic_name(spec, namespace), []).append((key, value))
+    for topic, items in by_topic.items():
+        await produce(kafka, codec, topic, items)
+
+
+def review_settings(tmp_path: Path, kafka: KafkaSettings, namespace: str, port: int | None = None) -> ReviewSettings:
+    return ReviewSettings(port=port or free_port(), api_keys_file=tmp_path / "keys.json", retry_s=0.5,
+                          common=CommonSettings(kafka=kafka, topic_namespace=namespace, var_dir=tmp_path))
+
+
+class ReviewServer:
+    """The review app under uvicorn in a thread of its own (its own event loop), on a free port."""
+
+    def __init__(self, settings: ReviewSettings) -> None:
+        self.url = f"http://127.0.0.1:{settings.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port,
+                                                    log_level="warning", access_log=False,
+                                                    timeout_graceful_shutdown=5))
+        self.thread = threading.Thread(target=self.server.run, name=f"review-{settings.port}", daemon=True)
+
+    def __enter__(self) -> "ReviewServer":
+        self.thread.start()
+        wait_ready(self.url)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the review page did not stop"
+
+
+@pytest.fixture
+def reviewer_key(tmp_path) -> str:
+    return create_key(tmp_path / "keys.json", "ana", role="reviewer")
+
+
+async def queue_ids(client: httpx.AsyncClient, url: str) -> list[str]:
+    r = await client.get(f"{url}/api/tasks/{TASK}/queue")
+    r.raise_for_status()
+    return [i["call_id"] for i in r.json()["items"]]
+
+
+async def eventually(check, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value or time.monotonic() > deadline:
+            return value
+        await asyncio.sleep(0.2)
+
+
+async def test_reviews_land_on_the_compacted_topic_and_the_latest_one_wins_across_restarts(
+        topics, tmp_path, kafka_settings, namespace, codec, reviewer_key):
+    records, texts = seed_records("r-")
+    await publish_records(kafka_settings, codec, namespace, records)
+    settings = review_settings(tmp_path, kafka_settings, namespace)
+    headers = {"Authorization": f"Bearer {reviewer_key}"}
+    async with httpx.AsyncClient(headers=headers, timeout=10) as client:
+        with ReviewServer(settings) as page:
+            ids = await queue_ids(client, page.url)
+            assert ids[:4] == ["r-d1", "r-d2", "r-l1", "r-x1"] and set(ids[4:]) == {"r-s1", "r-s2"}
+            item = (await client.get(f"{page.url}/api/tasks/{TASK}/items/r-x1")).json()
+            assert item["input"] == texts["r-x1"]  # stored and served as the raw text; the HTML escapes it
+            summary = (await client.get(f"{page.url}/api/tasks/{TASK}/summary")).json()
+            assert (summary["mode"], summary["model_version"], summary["threshold"]) == ("shadow", "1", 0.62)
+
+            for label in ("card_arrival", "card_delivery_estimate"):
+                r = await client.post(f"{page.url}/api/tasks/{TASK}/reviews",
+                                      json={"call_id": "r-d1", "label": label, "note": f"<i>{label}</i>"})
+                assert r.status_code == 200, r.text
+            assert "r-d1" not in await queue_ids(client, page.url)
+
+            # live: a new disagreement jumps the queue; another writer's review is applied
+            late_text = holdout_text("Card arrival is late again")
+            await publish_records(kafka_settings, codec, namespace, [
+                (catalog.CALLS_CAPTURED, "r-new", CapturedCall(call_id="r-new", task=TASK, input=late_text,
+                                                               output_raw="card_arrival", output="card_arrival",
+                                                               latency_ms=300.0)),
+                (catalog.DISAGREEMENTS, "r-new", Disagreement(call_id="r-new", task=TASK, model_version="1",
+                                                              input=late_text, frontier_output="card_arrival",
+                                                              small_output="card_delivery_estimate", confidence=0.2)),
+                (catalog.LABELS_REVIEWED, "r-s2", ReviewedLabel(call_id="r-s2", task=TASK, label="change_pin",
+                                                                reviewer="bo"))])
+
+            async def live():
+                ids = await queue_ids(client, page.url)
+                return ids[:1] == ["r-new"] and "r-s2" not in ids
+            assert await eventually(live), await queue_ids(client, page.url)
+
+        records = await read_topic(kafka_settings, topic_name(catalog.LABELS_REVIEWED, namespace), min_count=3)
+        reviews = decode_all(codec, records, ReviewedLabel)
+        mine = [(rec.key, r.label, r.reviewer, r.note)
+                for rec, r in zip(records, reviews, strict=True) if r.call_id == "r-d1"]
+        assert mine == [(b"r-d1", "card_arrival", "ana", "<i>card_arrival</i>"),
+                        (b"r-d1", "card_delivery_estimate", "ana", "<i>card_delivery_estimate</i>")]
+        assert len({rec.partition for rec, r in zip(records, reviews, strict=True) if r.call_id == "r-d1"}) == 1
+
+        # a fresh page replays the topic: the latest review is the one it shows, the item stays out
+        with ReviewServer(review_settings(tmp_path, kafka_settings, namespace)) as again:
+            ids = await queue_ids(client, again.url)
+            assert ids[0] == "r-new" and "r-d1" not in ids and "r-s2" not in ids
+            item = (await client.get(f"{again.url}/api/tasks/{TASK}/items/r-d1")).json()
+            assert item["review"]["label"] == "card_delivery_estimate"
+            reviewed = (await client.get(f"{again.url}/api/tasks/{TASK}/summary")).json()["reviewed"]
+            assert reviewed["total"] == 2  # r-d1 once, r-s2
+
+
+async def test_a_page_started_before_its_topics_exist_finds_them(tmp_path, kafka_settings, namespace, codec,
+                                                                reviewer_key):
+    from services.common.kafka import delete_topics, ensure_topics
+
+    settings = review_settings(tmp_path, kafka_settings, namespace)
+    try:
+        with ReviewServer(settings) as page:
+            async with httpx.AsyncClient(headers={"Authorization": f"Bearer {reviewer_key}"}, timeout=10) as client:
+                status = (await client.get(f"{page.url}/readyz")).json()
+                assert topic_name(catalog.LABELS_REVIEWED, namespace) in status["missing_topics"]
+                await ensure_topics(kafka_settings, namespace)
+                records, _ = seed_records("m-")
+                await publish_records(kafka_settings, codec, namespace, records)
+
+                async def found():
+                    return "m-d1" in await queue_ids(client, page.url)
+                assert await eventually(found, timeout=30)
+    finally:
+        await delete_topics(kafka_settings, [topic_name(s, namespace) for s in catalog.CATALOG])

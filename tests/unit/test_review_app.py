@@ -1,0 +1,180 @@
+"""The review page's HTTP surface in-process (a fake publisher, no follower): sign-in, roles and
+task scopes, CSRF, escaping, the form's submit → publish → next item, the JSON API, headers."""
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+
+import pytest
+from fastapi.testclient import TestClient
+
+from services.common import catalog
+from services.common.contracts import RouterOutcome, ShadowStats
+from services.common.settings import CommonSettings
+from services.common.tasks import TaskRegistry, TaskSpec
+from services.curator.settings import CuratorSettings
+from services.review.app import create_app
+from services.review.auth import COOKIE
+from services.review.settings import ReviewSettings
+from services.router.keys import create_key
+from tests.unit.test_review_view import (ALL_HOLDOUT, T0, TASK, FakePublisher, decision, disagreement,
+                                         seeded_view)
+
+FREEFORM = TaskSpec(name="draft", kind="freeform")
+OTHER = TaskSpec(name="other", kind="classification", labels=("a", "b"))
+SCRIPT = "<script>alert('x')</script>"
+
+
+@pytest.fixture
+def keys(tmp_path):
+    path = tmp_path / "keys.json"
+    return {"path": path, "ana": create_key(path, "ana", role="reviewer"),
+            "other": create_key(path, "bo", role="reviewer", tasks=("other",)),
+            "service": create_key(path, "svc", role="service")}
+
+
+@pytest.fixture
+def world(keys, tmp_path):
+    settings = ReviewSettings(api_keys_file=keys["path"], common=CommonSettings(var_dir=tmp_path),
+                              curator=CuratorSettings(holdout_fraction=ALL_HOLDOUT))
+    view, publisher = seeded_view(), FakePublisher()
+    app = create_app(settings, tasks=TaskRegistry(tasks={"intent": TASK, "draft": FREEFORM, "other": OTHER}),
+                     view=view, publisher=publisher, follow=False)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        yield {"client": client, "view": view, "publisher": publisher, "keys": keys}
+
+
+def sign_in(world, key="ana"):
+    r = world["client"].post("/login", data={"key": world["keys"][key], "next": "/tasks/intent/queue"},
+                             follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/tasks/intent/queue"
+    return r
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf" value="([^"]+)"', html).group(1)
+
+
+def bearer(world, key="ana") -> dict:
+    return {"Authorization": f"Bearer {world['keys'][key]}"}
+
+
+def test_pages_send_a_stranger_to_the_sign_in_page_and_back(world):
+    r = world["client"].get("/tasks/intent/queue?x=1", follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/login?next=%2Ftasks%2Fintent%2Fqueue%3Fx%3D1"
+    page = world["client"].get(r.headers["location"])
+    assert page.status_code == 200 and 'value="/tasks/intent/queue?x=1"' in page.text
+    r = sign_in(world)
+    cookie = r.headers["set-cookie"]
+    assert COOKIE in cookie and "HttpOnly" in cookie and "SameSite=strict" in cookie
+    assert world["keys"]["ana"] not in cookie
+    assert world["client"].get("/tasks/intent/queue").status_code == 200
+
+
+@pytest.mark.parametrize("key,status,text", [("service", 403, "role reviewer"), (None, 401, "unknown API key")])
+def test_sign_in_refuses_a_service_key_and_an_unknown_one(world, key, status, text):
+    r = world["client"].post("/login", data={"key": world["keys"][key] if key else "gr_nope"}, follow_redirects=False)
+    assert r.status_code == status and text in r.text and COOKIE not in r.headers.get("set-cookie", "")
+
+
+def test_the_queue_page_shows_the_first_item_with_both_answers_and_escapes_inputs(world):
+    sign_in(world)
+    html = world["client"].get("/tasks/intent/queue").text
+    assert 'id="call-id">c5<' in html and "disagreement" in html
+    assert 'id="frontier-answer">card_arrival<' in html and "card_delivery_estimate" in html and "0.40" in html
+    assert html.count('type="radio" name="label"') == len(TASK.labels)
+    assert SCRIPT not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html  # c3 in the list
+    item = world["client"].get("/tasks/intent/items/c3").text
+    assert SCRIPT not in item and 'id="item-input">&lt;script&gt;' in item
+
+
+def test_submitting_publishes_moves_on_and_a_second_submit_replaces_the_review(world):
+    sign_in(world)
+    csrf = csrf_of(world["client"].get("/tasks/intent/queue").text)
+    form = {"csrf": csrf, "verdict": "label", "label": "card_arrival", "note": "frontier right"}
+    r = world["client"].post("/tasks/intent/items/c5/review", data=form, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == "/tasks/intent/queue?saved=c5"
+    [sent] = world["publisher"].sent
+    assert (sent.call_id, sent.label, sent.reviewer, sent.note, sent.verdict) == \
+           ("c5", "card_arrival", "ana", "frontier right", "label")
+    page = world["client"].get(r.headers["location"]).text
+    assert 'id="call-id">c2<' in page and 'id="saved"' in page
+    again = world["client"].post("/tasks/intent/items/c5/review", data={**form, "label": "lost_or_stolen_card"},
+                                 follow_redirects=False)
+    assert again.status_code == 303 and len(world["publisher"].sent) == 2
+    reviewed = world["client"].get("/tasks/intent/reviewed").text
+    assert reviewed.count("<code>c5</code>") == 1 and "lost_or_stolen_card" in reviewed
+
+
+def test_a_form_without_the_csrf_token_or_with_a_bad_label_publishes_nothing(world):
+    sign_in(world)
+    csrf = csrf_of(world["client"].get("/tasks/intent/queue").text)
+    r = world["client"].post("/tasks/intent/items/c5/review", data={"verdict": "label", "label": "card_arrival"})
+    assert r.status_code == 403
+    r = world["client"].post("/tasks/intent/items/c5/review",
+                             data={"csrf": csrf, "verdict": "label", "label": SCRIPT, "note": SCRIPT})
+    assert r.status_code == 422 and "is not one of the 4 labels" in r.text and SCRIPT not in r.text
+    r = world["client"].post("/tasks/intent/items/nope/review", data={"csrf": csrf, "verdict": "skip"})
+    assert r.status_code == 404
+    assert world["publisher"].sent == []
+
+
+def test_task_scopes_roles_and_free_form_tasks(world):
+    client = world["client"]
+    assert client.get("/api/tasks/intent/queue", headers=bearer(world, "other")).status_code == 403
+    assert client.get("/api/tasks/intent/queue", headers=bearer(world, "service")).status_code == 403
+    assert client.get("/api/tasks/intent/queue").status_code == 401
+    assert client.get("/api/tasks/draft/queue", headers=bearer(world)).status_code == 404
+    assert [t["task"] for t in client.get("/api/tasks", headers=bearer(world, "other")).json()] == ["other"]
+
+
+def test_the_json_api_lists_the_queue_and_takes_reviews(world):
+    client = world["client"]
+    items = client.get("/api/tasks/intent/queue", headers=bearer(world)).json()["items"]
+    assert [i["call_id"] for i in items][:2] == ["c5", "c2"]
+    r = client.post("/api/tasks/intent/reviews", headers=bearer(world),
+                    json={"call_id": "c2", "verdict": "not_in_label_set", "note": "a fee question"})
+    assert r.status_code == 200 and r.json()["verdict"] == "not_in_label_set" and r.json()["label"] is None
+    queue = client.get("/api/tasks/intent/queue", headers=bearer(world)).json()["items"]
+    assert "c2" not in [i["call_id"] for i in queue]
+    assert client.get("/api/tasks/intent/items/c2", headers=bearer(world)).json()["review"]["reviewer"] == "ana"
+    bad = client.post("/api/tasks/intent/reviews", headers=bearer(world), json={"call_id": "c1", "label": "nope"})
+    assert bad.status_code == 422 and "not one of" in bad.json()["error"]
+    summary = client.get("/api/tasks/intent/summary", headers=bearer(world)).json()
+    assert summary["reviewed"]["total"] == 1 and summary["mode"] == "frontier"
+
+
+def test_the_task_page_shows_routing_charts_disagreements_and_history_escaped(world):
+    view = world["view"]
+    view.apply(catalog.ROUTING_DECISIONS, decision(reason=f"cut over {SCRIPT}"), key="intent")
+    view.apply(catalog.ROUTING_HISTORY, decision(reason=f"cut over {SCRIPT}"))
+    view.apply(catalog.DISAGREEMENTS, disagreement("d9", f"{SCRIPT} where is it"))
+    for i in range(3):
+        view.apply(catalog.SHADOW_STATS, ShadowStats(task="intent", model_version="3", compared=10 * (i + 1),
+                                                     agreed=8 * (i + 1), ts=T0 + timedelta(minutes=i)))
+        view.apply(catalog.ROUTER_OUTCOMES, RouterOutcome(call_id=f"o{i}", task="intent", mode="small",
+                                                          served_by="fallback" if i == 0 else "small", latency_ms=1.0,
+                                                          ts=T0 + timedelta(minutes=i)))
+    sign_in(world)
+    html = world["client"].get("/tasks/intent").text
+    assert 'id="mode">small<' in html and 'id="threshold">0.70<' in html and 'id="model-version">3<' in html
+    assert SCRIPT not in html and html.count("&lt;script&gt;") >= 3
+    assert html.count("<polyline") == 2 and "predicted" in html
+    assert 'href="/tasks/intent/items/d9"' in html
+    assert "80.0 %" in html  # the agreement legend
+
+
+def test_security_headers_and_static_assets(world):
+    r = world["client"].get("/login")
+    assert "script-src 'self'" in r.headers["content-security-policy"] and r.headers["cache-control"] == "no-store"
+    js = world["client"].get("/static/review.js")
+    assert js.status_code == 200 and "requestSubmit" in js.text
+    assert world["client"].get("/static/review.css").status_code == 200
+    assert world["client"].get("/readyz").json()["ready"] is True
+
+
+def test_sign_out_ends_the_session(world):
+    sign_in(world)
+    csrf = csrf_of(world["client"].get("/").text)
+    assert world["client"].post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
+    assert world["client"].get("/", follow_redirects=False).status_code == 303
