@@ -1,0 +1,120 @@
+"""PII redaction before anything is captured: emails, phone numbers, card numbers, and per-task patterns.
+
+Captured calls become training data and sit in Kafka for 90 days, so personal data is replaced by
+placeholders (`<EMAIL>`, `<PHONE>`, `<CARD>`, `<NAME>` for a configured pattern NAME) on the way in.
+Pure functions; the placeholders are stable so the small model learns from redacted text the way
+it will see it when served.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}(?![\w-])")
+# 13–19 digits, optionally grouped by single spaces or dashes; the Luhn check decides.
+CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+# An optional +country code and area code in parentheses, then digit groups; 9–15 digits in all.
+PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{2,5}(?:[ .-]?\d{2,5}){1,4}(?![\w])")
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+PHONE_DIGITS = (9, 15)
+
+
+@dataclass(frozen=True)
+class Redacted:
+    text: str
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.counts)
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def placeholder(name: str) -> str:
+    return f"<{name.upper()}>"
+
+
+def _replace_cards(text: str, counts: dict[str, int]) -> str:
+    def sub(m: re.Match) -> str:
+        digits = re.sub(r"\D", "", m.group())
+        if not luhn_ok(digits):
+            return m.group()
+        counts["CARD"] = counts.get("CARD", 0) + 1
+        return placeholder("CARD")
+    return CARD.sub(sub, text)
+
+
+def _replace_phones(text: str, counts: dict[str, int]) -> str:
+    def sub(m: re.Match) -> str:
+        found = m.group()
+        n = sum(ch.isdigit() for ch in found)
+        if not PHONE_DIGITS[0] <= n <= PHONE_DIGITS[1] or ISO_DATE.fullmatch(found):
+            return found
+        counts["PHONE"] = counts.get("PHONE", 0) + 1
+        return placeholder("PHONE")
+    return PHONE.sub(sub, text)
+
+
+def _replace(pattern: re.Pattern, name: str, text: str, counts: dict[str, int]) -> str:
+    new, n = pattern.subn(placeholder(name), text)
+    if n:
+        counts[name.upper()] = counts.get(name.upper(), 0) + n
+    return new
+
+
+def compile_patterns(patterns: Mapping[str, str]) -> tuple[tuple[str, re.Pattern], ...]:
+    """Extra name -> regex pairs from a task spec, compiled; ValueError names a bad one."""
+    compiled = []
+    for name, regex in patterns.items():
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+            raise ValueError(f"redaction pattern name {name!r}: use letters, digits and '_'")
+        try:
+            compiled.append((name, re.compile(regex)))
+        except re.error as exc:
+            raise ValueError(f"redaction pattern {name!r}: {exc}") from None
+    return tuple(compiled)
+
+
+def redact(text: str, extra: tuple[tuple[str, re.Pattern], ...] = ()) -> Redacted:
+    """`text` with emails, card numbers (Luhn-valid), phone numbers and `extra` patterns replaced."""
+    counts: dict[str, int] = {}
+    text = _replace(EMAIL, "EMAIL", text, counts)
+    text = _replace_cards(text, counts)  # before phones: a card number also looks like digit groups
+    text = _replace_phones(text, counts)
+    for name, pattern in extra:
+        text = _replace(pattern, name, text, counts)
+    return Redacted(text, counts)
+
+
+class Redactor:
+    """A task's redaction, compiled once: `redactor(text).text`."""
+
+    def __init__(self, patterns: Mapping[str, str] | None = None) -> None:
+        self.extra = compile_patterns(patterns or {})
+
+    def __call__(self, text: str) -> Redacted:
+        return redact(text, self.extra)
+
+    def messages(self, messages: list[dict]) -> list[dict]:
+        """Chat messages with every text content redacted (what the frontier sees when it may not see PII)."""
+        out = []
+        for m in messages:
+            content = m.get("content")
+            if isinstance(content, str):
+                m = {**m, "content": self(content).text}
+            elif isinstance(content, list):
+                m = {**m, "content": [{**p, "text": self(p["text"]).text}
+                                      if isinstance(p, dict) and isinstance(p.get("text"), str) else p
+                                      for p in content]}
+            out.append(m)
+        return out

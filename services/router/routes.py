@@ -1,0 +1,112 @@
+"""The router's HTTP endpoints: decode, call one function of `logic`, encode."""
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from services.router.deps import CallerDep, RouterState, ServiceCallerDep, StateDep, resolve_task
+from services.router.errors import ApiError
+from services.router.logic import TaskCall, predict_payload, proxy, route
+from services.router.metrics import NO_TASK
+from services.router.schemas import ChatRequest, PredictRequest, read_json, validate
+from services.router.wire import completion_body, sse_events
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, state: StateDep, caller: ServiceCallerDep,
+                           x_graduate_task: Annotated[str | None, Header()] = None) -> Response:
+    chat = validate(ChatRequest, await read_json(request, state.settings.max_body_bytes))
+    name = x_graduate_task or (chat.metadata or {}).get("task")
+    payload = chat.upstream_payload(state.settings.frontier.model)
+    if not name:
+        request.state.task_label = NO_TASK
+        answer = await proxy(payload, upstream_headers(request, state, None), state.ports)
+        request.state.served_by = "frontier"
+        return respond(answer.body, chat)
+    task = resolve_task(state, request, caller, str(name))
+    try:
+        text = task.extract_input([m.model_dump() for m in chat.messages])
+    except ValueError as exc:
+        raise ApiError(422, "invalid_input", str(exc), param="messages") from None
+    call = task_call(request, state, caller.name, task, text, payload, chat.metadata)
+    served = await serve(request, state, call)
+    return respond(completion_body(served), chat)
+
+
+@router.post("/v1/tasks/{task}/predict")
+async def predict(task: str, request: Request, state: StateDep, caller: ServiceCallerDep) -> JSONResponse:
+    spec = resolve_task(state, request, caller, task)
+    body = validate(PredictRequest, await read_json(request, state.settings.max_body_bytes))
+    payload = predict_payload(spec, body.input, state.settings.frontier.model)
+    call = task_call(request, state, caller.name, spec, body.input, payload, {"tenant": body.tenant})
+    served = await serve(request, state, call)
+    return JSONResponse({"output": served.output, "served_by": served.served_by, "confidence": served.confidence,
+                         "model_version": served.model_version, "call_id": served.call_id,
+                         "latency_ms": round(served.latency_ms, 3)})
+
+
+@router.get("/v1/tasks")
+async def list_tasks(state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    return {"ready": state.is_ready(), "tasks": state.table.describe()}
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(state: StateDep) -> JSONResponse:
+    capture = state.ports.capture.stats()
+    body = {"ready": state.is_ready(), "reason": None if state.is_ready() else state.not_ready_reason(),
+            "capture": {"state": capture.state, "spool_records": capture.spool_records}}
+    return JSONResponse(body, status_code=200 if state.is_ready() else 503)
+
+
+@router.get("/metrics")
+async def metrics(state: StateDep) -> Response:
+    return Response(generate_latest(state.ports.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+async def serve(request: Request, state: RouterState, call: TaskCall):
+    request.state.served_by = "frontier"
+    served = await route(call, state.table.get(call.task.name), state.ports)
+    request.state.served_by = served.served_by
+    return served
+
+
+def task_call(request: Request, state: RouterState, caller: str, task, text: str, payload: dict[str, Any],
+              metadata: dict[str, Any] | None) -> TaskCall:
+    tenant = request.headers.get("x-graduate-tenant") or (metadata or {}).get("tenant") or caller
+    trace = {"caller": caller, "router": state.settings.capture_name}
+    for h in ("traceparent", "tracestate"):
+        if h in request.headers:
+            trace[h] = request.headers[h]
+    return TaskCall(call_id=request.state.call_id, task=task, input=text, payload=payload, tenant=str(tenant),
+                    headers=upstream_headers(request, state, task.name), trace=trace)
+
+
+def upstream_headers(request: Request, state: RouterState, task: str | None) -> dict[str, str]:
+    headers = {h: request.headers[h] for h in state.settings.forward_headers if h in request.headers}
+    if task:
+        headers["X-Graduate-Task"] = task  # lets a task-aware upstream (the simulator, a gateway) route it
+    return headers
+
+
+def respond(completion: dict[str, Any], chat: ChatRequest) -> Response:
+    if not chat.stream:
+        return JSONResponse(completion)
+    include_usage = bool((chat.stream_options or {}).get("include_usage"))
+    events = sse_events(completion, include_usage)
+
+    async def stream():
+        for event in events:
+            yield event
+    return StreamingResponse(stream(), media_type="text/event-stream")
+

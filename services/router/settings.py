@@ -1,0 +1,60 @@
+"""Settings of the router (GRADUATE_ROUTER_*), with the frontier (GRADUATE_FRONTIER_*), capture
+(GRADUATE_CAPTURE_*) and common (GRADUATE_*: Kafka, topic namespace, Triton, tasks file) parts nested."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from services.capture.client import CaptureSettings
+from services.common.frontier import FrontierSettings
+from services.common.settings import CommonSettings, load_settings
+
+
+class RouterSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GRADUATE_ROUTER_", extra="ignore", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+    api_keys_file: Optional[Path] = Field(None, description="default: <GRADUATE_VAR_DIR>/keys.json")
+    auth_disabled: bool = Field(False, description="serve without API keys (local experiments only; logged loudly)")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies are refused with 413")
+    small_sample_rate: float = Field(0.05, ge=0.0, le=1.0,
+                                     description="share of small-mode answers also asked of the frontier, "
+                                                 "off the hot path")
+    sample_max_in_flight: int = Field(32, ge=1, description="concurrent sampled frontier calls; more are skipped")
+    triton_timeout_s: float = Field(1.0, gt=0, description="slower small answers fall back (triton_unavailable)")
+    forward_headers: tuple[str, ...] = Field(("traceparent", "tracestate"),
+                                             description="request headers passed on to the frontier")
+    capture_enabled: bool = True
+    capture_name: str = Field("router", description="names the spool folder <var_dir>/spool/<name>; one per replica")
+    routing_retry_s: float = Field(2.0, gt=0, description="between attempts to reach the routing topic")
+    common: CommonSettings = Field(default_factory=CommonSettings)
+    frontier: FrontierSettings = Field(default_factory=FrontierSettings)
+    capture: CaptureSettings = Field(default_factory=CaptureSettings)
+
+    @field_validator("forward_headers")
+    @classmethod
+    def _lower(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(h.strip().lower() for h in v if h.strip())
+
+    @field_validator("capture_name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v or not all(c.isalnum() or c in "._-" for c in v):
+            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return v
+
+    @property
+    def keys_file(self) -> Path:
+        return self.api_keys_file or self.common.var_dir / "keys.json"
+
+
+def load_router_settings(**overrides) -> RouterSettings:
+    """Settings from the environment; a bad value exits with the name of its own variable
+    (GRADUATE_FRONTIER_BASE_URL, not GRADUATE_ROUTER_…)."""
+    parts = {"common": load_settings(CommonSettings), "frontier": load_settings(FrontierSettings),
+             "capture": load_settings(CaptureSettings)}
+    return load_settings(RouterSettings, **{**parts, **overrides})
