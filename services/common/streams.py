@@ -1,0 +1,597 @@
+"""The faust plumbing every stream processor uses (profiler, curator, shadow, judge, controller).
+
+Why it exists: each processor should be "decode, call one plain function, send" — this module
+owns the rest (app settings that faust needs to be safe, raw-bytes topics with our Avro codec,
+dead letters, metrics, lag), so every processor behaves the same under poison and restarts.
+
+Usage (services/<name>/app.py holds the app alone; see services/curator/app.py)::
+
+    from services.common import catalog
+    from services.common.contracts import CapturedCall, ShadowResult
+    from services.common.settings import load_settings
+    from services.common.streams import (Emit, Item, Meta, WorkerSettings, each_batch, each_event, make_app,
+                                         source_topic)
+
+    settings = load_settings(WorkerSettings)
+    app = make_app("shadow", settings)                      # faust.App "graduate-shadow" (+ namespace)
+    captured = source_topic(app, catalog.CALLS_CAPTURED, settings.topic_namespace)
+
+    @each_event(app, captured, CapturedCall)                  # one agent, concurrency=1
+    def shadow_one(call: CapturedCall, meta: Meta) -> list[Emit]:  # sync or async; None = nothing
+        return [Emit(catalog.SHADOW_RESULTS, call.call_id, ShadowResult(...))]
+
+    @each_batch(app, captured, CapturedCall, size=32, within=0.2)  # stream.take_events(32, within=0.2)
+    async def shadow_many(items: list[Item[CapturedCall]]) -> list[Emit]:
+        ...  # items[i].value, items[i].meta (topic, partition, offset, key, timestamp)
+
+Contract of the wrappers:
+- the value is decoded with `Codec` into the given contract; a `CodecError` or ANY exception
+  of the handler sends a `DeadLetter` (reason, source topic, partition, offset; the reason and
+  processor also as headers) to `catalog.DEADLETTER` and the worker goes on with the next event.
+  In a batch, undecodable items are dead-lettered alone; when the batch handler raises, every
+  item of that batch is dead-lettered with the reason (retry inside the handler if it should not).
+- what the handler returns (an iterable of `Emit`, or None) is encoded and sent; faust flushes
+  the producer before it commits offsets, so a result is written before its source is committed.
+  Processing is at-least-once: make effects idempotent by call_id, as BLIND writes (a table
+  keyed by call_id, or by "<group>:<call_id>"; aggregate when read). Do not keep read-modify-write
+  state guarded by "last applied offset": during a rebalance faust can hand an agent an offset
+  past unprocessed ones and seek back later (faust-streaming#216), and a read can see state older
+  than the changelog; both lost counts in our kill tests.
+- table writes must happen on the event loop inside the handler (faust picks the changelog
+  partition from the current event); push CPU-heavy work to `asyncio.to_thread`.
+- metrics (prometheus_client, GET /metrics on the worker's web port):
+  graduate_processor_processed_total{processor}, graduate_processor_failed_total{processor},
+  graduate_processor_deadletter_total{processor}, graduate_processor_lag{processor,topic},
+  graduate_processor_processing_seconds{processor} (per event; per batch for batch handlers).
+
+Also here: `json_table(app, name)` (str keys, JSON values, memory store + changelog),
+`internal_topic(app, suffix)` (an app-owned raw topic, e.g. to re-key by input),
+`replay_topic(kafka, codec, spec, namespace, Model)` (read a catalog topic directly up to its
+end or given offsets: snapshots, reports), `changelog_topic(name, namespace, table)`,
+`plumbing(app)` (processor name, settings, codec) and `WorkerSettings` (GRADUATE_WORKER_*).
+
+Workers: `graduate worker NAME [--web-port P] [--datadir D] [--instance-id I]` (services/workers.py)
+imports services/NAME/app.py, creates the app's topics if missing (`ensure_app_topics`) and
+runs its `app` with faust.Worker; SIGTERM stops it cleanly. Several workers on
+one host need their own web port and datadir. Tests run workers as subprocesses
+(`.venv/bin/graduate worker NAME --web-port P --datadir D` with env GRADUATE_TOPIC_NAMESPACE and a
+short GRADUATE_WORKER_SESSION_TIMEOUT_S; see tests/integration/test_workers.py). Create topics (`graduate topics ensure`) before
+any worker starts: faust never consumes a source topic that was missing at its start.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import socket
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, Optional, TypeVar, Union
+
+import faust
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from pydantic import Field
+
+from services.common import catalog
+from services.common.catalog import TopicSpec, topic_name
+from services.common.codec import Codec
+from services.common.contracts import Contract, DeadLetter
+from services.common.kafka import dead_letter
+from services.common.settings import CommonSettings, KafkaSettings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T", bound=Contract)
+
+PROCESSED = Counter("graduate_processor_processed", "events handled without error", ["processor"])
+FAILED = Counter("graduate_processor_failed", "events that could not be decoded or processed", ["processor"])
+DEADLETTERED = Counter("graduate_processor_deadletter", "dead letters sent", ["processor"])
+LAG = Gauge("graduate_processor_lag", "messages behind the end of the assigned partitions",
+            ["processor", "topic"])
+PROCESSING_SECONDS = Histogram("graduate_processor_processing_seconds",
+                               "handler time per event (per batch for batch handlers)", ["processor"],
+                               buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+
+
+class WorkerSettings(CommonSettings):
+    """What a faust worker needs besides Kafka (env GRADUATE_WORKER_*)."""
+
+    worker_web_port: int = Field(6066, description="faust web server port (/metrics, views)")
+    worker_web_host: str = "127.0.0.1"
+    worker_datadir: Optional[Path] = Field(None, description="default: <var_dir>/faust/<app id>-<web port>")
+    worker_instance_id: Optional[str] = Field(None, description="static membership id; default <app>-<host>-<port>")
+    worker_session_timeout_s: float = Field(30.0, description="how long a silent static member keeps its partitions")
+    worker_heartbeat_interval_s: float = 3.0
+    worker_log_level: str = "info"
+    worker_lag_interval_s: float = 5.0
+    worker_commit_interval_s: float = 2.8
+    worker_stream_wait_empty: bool = Field(False, description="wait for in-flight events at a rebalance "
+                                           "(True can hang a micro-batching agent; effects are idempotent anyway)")
+
+
+@dataclass(frozen=True)
+class Meta:
+    """Where an event came from."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: Optional[bytes] = None
+    timestamp: Optional[float] = None
+    headers: tuple = ()
+
+
+@dataclass(frozen=True)
+class Item(Generic[T]):
+    value: T
+    meta: Meta
+
+
+@dataclass(frozen=True)
+class Emit:
+    """A result to send: `value` encoded with the codec to `spec` under the app's namespace
+    (or to a faust topic object of the app's own, e.g. an internal re-keying topic)."""
+
+    spec: Any
+    key: Union[str, bytes, None]
+    value: Contract
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    def key_bytes(self) -> Optional[bytes]:
+        return self.key.encode() if isinstance(self.key, str) else self.key
+
+
+@dataclass
+class Plumbing:
+    """What make_app attaches to the app (`plumbing(app)`): name, settings, codec, topics."""
+
+    processor: str
+    settings: WorkerSettings
+    codec: Codec
+    sources: set[str] = field(default_factory=set)
+    topics: dict[str, Any] = field(default_factory=dict)
+    specs: dict[str, TopicSpec] = field(default_factory=dict)
+    internal: dict[str, int] = field(default_factory=dict)  # faust-app topics: name -> partitions
+
+    def topic(self, app: faust.App, spec: TopicSpec) -> Any:
+        name = topic_name(spec, self.settings.topic_namespace)
+        self.specs[spec.name] = spec
+        if name not in self.topics:
+            self.topics[name] = app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                          value_serializer="raw", partitions=spec.partitions, internal=False)
+        return self.topics[name]
+
+
+def app_id(name: str, namespace: str = "") -> str:
+    """The faust app id, which is also the consumer group and the prefix of faust's own topics."""
+    return f"{namespace}graduate-{name}"
+
+
+def broker_url(kafka: KafkaSettings) -> str:
+    return "kafka://" + ";".join(hp.strip() for hp in kafka.bootstrap.split(","))
+
+
+def broker_credentials(kafka: KafkaSettings) -> Optional[faust.types.auth.CredentialsT]:
+    """faust credentials for the KafkaSettings' SASL/SSL (None for PLAINTEXT)."""
+    cfg = kafka.client_config()  # validates SASL settings
+    ssl_context = cfg.get("ssl_context")
+    if kafka.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=cfg["sasl_plain_username"], password=cfg["sasl_plain_password"],
+                                     mechanism=cfg["sasl_mechanism"], ssl_context=ssl_context)
+    if ssl_context is not None:
+        return faust.SSLCredentials(ssl_context)
+    return None
+
+
+def plumbing(app: faust.App) -> Plumbing:
+    return app._graduate  # type: ignore[attr-defined]
+
+
+def make_app(name: str, settings: WorkerSettings, *, partitions: int = catalog.CALLS_CAPTURED.partitions,
+             codec: Codec | None = None) -> faust.App:
+    """A faust app set up the way faust is safe to run (see shared/notes/faust.md)."""
+    ident = app_id(name, settings.topic_namespace)
+    datadir = settings.worker_datadir or settings.var_dir / "faust" / f"{ident}-{settings.worker_web_port}"
+    instance = settings.worker_instance_id or f"{ident}-{socket.gethostname()}-{settings.worker_web_port}"
+    session = settings.worker_session_timeout_s
+    app = faust.App(
+        ident,
+        broker=broker_url(settings.kafka),
+        broker_credentials=broker_credentials(settings.kafka),
+        broker_client_id=f"{settings.kafka.client_id}-{name}",
+        store="memory://",
+        autodiscover=False,
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        consumer_group_instance_id=instance,
+        broker_session_timeout=session,
+        broker_request_timeout=max(90.0, session + 10.0),
+        broker_heartbeat_interval=settings.worker_heartbeat_interval_s,
+        broker_max_poll_records=500,
+        broker_commit_interval=settings.worker_commit_interval_s,
+        stream_wait_empty=settings.worker_stream_wait_empty,
+        web_enabled=True,
+        web_host=settings.worker_web_host,
+        web_port=settings.worker_web_port,
+        datadir=str(datadir),
+    )
+    app._graduate = Plumbing(name, settings, codec or Codec(settings.schema_registry_url))  # type: ignore[attr-defined]
+
+    @app.page("/metrics")
+    async def metrics(web, request):  # noqa: ARG001
+        return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.timer(settings.worker_lag_interval_s)
+    async def measure_lag() -> None:
+        for topic, lag in consumer_lag(app).items():
+            LAG.labels(name, topic).set(lag)
+
+    return app
+
+
+def consumer_lag(app: faust.App) -> dict[str, int]:
+    """Messages between what this worker has read and the end, per source topic (assigned partitions)."""
+    plumb = plumbing(app)
+    consumer = app.consumer
+    lag = {t: 0 for t in plumb.sources}
+    try:
+        assigned = consumer.assignment()
+    except Exception:  # not started yet
+        return lag
+    for tp in assigned:
+        if tp.topic not in lag:
+            continue
+        end = consumer.highwater(tp)
+        if end is None:
+            continue
+        read = consumer._read_offset.get(tp)
+        lag[tp.topic] += max(0, end - (read + 1 if read is not None else 0))
+    return lag
+
+
+def active_partitions(app: faust.App, topic: str) -> set[int]:
+    """Partitions of `topic` this worker owns now. A table's local view holds more (standby copies,
+    partitions revoked earlier): filter by these when showing per-worker state."""
+    try:
+        return {tp.partition for tp in app.consumer.assignment() if tp.topic == topic}
+    except Exception:  # not started yet
+        return set()
+
+
+def source_topic(app: faust.App, spec: TopicSpec, namespace: str) -> Any:
+    """A catalog topic as a faust topic of raw bytes (our codec decodes); counted for lag."""
+    plumb = plumbing(app)
+    if namespace != plumb.settings.topic_namespace:
+        raise ValueError(f"namespace {namespace!r} differs from the app's {plumb.settings.topic_namespace!r}")
+    topic = plumb.topic(app, spec)
+    plumb.sources.add(topic_name(spec, namespace))
+    return topic
+
+
+def internal_topic(app: faust.App, suffix: str, *, partitions: int = catalog.CALLS_CAPTURED.partitions) -> Any:
+    """A raw-bytes topic of the app's own (e.g. re-keying by input), named `<app id>-<suffix>`.
+
+    `ensure_app_topics` creates it before the worker starts (faust's own declare comes after the
+    consumer subscribed, and the topic would then be ignored until a metadata refresh)."""
+    plumb = plumbing(app)
+    name = f"{app.conf.id}-{suffix}"
+    plumb.internal[name] = partitions
+    if name not in plumb.topics:
+        plumb.topics[name] = app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                                       value_serializer="raw", partitions=partitions, internal=True)
+    return plumb.topics[name]
+
+
+async def ensure_app_topics(app: faust.App) -> None:
+    """Create the app's catalog topics, the dead-letter topic and its internal topics if missing."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    from services.common.kafka import ensure_topics
+
+    plumb = plumbing(app)
+    plumb.topic(app, catalog.DEADLETTER)
+    kafka = plumb.settings.kafka
+    await ensure_topics(kafka, plumb.settings.topic_namespace, tuple(plumb.specs.values()))
+    if not plumb.internal:
+        return
+    admin = AIOKafkaAdminClient(**kafka.client_config(), request_timeout_ms=30000)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(n, p, 1) for n, p in plumb.internal.items() if n not in existing]
+        if new:
+            try:
+                await admin.create_topics(new, timeout_ms=30000)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        await admin.close()
+
+
+def meta_of(event: Any) -> Meta:
+    m = event.message
+    return Meta(m.topic, m.partition, m.offset, m.key, m.timestamp, tuple(m.headers or ()))
+
+
+def decode(codec: Codec, model: type[T], raw: Any) -> T:
+    return codec.decode(raw, model)
+
+
+async def call_handler(handler: Callable[..., Any], *args: Any) -> list[Emit]:
+    """Call a sync or async handler; normalise what it returns to a list of Emit."""
+    result = handler(*args)
+    if inspect.isawaitable(result):
+        result = await result
+    if result is None:
+        return []
+    if isinstance(result, Emit):
+        return [result]
+    emits = list(result)
+    for e in emits:
+        if not isinstance(e, Emit):
+            raise TypeError(f"handler returned {type(e).__name__}, expected Emit")
+    return emits
+
+
+async def send_emits(app: faust.App, emits: Iterable[Emit]) -> None:
+    plumb = plumbing(app)
+    for e in emits:
+        topic = plumb.topic(app, e.spec) if isinstance(e.spec, TopicSpec) else e.spec
+        await topic.send(key=e.key_bytes(), value=plumb.codec.encode(e.value),
+                                            headers=list(e.headers) or None)
+
+
+async def send_dead_letter(app: faust.App, meta: Meta, raw: Any, error: BaseException) -> None:
+    """Route what could not be processed to the dead-letter topic; never raises."""
+    plumb = plumbing(app)
+    payload = bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else repr(raw).encode()
+    letter: DeadLetter = dead_letter(meta.topic, meta.partition, meta.offset, plumb.processor, error,
+                                     meta.key, payload)
+    FAILED.labels(plumb.processor).inc()
+    log.warning("%s: dead letter for %s[%d]@%d: %s", plumb.processor, meta.topic, meta.partition,
+                meta.offset, letter.reason)
+    try:
+        await plumb.topic(app, catalog.DEADLETTER).send(
+            key=meta.key, value=plumb.codec.encode(letter),
+            headers=[("reason", letter.reason[:500].encode()), ("processor", plumb.processor.encode())])
+        DEADLETTERED.labels(plumb.processor).inc()
+    except Exception:  # a failing dead-letter send must not stop the worker
+        log.exception("%s: could not send the dead letter for %s[%d]@%d", plumb.processor,
+                      meta.topic, meta.partition, meta.offset)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What handling one event gave: results to send, or the error that sends it to the dead letters."""
+
+    emits: list[Emit] = field(default_factory=list)
+    error: Optional[BaseException] = None
+
+
+async def process_one(codec: Codec, model: type[T], handler: Callable[..., Any], meta: Meta, raw: Any) -> Outcome:
+    """Decode and handle one event; never raises (except cancellation)."""
+    try:
+        value = decode(codec, model, raw)
+        return Outcome(await call_handler(handler, value, meta))
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return Outcome(error=exc)
+
+
+async def process_batch(codec: Codec, model: type[T], handler: Callable[..., Any],
+                        batch: list[tuple[Meta, Any]]) -> tuple[list[Emit], list[tuple[Meta, Any, BaseException]]]:
+    """Decode a batch and handle what decoded; returns the results and the (meta, raw, error) to
+    dead-letter. When the handler raises, every decoded item fails with that error."""
+    items: list[Item[T]] = []
+    raws: list[Any] = []
+    failures: list[tuple[Meta, Any, BaseException]] = []
+    for meta, raw in batch:
+        try:
+            items.append(Item(decode(codec, model, raw), meta))
+            raws.append(raw)
+        except Exception as exc:
+            failures.append((meta, raw, exc))
+    if not items:
+        return [], failures
+    try:
+        return await call_handler(handler, items), failures
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        return [], failures + [(item.meta, raw, exc) for item, raw in zip(items, raws)]
+
+
+async def deliver(app: faust.App, outcome: Outcome, meta: Meta, raw: Any) -> None:
+    """Send an outcome's results, or its dead letter; a failing send dead-letters the event too."""
+    label = plumbing(app).processor
+    if outcome.error is None:
+        try:
+            await send_emits(app, outcome.emits)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            outcome = Outcome(error=exc)
+        else:
+            PROCESSED.labels(label).inc()
+            return
+    await send_dead_letter(app, meta, raw, outcome.error)
+
+
+Handler = Callable[[T, Meta], Union[Iterable[Emit], Emit, None, Awaitable[Any]]]
+BatchHandler = Callable[[list[Item[T]]], Union[Iterable[Emit], Emit, None, Awaitable[Any]]]
+
+
+def each_event(app: faust.App, topic: Any, model: type[T], *, name: str | None = None) -> Callable[[Handler], Handler]:
+    """Decorate `handler(value, meta) -> Emit | list[Emit] | None` into a faust agent (concurrency 1)."""
+
+    def decorate(handler: Handler) -> Handler:
+        plumb = plumbing(app)
+        label = plumb.processor
+
+        async def agent(stream):
+            async for event in stream.events():
+                meta = meta_of(event)
+                started = time.perf_counter()
+                with for_partition(meta.partition):
+                    outcome = await process_one(plumb.codec, model, handler, meta, event.value)
+                await deliver(app, outcome, meta, event.value)
+                PROCESSING_SECONDS.labels(label).observe(time.perf_counter() - started)
+
+        app.agent(topic, name=name or f"{label}.{handler.__name__}", concurrency=1)(agent)
+        return handler
+
+    return decorate
+
+
+def each_batch(app: faust.App, topic: Any, model: type[T], *, size: int, within: float,
+               name: str | None = None) -> Callable[[BatchHandler], BatchHandler]:
+    """Decorate `handler(items: list[Item]) -> Emits` into an agent fed by `take_events(size, within)`."""
+
+    def decorate(handler: BatchHandler) -> BatchHandler:
+        plumb = plumbing(app)
+        label = plumb.processor
+
+        async def agent(stream):
+            async for events in stream.take_events(size, within=within):
+                started = time.perf_counter()
+                batch = [(meta_of(e), e.value) for e in events]
+                emits, failures = await process_batch(plumb.codec, model, handler, batch)
+                if emits:
+                    try:
+                        await send_emits(app, emits)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # nothing of this batch is known to be written
+                        failed = {(m.topic, m.partition, m.offset) for m, _, _ in failures}
+                        failures += [(m, raw, exc) for m, raw in batch if (m.topic, m.partition, m.offset) not in failed]
+                for meta, raw, exc in failures:
+                    await send_dead_letter(app, meta, raw, exc)
+                PROCESSED.labels(label).inc(len(batch) - len(failures))
+                PROCESSING_SECONDS.labels(label).observe(time.perf_counter() - started)
+
+        app.agent(topic, name=name or f"{label}.{handler.__name__}", concurrency=1)(agent)
+        return handler
+
+    return decorate
+
+
+_PARTITION: ContextVar[Optional[int]] = ContextVar("graduate_changelog_partition", default=None)
+
+
+@contextmanager
+def for_partition(partition: int) -> Iterator[None]:
+    """Table writes inside go to changelog partition `partition` (the source event's). each_event
+    sets it for you; a batch handler groups its items with `by_partition` and writes inside this."""
+    token = _PARTITION.set(partition)
+    try:
+        yield
+    finally:
+        _PARTITION.reset(token)
+
+
+def by_partition(items: Iterable[Item[T]]) -> dict[int, list[Item[T]]]:
+    """A batch's items per source partition, each in offset order."""
+    out: dict[int, list[Item[T]]] = {}
+    for item in sorted(items, key=lambda i: (i.meta.partition, i.meta.offset)):
+        out.setdefault(item.meta.partition, []).append(item)
+    return out
+
+
+class PartitionedTable(faust.Table):
+    """A faust table whose changelog partition is the one `for_partition` names (else faust's
+    default, the current event's). faust restores changelog partition p to the worker that owns
+    source partition p, so state written for partition p must go there."""
+
+    def partition_for_key(self, key: Any) -> Optional[int]:
+        partition = _PARTITION.get()
+        return partition if partition is not None else super().partition_for_key(key)
+
+
+def json_table(app: faust.App, name: str, *, default: Callable[[], Any] | None = None,
+               partitions: int | None = None) -> Any:
+    """A faust table with str keys and JSON values (memory store, changelog-backed).
+
+    Write only keys that belong to the source partition being written for (e.g. keyed by the
+    event's call_id), with `for_partition` in batch handlers. Writes should be blind (see above).
+    """
+    schema = faust.Schema(key_serializer="json", value_serializer="json")
+    table = PartitionedTable(app, name=name, default=default, partitions=partitions, schema=schema,
+                             beacon=app.tables.beacon)
+    return app.tables.add(table)
+
+
+# --- replay: read a catalog topic directly (snapshots, candidates, review queue) ---------------
+
+@dataclass
+class Replay(Generic[T]):
+    """What a direct read of one topic gave: decoded records in offset order per partition."""
+
+    topic: str
+    records: list[Item[T]]
+    offsets: dict[int, tuple[int, int]]  # partition -> [start, end) read
+    undecodable: list[tuple[Meta, str]] = field(default_factory=list)
+
+
+async def replay_topic(kafka: KafkaSettings, codec: Codec, spec: TopicSpec, namespace: str, model: type[T], *,
+                       end_offsets: dict[int, int] | None = None, missing_ok: bool = True) -> Replay[T]:
+    """Every record of a catalog topic from its start up to `end_offsets` (default: the current end).
+
+    Undecodable records are returned apart (the snapshot reports them; the workers dead-letter
+    them). A topic that does not exist reads as empty when `missing_ok`.
+    """
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    name = topic_name(spec, namespace)
+    consumer = AIOKafkaConsumer(**kafka.client_config(), enable_auto_commit=False, auto_offset_reset="earliest",
+                                max_poll_records=2000, client_id=f"{kafka.client_id}-replay")
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(name)
+        if not parts:
+            await consumer._client.force_metadata_update()  # a topic created just now
+            parts = consumer.partitions_for_topic(name)
+        if not parts:
+            if missing_ok:
+                return Replay(name, [], {})
+            raise LookupError(f"topic {name} does not exist")
+        tps = [TopicPartition(name, p) for p in sorted(parts)]
+        consumer.assign(tps)
+        starts = await consumer.beginning_offsets(tps)
+        ends = await consumer.end_offsets(tps)
+        if end_offsets is not None:
+            ends = {tp: min(ends[tp], end_offsets.get(tp.partition, 0)) for tp in tps}
+        out: Replay[T] = Replay(name, [], {tp.partition: (starts[tp], ends[tp]) for tp in tps})
+        by_part: dict[int, list[Item[T]]] = {tp.partition: [] for tp in tps}
+        pending = {tp for tp in tps if starts[tp] < ends[tp]}
+        for tp in tps:
+            consumer.seek(tp, starts[tp])
+        while pending:
+            batch = await consumer.getmany(*pending, timeout_ms=1000)
+            for tp, msgs in batch.items():
+                for m in msgs:
+                    if m.offset >= ends[tp]:
+                        break
+                    meta = Meta(m.topic, m.partition, m.offset, m.key, m.timestamp / 1000.0, tuple(m.headers or ()))
+                    try:
+                        by_part[tp.partition].append(Item(codec.decode(m.value, model), meta))
+                    except Exception as exc:
+                        out.undecodable.append((meta, str(exc)))
+            for tp in list(pending):
+                if await consumer.position(tp) >= ends[tp]:
+                    pending.discard(tp)
+        out.records = [item for p in sorted(by_part) for item in by_part[p]]
+        return out
+    finally:
+        await consumer.stop()
+
+
+def changelog_topic(app_name: str, namespace: str, table: str) -> str:
+    """The changelog faust keeps for a table of a graduate app (faust's own naming)."""
+    return f"{app_id(app_name, namespace)}-{table}-changelog"

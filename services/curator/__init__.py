@@ -1,0 +1,1 @@
+"""The curator: captured calls -> a deduplicated, split, reviewed dataset and its snapshots."""

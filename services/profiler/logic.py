@@ -1,0 +1,419 @@
+"""Candidate discovery, as pure functions: profile a task's captured calls, score the playbook's
+four traits, and price owning a small model honestly.
+
+A `Profile` is a mergeable summary (plain JSON) built from one small record per call
+(`summarise_call`), so the worker (which keeps those records) and `graduate candidates` (which
+replays the whole topic) compute the same thing with the same code.
+Time comes from the records (never the clock), so a replayed stream gives the same answer.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Optional
+
+from services.common.contracts import CapturedCall, RouterOutcome
+from services.common.normalize import input_hash, normalise_input
+
+DAY_MS = 86_400_000
+LATENCY_RATIO = 1.05  # latency histogram buckets grow by 5 %: percentiles within ~2.5 %
+TRAITS = ("high_volume", "narrow_stable_output", "latency_or_cost_sensitive", "cheap_training_data")
+
+
+def _ms(ts: datetime) -> int:
+    return int((ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)).timestamp() * 1000)
+
+
+def _day(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d")
+
+
+def output_key(output: str) -> str:
+    """Outputs are counted by value; long ones (free text) by a short hash."""
+    return output if len(output) <= 64 else "#" + hashlib.sha1(output.encode()).hexdigest()[:16]
+
+
+def latency_bucket(ms: float) -> int:
+    return 0 if ms < 1 else int(math.log(ms) / math.log(LATENCY_RATIO)) + 1
+
+
+def bucket_value(bucket: int) -> float:
+    return 0.5 if bucket == 0 else LATENCY_RATIO ** (bucket - 0.5)
+
+
+def percentile(hist: dict, q: float) -> Optional[float]:
+    total = sum(hist.values())
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for b in sorted(hist, key=int):
+        seen += hist[b]
+        if seen >= rank:
+            return round(bucket_value(int(b)), 1)
+    return round(bucket_value(int(max(hist, key=int))), 1)
+
+
+def _add(d: dict, key, n=1) -> None:
+    d[key] = d.get(key, 0) + n
+
+
+def summarise_call(call: CapturedCall) -> list:
+    """What the profile needs of a captured call, small enough to keep one per call (JSON)."""
+    usable = call.parse_ok and call.output is not None and call.output != ""
+    return [_ms(call.ts), call.latency_ms, call.cost_usd, output_key(call.output) if usable else None,
+            input_hash(call.task, normalise_input(call.input))[:8].hex()]
+
+
+def summarise_outcome(outcome: RouterOutcome) -> list:
+    return [_ms(outcome.ts), outcome.served_by, outcome.small_latency_ms]
+
+
+@dataclass
+class Profile:
+    """Mergeable summary of one task's traffic. Keep it JSON: the worker stores it in a table."""
+
+    task: str
+    calls: int = 0  # captured calls (frontier, fallback and sampled)
+    small_served: int = 0  # requests the small model answered (never captured)
+    parse_failures: int = 0
+    first_ms: Optional[int] = None
+    last_ms: Optional[int] = None
+    days: dict = field(default_factory=dict)  # UTC day -> requests
+    outputs: dict = field(default_factory=dict)  # output key -> count (usable answers)
+    outputs_overflow: int = 0  # answers not counted by value once `output_cap` keys exist
+    latency: dict = field(default_factory=dict)  # bucket -> count (frontier latency of captured calls)
+    cost_usd: float = 0.0
+    inputs: dict = field(default_factory=dict)  # input hash -> [first output key, conflict 0/1, usable answers]
+    inputs_sampled: float = 1.0  # share of inputs tracked in `inputs` (by hash, so merges agree)
+    outcomes: dict = field(default_factory=dict)  # served_by -> count (router outcomes)
+    small_latency: dict = field(default_factory=dict)  # bucket -> count
+    output_cap: int = 5000
+
+    # -- building ----------------------------------------------------------------------------
+    def _seen(self, ms: int) -> None:
+        self.first_ms = ms if self.first_ms is None else min(self.first_ms, ms)
+        self.last_ms = ms if self.last_ms is None else max(self.last_ms, ms)
+        _add(self.days, _day(ms))
+
+    def _tracks(self, digest: bytes) -> bool:
+        return int.from_bytes(digest[:8], "big") / 2**64 < self.inputs_sampled
+
+    def add_call(self, call: CapturedCall) -> None:
+        self.add_call_summary(summarise_call(call))
+
+    def add_call_summary(self, summary: list) -> None:
+        """Add a `summarise_call` record: [ts_ms, latency_ms, cost_usd, output key or None, input hash]."""
+        ts, latency_ms, cost, key, digest_hex = summary
+        self.calls += 1
+        self._seen(ts)
+        _add(self.latency, str(latency_bucket(latency_ms)))
+        self.cost_usd += cost
+        if key is None:
+            self.parse_failures += 1
+        else:
+            if key in self.outputs or len(self.outputs) < self.output_cap:
+                _add(self.outputs, key)
+            else:
+                self.outputs_overflow += 1
+        if self._tracks(bytes.fromhex(digest_hex)):
+            entry = self.inputs.get(digest_hex) or [None, 0, 0]
+            if key is not None:
+                if entry[0] is None:
+                    entry[0] = key
+                elif entry[0] != key:
+                    entry[1] = 1
+                entry[2] += 1
+            self.inputs[digest_hex] = entry
+
+    def add_outcome(self, outcome: RouterOutcome) -> None:
+        self.add_outcome_summary(summarise_outcome(outcome))
+
+    def add_outcome_summary(self, summary: list) -> None:
+        """Add a `summarise_outcome` record: [ts_ms, served_by, small latency ms or None]."""
+        ts, served_by, small_latency_ms = summary
+        _add(self.outcomes, served_by)
+        if small_latency_ms is not None:
+            _add(self.small_latency, str(latency_bucket(small_latency_ms)))
+        if served_by == "small":  # answered without the frontier, so never captured
+            self.small_served += 1
+            self._seen(ts)
+
+    def merge(self, other: "Profile") -> "Profile":
+        if other.task != self.task:
+            raise ValueError(f"cannot merge profiles of {self.task} and {other.task}")
+        out = Profile.from_json(self.to_json())
+        out.calls += other.calls
+        out.small_served += other.small_served
+        out.parse_failures += other.parse_failures
+        for ms in (other.first_ms, other.last_ms):
+            if ms is not None:
+                out.first_ms = ms if out.first_ms is None else min(out.first_ms, ms)
+                out.last_ms = ms if out.last_ms is None else max(out.last_ms, ms)
+        for mine, theirs in ((out.days, other.days), (out.latency, other.latency),
+                             (out.outcomes, other.outcomes), (out.small_latency, other.small_latency)):
+            for k, n in theirs.items():
+                _add(mine, k, n)
+        out.outputs_overflow += other.outputs_overflow
+        for k, n in other.outputs.items():
+            if k in out.outputs or len(out.outputs) < out.output_cap:
+                _add(out.outputs, k, n)
+            else:
+                out.outputs_overflow += n
+        out.cost_usd += other.cost_usd
+        out.inputs_sampled = min(out.inputs_sampled, other.inputs_sampled)
+        for h, (key, conflict, n) in other.inputs.items():
+            mine = out.inputs.get(h)
+            if mine is None:
+                out.inputs[h] = [key, conflict, n]
+            else:
+                differs = mine[0] is not None and key is not None and mine[0] != key
+                out.inputs[h] = [mine[0] or key, int(mine[1] or conflict or differs), mine[2] + n]
+        return out
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Profile":
+        data = dict(data)
+        data["inputs"] = {h: list(v) for h, v in data.get("inputs", {}).items()}
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+# --- measuring --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Measures:
+    task: str
+    calls: int
+    requests: int
+    span_hours: float
+    calls_per_day: float
+    distinct_outputs: int
+    distinct_lower_bound: bool
+    entropy_bits: float
+    repeat_share: float  # share of usable answers whose output occurs more than once
+    stability: Optional[float]  # share of repeated inputs always answered the same
+    repeated_inputs: int
+    latency_p50_ms: Optional[float]
+    latency_p95_ms: Optional[float]
+    cost_per_call_usd: float
+    cost_per_day_usd: float
+    usable_examples: int  # distinct normalised inputs with a usable answer (estimated if sampled)
+    parse_failure_rate: float
+    fallback_rate: Optional[float]  # measured from router outcomes in small mode
+    small_latency_p50_ms: Optional[float]
+    outcomes: int
+
+
+def entropy_bits(counts: list[int]) -> float:
+    total = sum(counts)
+    if total == 0:
+        return 0.0
+    return max(0.0, -sum(n / total * math.log2(n / total) for n in counts if n))
+
+
+def measure(p: Profile, *, window_days: int = 7, min_span_hours: float = 1.0) -> Measures:
+    """What the playbook looks at, from a profile. Calls per day: requests in the newest
+    `window_days` days, over the time they cover (at least `min_span_hours`)."""
+    requests = p.calls + p.small_served
+    if p.last_ms is None:
+        span_ms, in_window = 0, 0
+    else:
+        window_start = p.last_ms - window_days * DAY_MS
+        span_ms = p.last_ms - max(p.first_ms, window_start)
+        first_day = _day(max(p.first_ms, window_start))
+        in_window = sum(n for d, n in p.days.items() if d >= first_day)
+    span_hours = max(span_ms / 3_600_000, min_span_hours)
+    calls_per_day = in_window / (span_hours / 24) if requests else 0.0
+    counts = list(p.outputs.values()) + [1] * p.outputs_overflow  # overflow counted as singletons
+    usable = sum(counts)
+    repeated = [v for v in p.inputs.values() if v[2] >= 2]
+    tracked_usable = sum(1 for v in p.inputs.values() if v[0] is not None)
+    cost_per_call = round(p.cost_usd / p.calls, 10) if p.calls else 0.0
+    small_mode = p.outcomes.get("small", 0) + p.outcomes.get("fallback", 0)
+    return Measures(
+        task=p.task, calls=p.calls, requests=requests, span_hours=round(span_hours, 2),
+        calls_per_day=round(calls_per_day, 1), distinct_outputs=len(p.outputs) + p.outputs_overflow,
+        distinct_lower_bound=bool(p.outputs_overflow),
+        entropy_bits=round(entropy_bits(counts), 3),
+        repeat_share=round(sum(n for n in p.outputs.values() if n > 1) / usable, 4) if usable else 0.0,
+        stability=round(sum(1 for v in repeated if not v[1]) / len(repeated), 4) if repeated else None,
+        repeated_inputs=len(repeated),
+        latency_p50_ms=percentile(p.latency, 0.50), latency_p95_ms=percentile(p.latency, 0.95),
+        cost_per_call_usd=cost_per_call, cost_per_day_usd=round(cost_per_call * calls_per_day, 4),
+        usable_examples=round(tracked_usable / p.inputs_sampled) if p.inputs_sampled else 0,
+        parse_failure_rate=round(p.parse_failures / p.calls, 4) if p.calls else 0.0,
+        fallback_rate=round(p.outcomes.get("fallback", 0) / small_mode, 4) if small_mode else None,
+        small_latency_p50_ms=percentile(p.small_latency, 0.50),
+        outcomes=sum(p.outcomes.values()),
+    )
+
+
+# --- scoring ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Thresholds:
+    min_calls_per_day: float = 1000.0
+    max_distinct_outputs: int = 1000
+    min_repeat_share: float = 0.8
+    max_entropy_bits: float = 10.0
+    min_stability: float = 0.9
+    min_repeated_inputs: int = 20
+    max_parse_failure_rate: float = 0.1
+    min_p95_latency_ms: float = 500.0
+    min_cost_per_day_usd: float = 20.0
+    min_usable_examples: int = 1000
+
+
+@dataclass(frozen=True)
+class Trait:
+    name: str
+    passed: bool
+    score: float  # 0..1; 1 when it passes
+    reason: str
+
+
+def _ratio(value: float, threshold: float) -> float:
+    return 1.0 if threshold <= 0 else max(0.0, min(1.0, value / threshold))
+
+
+def score_traits(m: Measures, t: Thresholds) -> list[Trait]:
+    volume = Trait("high_volume", m.calls_per_day >= t.min_calls_per_day, _ratio(m.calls_per_day, t.min_calls_per_day),
+                   f"{m.calls_per_day:,.0f} calls/day over {m.span_hours:g} h (needs ≥ {t.min_calls_per_day:,.0f})")
+
+    problems = []
+    if m.distinct_outputs > t.max_distinct_outputs:
+        problems.append(f"{m.distinct_outputs}{'+' if m.distinct_lower_bound else ''} distinct outputs (> {t.max_distinct_outputs})")
+    if m.repeat_share < t.min_repeat_share:
+        problems.append(f"only {m.repeat_share:.0%} of answers repeat an output (needs ≥ {t.min_repeat_share:.0%})")
+    if m.entropy_bits > t.max_entropy_bits:
+        problems.append(f"output entropy {m.entropy_bits:.1f} bits (> {t.max_entropy_bits:g})")
+    if m.stability is not None and m.repeated_inputs >= t.min_repeated_inputs and m.stability < t.min_stability:
+        problems.append(f"same input answered differently: stability {m.stability:.0%} (needs ≥ {t.min_stability:.0%})")
+    if m.parse_failure_rate > t.max_parse_failure_rate:
+        problems.append(f"{m.parse_failure_rate:.0%} parse failures (> {t.max_parse_failure_rate:.0%})")
+    stability = ("stability not measured yet" if m.stability is None or m.repeated_inputs < t.min_repeated_inputs
+                 else f"stability {m.stability:.0%} on {m.repeated_inputs} repeated inputs")
+    narrow_score = min(_ratio(m.repeat_share, t.min_repeat_share),
+                       _ratio(t.max_distinct_outputs, max(m.distinct_outputs, 1)),
+                       _ratio(t.max_entropy_bits, max(m.entropy_bits, 1e-9)),
+                       _ratio(m.stability if m.stability is not None else 1.0, t.min_stability))
+    narrow = Trait("narrow_stable_output", not problems, 1.0 if not problems else narrow_score,
+                   "; ".join(problems) if problems else
+                   f"{m.distinct_outputs} distinct outputs, {m.entropy_bits:.1f} bits, "
+                   f"{m.repeat_share:.0%} repeat; {stability}; {m.parse_failure_rate:.1%} parse failures")
+
+    p95 = m.latency_p95_ms or 0.0
+    sensitive = p95 >= t.min_p95_latency_ms or m.cost_per_day_usd >= t.min_cost_per_day_usd
+    latency_cost = Trait("latency_or_cost_sensitive", sensitive,
+                         max(_ratio(p95, t.min_p95_latency_ms), _ratio(m.cost_per_day_usd, t.min_cost_per_day_usd)),
+                         f"p95 {p95:,.0f} ms (≥ {t.min_p95_latency_ms:,.0f} counts), "
+                         f"${m.cost_per_day_usd:,.2f}/day (≥ ${t.min_cost_per_day_usd:,.0f} counts)")
+
+    data = Trait("cheap_training_data", m.usable_examples >= t.min_usable_examples,
+                 _ratio(m.usable_examples, t.min_usable_examples),
+                 f"{m.usable_examples:,} usable examples on hand (needs ≥ {t.min_usable_examples:,})")
+    return [volume, narrow, latency_cost, data]
+
+
+# --- economics --------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Costs:
+    instance_price_per_hour: float = 0.526
+    serving_instances: int = 1
+    hours_per_month: float = 730.0
+    training_runs_per_month: float = 4.0
+    training_run_usd: float = 2.0
+    ops_allowance_per_month_usd: float = 200.0
+    expected_fallback_rate: float = 0.2
+    sampled_share: float = 0.02
+    small_latency_ms: float = 20.0
+    days_per_month: float = 30.0
+    min_outcomes_to_measure: int = 200
+
+
+@dataclass(frozen=True)
+class Economics:
+    frontier_monthly_usd: float
+    small_fixed_monthly_usd: float
+    still_paid_frontier_monthly_usd: float
+    monthly_saving_usd: float
+    break_even_calls_per_day: Optional[float]
+    fallback_rate: float
+    fallback_rate_measured: bool
+    frontier_p50_ms: Optional[float]
+    expected_p50_ms: Optional[float]
+    latency_gain_ms: Optional[float]
+    assumptions: str
+
+
+def price(m: Measures, c: Costs) -> Economics:
+    """Frontier spend against owning a model: serving hours, training runs, an ops allowance, and
+    the fallback and sampled share still paid to the frontier."""
+    measured = m.fallback_rate is not None and m.outcomes >= c.min_outcomes_to_measure
+    fallback = m.fallback_rate if measured else c.expected_fallback_rate
+    paid_share = min(1.0, fallback + c.sampled_share)
+    frontier = m.cost_per_call_usd * m.calls_per_day * c.days_per_month
+    fixed = (c.instance_price_per_hour * c.serving_instances * c.hours_per_month
+             + c.training_runs_per_month * c.training_run_usd + c.ops_allowance_per_month_usd)
+    still_paid = frontier * paid_share
+    per_day_saved = m.cost_per_call_usd * (1 - paid_share) * c.days_per_month
+    small_p50 = m.small_latency_p50_ms if (measured and m.small_latency_p50_ms is not None) else c.small_latency_ms
+    expected = None if m.latency_p50_ms is None else small_p50 + fallback * m.latency_p50_ms
+    return Economics(
+        frontier_monthly_usd=round(frontier, 2), small_fixed_monthly_usd=round(fixed, 2),
+        still_paid_frontier_monthly_usd=round(still_paid, 2), monthly_saving_usd=round(frontier - fixed - still_paid, 2),
+        break_even_calls_per_day=round(fixed / per_day_saved, 0) if per_day_saved > 0 else None,
+        fallback_rate=fallback, fallback_rate_measured=measured, frontier_p50_ms=m.latency_p50_ms,
+        expected_p50_ms=None if expected is None else round(expected, 1),
+        latency_gain_ms=None if expected is None else round(m.latency_p50_ms - expected, 1),
+        assumptions=(f"{c.serving_instances} instance × ${c.instance_price_per_hour}/h × {c.hours_per_month:g} h, "
+                     f"{c.training_runs_per_month:g} training runs × ${c.training_run_usd}, ops ${c.ops_allowance_per_month_usd:g}/month, "
+                     f"fallback {fallback:.0%} ({'measured' if measured else 'assumed'}) + {c.sampled_share:.0%} sampled "
+                     f"still paid to the frontier, small model p50 {small_p50:g} ms, {c.days_per_month:g} days/month"))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    task: str
+    recommendation: str  # "graduate" | "stay on frontier"
+    score: float
+    failing: tuple[str, ...]
+    traits: tuple[Trait, ...]
+    measures: Measures
+    economics: Economics
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def assess(profile: Profile, t: Thresholds, c: Costs, *, window_days: int = 7, min_span_hours: float = 1.0) -> Candidate:
+    m = measure(profile, window_days=window_days, min_span_hours=min_span_hours)
+    traits = score_traits(m, t)
+    econ = price(m, c)
+    failing = [tr.name for tr in traits if not tr.passed]
+    if econ.monthly_saving_usd <= 0:
+        failing.append("saving")
+    return Candidate(profile.task, "graduate" if not failing else "stay on frontier",
+                     round(sum(tr.score for tr in traits) / len(traits), 4), tuple(failing), tuple(traits), m, econ)
+
+
+def rank(candidates: list[Candidate]) -> list[Candidate]:
+    """Graduation candidates first, then by trait score, saving, name."""
+    return sorted(candidates, key=lambda c: (c.recommendation != "graduate", -c.score,
+                                             -c.economics.monthly_saving_usd, c.task))
+
+
+def profile_calls(calls, outcomes=(), *, inputs_sampled: float = 1.0) -> dict[str, Profile]:
+    """Profiles per task from captured calls and router outcomes (iterables of contracts)."""
+    out: dict[str, Profile] = {}
+    for call in calls:
+        out.setdefault(call.task, Profile(call.task, inputs_sampled=inputs_sampled)).add_call(call)
+    for o in outcomes:
+        out.setdefault(o.task, Profile(o.task, inputs_sampled=inputs_sampled)).add_outcome(o)
+    return out
+

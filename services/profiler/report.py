@@ -1,0 +1,24 @@
+"""Candidates from a replay of the captured calls and router outcomes (what `graduate candidates` shows)."""
+from __future__ import annotations
+
+import asyncio
+
+from services.common import catalog
+from services.common.codec import Codec
+from services.common.contracts import CapturedCall, RouterOutcome
+from services.common.settings import CommonSettings
+from services.common.streams import replay_topic
+from services.profiler.logic import Candidate, assess, profile_calls, rank
+from services.profiler.settings import ProfilerSettings
+
+
+async def compute_candidates(settings: CommonSettings, profiler: ProfilerSettings,
+                             codec: Codec | None = None) -> list[Candidate]:
+    """Read both topics to their current end and rank every task seen."""
+    codec = codec or Codec(settings.schema_registry_url)
+    calls, outcomes = await asyncio.gather(
+        replay_topic(settings.kafka, codec, catalog.CALLS_CAPTURED, settings.topic_namespace, CapturedCall),
+        replay_topic(settings.kafka, codec, catalog.ROUTER_OUTCOMES, settings.topic_namespace, RouterOutcome))
+    profiles = await asyncio.to_thread(profile_calls, (i.value for i in calls.records), (i.value for i in outcomes.records))
+    return rank([assess(p, profiler.thresholds(), profiler.costs(), window_days=profiler.window_days,
+                        min_span_hours=profiler.min_span_hours) for p in profiles.values()])
