@@ -1,0 +1,1 @@
+"""The judge: shadow results against the frontier and reviewed labels."""
