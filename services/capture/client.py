@@ -39,6 +39,7 @@ from services.common.catalog import CALLS_CAPTURED, TopicSpec, topic_name
 from services.common.codec import Codec, CodecError
 from services.common.contracts import CapturedCall, Contract, new_id
 from services.common.kafka import make_producer
+from services.common.redaction import Redactor
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -81,12 +82,24 @@ class CaptureStats:
         return self.queued + self.in_flight
 
 
+def redact_call(call: CapturedCall, redactor: Redactor) -> CapturedCall:
+    """The call with PII in its input and answers replaced by placeholders (pure)."""
+    red_input, red_raw = redactor(call.input), redactor(call.output_raw)
+    red_output = redactor(call.output) if call.output is not None else None
+    changed = red_input.changed or red_raw.changed or bool(red_output and red_output.changed)
+    if not changed:
+        return call
+    return call.model_copy(update={"input": red_input.text, "output_raw": red_raw.text,
+                                   "output": red_output.text if red_output else None, "redacted": True})
+
+
 class CaptureClient:
     """Publishes CapturedCalls (and other contracts) through a queue, a producer and a spool."""
 
     def __init__(self, kafka: KafkaSettings, *, name: str = "capture", namespace: str = "",
                  settings: CaptureSettings | None = None, var_dir: Path | None = None,
-                 codec: Codec | None = None, producer_factory: Callable[..., Any] = make_producer) -> None:
+                 codec: Codec | None = None, producer_factory: Callable[..., Any] = make_producer,
+                 redactor: Redactor | None = None) -> None:
         from services.common.settings import REPO_ROOT
 
         self.kafka = kafka
@@ -95,6 +108,9 @@ class CaptureClient:
         self.settings = settings or CaptureSettings()
         self.codec = codec or Codec()
         self._producer_factory = producer_factory
+        # Every captured call is redacted here too (idempotent: the router's placeholders never match),
+        # so a service publishing its own calls cannot leak PII into the topic.
+        self.redactor = redactor or Redactor()
         folder = self.settings.spool_dir or Path(var_dir or REPO_ROOT / "var") / "spool" / name
         self.spool = Spool(folder, self.settings.spool_max_bytes, self.settings.spool_segment_bytes,
                            self.settings.spool_fsync)
@@ -115,6 +131,7 @@ class CaptureClient:
         if call is None:
             fields["call_id"] = fields.get("call_id") or new_id()
             call = CapturedCall(**fields)
+        call = redact_call(call, self.redactor)
         self.publish(CALLS_CAPTURED, call.call_id, call, dedupe=True)
         return call.call_id
 

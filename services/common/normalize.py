@@ -15,8 +15,10 @@ _WS = re.compile(r"\s+")
 
 
 def normalise_input(text: str) -> str:
-    """Unicode NFKC, case-folded, whitespace collapsed and trimmed."""
-    return _WS.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    """Unicode NFKC, case-folded, NFKC again (case folding can undo it: "ß\u0301" → "ss\u0301"),
+    whitespace collapsed and trimmed; idempotent."""
+    folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+    return _WS.sub(" ", folded).strip()
 
 
 def input_hash(task: str, normalised: str) -> bytes:

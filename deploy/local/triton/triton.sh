@@ -175,6 +175,12 @@ cmd_start() {
     mkdir -p "$RUN_DIR" "$MODEL_REPOSITORY"
     [[ -f $LOG_FILE ]] && mv -f "$LOG_FILE" "$LOG_FILE.1"
     started=$EPOCHREALTIME
+    # A restarted server serves what the repository holds (as compose and k8s do with
+    # --load-model=*); a model that fails to load must not keep the server down.
+    local load_args=()
+    if compgen -G "$MODEL_REPOSITORY/*/config.pbtxt" >/dev/null; then
+        load_args=(--load-model='*' --exit-on-error=false)
+    fi
     # setsid: its own session and process group (no terminal signals; the group can be killed
     # with the stubs). The inner bash writes its pid and becomes tritonserver through exec.
     setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PID_FILE" \
@@ -183,7 +189,7 @@ cmd_start() {
         PATH="$VENV/bin:$PATH" \
         "$wheel/bin/tritonserver" \
         --model-repository="$MODEL_REPOSITORY" \
-        --model-control-mode=explicit \
+        --model-control-mode=explicit "${load_args[@]}" \
         --backend-directory="$BACKENDS_DIR" \
         --cache-directory="$wheel/caches" \
         --http-address="$HOST" --http-port="$HTTP_PORT" \
