@@ -9,8 +9,8 @@
 #   GRADUATE_KAFKA_CONTROLLER_PORT  controller port (default 9093)
 #   GRADUATE_VAR_DIR                state folder (default <repo>/var); data, logs and pid
 #                                   live in $GRADUATE_VAR_DIR/kafka/
-#   GRADUATE_KAFKA_BOOTSTRAP        when set, an external cluster is used: start, stop and
-#                                   clean do nothing
+#   GRADUATE_KAFKA_BOOTSTRAP        when set to anything but 127.0.0.1:$GRADUATE_KAFKA_PORT, an
+#                                   external cluster is used: start, stop and clean do nothing
 #   GRADUATE_KAFKA_START_TIMEOUT_S  how long start waits for the broker (default 90)
 set -euo pipefail
 
@@ -110,7 +110,7 @@ port_open() {
 }
 
 external() {
-  if [[ -n ${GRADUATE_KAFKA_BOOTSTRAP:-} ]]; then
+  if [[ -n ${GRADUATE_KAFKA_BOOTSTRAP:-} && $GRADUATE_KAFKA_BOOTSTRAP != "127.0.0.1:$PORT" ]]; then
     say "GRADUATE_KAFKA_BOOTSTRAP=$GRADUATE_KAFKA_BOOTSTRAP: using that external cluster, nothing to $1"
     return 0
   fi
@@ -244,7 +244,7 @@ cmd_stop() {
 }
 
 cmd_status() {
-  if [[ -n ${GRADUATE_KAFKA_BOOTSTRAP:-} ]]; then
+  if [[ -n ${GRADUATE_KAFKA_BOOTSTRAP:-} && $GRADUATE_KAFKA_BOOTSTRAP != "127.0.0.1:$PORT" ]]; then
     say "external cluster at $GRADUATE_KAFKA_BOOTSTRAP (GRADUATE_KAFKA_BOOTSTRAP is set)"
     return
   fi
