@@ -136,11 +136,6 @@ def grpc_url() -> str:
 
 
 @pytest.fixture(scope="module")
-def model_repository() -> Path:
-    return Path(os.environ.get("GRADUATE_MODEL_REPOSITORY", "/work/main/var/model-repository"))
-
-
-@pytest.fixture(scope="module")
 def admin_client(http_url: str) -> Iterator[httpclient.InferenceServerClient]:
     client = httpclient.InferenceServerClient(url=http_url)
     try:
