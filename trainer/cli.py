@@ -1,4 +1,4 @@
-"""`graduate train`, `graduate snapshot-banking77` and `graduate trainer-service`.
+"""`graduate train`, `graduate snapshot-banking77`, `graduate snapshot-restaurant8k` and `graduate trainer-service`.
 
 torch, transformers and onnxruntime are imported inside the commands, so `graduate --help`
 stays fast.
@@ -41,9 +41,10 @@ def train(
     no_publish: bool = typer.Option(False, "--no-publish", help="do not send ModelRegistered"),
     no_load: bool = typer.Option(False, "--no-load", help="write the Triton version but do not load it"),
 ) -> None:
-    """Fine-tune, calibrate, export and serve a new model version of TASK from a dataset snapshot."""
+    """Fine-tune, calibrate, export and serve a new model version of TASK from a dataset snapshot
+    (a classification head, or BIO token tags for an extraction task)."""
     from services.common.tasks import load_tasks
-    from trainer.pipeline import TrainingRefused, train_task
+    from trainer.pipeline import TrainingRefused, train_for_kind
     from trainer.publish import publish_model_registered
     from trainer.snapshot import SnapshotError
     from trainer.triton_repo import TritonError
@@ -55,10 +56,10 @@ def train(
         spec = load_tasks(settings.tasks_file).get(task)
     except KeyError as exc:
         raise SystemExit(f"graduate train: {exc.args[0]}") from None
-    if spec.kind != "classification":
-        raise SystemExit(f"task {task} is {spec.kind}; the trainer trains classification tasks")
+    if not spec.graduatable:
+        raise SystemExit(f"task {task} is {spec.kind}; the trainer trains classification and extraction tasks")
     try:
-        run = train_task(settings, task, snapshot, console)
+        run = train_for_kind(spec.kind)(settings, task, snapshot, console)
     except (SnapshotError, TrainingRefused, TritonError) as exc:
         raise SystemExit(f"graduate train: {exc}") from None
     if settings.publish and run.event is not None:
@@ -87,6 +88,27 @@ def snapshot_banking77(
     print(path)
 
 
+def snapshot_restaurant8k(
+    task: str = typer.Option("restaurant8k-booking", "--task"),
+    data_dir: Path = typer.Option(REPO_ROOT / "data" / "restaurant8k", "--data-dir"),
+    max_train: Optional[int] = typer.Option(None, "--max-train", help="at most this many train utterances"),
+    max_holdout: Optional[int] = typer.Option(None, "--max-holdout", help="at most this many holdout utterances"),
+    reviewed_share: float = typer.Option(0.3, "--reviewed-share", help="share of the holdout with reviewed labels"),
+) -> None:
+    """Build a dataset snapshot from data/restaurant8k with simulated frontier JSON answers (until the curator runs)."""
+    from services.common.tasks import load_tasks
+    from trainer.extraction.dataset_from_restaurant8k import build_restaurant8k_snapshot
+
+    settings = trainer_settings()
+    try:
+        spec = load_tasks(settings.tasks_file).get(task)
+        path = build_restaurant8k_snapshot(settings.datasets_dir, spec, data_dir, max_train=max_train,
+                                           max_holdout=max_holdout, reviewed_share=reviewed_share)
+    except (KeyError, ValueError) as exc:
+        raise SystemExit(f"graduate snapshot-restaurant8k: {exc}") from None
+    print(path)
+
+
 def trainer_service() -> None:
     """Run the trainer worker: train a new version whenever a retrain request arrives."""
     from trainer.service import run
@@ -97,4 +119,5 @@ def trainer_service() -> None:
 def register(app: typer.Typer) -> None:
     app.command("train")(train)
     app.command("snapshot-banking77")(snapshot_banking77)
+    app.command("snapshot-restaurant8k")(snapshot_restaurant8k)
     app.command("trainer-service")(trainer_service)

@@ -1,7 +1,8 @@
 """ONNX export (optimum, fallback torch.onnx.export), the parity check, and optional int8.
 
 The exported graph takes input_ids, attention_mask and token_type_ids with dynamic batch and
-sequence axes and returns logits. Parity is measured on the holdout against the torch model;
+sequence axes and returns logits ([batch, labels], or [batch, sequence, tags] for the token
+classification of extraction tasks). Parity is measured on the holdout against the torch model;
 int8 (onnxruntime dynamic quantisation) is kept only within a configured accuracy drop.
 """
 from __future__ import annotations
@@ -27,22 +28,26 @@ class Exported:
     fallback_reason: Optional[str] = None
 
 
-def export_with_optimum(hf_dir: Path, out: Path) -> Path:
+HEADS = {"text-classification": "AutoModelForSequenceClassification",
+         "token-classification": "AutoModelForTokenClassification"}
+
+
+def export_with_optimum(hf_dir: Path, out: Path, task: str = "text-classification") -> Path:
     from optimum.exporters.onnx import main_export
 
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer warnings about constant masks: expected for BERT
-        main_export(str(hf_dir), output=tmp, task="text-classification", opset=OPSET, device="cpu",
+        main_export(str(hf_dir), output=tmp, task=task, opset=OPSET, device="cpu",
                     do_validation=False)
         shutil.move(str(Path(tmp) / "model.onnx"), out)
     return out
 
 
-def export_with_torch(hf_dir: Path, out: Path) -> Path:
+def export_with_torch(hf_dir: Path, out: Path, task: str = "text-classification") -> Path:
     import torch
-    from transformers import AutoModelForSequenceClassification
+    import transformers
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(hf_dir)).eval()
+    model = getattr(transformers, HEADS[task]).from_pretrained(str(hf_dir)).eval()
     dummy = torch.ones((2, 8), dtype=torch.long)
     axes = {0: "batch_size", 1: "sequence_length"}
     with warnings.catch_warnings():
@@ -50,25 +55,25 @@ def export_with_torch(hf_dir: Path, out: Path) -> Path:
         torch.onnx.export(model, (dummy, dummy, torch.zeros_like(dummy)), str(out),
                           input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=["logits"],
                           dynamic_axes={"input_ids": axes, "attention_mask": axes, "token_type_ids": axes,
-                                        "logits": {0: "batch_size"}},
+                                        "logits": axes if task == "token-classification" else {0: "batch_size"}},
                           opset_version=OPSET, dynamo=False)
     return out
 
 
-def export_onnx(hf_dir: Path, out: Path, exporter: str = "optimum") -> Exported:
+def export_onnx(hf_dir: Path, out: Path, exporter: str = "optimum", task: str = "text-classification") -> Exported:
     """Export to `out` (one file); optimum first unless told otherwise, torch on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if exporter == "optimum":
         try:
-            export_with_optimum(hf_dir, out)
+            export_with_optimum(hf_dir, out, task)
             return Exported(out, "optimum", time.perf_counter() - started)
         except Exception as exc:  # noqa: BLE001 - any optimum failure falls back to torch
             reason = f"{type(exc).__name__}: {exc}"[:500]
             started = time.perf_counter()
-            export_with_torch(hf_dir, out)
+            export_with_torch(hf_dir, out, task)
             return Exported(out, "torch.onnx", time.perf_counter() - started, reason)
-    export_with_torch(hf_dir, out)
+    export_with_torch(hf_dir, out, task)
     return Exported(out, "torch.onnx", time.perf_counter() - started)
 
 

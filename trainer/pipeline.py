@@ -240,6 +240,17 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
     return TrainRun(report, event, run_dir, version, version_dir, card)
 
 
+def train_for_kind(kind: str):
+    """The run for a task kind: `train_task` (classification) or the extraction run (BIO token tags)."""
+    if kind == "classification":
+        return train_task
+    if kind == "extraction":
+        from trainer.extraction.pipeline import train_extraction_task
+
+        return train_extraction_task
+    raise TrainingRefused(f"a {kind} task is not trained")
+
+
 def _gate_view(confidence: np.ndarray, small_ok: np.ndarray, frontier_ok: np.ndarray, predicted: list[str],
                frontier: list[str], on: np.ndarray, threshold: float | None) -> dict[str, Any]:
     """What the gate tests: the served answer (small above the threshold, frontier below) vs the frontier."""

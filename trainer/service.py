@@ -43,11 +43,10 @@ def requests_to_run(requests: list[RetrainRequest], now=None) -> list[RetrainReq
 async def run(settings: Optional[TrainerSettings] = None, *, stop: Optional[asyncio.Event] = None,
               train: Optional[Callable] = None) -> None:
     """Consume retrain requests until cancelled (or `stop` is set)."""
-    from trainer.pipeline import train_task
+    from trainer.pipeline import train_for_kind
     from trainer.publish import publish_model_registered
 
     settings = settings or TrainerSettings()
-    train = train or train_task
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     codec = Codec(settings.schema_registry_url)
@@ -69,8 +68,8 @@ async def run(settings: Optional[TrainerSettings] = None, *, stop: Optional[asyn
                     try:
                         request = codec.decode(msg.value, RetrainRequest)
                         spec = tasks.get(request.task)
-                        if spec.kind != "classification":
-                            raise ValueError(f"task {request.task} is {spec.kind}; only classification is trained")
+                        if not spec.graduatable:
+                            raise ValueError(f"task {request.task} is {spec.kind}; it is not trained")
                         requests.append(request)
                         origin[request.request_id] = msg
                     except (CodecError, KeyError, ValueError) as exc:
@@ -78,7 +77,8 @@ async def run(settings: Optional[TrainerSettings] = None, *, stop: Optional[asyn
                                                dead_letter(msg.topic, msg.partition, msg.offset, PROCESSOR, exc,
                                                            msg.key, msg.value))
             for request in requests_to_run(requests):
-                await _train_one(settings, request, origin[request.request_id], train, codec, producer,
+                run_for = train or train_for_kind(tasks.get(request.task).kind)
+                await _train_one(settings, request, origin[request.request_id], run_for, codec, producer,
                                  publish_model_registered)
             if batches:
                 await consumer.commit()

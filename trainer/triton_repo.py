@@ -22,6 +22,9 @@ MODEL_PY = Path(__file__).with_name("triton_model.py")
 VERSION_FILES = ("model.py", "model.onnx", "tokenizer.json", "labels.json", "calibration.json", "version.json")
 MAX_BATCH_SIZE = 64
 
+# (name, data type, dims) of each output; the input is always TEXT (TYPE_STRING, [1]).
+CLASSIFICATION_OUTPUTS = (("LABEL", "TYPE_STRING", "1"), ("CONFIDENCE", "TYPE_FP32", "1"), ("PROBS", "TYPE_FP32", "-1"))
+
 CONFIG_PBTXT = """\
 name: "{name}"
 backend: "python"
@@ -32,9 +35,7 @@ input [
   {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }}
 ]
 output [
-  {{ name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] }},
-  {{ name: "CONFIDENCE" data_type: TYPE_FP32 dims: [ 1 ] }},
-  {{ name: "PROBS" data_type: TYPE_FP32 dims: [ -1 ] }}
+{outputs}
 ]
 instance_group [ {{ kind: {kind} count: 1 }} ]
 """
@@ -44,17 +45,19 @@ class TritonError(RuntimeError):
     """Triton refused or failed a model; the message carries what Triton said."""
 
 
-def config_pbtxt(name: str, gpu: bool = False) -> str:
-    return CONFIG_PBTXT.format(name=name, max_batch=MAX_BATCH_SIZE, kind="KIND_GPU" if gpu else "KIND_CPU")
+def config_pbtxt(name: str, gpu: bool = False, outputs: tuple[tuple[str, str, str], ...] = CLASSIFICATION_OUTPUTS) -> str:
+    lines = ",\n".join(f'  {{ name: "{o}" data_type: {t} dims: [ {d} ] }}' for o, t, d in outputs)
+    return CONFIG_PBTXT.format(name=name, max_batch=MAX_BATCH_SIZE, kind="KIND_GPU" if gpu else "KIND_CPU",
+                               outputs=lines)
 
 
 def stage_version(stage: Path, onnx_file: Path, tokenizer, labels: list[str], temperature: float,
-                  meta: dict[str, Any]) -> Path:
+                  meta: dict[str, Any], model_py: Path = MODEL_PY) -> Path:
     """Write a complete version folder at `stage` (not yet in the repository)."""
     from tokenizers import Tokenizer
 
     stage.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(MODEL_PY, stage / "model.py")
+    shutil.copyfile(model_py, stage / "model.py")
     if onnx_file.resolve() != (stage / "model.onnx").resolve():
         shutil.copyfile(onnx_file, stage / "model.onnx")
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
@@ -74,7 +77,9 @@ def existing_versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def install_version(stage: Path, repository: Path, name: str, gpu: bool = False) -> tuple[int, Path]:
+def install_version(stage: Path, repository: Path, name: str, gpu: bool = False,
+                    files: tuple[str, ...] = VERSION_FILES,
+                    outputs: tuple[tuple[str, str, str], ...] = CLASSIFICATION_OUTPUTS) -> tuple[int, Path]:
     """Copy a staged version into the repository under the next free integer version."""
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -86,9 +91,9 @@ def install_version(stage: Path, repository: Path, name: str, gpu: bool = False)
             break
         except FileExistsError:
             version += 1
-    for file in VERSION_FILES:
+    for file in files:
         shutil.copyfile(stage / file, target / file)
-    _write_atomic(model_dir / "config.pbtxt", config_pbtxt(name, gpu))
+    _write_atomic(model_dir / "config.pbtxt", config_pbtxt(name, gpu, outputs))
     version_json = json.loads((target / "version.json").read_text())
     _write_atomic(target / "version.json", json.dumps(version_json | {"version": version}, indent=2,
                                                       sort_keys=True) + "\n")

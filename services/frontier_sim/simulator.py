@@ -12,12 +12,13 @@ from typing import Any
 
 from services.common.normalize import normalise_input
 from services.common.tasks import TaskRegistry, TaskSpec
+from services.frontier_sim.extraction import ExtractionOracle, FieldsVerdict, read_span_examples
 from services.frontier_sim.oracle import ClassificationOracle, Verdict, read_examples
 from services.frontier_sim.replies import draft_reply
-from services.frontier_sim.settings import FAULTS, Fault, SimSettings
+from services.frontier_sim.settings import DEFAULT_FIELD_ERROR_RATES, FAULTS, Fault, SimSettings
 
 log = logging.getLogger("graduate.frontier_sim")
-ERROR_KINDS = ("wrong_label", "malformed", "http_500", "http_429", "timeout", "garbage", "bad_request")
+ERROR_KINDS = ("wrong_label", "wrong_fields", "malformed", "http_500", "http_429", "timeout", "garbage", "bad_request")
 FAULT_ERROR_KIND: dict[Fault, str] = {"500": "http_500", "429": "http_429", "timeout": "timeout", "garbage": "garbage"}
 
 
@@ -81,6 +82,7 @@ class Tally:
     correct: int = 0  # ... whose label is the gold one
     parsed_correct: int = 0  # ... which also parse (not malformed)
     ungraded: int = 0  # classification answers to inputs not in the data set
+    extraction: dict[str, "FieldTally"] = field(default_factory=dict)  # by extraction task
 
     def record_verdict(self, verdict: Verdict) -> None:
         self.errors["wrong_label"] += verdict.wrong
@@ -92,11 +94,56 @@ class Tally:
         self.correct += verdict.label == verdict.gold
         self.parsed_correct += verdict.label == verdict.gold and not verdict.malformed
 
+    def record_fields(self, task: str, verdict: FieldsVerdict) -> None:
+        self.errors["wrong_fields"] += verdict.wrong
+        self.errors["malformed"] += verdict.malformed
+        self.extraction.setdefault(task, FieldTally()).record(verdict)
+
+
+@dataclass
+class FieldTally:
+    """An extraction task's answers so far, graded field by field against the data set's spans."""
+
+    graded: int = 0  # answers to inputs found in the data set
+    exact: int = 0  # ... with every field right
+    parsed_exact: int = 0  # ... which also parse (not malformed)
+    ungraded: int = 0
+    present: Counter = field(default_factory=Counter)  # by field: graded answers whose gold has the field
+    wrong: Counter = field(default_factory=Counter)  # ... answered with another value (or none)
+    spurious: Counter = field(default_factory=Counter)  # by field: a value where the gold has none
+
+    def record(self, verdict: FieldsVerdict) -> None:
+        if verdict.gold is None:
+            self.ungraded += 1
+            return
+        self.graded += 1
+        self.exact += not verdict.wrong
+        self.parsed_exact += not verdict.wrong and not verdict.malformed
+        for name, gold in verdict.gold.items():
+            if gold is not None:
+                self.present[name] += 1
+                self.wrong[name] += verdict.values.get(name) != gold
+            elif verdict.values.get(name) is not None:
+                self.spurious[name] += 1
+
+    def summary(self, configured: dict[str, float]) -> dict[str, Any]:
+        return {
+            "graded_answers": self.graded, "ungraded_answers": self.ungraded,
+            "realised_exact_match": self.exact / self.graded if self.graded else None,
+            "realised_parsed_exact_match": self.parsed_exact / self.graded if self.graded else None,
+            "fields": {name: {"configured_error_rate": rate, "present": self.present[name],
+                              "realised_error_rate": self.wrong[name] / self.present[name] if self.present[name] else None,
+                              "spurious": self.spurious[name]} for name, rate in configured.items()},
+        }
+
+
+Oracle = ClassificationOracle | ExtractionOracle
+
 
 class Simulator:
     """Answers chat requests for the tasks in the registry, with one oracle per labelled task."""
 
-    def __init__(self, settings: SimSettings, tasks: TaskRegistry, oracles: dict[str, ClassificationOracle],
+    def __init__(self, settings: SimSettings, tasks: TaskRegistry, oracles: dict[str, Oracle],
                  rng: random.Random | None = None) -> None:
         self.settings, self.tasks, self.oracles = settings, tasks, oracles
         self.tally = Tally()
@@ -120,7 +167,7 @@ class Simulator:
             if not users or not message_text(users[-1]).strip():
                 raise SimError(400, "messages: no user message with text", param="messages")
             return message_text(users[-1])
-        if task.kind == "extraction" or (task.kind == "classification" and task.name not in self.oracles):
+        if task.kind != "freeform" and task.name not in self.oracles:
             raise SimError(400, f"task {task.name}: the simulator has no labelled data for this {task.kind} task "
                                 f"(it labels {', '.join(sorted(self.oracles))})", code="task_not_simulated")
         try:
@@ -148,10 +195,15 @@ class Simulator:
 
     def answer(self, chat: ChatInput, max_tokens: int | None = None) -> Completion:
         task = chat.task
-        if task is not None and task.kind == "classification":
-            verdict = self.oracles[task.name].answer(chat.text)
+        oracle = self.oracles.get(task.name) if task is not None else None
+        if isinstance(oracle, ClassificationOracle):
+            verdict = oracle.answer(chat.text)
             self.tally.record_verdict(verdict)
             content = verdict.content
+        elif isinstance(oracle, ExtractionOracle):
+            fields = oracle.answer(chat.text)
+            self.tally.record_fields(task.name, fields)
+            content = fields.content
         else:
             content = draft_reply(task.name if task else "", chat.text, self.settings.seed)
         self.tally.answers[task.name if task else ""] += 1
@@ -200,21 +252,43 @@ class Simulator:
             "malformed_rate": s.malformed_rate,
             "latency_ms": {"min": s.latency_min_ms, "max": s.latency_max_ms},
             "seed": s.seed,
-            "labelled_tasks": {name: str(s.data_dir) for name in self.oracles},
+            "labelled_tasks": {name: str(s.extraction_data_dir if isinstance(o, ExtractionOracle) else s.data_dir)
+                               for name, o in self.oracles.items()},
+            "extraction": {name: tally.summary(self.oracles[name].error_rates)
+                           for name, tally in sorted(t.extraction.items())},
+            "extraction_malformed_rate": s.extraction_malformed_rate,
         }
 
     def report(self) -> str:
         s, t = self.settings, self.tally
         realised = (f"{100 * t.correct / t.graded:.1f} % over {t.graded} graded answers"
                     if t.graded else "not measured yet (no graded answers)")
-        return (f"This is a SIMULATED frontier model ({s.model_name}), not a real LLM: it answers "
-                f"{', '.join(sorted(self.oracles))} from the labelled data in {s.data_dir} with a configured "
+        classified = sorted(n for n, o in self.oracles.items() if isinstance(o, ClassificationOracle))
+        text = (f"This is a SIMULATED frontier model ({s.model_name}), not a real LLM: it answers "
+                f"{', '.join(classified)} from the labelled data in {s.data_dir} with a configured "
                 f"accuracy of {100 * s.accuracy:.1f} % (realised {realised}), errs on confusable labels, "
                 f"and sleeps {s.latency_min_ms:g}-{s.latency_max_ms:g} ms per answer.")
+        for name, oracle in sorted(self.oracles.items()):
+            if isinstance(oracle, ExtractionOracle):
+                text += f" It answers {name} " + _extraction_report(oracle, s, t.extraction.get(name))
+        return text
+
+
+def _extraction_report(oracle: ExtractionOracle, s: SimSettings, tally: "FieldTally | None") -> str:
+    rates = ", ".join(f"{name} {100 * rate:.1f} %" for name, rate in oracle.error_rates.items())
+    realised = "not measured yet (no graded answers)"
+    if tally is not None and tally.graded:
+        realised = (f"exact match {100 * tally.exact / tally.graded:.1f} % over {tally.graded} graded answers; "
+                    + ", ".join(f"{name} {100 * tally.wrong[name] / tally.present[name]:.1f} %"
+                                for name in oracle.names if tally.present[name]))
+    return (f"from the spans in {s.extraction_data_dir} as JSON, with configured per-field error rates {rates} "
+            f"(realised: {realised}) and {100 * s.extraction_malformed_rate:.1f} % malformed JSON.")
 
 
 def build_simulator(settings: SimSettings, tasks: TaskRegistry) -> Simulator:
-    """Load the labelled data and precompute the oracle; ValueError names what is wrong."""
+    """Load the labelled data and precompute the oracles; ValueError names what is wrong.
+
+    The extraction oracle is built when the registry has the extraction task and its data is there."""
     spec = tasks.get(settings.data_task)
     if spec.kind != "classification":
         raise ValueError(f"GRADUATE_SIM_DATA_TASK: task {spec.name} is {spec.kind}, not classification")
@@ -222,7 +296,20 @@ def build_simulator(settings: SimSettings, tasks: TaskRegistry) -> Simulator:
                                   accuracy=settings.accuracy, seed=settings.seed,
                                   malformed_rate=settings.malformed_rate,
                                   confusable_labels=settings.confusable_labels)
-    return Simulator(settings, tasks, {spec.name: oracle})
+    oracles: dict[str, Oracle] = {spec.name: oracle}
+    extraction = tasks.tasks.get(settings.extraction_task)
+    if extraction is not None and settings.extraction_data_dir.is_dir():
+        oracles[extraction.name] = build_extraction_oracle(settings, extraction)
+    return Simulator(settings, tasks, oracles)
+
+
+def build_extraction_oracle(settings: SimSettings, spec: TaskSpec) -> ExtractionOracle:
+    if spec.kind != "extraction":
+        raise ValueError(f"GRADUATE_SIM_EXTRACTION_TASK: task {spec.name} is {spec.kind}, not extraction")
+    names = {f.name for f in spec.fields}
+    rates = {k: v for k, v in (DEFAULT_FIELD_ERROR_RATES | settings.field_error_rates).items() if k in names}
+    return ExtractionOracle(spec.name, spec.fields, read_span_examples(settings.extraction_data_dir),
+                            error_rates=rates, seed=settings.seed, malformed_rate=settings.extraction_malformed_rate)
 
 
 def _prompt_prefix(spec: TaskSpec) -> str:

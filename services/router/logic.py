@@ -115,9 +115,13 @@ def frontier_payload(call: TaskCall, redactor: Redactor) -> dict[str, Any]:
 
 # -- pure decisions ----------------------------------------------------------------------------
 def small_fallback_reason(task: TaskSpec, answer: SmallAnswer, threshold: float | None) -> str | None:
-    """Why the small answer is not served (None: serve it)."""
+    """Why the small answer is not served (None: serve it). An extraction model's LABEL is the JSON
+    object of the task's fields and its CONFIDENCE its least confident field, so the threshold
+    sends a request to the frontier as soon as any one field is below it."""
     if task.kind == "classification" and answer.label not in task.labels:
         return "label_not_in_task"
+    if task.kind == "extraction" and parse_answer(task, answer.label)[0] is None:
+        return "fields_not_in_task"
     if threshold is not None and answer.confidence < threshold:
         return "low_confidence"
     return None

@@ -1,0 +1,100 @@
+"""The extraction model's side of the Triton repository: its files, its outputs, the check that
+Triton answers like the trainer, and its model card.
+
+Version folder: model.py (trainer/extraction/triton_model.py), model.onnx, tokenizer.json,
+labels.json (the BIO tags), fields.json, calibration.json, version.json. Outputs: LABEL,
+CONFIDENCE (the least confident field) and FIELD_CONFIDENCE (one per field, fields.json order).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from trainer.calibrate import CoverageCurve, ReliabilityBin
+from trainer.triton_repo import MAX_BATCH_SIZE, TritonError
+
+MODEL_PY = Path(__file__).with_name("triton_model.py")
+EXTRACTION_FILES = ("model.py", "model.onnx", "tokenizer.json", "labels.json", "fields.json", "calibration.json",
+                    "version.json")
+EXTRACTION_OUTPUTS = (("LABEL", "TYPE_STRING", "1"), ("CONFIDENCE", "TYPE_FP32", "1"),
+                      ("FIELD_CONFIDENCE", "TYPE_FP32", "-1"))
+
+
+def extract(url: str, name: str, version: int | str | None, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Triton's (JSON labels, confidences [n], field confidences [n, n_fields]), in batches of 64."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url=url)
+    labels, confidences, fields = [], [], []
+    try:
+        for start in range(0, len(texts), MAX_BATCH_SIZE):
+            chunk = texts[start:start + MAX_BATCH_SIZE]
+            text = httpclient.InferInput("TEXT", [len(chunk), 1], "BYTES")
+            text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in chunk], dtype=np.object_))
+            outputs = [httpclient.InferRequestedOutput(n) for n, _, _ in EXTRACTION_OUTPUTS]
+            result = client.infer(name, [text], model_version=str(version or ""), outputs=outputs)
+            labels.extend(v.decode("utf-8") for v in result.as_numpy("LABEL").reshape(-1))
+            confidences.append(result.as_numpy("CONFIDENCE").reshape(-1))
+            fields.append(result.as_numpy("FIELD_CONFIDENCE"))
+    finally:
+        client.close()
+    return labels, np.concatenate(confidences), np.concatenate(fields)
+
+
+def verify_extraction(url: str, name: str, version: int, texts: list[str], expected_labels: list[str],
+                      expected_confidence: np.ndarray, expected_fields: np.ndarray, atol: float = 1e-4) -> dict[str, Any]:
+    """Triton must answer like the trainer's in-process run of the same version folder."""
+    labels, confidences, fields = extract(url, name, version, texts)
+    agreement = float(np.mean([a == b for a, b in zip(labels, expected_labels)]))
+    delta = float(np.max(np.abs(fields - expected_fields))) if len(texts) else 0.0
+    report = {"n": len(texts), "label_agreement": agreement, "max_abs_field_confidence_delta": delta,
+              "confidence_is_min_field": bool(np.allclose(confidences, fields.min(axis=1), atol=1e-6)),
+              "max_abs_confidence_delta": float(np.max(np.abs(confidences - expected_confidence))) if len(texts) else 0.0}
+    if agreement < 1.0 or delta > atol or not report["confidence_is_min_field"]:
+        raise TritonError(f"{name} version {version} answers differently from the trainer: {report}")
+    report["summary"] = (f"Triton answered {len(texts)} holdout texts exactly like the trainer (same JSON, "
+                         f"max |Δ field confidence| {delta:.1e})")
+    return report
+
+
+def extraction_model_card(run_dir: Path, report: dict[str, Any], curve: CoverageCurve,
+                          before: list[ReliabilityBin], after: list[ReliabilityBin]) -> Path:
+    """model_card.md with the per-field table, plus the coverage and reliability plots."""
+    from trainer.model_card import plot_coverage_accuracy, plot_reliability
+
+    h, threshold = report["holdout"], report["threshold"]
+    plot_coverage_accuracy(run_dir / "coverage_accuracy.png", curve, threshold["target_accuracy"],
+                           threshold["threshold"])
+    plot_reliability(run_dir / "reliability.png", before, after, report["ece_before"], report["ece_after"])
+    rows = [f"| {name} | {v['small']['span_f1']:.3f} | {v['frontier']['span_f1']:.3f} | {v['small']['exact_match']:.3f} "
+            f"| {v['frontier']['exact_match']:.3f} | {v['null_baseline_exact_match']:.3f} | {v['small']['support']} |"
+            for name, v in h["per_field"].items()]
+    ro = h["reviewed_only"]
+    lines = [
+        f"# {report['task']} — version {report['version']} (extraction)", "",
+        f"Base model `{report['base_model']}`, snapshot `{report['snapshot_id']}`, {report['train_size']} train / "
+        f"{report['validation_size']} validation examples. Frontier labels: {report['frontier_source']}.", "",
+        "## Holdout", "",
+        f"{h['n']} items; gold: {h['gold_reviewed']} reviewed, {h['gold_frontier']} the frontier's own answer "
+        "(where the frontier is right by construction, so the reviewed slice is the fair comparison).", "",
+        "| field | span-F1 small | span-F1 frontier | exact match small | exact match frontier | "
+        "always-null exact match | gold values |",
+        "|---|---|---|---|---|---|---|", *rows, "",
+        f"Request-level exact match: small {h['small_accuracy']:.4f}, frontier {h['frontier_accuracy']:.4f}, agreement "
+        f"{h['agreement']:.4f}; on the {ro['n']} reviewed items: small {ro['small_accuracy']:.4f}, frontier "
+        f"{ro['frontier_accuracy']:.4f}.", "",
+        "## Confidence and threshold", "",
+        f"A field's confidence is its least sure token decision; the request's is its least confident field. "
+        f"Temperature {report['temperature']:.3f} (ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}). "
+        f"Threshold {threshold['threshold']} keeps {threshold['coverage']:.1%} of requests at exact match "
+        f"{threshold['kept_accuracy']:.4f} (target {threshold['target_accuracy']:.4f}); gate basis "
+        f"{report['gate']['basis']}.", "",
+        "![coverage](coverage_accuracy.png) ![reliability](reliability.png)", "",
+        f"Export: {report['export']['exporter']}, parity max |Δlogit| {report['parity']['max_abs_logit_delta']:.2e}; "
+        f"served ONNX {report['served_onnx']}.",
+    ]
+    card = run_dir / "model_card.md"
+    card.write_text("\n".join(lines) + "\n")
+    return card
