@@ -20,7 +20,7 @@ Usage (services/<name>/app.py holds the app alone; see services/curator/app.py):
     def shadow_one(call: CapturedCall, meta: Meta) -> list[Emit]:  # sync or async; None = nothing
         return [Emit(catalog.SHADOW_RESULTS, call.call_id, ShadowResult(...))]
 
-    @each_batch(app, captured, CapturedCall, size=32, within=0.2)  # stream.take_events(32, within=0.2)
+    @each_batch(app, captured, CapturedCall, size=32, within=0.2)  # batches of <= 32, waiting <= 0.2 s
     async def shadow_many(items: list[Item[CapturedCall]]) -> list[Emit]:
         ...  # items[i].value, items[i].meta (topic, partition, offset, key, timestamp)
 
@@ -30,8 +30,14 @@ Contract of the wrappers:
   processor also as headers) to `catalog.DEADLETTER` and the worker goes on with the next event.
   In a batch, undecodable items are dead-lettered alone; when the batch handler raises, every
   item of that batch is dead-lettered with the reason (retry inside the handler if it should not).
-- what the handler returns (an iterable of `Emit`, or None) is encoded and sent; faust flushes
-  the producer before it commits offsets, so a result is written before its source is committed.
+- what the handler returns (an iterable of `Emit`, or None) is encoded and sent; only then is
+  the event (or the whole batch) acknowledged, and faust flushes the producer before it commits
+  offsets, so a result (or dead letter) is written before its source is committed. An event
+  whose handler is cancelled (SIGTERM, rebalance) is never acknowledged: it is read again.
+  faust's own `async for`, `take()` and `take_events()` ack in a `finally` that also runs on
+  that cancellation, committing an event whose effect was never sent; hence the `noack()`
+  stream and `noack_take()` below, and `stream_wait_empty=False` (with it a stop waits for
+  every unacked event, so a handler waiting for something that never comes hangs SIGTERM).
   Processing is at-least-once: make effects idempotent by call_id, as BLIND writes (a table
   keyed by call_id, or by "<group>:<call_id>"; aggregate when read). Do not keep read-modify-write
   state guarded by "last applied offset": during a rebalance faust can hand an agent an offset
@@ -45,7 +51,8 @@ Contract of the wrappers:
   graduate_processor_processing_seconds{processor} (per event; per batch for batch handlers).
 
 Also here: `json_table(app, name)` (str keys, JSON values, memory store + changelog),
-`internal_topic(app, suffix)` (an app-owned raw topic, e.g. to re-key by input),
+`internal_topic(app, suffix, config=...)` (an app-owned raw topic, e.g. to re-key by input, or a
+compacted state topic),
 `replay_topic(kafka, codec, spec, namespace, Model)` (read a catalog topic directly up to its
 end or given offsets: snapshots, reports), `changelog_topic(name, namespace, table)`,
 `plumbing(app)` (processor name, settings, codec) and `WorkerSettings` (GRADUATE_WORKER_*).
@@ -77,7 +84,7 @@ from pydantic import Field
 
 from services.common import catalog
 from services.common.catalog import TopicSpec, topic_name
-from services.common.codec import Codec
+from services.common.codec import Codec, CodecError
 from services.common.contracts import Contract, DeadLetter
 from services.common.kafka import dead_letter
 from services.common.settings import CommonSettings, KafkaSettings
@@ -107,8 +114,6 @@ class WorkerSettings(CommonSettings):
     worker_log_level: str = "info"
     worker_lag_interval_s: float = 5.0
     worker_commit_interval_s: float = 2.8
-    worker_stream_wait_empty: bool = Field(False, description="wait for in-flight events at a rebalance "
-                                           "(True can hang a micro-batching agent; effects are idempotent anyway)")
 
 
 @dataclass(frozen=True)
@@ -153,7 +158,7 @@ class Plumbing:
     sources: set[str] = field(default_factory=set)
     topics: dict[str, Any] = field(default_factory=dict)
     specs: dict[str, TopicSpec] = field(default_factory=dict)
-    internal: dict[str, int] = field(default_factory=dict)  # faust-app topics: name -> partitions
+    internal: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)  # name -> (partitions, config)
 
     def topic(self, app: faust.App, spec: TopicSpec) -> Any:
         name = topic_name(spec, self.settings.topic_namespace)
@@ -214,7 +219,7 @@ def make_app(name: str, settings: WorkerSettings, *, partitions: int = catalog.C
         broker_heartbeat_interval=settings.worker_heartbeat_interval_s,
         broker_max_poll_records=500,
         broker_commit_interval=settings.worker_commit_interval_s,
-        stream_wait_empty=settings.worker_stream_wait_empty,
+        stream_wait_empty=False,  # the agents ack only what they finished; waiting could hang a stop
         web_enabled=True,
         web_host=settings.worker_web_host,
         web_port=settings.worker_web_port,
@@ -273,17 +278,20 @@ def source_topic(app: faust.App, spec: TopicSpec, namespace: str) -> Any:
     return topic
 
 
-def internal_topic(app: faust.App, suffix: str, *, partitions: int = catalog.CALLS_CAPTURED.partitions) -> Any:
-    """A raw-bytes topic of the app's own (e.g. re-keying by input), named `<app id>-<suffix>`.
+def internal_topic(app: faust.App, suffix: str, *, partitions: int = catalog.CALLS_CAPTURED.partitions,
+                   config: dict[str, str] | None = None) -> Any:
+    """A raw-bytes topic of the app's own (e.g. re-keying by input), named `<app id>-<suffix>`;
+    `config` are its topic configs (e.g. `{"cleanup.policy": "compact"}` for a state topic).
 
     `ensure_app_topics` creates it before the worker starts (faust's own declare comes after the
     consumer subscribed, and the topic would then be ignored until a metadata refresh)."""
     plumb = plumbing(app)
     name = f"{app.conf.id}-{suffix}"
-    plumb.internal[name] = partitions
+    plumb.internal[name] = (partitions, dict(config or {}))
     if name not in plumb.topics:
         plumb.topics[name] = app.topic(name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                                       value_serializer="raw", partitions=partitions, internal=True)
+                                       value_serializer="raw", partitions=partitions, internal=True,
+                                       config=dict(config or {}))
     return plumb.topics[name]
 
 
@@ -292,7 +300,7 @@ async def ensure_app_topics(app: faust.App) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    from services.common.kafka import ensure_topics
+    from services.common.kafka import ensure_topics, wait_for_leaders
 
     plumb = plumbing(app)
     plumb.topic(app, catalog.DEADLETTER)
@@ -304,12 +312,13 @@ async def ensure_app_topics(app: faust.App) -> None:
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(n, p, 1) for n, p in plumb.internal.items() if n not in existing]
+        new = [NewTopic(n, p, 1, topic_configs=cfg) for n, (p, cfg) in plumb.internal.items() if n not in existing]
         if new:
             try:
                 await admin.create_topics(new, timeout_ms=30000)
             except TopicAlreadyExistsError:
                 pass
+            await wait_for_leaders(admin, [t.name for t in new])
     finally:
         await admin.close()
 
@@ -319,8 +328,21 @@ def meta_of(event: Any) -> Meta:
     return Meta(m.topic, m.partition, m.offset, m.key, m.timestamp, tuple(m.headers or ()))
 
 
-def decode(codec: Codec, model: type[T], raw: Any) -> T:
-    return codec.decode(raw, model)
+Model = Union[type[T], tuple[type[Contract], ...]]
+
+
+def decode(codec: Codec, model: Model, raw: Any) -> Any:
+    """Decode into `model`, or into whichever of a tuple of contracts the message was written as."""
+    if not isinstance(model, tuple):
+        return codec.decode(raw, model)
+    if not isinstance(raw, (bytes, bytearray, memoryview)):
+        raise CodecError(f"expected bytes, got {type(raw).__name__}")
+    writer, _ = codec.writer_schema(bytes(raw))
+    for m in model:
+        if codec.schema_for(m).full_name == writer.full_name:
+            return codec.decode(raw, m)
+    raise CodecError(f"expected one of {', '.join(codec.schema_for(m).full_name for m in model)}, "
+                     f"message is {writer.full_name}")
 
 
 async def call_handler(handler: Callable[..., Any], *args: Any) -> list[Emit]:
@@ -374,7 +396,7 @@ class Outcome:
     error: Optional[BaseException] = None
 
 
-async def process_one(codec: Codec, model: type[T], handler: Callable[..., Any], meta: Meta, raw: Any) -> Outcome:
+async def process_one(codec: Codec, model: Model, handler: Callable[..., Any], meta: Meta, raw: Any) -> Outcome:
     """Decode and handle one event; never raises (except cancellation)."""
     try:
         value = decode(codec, model, raw)
@@ -385,7 +407,7 @@ async def process_one(codec: Codec, model: type[T], handler: Callable[..., Any],
         return Outcome(error=exc)
 
 
-async def process_batch(codec: Codec, model: type[T], handler: Callable[..., Any],
+async def process_batch(codec: Codec, model: Model, handler: Callable[..., Any],
                         batch: list[tuple[Meta, Any]]) -> tuple[list[Emit], list[tuple[Meta, Any, BaseException]]]:
     """Decode a batch and handle what decoded; returns the results and the (meta, raw, error) to
     dead-letter. When the handler raises, every decoded item fails with that error."""
@@ -428,21 +450,26 @@ Handler = Callable[[T, Meta], Union[Iterable[Emit], Emit, None, Awaitable[Any]]]
 BatchHandler = Callable[[list[Item[T]]], Union[Iterable[Emit], Emit, None, Awaitable[Any]]]
 
 
-def each_event(app: faust.App, topic: Any, model: type[T], *, name: str | None = None) -> Callable[[Handler], Handler]:
-    """Decorate `handler(value, meta) -> Emit | list[Emit] | None` into a faust agent (concurrency 1)."""
+def each_event(app: faust.App, topic: Any, model: Model, *, name: str | None = None) -> Callable[[Handler], Handler]:
+    """Decorate `handler(value, meta) -> Emit | list[Emit] | None` into a faust agent (concurrency 1).
+
+    `model` is a contract, or a tuple of contracts when the topic carries several kinds.
+    The event is acked once its results (or its dead letter) were sent, never when cancelled."""
 
     def decorate(handler: Handler) -> Handler:
         plumb = plumbing(app)
         label = plumb.processor
 
         async def agent(stream):
-            async for event in stream.events():
+            manual = stream.noack()
+            async for event in manual.events():
                 meta = meta_of(event)
                 started = time.perf_counter()
                 with for_partition(meta.partition):
                     outcome = await process_one(plumb.codec, model, handler, meta, event.value)
                 await deliver(app, outcome, meta, event.value)
                 PROCESSING_SECONDS.labels(label).observe(time.perf_counter() - started)
+                await manual.ack(event)  # deliberately not in a finally: a cancelled event stays unacked
 
         app.agent(topic, name=name or f"{label}.{handler.__name__}", concurrency=1)(agent)
         return handler
@@ -450,16 +477,19 @@ def each_event(app: faust.App, topic: Any, model: type[T], *, name: str | None =
     return decorate
 
 
-def each_batch(app: faust.App, topic: Any, model: type[T], *, size: int, within: float,
+def each_batch(app: faust.App, topic: Any, model: Model, *, size: int, within: float,
                name: str | None = None) -> Callable[[BatchHandler], BatchHandler]:
-    """Decorate `handler(items: list[Item]) -> Emits` into an agent fed by `take_events(size, within)`."""
+    """Decorate `handler(items: list[Item]) -> Emits` into an agent fed micro-batches of at most
+    `size` events, waiting at most `within` seconds for a batch to fill (`noack_take`).
+
+    The batch is acked once its results and dead letters were sent, never when cancelled."""
 
     def decorate(handler: BatchHandler) -> BatchHandler:
         plumb = plumbing(app)
         label = plumb.processor
 
         async def agent(stream):
-            async for events in stream.take_events(size, within=within):
+            async for events in stream.noack_take(size, within=within):  # events, despite its name
                 started = time.perf_counter()
                 batch = [(meta_of(e), e.value) for e in events]
                 emits, failures = await process_batch(plumb.codec, model, handler, batch)
@@ -475,6 +505,8 @@ def each_batch(app: faust.App, topic: Any, model: type[T], *, size: int, within:
                     await send_dead_letter(app, meta, raw, exc)
                 PROCESSED.labels(label).inc(len(batch) - len(failures))
                 PROCESSING_SECONDS.labels(label).observe(time.perf_counter() - started)
+                for event in events:  # only now, and not in a finally: a cancelled batch stays unacked
+                    await stream.ack(event)
 
         app.agent(topic, name=name or f"{label}.{handler.__name__}", concurrency=1)(agent)
         return handler

@@ -23,15 +23,13 @@ from dataclasses import dataclass, field
 from prometheus_client import Counter
 
 from services.common import catalog
-from services.common.codec import CodecError
 from services.common.contracts import ReviewedLabel, ShadowResult
 from services.common.settings import load_settings
-from services.common.streams import Emit, Meta, WorkerSettings, internal_topic, make_app, plumbing, \
+from services.common.streams import Emit, Meta, WorkerSettings, each_event, internal_topic, make_app, plumbing, \
     send_dead_letter, send_emits, source_topic
 from services.judge.logic import Group, JudgeState, disagreement_of
 from services.judge.settings import JudgeSettings
 from services.judge.store import StateStore, encode_record
-from services.shadow.acking import acked_agent
 from services.shadow.routing import RoutingFollower
 
 log = logging.getLogger(__name__)
@@ -44,12 +42,9 @@ codec = plumbing(app).codec
 results = source_topic(app, catalog.SHADOW_RESULTS, settings.topic_namespace)
 labels = source_topic(app, catalog.LABELS_REVIEWED, settings.topic_namespace)
 by_task = internal_topic(app, "by-task", partitions=judge.partitions)
-state_topic_name = f"{app.conf.id}-state"
-state_topic = app.topic(state_topic_name, key_type=bytes, value_type=bytes, key_serializer="raw",
-                        value_serializer="raw", partitions=judge.partitions, internal=False)
-store = StateStore(settings.kafka, state_topic_name, judge.partitions)
+state_topic = internal_topic(app, "state", partitions=judge.partitions, config={"cleanup.policy": "compact"})
+store = StateStore(settings.kafka, state_topic.get_topic_name())
 JUDGED = Counter("graduate_judge_events", "events the judge applied", ["kind", "outcome"])
-BY_TASK_VALUES = {ShadowResult.avro_name: ShadowResult, ReviewedLabel.avro_name: ReviewedLabel}
 
 
 @dataclass
@@ -113,22 +108,15 @@ async def on_assigned(sender, assigned, **kwargs) -> None:  # noqa: ARG001
     asyncio.ensure_future(load_state(current.generation, owned))
 
 
-def decode_by_task(raw: bytes) -> ShadowResult | ReviewedLabel:
-    schema, _ = codec.writer_schema(raw)
-    model = BY_TASK_VALUES.get(schema.full_name)
-    if model is None:
-        raise CodecError(f"{schema.full_name} does not belong on the judge's by-task topic")
-    return codec.decode(raw, model)
-
-
 def to_task(value: ShadowResult | ReviewedLabel, meta: Meta) -> Emit:  # noqa: ARG001
     return Emit(by_task, value.task, value)
 
 
-acked_agent(app, results, lambda raw: codec.decode(raw, ShadowResult), to_task, name="judge.results_by_task")
-acked_agent(app, labels, lambda raw: codec.decode(raw, ReviewedLabel), to_task, name="judge.labels_by_task")
+each_event(app, results, ShadowResult, name="judge.results_by_task")(to_task)
+each_event(app, labels, ReviewedLabel, name="judge.labels_by_task")(to_task)
 
 
+@each_event(app, by_task, (ShadowResult, ReviewedLabel), name="judge.judge")
 async def judge_one(value: ShadowResult | ReviewedLabel, meta: Meta) -> None:
     await routing.ready.wait()
     await current.ready.wait()
@@ -155,9 +143,6 @@ async def judge_one(value: ShadowResult | ReviewedLabel, meta: Meta) -> None:
     empty = not record["results"] and record["review"] is None
     await state_topic.send(key=value.call_id.encode(), value=encode_record(None if empty else record),
                            partition=meta.partition)
-
-
-acked_agent(app, by_task, decode_by_task, judge_one, name="judge.judge")
 
 
 async def publish(groups) -> None:

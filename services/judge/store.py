@@ -16,8 +16,6 @@ import json
 import logging
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
 
 from services.common.settings import KafkaSettings
 
@@ -29,31 +27,16 @@ def encode_record(record: dict | None) -> bytes | None:
 
 
 class StateStore:
-    def __init__(self, kafka: KafkaSettings, topic: str, partitions: int) -> None:
+    """Reads the state topic (created compacted by `ensure_app_topics` before the worker starts)."""
+
+    def __init__(self, kafka: KafkaSettings, topic: str) -> None:
         self.kafka = kafka
         self.topic = topic
-        self.partitions = partitions
-
-    async def ensure(self) -> bool:
-        """Create the compacted topic if it is missing; True when it was just created (so empty)."""
-        admin = AIOKafkaAdminClient(**self.kafka.client_config(), request_timeout_ms=30000)
-        await admin.start()
-        try:
-            if self.topic in set(await admin.list_topics()):
-                return False
-            try:
-                await admin.create_topics([NewTopic(self.topic, self.partitions, 1,
-                                                    topic_configs={"cleanup.policy": "compact"})])
-            except TopicAlreadyExistsError:
-                return False
-            return True
-        finally:
-            await admin.close()
 
     async def load(self, partitions: set[int]) -> list[tuple[str, dict]]:
         """The latest record per call_id in `partitions` (deleted keys left out)."""
-        if await self.ensure() or not partitions:
-            return []  # a topic created just now is empty (and its metadata may not be out yet)
+        if not partitions:
+            return []
         consumer = AIOKafkaConsumer(**self.kafka.client_config(), group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest", max_poll_records=5000)
         await consumer.start()

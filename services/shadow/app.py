@@ -5,9 +5,9 @@ sampled share of small mode) through Triton and publishes one ShadowResult per c
 call_id. The routing state comes from the compacted routing and models topics, read whole by
 every worker before the first batch is handled.
 
-Acknowledgement (see services/shadow/acking.py): a batch's events are acked only after its
-results were handed to the producer, and faust flushes the producer before it commits, so a
-committed offset always has its result written. While Triton is unavailable the batch retries
+Acknowledgement (see services/common/streams.py, `each_batch`): a batch's events are acked only
+after its results were handed to the producer, and faust flushes the producer before it commits,
+so a committed offset always has its result written. While Triton is unavailable the batch retries
 with backoff and stays unacked: a crash or SIGTERM then replays it (the judge dedupes by call_id).
 """
 from __future__ import annotations
@@ -17,9 +17,9 @@ import logging
 from services.common import catalog
 from services.common.contracts import CapturedCall
 from services.common.settings import load_settings
-from services.common.streams import Emit, Item, WorkerSettings, make_app, plumbing, send_dead_letter, source_topic
+from services.common.streams import (Emit, Item, WorkerSettings, each_batch, make_app, plumbing, send_dead_letter,
+                                     source_topic)
 from services.common.triton import SmallModelClient
-from services.shadow.acking import acked_batch_agent
 from services.shadow.routing import RoutingFollower
 from services.shadow.runner import ShadowRunner
 from services.shadow.settings import ShadowSettings
@@ -53,16 +53,14 @@ async def follow_routing() -> None:
     await routing.run()
 
 
+@each_batch(app, captured, CapturedCall, size=shadow.batch_size, within=shadow.batch_within_s,
+            name="shadow.shadow_calls")
 async def shadow_batch(items: list[Item[CapturedCall]]) -> list[Emit]:
     await routing.ready.wait()
     results, failed = await runner().shadow([item.value for item in items])
     for i, exc in failed:
         await send_dead_letter(app, items[i].meta, codec.encode(items[i].value), exc)
     return [Emit(catalog.SHADOW_RESULTS, r.call_id, r) for r in results]
-
-
-acked_batch_agent(app, captured, lambda raw: codec.decode(raw, CapturedCall), shadow_batch,
-                  size=shadow.batch_size, within=shadow.batch_within_s, name="shadow.shadow_calls")
 
 
 @app.page("/shadow/routing/")

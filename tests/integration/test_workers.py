@@ -154,12 +154,16 @@ def worker_env(namespace: str, kafka, var_dir: Path, **extra: str) -> dict:
                 GRADUATE_WORKER_LAG_INTERVAL_S="1", GRADUATE_CURATOR_STATS_INTERVAL_S="1", **extra)
 
 
-def start_worker(name: str, namespace: str, kafka, tmp_path: Path, tag: str = "", **env: str) -> Worker:
-    port = free_port()
+def start_worker(name: str, namespace: str, kafka, tmp_path: Path, tag: str = "", port: int | None = None,
+                 **env: str) -> Worker:
+    """`graduate worker NAME`; pass the `port` of a stopped worker to restart it as the same member
+    (same web port, datadir and static-membership id; another URL would trip faust's assignor)."""
+    port = port or free_port()
     log = tmp_path / f"{name}{tag}-{port}.log"
-    with log.open("w") as out:  # the child keeps its own descriptor
+    with log.open("a") as out:  # the child keeps its own descriptor
         proc = subprocess.Popen([GRADUATE, "worker", name, "--web-port", str(port), "--datadir",
-                                 str(tmp_path / f"data-{name}{tag}-{port}")],
+                                 str(tmp_path / f"data-{name}{tag}-{port}"), "--instance-id",
+                                 f"{namespace}{name}{tag}-{port}"],
                                 env=worker_env(namespace, kafka, tmp_path, **env), cwd=REPO_ROOT,
                                 stdout=out, stderr=subprocess.STDOUT)
     return Worker(name, port, proc, log)
@@ -248,3 +252,95 @@ async def test_poison_goes_to_the_dead_letter_topic_and_the_worker_keeps_going(
         rc = stop_worker(worker)
     assert rc == 0, worker.tail()
     assert "Traceback" not in worker.log.read_text()
+
+
+@pytest.fixture
+async def app_topics(kafka_settings, namespace):
+    """Deletes the topics the test's faust apps own (internal, changelog) afterwards."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from services.common.kafka import delete_topics
+
+    yield
+    admin = AIOKafkaAdminClient(**kafka_settings.client_config())
+    await admin.start()
+    try:
+        ours = [t for t in await admin.list_topics() if t.startswith(namespace + "graduate-")]
+    finally:
+        await admin.close()
+    await delete_topics(kafka_settings, ours)
+
+
+def start_holdup(namespace: str, kafka, tmp_path: Path, mode: str, port: int, hold: str = "") -> Worker:
+    """tests/integration/holdup_app.py as a worker subprocess. The same port on a restart keeps its
+    identity: a static member rejoining with another URL trips faust's assignor."""
+    log = tmp_path / f"holdup-{mode}-{port}.log"
+    env = worker_env(namespace, kafka, tmp_path, GRADUATE_TEST_MODE=mode, GRADUATE_TEST_HOLD=hold,
+                     GRADUATE_WORKER_WEB_PORT=str(port), GRADUATE_WORKER_DATADIR=str(tmp_path / "holdup-data"),
+                     GRADUATE_WORKER_INSTANCE_ID=f"{namespace}holdup")
+    with log.open("a") as out:
+        proc = subprocess.Popen([str(REPO_ROOT / ".venv" / "bin" / "python"), "-m", "tests.integration.holdup_app"],
+                                env=env, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    return Worker("holdup", port, proc, log)
+
+
+async def produce_to_partition(kafka, codec, topic: str, calls: list[CapturedCall], partition: int = 0) -> None:
+    producer = make_producer(kafka)
+    await producer.start()
+    try:
+        for c in calls:
+            await producer.send_and_wait(topic, codec.encode(c), key=c.call_id.encode(), partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def wait_for_echoes(kafka, topic: str, want: set[str], what: str, worker: Worker, timeout: float = 120):
+    """Poll the echo topic until every call_id of `want` has an echo there; returns what is there."""
+    deadline = time.monotonic() + timeout
+    await wait_for(lambda: worker.get("/metrics"), timeout, "the worker to serve (its topics exist then)", worker)
+    while True:
+        got = {r.key.decode() for r in await read_topic(kafka, topic, timeout=1)}
+        if want <= got:
+            return got
+        if worker.proc.poll() is not None:
+            raise AssertionError(f"{worker.name} exited with {worker.proc.returncode}:\n{worker.tail()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; echoed: {sorted(got)}\n{worker.tail()}")
+        await asyncio.sleep(1)
+
+
+@pytest.mark.parametrize("mode", ["event", "batch"])
+async def test_sigterm_mid_handler_commits_nothing_unfinished(topics, app_topics, namespace, kafka_settings, codec,
+                                                              tmp_path, mode):
+    """A handler stuck on an event (awaiting what never comes) is cancelled by SIGTERM: the worker
+    stops cleanly, and that event (with the rest of its batch) is read again after the restart."""
+    captured = topic_name(CALLS_CAPTURED, namespace)
+    echo = f"{namespace}graduate-holdup-echo"
+    calls = {c.call_id: c for c in freeform_calls(9)}
+    before, held, after, last = {"f0000", "f0001", "f0002"}, "f0003", {"f0004", "f0005", "f0006", "f0007"}, "f0008"
+    # one partition, in this order: before, held, after (then last, after the restart)
+
+    port = free_port()
+    worker = start_holdup(namespace, kafka_settings, tmp_path, mode, port, hold=held)
+    try:
+        await produce_to_partition(kafka_settings, codec, captured, [calls[i] for i in sorted(before)])
+        await wait_for_echoes(kafka_settings, echo, before, "the first calls' echoes", worker)
+        await produce_to_partition(kafka_settings, codec, captured, [calls[i] for i in [held, *sorted(after)]])
+        await wait_for(lambda: f"holding {held}" in worker.log.read_text(), 60, "the handler to hold", worker)
+        await asyncio.sleep(3)  # commit intervals pass while the handler holds
+        got = {r.key.decode() for r in await read_topic(kafka_settings, echo, timeout=1)}
+        assert got == before  # the agent is stuck on `held`: nothing after it is handled either
+    finally:
+        rc = stop_worker(worker)
+    assert rc == 0, worker.tail()
+
+    worker = start_holdup(namespace, kafka_settings, tmp_path, mode, port)
+    try:
+        await produce_to_partition(kafka_settings, codec, captured, [calls[last]])
+        got = await wait_for_echoes(kafka_settings, echo, {last}, "the last call's echo", worker)
+        assert "Traceback" not in worker.log.read_text(), worker.tail()
+        missing = ({held} | after) - got
+        assert not missing, f"committed unprocessed (cancelled mid-handler or queued behind it): {sorted(missing)}"
+    finally:
+        rc = stop_worker(worker)
+    assert rc == 0, worker.tail()

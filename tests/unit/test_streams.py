@@ -7,11 +7,12 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from services.common import catalog
 from services.common.codec import Codec, CodecError
-from services.common.contracts import CapturedCall, ShadowResult
+from services.common.contracts import CapturedCall, ReviewedLabel, ShadowResult
 from services.common.settings import KafkaSettings
 from services.common.streams import (Emit, Item, Meta, WorkerSettings, app_id, broker_credentials,
-                                     broker_url, by_partition, call_handler, changelog_topic, for_partition,
-                                     json_table, make_app, plumbing, process_batch, process_one, source_topic)
+                                     broker_url, by_partition, call_handler, changelog_topic, decode, for_partition,
+                                     internal_topic, json_table, make_app, plumbing, process_batch, process_one,
+                                     source_topic)
 from services.workers import SERVICES, apply_overrides
 
 META = Meta("t.graduate.calls.captured", 3, 42, b"c1")
@@ -36,6 +37,7 @@ def test_app_is_configured_the_way_faust_is_safe(tmp_path):
     assert app.conf.consumer_group_instance_id.endswith("-17001")
     assert app.conf.store.scheme == "memory"
     assert app.conf.broker_session_timeout == 30.0
+    assert app.conf.stream_wait_empty is False  # with it, SIGTERM waits for a held event that never gets acked
     assert plumbing(app).processor == "curator"
 
 
@@ -47,6 +49,17 @@ def test_source_topic_is_raw_bytes_from_the_catalog(tmp_path):
     assert "tq.graduate.calls.captured" in plumbing(app).sources
     with pytest.raises(ValueError):
         source_topic(app, catalog.CALLS_CAPTURED, "other.")
+
+
+def test_internal_topic_keeps_its_partitions_and_config(tmp_path):
+    app = make_app("judge", WorkerSettings(topic_namespace="ti.", var_dir=tmp_path))
+    state = internal_topic(app, "state", partitions=4, config={"cleanup.policy": "compact"})
+    by_task = internal_topic(app, "by-task")
+    assert state.get_topic_name() == "ti.graduate-judge-state" and state.partitions == 4
+    assert by_task.get_topic_name() == "ti.graduate-judge-by-task"
+    assert plumbing(app).internal == {"ti.graduate-judge-state": (4, {"cleanup.policy": "compact"}),
+                                      "ti.graduate-judge-by-task": (catalog.CALLS_CAPTURED.partitions, {})}
+    assert internal_topic(app, "state", partitions=4, config={"cleanup.policy": "compact"}) is state
 
 
 def test_changelog_topic_name():
@@ -120,6 +133,16 @@ async def test_process_batch_dead_letters_poison_alone_and_all_on_handler_error(
 
     emits, failures = await process_batch(codec, CapturedCall, boom, batch)
     assert emits == [] and sorted(m.offset for m, _, _ in failures) == [0, 1, 2, 9]
+
+
+async def test_a_tuple_of_contracts_decodes_into_the_one_written(codec: Codec):
+    label = ReviewedLabel(call_id="c1", task="banking77-intent", label="card_arrival", reviewer="r")
+    both = (ShadowResult, ReviewedLabel)
+    assert decode(codec, both, codec.encode(label)) == label
+    with pytest.raises(CodecError, match="expected one of graduate.v1.ShadowResult, graduate.v1.ReviewedLabel"):
+        decode(codec, both, codec.encode(call()))
+    out = await process_one(codec, both, lambda v, m: None, META, b"junk")
+    assert isinstance(out.error, CodecError)
 
 
 def test_emit_key_bytes():
