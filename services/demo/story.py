@@ -1,0 +1,285 @@
+"""The story the demo tells, phase by phase: capture, candidates, the simulated review, training
+and the gates, small mode and the drift. `Story` holds the phases and their helpers; run.py's
+`Demo` adds the set-up, the end (gold evaluation, report, stopping everything) and the state.
+
+The demo decides nothing: the services do (gate, cutover, demotion); these phases send traffic,
+wait for the services' records, and note what happened in `self.facts`.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Optional
+
+import httpx
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from services.common import catalog
+from services.common.contracts import ModelRegistered, RoutingDecision
+from services.common.settings import REPO_ROOT, load_settings
+from services.common.tasks import TaskSpec
+from services.curator.settings import CuratorSettings
+from services.demo import steps
+from services.demo.bootstrap import Wiring
+from services.demo.collect import evidence
+from services.demo.observe import TopicWatch
+from services.demo.replay import CallResult, replay
+from services.demo.settings import DemoSettings
+from services.demo.stack import GRADUATE, Stack, StackError, tail
+from services.demo.traffic import PlannedCall, TrafficPlan
+
+
+class StoryEnded(Exception):
+    """A service decided against going on (a gate refused): the report tells that story."""
+
+
+class Story:
+    s: DemoSettings
+    w: Wiring
+    console: Console
+    stack: Stack
+    watch: TopicWatch
+    plan: TrafficPlan
+    tasks: dict[str, TaskSpec]
+    task: TaskSpec
+    key: str
+    client: Any
+    facts: dict[str, Any]
+    results: dict[str, list[CallResult]]
+    target: Optional[float]
+    rest_of_shadow: list[PlannedCall]
+
+    # -- helpers ---------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        self.console.print(f"  {text}")
+
+    @contextmanager
+    def phase(self, number: int, title: str):
+        self.console.rule(f"[bold]{number}. {title}")
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            seconds = time.monotonic() - started
+            self.facts["meta"]["phases"].append({"n": number, "title": title, "seconds": round(seconds, 1)})
+            self.console.print(f"  [dim]phase {number} took {seconds:.0f} s[/dim]")
+
+    def history(self) -> list[RoutingDecision]:
+        return [d for d in self.watch.records(catalog.ROUTING_HISTORY) if d.task == self.s.task]
+
+    def decided(self, predicate: Callable[[RoutingDecision, dict], bool]) -> Callable[[], Optional[RoutingDecision]]:
+        def find() -> Optional[RoutingDecision]:
+            self.stack.check_alive()
+            return next((d for d in self.history() if predicate(d, evidence(d))), None)
+        return find
+
+    async def router_mode(self, mode: str, timeout_s: float = 60.0) -> bool:
+        """Wait until the router itself serves the task in `mode` (it follows the compacted routing topic)."""
+        headers = {"Authorization": f"Bearer {self.key}"}
+        deadline = time.monotonic() + timeout_s
+        async with httpx.AsyncClient(timeout=5.0) as http:
+            while time.monotonic() < deadline:
+                body = (await http.get(f"{self.w.router_url}/v1/tasks", headers=headers)).json()
+                if any(t["task"] == self.s.task and t["mode"] == mode for t in body["tasks"]):
+                    return True
+                await asyncio.sleep(0.3)
+        return False
+
+    async def send(self, name: str, calls: list[PlannedCall], stop: Optional[Callable[[], bool]] = None,
+                   concurrency: Optional[int] = None) -> list[CallResult]:
+        counts: dict[str, int] = {}
+        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[paths]}"))
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            bar = progress.add_task(f"  {name}", total=len(calls), paths="")
+
+            def seen(r: CallResult) -> None:
+                key = r.served_by or "error" if r.ok else "error"
+                counts[key] = counts.get(key, 0) + 1
+                progress.update(bar, advance=1, paths=" ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+
+            results = await replay(self.client, self.tasks, calls, concurrency=concurrency or self.s.concurrency,
+                                   on_result=seen, stop=stop)
+        self.results.setdefault(name, []).extend(results)
+        errors = [r for r in results if not r.ok]
+        if errors:
+            self.say(f"[yellow]{len(errors)} call(s) failed[/yellow], e.g. {errors[0].error}")
+        return results
+
+    # -- the phases ---------------------------------------------------------------------------
+    async def capture(self) -> None:
+        with self.phase(2, "Capture: backend services call the router (openai SDK) on the frontier path"):
+            results = await self.send("capture", self.plan.capture)
+            sent = {r.call.call_id for r in results if r.ok}
+            per_task = {t: sum(1 for r in results if r.ok and r.call.task == t) for t in self.tasks}
+
+            def all_captured():
+                self.stack.check_alive()
+                got = sum(1 for c in self.watch.records(catalog.CALLS_CAPTURED) if c.call_id in sent)
+                return got if got >= len(sent) else None
+            got = await self.watch.wait_for(all_captured, 90.0)
+            captured = {t: sum(1 for c in self.watch.records(catalog.CALLS_CAPTURED) if c.task == t) for t in self.tasks}
+            self.say(f"captured on {catalog.topic_name(catalog.CALLS_CAPTURED, self.w.namespace)}: "
+                     + ", ".join(f"{t} {n:,}" for t, n in captured.items()) + ("" if got else " [red](not all yet)[/red]"))
+            self.facts["capture"] = {"sent": {t: sum(1 for c in self.plan.capture if c.task == t) for t in self.tasks},
+                                     "ok": per_task, "captured": captured}
+
+    async def candidates(self) -> None:
+        with self.phase(3, "Candidates: which calls should graduate"):
+            n = self.facts["capture"]["ok"].get(self.s.task, 0)
+            span_h = max(n * 24 / self.s.calls_per_day, 0.01)
+            self.say(f"the replay compresses {n:,} {self.s.task} calls into minutes; the profiler is told they "
+                     f"stand for {span_h:.2f} h of traffic, i.e. {self.s.calls_per_day:,} calls/day")
+            out = self.w.var_dir / "demo" / f"candidates-{self.w.run_id}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            env = {**self.w.env, "GRADUATE_PROFILER_MIN_SPAN_HOURS": f"{span_h:.4f}", "COLUMNS": "200"}
+            proc = await asyncio.to_thread(subprocess.run, [str(GRADUATE), "candidates", "--json", str(out)], env=env,
+                                           cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            print(proc.stdout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"graduate candidates failed ({proc.returncode})")
+            ranking = json.loads(out.read_text())
+            self.facts["candidates"] = {"ranking": ranking, "span_hours": span_h}
+
+    async def review(self) -> None:
+        with self.phase(4, "Review (SIMULATED): Banking77's true labels for a share of the holdout"):
+            fraction = load_settings(CuratorSettings).holdout_fraction
+            holdout = steps.holdout_calls(self.results["capture"], self.s.task, fraction)
+            chosen = steps.choose_reviewed(holdout, self.s.review_share, self.s.seed)
+            await steps.publish_reviews(self.w.kafka, self.codec, self.w.namespace, steps.reviewed_labels(chosen))
+            disagree = sum(1 for r in chosen if r.output != r.call.gold)
+            self.say(f"no person reviewed anything: {len(chosen):,} of the {len(holdout):,} holdout calls "
+                     f"({self.s.review_share:.0%}) got Banking77's own label as a ReviewedLabel, standing in for a "
+                     f"reviewer; the frontier SIMULATOR had {disagree} of them wrong")
+            frontier = 1 - disagree / len(chosen) if chosen else None
+            self.target = min(0.995, frontier + self.s.threshold_headroom) if frontier is not None else None
+            self.facts["review"] = {"holdout_fraction": fraction, "holdout_calls": len(holdout),
+                                    "reviewed": len(chosen), "frontier_wrong_among_reviewed": disagree,
+                                    "frontier_accuracy_reviewed": frontier, "threshold_target": self.target}
+
+    async def train(self) -> ModelRegistered:
+        self.console.print("  [bold]snapshot[/bold]")
+        manifest, _ = await asyncio.to_thread(steps.run_json, [str(GRADUATE), "dataset", "snapshot", "--task",
+                                                               self.s.task, "--json"], self.w.env, REPO_ROOT)
+        datasets = self.w.var_dir / "datasets"
+        derived, info = steps.derive_prelaunch_snapshot(datasets, self.s.task, manifest["snapshot_id"],
+                                                        self.plan.before_launch, self.plan.held_out)
+        self.say(f"snapshot {manifest['snapshot_id']}: train {manifest['counts']['train']:,}, holdout "
+                 f"{manifest['counts']['holdout']:,} ({manifest['reviewed']['holdout']:,} reviewed)")
+        dropped = sum(info["dropped_rows"].values())
+        self.say(f"training label set: the {info['labels']} intents in use before the launch; the launch's "
+                 f"{len(self.plan.held_out)} intents are not among them ({dropped} row(s) dropped: frontier answers "
+                 f"outside that set, no such input was sent) → {derived}")
+        self.facts["snapshot"] = {"id": manifest["snapshot_id"], "counts": manifest["counts"],
+                                  "reviewed": manifest["reviewed"], "curation": manifest.get("curation"),
+                                  "derived": derived, **info}
+        self.console.print("  [bold]train[/bold]")
+        while subprocess.run(["pgrep", "-f", "graduate train"], stdout=subprocess.DEVNULL).returncode == 0:
+            self.say("another training run is going on on this machine: waiting for it (one at a time)")
+            await asyncio.sleep(10)
+        args = ["train", "--task", self.s.task, "--snapshot", derived, "--epochs", str(self.s.epochs),
+                "--triton-model", self.w.triton_model]
+        if self.s.max_train_examples:
+            args += ["--max-examples", str(self.s.max_train_examples)]
+        knobs = {"GRADUATE_TRAIN_LEARNING_RATE": str(self.s.learning_rate), "GRADUATE_TRAIN_BATCH_SIZE":
+                 str(self.s.batch_size), "GRADUATE_TRAIN_MAX_LENGTH": str(self.s.max_length)}
+        if self.target is not None:
+            knobs["GRADUATE_TRAIN_TARGET_ACCURACY"] = f"{self.target:.4f}"
+            frontier = self.facts["review"]["frontier_accuracy_reviewed"]
+            self.say(f"threshold target: kept accuracy ≥ {self.target:.1%} — the frontier's {frontier:.1%} on the "
+                     f"reviewed holdout + {self.s.threshold_headroom:.0%} headroom")
+        trainer = self.stack.spawn("trainer", args, knobs)
+        started = time.monotonic()
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=self.console) as progress:
+            bar = progress.add_task("  fine-tuning", total=None)
+            while trainer.process.poll() is None:
+                last = tail(trainer.log_file, 1).strip()[:110]
+                progress.update(bar, description=f"  trainer: {last}")
+                if time.monotonic() - started > self.s.train_timeout_s:
+                    raise StackError(f"training ran past {self.s.train_timeout_s:.0f} s")
+                await asyncio.sleep(1.0)
+        self.stack.stop_service(trainer)
+        if trainer.process.returncode != 0:
+            raise StackError(f"training failed ({trainer.process.returncode}); log {trainer.log_file}:\n"
+                             f"{tail(trainer.log_file, 40)}")
+        for line in tail(trainer.log_file, 12).splitlines():
+            if line.startswith(("holdout:", "triton:", "int8:", "published")):
+                self.say(line[:160])
+        model = await self.watch.wait_for(lambda: next((m for m in self.watch.records(catalog.MODELS)
+                                                         if m.triton_model == self.w.triton_model), None), 30.0)
+        if model is None:
+            raise StackError("the trainer finished but no ModelRegistered arrived")
+        self.facts["training"] = {"seconds": round(time.monotonic() - started, 1), "version": model.version,
+                                  "triton_model": model.triton_model, "registered": json.loads(model.model_dump_json())}
+        return model
+
+    async def gate_and_shadow(self, model: ModelRegistered) -> RoutingDecision:
+        offline = await self.watch.wait_for(self.decided(lambda d, e: e.get("gate") == "offline"
+                                                         and str(e.get("candidate")) == model.version),
+                                            self.s.gate_timeout_s)
+        if offline is None:
+            raise StackError("the controller gave no offline verdict")
+        self.say(f"[bold]controller[/bold] → {offline.mode}: {offline.reason}")
+        if offline.mode != "shadow":
+            raise StoryEnded(f"the offline gate refused version {model.version}: {offline.reason}")
+        if not await self.router_mode("shadow"):
+            raise StackError("the router did not follow the shadow decision")
+        self.console.print("  [bold]shadow[/bold]: live Banking77 test traffic; the small model answers off the hot path")
+        cut = self.decided(lambda d, e: e.get("gate") == "shadow" and d.mode == "small")
+        sent = await self.send("shadow", self.plan.shadow, stop=lambda: cut() is not None)
+        done = {r.call.call_id for r in sent}
+        self.rest_of_shadow = [c for c in self.plan.shadow if c.call_id not in done]  # served in small mode instead
+
+        def stats_line() -> None:
+            stats = [s for s in self.watch.records(catalog.SHADOW_STATS) if s.model_version == model.version]
+            if stats:
+                s = stats[-1]
+                self.console.print(f"  [dim]judge: {s.compared} compared, {s.agreed} agreed, {s.kept} kept, "
+                                   f"{s.reviewed} reviewed[/dim]", end="\r")
+        # The controller re-evaluates on every statistics update: a refusal now may still turn into
+        # a pass as comparisons accumulate, so wait for the cutover and report the last refusal if none.
+        cutover = await self.watch.wait_for(self.decided(lambda d, e: e.get("gate") == "shadow" and d.mode == "small"),
+                                            self.s.gate_timeout_s, on_tick=stats_line, poll_s=1.0)
+        self.console.print()
+        refusals = [d for d in self.history() if evidence(d).get("gate") == "shadow" and d.mode != "small"]
+        for d in refusals:
+            self.say(f"[bold]controller[/bold] → stays {d.mode}: {d.reason}")
+        if cutover is None:
+            reason = refusals[-1].reason if refusals else "no verdict in time (too few comparisons?)"
+            raise StoryEnded(f"the shadow gate did not pass: {reason}")
+        self.say(f"[bold]controller[/bold] → {cutover.mode}: {cutover.reason}")
+        return cutover
+
+    async def small_and_drift(self, cutover: RoutingDecision) -> None:
+        if not await self.router_mode("small"):
+            raise StackError("the router did not follow the cutover")
+        self.say(f"cutover: small mode, threshold {cutover.threshold:.4f}, predicted fallback rate "
+                 f"{cutover.predicted_fallback_rate:.1%}")
+        moved = [PlannedCall(c.call_id, c.task, "small", c.text, c.gold, c.drift) for c in self.rest_of_shadow]
+        await self.send("small", moved + self.plan.small, concurrency=self.s.small_concurrency)
+        small = [r for r in self.results["small"] if r.ok and r.served_by in ("small", "fallback")]
+        observed = sum(r.served_by == "fallback" for r in small) / max(len(small), 1)
+        self.say(f"fallback rate observed {observed:.1%} vs predicted {cutover.predicted_fallback_rate:.1%}")
+        early = self.decided(lambda d, e: e.get("verdict") == "demoted")()
+        if early is not None:
+            raise StoryEnded(f"the controller demoted the task before any drift: {early.reason}")
+        self.console.print(f"  [bold]drift[/bold]: the bank launches currency exchange; {self.s.drift_share:.0%} of the "
+                           f"traffic is now about {len(self.plan.held_out)} intents the model never saw")
+        self.facts["drift"] = {"labels": list(self.plan.held_out), "started": time.time()}
+        demoted = self.decided(lambda d, e: e.get("verdict") == "demoted")
+        await self.send("drift", self.plan.drift)
+        decision = await self.watch.wait_for(demoted, self.s.gate_timeout_s)
+        if decision is None:
+            raise StoryEnded("the controller did not demote the task within the drift traffic")
+        request = await self.watch.wait_for(lambda: next((r for r in self.watch.records(catalog.RETRAIN_REQUESTS)
+                                                          if r.task == self.s.task), None), 30.0)
+        self.say(f"[bold]controller[/bold] → {decision.mode}: {decision.reason}")
+        if request:
+            self.say(f"retrain requested ({request.request_id}): {request.reason}")
+        self.facts["drift"] |= {"demoted_at": decision.ts.timestamp(),
+                                "retrain_request": json.loads(request.model_dump_json()) if request else None}
