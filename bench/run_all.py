@@ -41,7 +41,7 @@ def discover(only: set[str] | None) -> list[Path]:
 def wait_for_training_slot(poll_s: float = 10.0, limit_s: float = 1800.0) -> None:
     """One training at a time on this machine: wait while another `graduate train` runs."""
     started = time.monotonic()
-    while subprocess.run(["pgrep", "-f", "graduate train"], stdout=subprocess.DEVNULL).returncode == 0:
+    while subprocess.run(["pgrep", "-f", "graduate train( |$)"], stdout=subprocess.DEVNULL).returncode == 0:
         if time.monotonic() - started > limit_s:
             return
         print("  another training run is going on: waiting (one at a time)", flush=True)

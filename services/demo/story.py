@@ -178,7 +178,7 @@ class Story:
                                   "reviewed": manifest["reviewed"], "curation": manifest.get("curation"),
                                   "derived": derived, **info}
         self.console.print("  [bold]train[/bold]")
-        while subprocess.run(["pgrep", "-f", "graduate train"], stdout=subprocess.DEVNULL).returncode == 0:
+        while subprocess.run(["pgrep", "-f", "graduate train( |$)"], stdout=subprocess.DEVNULL).returncode == 0:
             self.say("another training run is going on on this machine: waiting for it (one at a time)")
             await asyncio.sleep(10)
         args = ["train", "--task", self.s.task, "--snapshot", derived, "--epochs", str(self.s.epochs),

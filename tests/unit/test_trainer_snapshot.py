@@ -115,17 +115,29 @@ def test_row_count_must_match_manifest(tmp_path: Path) -> None:
         load_snapshot(path)
 
 
-def test_null_values_are_refused(tmp_path: Path) -> None:
-    path = make(tmp_path)
+def _with_nulls(path: Path, column: str) -> None:
     table = pq.read_table(path / "holdout.parquet")
     nullable = pa.schema([f.with_nullable(True) for f in table.schema])
-    labels = pa.array([None, "b"], type=pa.string())
-    table = table.cast(nullable).set_column(table.column_names.index("frontier_label"), "frontier_label", labels)
+    values = pa.array([None, "b"], type=pa.string())
+    table = table.cast(nullable).set_column(table.column_names.index(column), column, values)
     pq.write_table(table, path / "holdout.parquet")
     rewrite_manifest(path, files={"train.parquet": sha256_file(path / "train.parquet"),
                                   "holdout.parquet": sha256_file(path / "holdout.parquet")})
-    with pytest.raises(SnapshotError, match="column frontier_label has 1 null value"):
+
+
+def test_null_labels_are_refused(tmp_path: Path) -> None:
+    path = make(tmp_path)
+    _with_nulls(path, "label")
+    with pytest.raises(SnapshotError, match="column label has 1 null value"):
         load_snapshot(path)
+
+
+def test_a_null_frontier_label_is_a_frontier_mistake(tmp_path: Path) -> None:
+    """The curator writes no frontier label for a reviewed call whose frontier answer did not parse."""
+    path = make(tmp_path)
+    _with_nulls(path, "frontier_label")
+    snap = load_snapshot(path)
+    assert list(snap.holdout.frontier_label)[:2] == ["", "b"]
 
 
 def test_latest_is_the_newest_manifest(tmp_path: Path) -> None:
