@@ -207,7 +207,7 @@ async def test_every_input_topic_dead_letters_poison_and_goes_on(stack, kafka_se
             for processor in readers:
                 want = reason
                 if topic == by_task(stack.namespace) and kind == "wrong-type":
-                    want = "does not belong on the judge's by-task topic"
+                    want = "expected one of graduate.v1.ShadowResult, graduate.v1.ReviewedLabel"
                 expected[(processor, topic, key)] = (want, payload)
         follow_key = TASK if value_type is RoutingDecision else f"{tag}-follow-up"  # the routing topic is keyed by task
         records.append((topic, follow_key.encode(), codec.encode(follow)))

@@ -190,6 +190,7 @@ cmd_start() {
         "$wheel/bin/tritonserver" \
         --model-repository="$MODEL_REPOSITORY" \
         --model-control-mode=explicit "${load_args[@]}" \
+        --strict-readiness=false \
         --backend-directory="$BACKENDS_DIR" \
         --cache-directory="$wheel/caches" \
         --http-address="$HOST" --http-port="$HTTP_PORT" \
