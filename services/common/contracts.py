@@ -76,6 +76,7 @@ class ShadowResult(Contract):
     input: str = ""
     frontier_output: Optional[str] = None
     source: str = "frontier"
+    field_confidence: Optional[dict[str, float]] = None  # extraction: per field (None: classification)
 
 
 class Disagreement(Contract):
@@ -89,6 +90,7 @@ class Disagreement(Contract):
     confidence: float
     ts: datetime = Field(default_factory=utcnow)
     reviewed_label: Optional[str] = None
+    differing_fields: list[str] = Field(default_factory=list)  # extraction: the fields that differ
 
 
 class PairedCounts(Contract):

@@ -23,6 +23,12 @@ EXAMPLES: list[c.Contract] = [
                    ts=TS, input="x", frontier_output=None),
     c.Disagreement(call_id="c1", task="t", model_version="3", input="x", frontier_output="a", small_output="b",
                    confidence=0.4, ts=TS),
+    c.ShadowResult(call_id="c2", task="restaurant8k-booking", model_version="1", output='{"people": "2"}',
+                   confidence=0.61, latency_ms=4.0, ts=TS, input="table for 2", frontier_output='{"people": "3"}',
+                   field_confidence={"people": 0.61, "time": 0.99}),
+    c.Disagreement(call_id="c2", task="restaurant8k-booking", model_version="1", input="table for 2",
+                   frontier_output='{"people": "3"}', small_output='{"people": "2"}', confidence=0.61, ts=TS,
+                   differing_fields=["people"]),
     c.ModelRegistered(task="t", version="2", base_model="all-MiniLM-L6-v2", snapshot_id="s1", ts=TS, holdout_size=100,
                       gold_reviewed=30, gold_frontier=70, small_accuracy=0.9, frontier_accuracy=0.91, agreement=0.88,
                       paired=c.PairedCounts(both_correct=85, small_only=5, frontier_only=6, neither=4), threshold=None,
@@ -127,3 +133,66 @@ def test_codec_decodes_old_writer_schema(tmp_path, codec):
     schemaless_writer(buf, parsed, {"call_id": "c", "task": "t", "verdict": "label", "label": "x", "reviewer": "r", "ts": TS})
     data = SINGLE_OBJECT_MARKER + _fingerprint(parsed) + buf.getvalue()
     assert old_writer.decode(data, c.ReviewedLabel).note is None
+
+
+@pytest.mark.parametrize("model", c.ALL_CONTRACTS, ids=lambda m: m.__name__)
+def test_every_released_schema_reads_data_of_the_current_one(model):
+    """The other direction: a reader still on a released schema reads what the current one writes
+    (fields added since are skipped), so new fields must never be required of old readers."""
+    from fastavro import schemaless_reader, schemaless_writer
+    import io
+
+    from tests.unit.avro_samples import sample_for
+
+    current = parse_schema(json.loads((schemas_dir() / f"{model.__name__}.avsc").read_text()), named_schemas={})
+    for version in _released_versions():
+        path = version / f"{model.__name__}.avsc"
+        if not path.exists():
+            continue
+        old = parse_schema(json.loads(path.read_text()), named_schemas={})
+        buf = io.BytesIO()
+        schemaless_writer(buf, current, sample_for(current))
+        buf.seek(0)
+        schemaless_reader(buf, current, old)
+
+
+def _released_v1_message(name: str, record: dict) -> bytes:
+    import io
+
+    from fastavro import schemaless_writer
+
+    from services.common.codec import _fingerprint
+
+    old = parse_schema(json.loads((schemas_dir() / "released" / "v1" / f"{name}.avsc").read_text()), named_schemas={})
+    buf = io.BytesIO()
+    schemaless_writer(buf, old, record)
+    return SINGLE_OBJECT_MARKER + _fingerprint(old) + buf.getvalue()
+
+
+def test_v1_shadow_results_and_disagreements_decode_with_the_new_fields_empty(codec):
+    """Records on the topics from before field-level extraction support read with the defaults."""
+    result = codec.decode(_released_v1_message("ShadowResult", {
+        "call_id": "c", "task": "t", "model_version": "1", "output": "a", "confidence": 0.5, "latency_ms": 1.0,
+        "ts": TS, "input": "x", "frontier_output": "b", "source": "frontier"}), c.ShadowResult)
+    assert result.field_confidence is None and result.output == "a"
+    d = codec.decode(_released_v1_message("Disagreement", {
+        "call_id": "c", "task": "t", "model_version": "1", "input": "x", "frontier_output": "b", "small_output": "a",
+        "confidence": 0.5, "ts": TS, "reviewed_label": None}), c.Disagreement)
+    assert d.differing_fields == [] and d.small_output == "a"
+
+
+def test_v1_readers_read_the_new_disagreement_and_shadow_result(codec):
+    """A consumer that still reads with the released v1 schemas gets every v1 field of a record
+    written now (the field-level additions are skipped)."""
+    import io
+
+    from fastavro import schemaless_reader
+
+    for record in (e for e in EXAMPLES if isinstance(e, (c.ShadowResult, c.Disagreement)) and e.call_id == "c2"):
+        name = type(record).__name__
+        data = codec.encode(record)
+        old = parse_schema(json.loads((schemas_dir() / "released" / "v1" / f"{name}.avsc").read_text()),
+                           named_schemas={})
+        read = schemaless_reader(io.BytesIO(data[10:]), codec.schema_for(record).parsed, old)
+        assert set(read) == {f["name"] for f in old["fields"]}
+        assert read["small_output" if name == "Disagreement" else "output"] == '{"people": "2"}'
