@@ -3,7 +3,9 @@
 Reads `calls.captured` in micro-batches, runs the calls of tasks in shadow mode (and the
 sampled share of small mode) through Triton and publishes one ShadowResult per call, keyed by
 call_id. The routing state comes from the compacted routing and models topics, read whole by
-every worker before the first batch is handled.
+every worker before the first batch is handled. For an extraction model the result also carries
+the per-field confidences (Triton's FIELD_CONFIDENCE, named by the registration's fields or else
+the task spec's).
 
 Acknowledgement (see services/common/streams.py, `each_batch`): a batch's events are acked only
 after its results were handed to the producer, and faust flushes the producer before it commits,
@@ -17,6 +19,7 @@ import logging
 from services.common import catalog
 from services.common.contracts import CapturedCall
 from services.common.settings import load_settings
+from services.common.tasks import load_tasks
 from services.common.streams import (Emit, Item, WorkerSettings, each_batch, make_app, plumbing, send_dead_letter,
                                      source_topic)
 from services.common.triton import SmallModelClient
@@ -34,6 +37,13 @@ codec = plumbing(app).codec
 captured = source_topic(app, catalog.CALLS_CAPTURED, settings.topic_namespace)
 routing = RoutingFollower(settings.kafka, codec, settings.topic_namespace,
                           on_poison=lambda meta, raw, exc: send_dead_letter(app, meta, raw, exc))
+try:  # extraction tasks' field names, for models whose registration the worker has not seen
+    routing.state.task_fields = {name: tuple(f.name for f in spec.fields)
+                                 for name, spec in load_tasks(settings.tasks_file).tasks.items()
+                                 if spec.kind == "extraction"}
+except Exception as exc:  # noqa: BLE001 - registrations still name the fields
+    log.warning("shadow: cannot read the task specs in %s (%s); field names come from registrations only",
+                settings.tasks_file, exc)
 _runner: ShadowRunner | None = None
 
 

@@ -7,7 +7,8 @@ plus `models` (a decision may name only a version; the registration names the Tr
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from services.common.contracts import CapturedCall, ModelRegistered, RoutingDecision, ShadowResult
@@ -39,6 +40,7 @@ class ShadowTarget:
     model_version: str
     triton_model: str
     triton_version: str | None
+    fields: tuple[str, ...] = ()  # an extraction model's fields, in its order (asks Triton for FIELD_CONFIDENCE)
 
 
 @dataclass
@@ -47,12 +49,21 @@ class RoutingState:
 
     decisions: dict[str, RoutingDecision] = field(default_factory=dict)
     models: dict[tuple[str, str], ModelRegistered] = field(default_factory=dict)
+    task_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # extraction task specs' fields
+    model_fields: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
 
     def apply_decision(self, decision: RoutingDecision) -> None:
         self.decisions[decision.task] = decision
 
     def apply_model(self, model: ModelRegistered) -> None:
         self.models[(model.task, model.version)] = model
+        if extraction_model(model):
+            self.model_fields[(model.task, model.version)] = tuple(model.labels)
+
+    def fields_for(self, task: str, version: str) -> tuple[str, ...]:
+        """An extraction model's field names in its own order (its registration's labels, else the
+        task spec's fields); () for a classification task."""
+        return self.model_fields.get((task, version)) or tuple(self.task_fields.get(task, ()))
 
     def threshold_for(self, task: str, version: str) -> float | None:
         """The threshold of a model version: the routing decision's when it names this version,
@@ -62,6 +73,15 @@ class RoutingState:
             return decision.threshold
         model = self.models.get((task, version))
         return model.threshold if model is not None else None
+
+
+def extraction_model(model: ModelRegistered) -> bool:
+    """A registration of an extraction model (the trainer writes metrics_json.kind)."""
+    try:
+        metrics = json.loads(model.metrics_json or "{}")
+    except json.JSONDecodeError:
+        return False
+    return isinstance(metrics, dict) and metrics.get("kind") == "extraction"
 
 
 def triton_version(model_version: str) -> str | None:
@@ -102,7 +122,8 @@ def select_target(call: CapturedCall, state: RoutingState, policy: ShadowPolicy)
         if model is None:
             return None
         triton_model = model.triton_model
-    return ShadowTarget(call.task, decision.model_version, triton_model, triton_version(decision.model_version))
+    return ShadowTarget(call.task, decision.model_version, triton_model, triton_version(decision.model_version),
+                        state.fields_for(call.task, decision.model_version))
 
 
 def plan_requests(targets: Sequence[ShadowTarget | None], max_batch: int) -> list[tuple[ShadowTarget, list[int]]]:
@@ -123,7 +144,8 @@ def shadow_result(call: CapturedCall, target: ShadowTarget, answer: SmallAnswer,
     """The small model's answer on a captured call; latency is the round trip of its request."""
     return ShadowResult(call_id=call.call_id, task=call.task, model_version=target.model_version,
                         output=answer.label, confidence=answer.confidence, latency_ms=latency_ms,
-                        input=call.input, frontier_output=call.output, source=call.source)
+                        input=call.input, frontier_output=call.output, source=call.source,
+                        field_confidence=answer.field_confidence)
 
 
 def backoff_delays(initial_s: float = 0.5, factor: float = 2.0, max_s: float = 15.0):

@@ -32,7 +32,8 @@ REQUEST_SECONDS = Histogram("graduate_shadow_triton_request_seconds", "one Trito
 
 
 class Classifier(Protocol):
-    async def classify(self, model: str, version: str | None, texts: list[str]) -> tuple[list[SmallAnswer], float]: ...
+    async def classify(self, model: str, version: str | None, texts: list[str],
+                       fields: Sequence[str] | None = None) -> tuple[list[SmallAnswer], float]: ...
 
 
 def is_transient(exc: TritonUnavailable) -> bool:
@@ -52,7 +53,11 @@ class ShadowRunner:
 
     async def _request(self, target: ShadowTarget, texts: list[str]) -> tuple[list[SmallAnswer], float]:
         async with self.in_flight:
-            answers, ms = await self.client.classify(target.triton_model, target.triton_version, texts)
+            if target.fields:  # an extraction model: its per-field confidences too
+                answers, ms = await self.client.classify(target.triton_model, target.triton_version, texts,
+                                                         fields=target.fields)
+            else:
+                answers, ms = await self.client.classify(target.triton_model, target.triton_version, texts)
         REQUEST_SECONDS.observe(ms / 1000)
         if len(answers) != len(texts):
             raise ValueError(f"{target.triton_model} answered {len(answers)} of {len(texts)} texts")

@@ -141,3 +141,71 @@ def test_shadow_result_carries_the_frontier_answer_and_input():
 def test_backoff_grows_and_caps():
     delays = list(itertools.islice(backoff_delays(0.5, 2.0, 3.0), 6))
     assert delays == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+
+
+# --- extraction: field names for FIELD_CONFIDENCE, and the result carries it -------------------
+
+BOOKING_FIELDS = ("people", "time", "date", "first_name", "last_name")
+
+
+def test_an_extraction_model_is_asked_with_its_registered_fields():
+    import json
+
+    model = registered(task="booking", version="2", triton_model="booking-model").model_copy(
+        update={"labels": list(BOOKING_FIELDS), "metrics_json": json.dumps({"kind": "extraction"})})
+    state = state_with(decision(task="booking", version="2", triton_model="booking-model"), models=[model])
+    target = select_target(call(task="booking", output='{"people": "2"}'), state, ShadowPolicy())
+    assert target.fields == BOOKING_FIELDS
+
+
+def test_field_names_fall_back_to_the_task_spec_and_classification_has_none():
+    state = state_with(decision(task="booking", version="2"), decision())
+    state.task_fields = {"booking": BOOKING_FIELDS[:2]}
+    assert select_target(call(task="booking"), state, ShadowPolicy()).fields == ("people", "time")
+    assert select_target(call(), state, ShadowPolicy()).fields == ()
+    classifier = registered(version="3", triton_model="intent-model").model_copy(update={"labels": ["a", "b"]})
+    state.apply_model(classifier)  # a classification registration: labels are not fields
+    assert select_target(call(), state, ShadowPolicy()).fields == ()
+
+
+def test_shadow_result_carries_the_field_confidences():
+    c = call(task="booking", output='{"people": "3"}')
+    answer = SmallAnswer('{"people": "2"}', 0.4, {"people": 0.4, "time": 0.97})
+    r = shadow_result(c, ShadowTarget("booking", "2", "m", "2", ("people", "time")), answer, 3.0)
+    assert r.field_confidence == {"people": 0.4, "time": 0.97} and r.confidence == 0.4
+    assert shadow_result(call(), ShadowTarget("intent", "3", "m", "3"), SmallAnswer("a", 0.9), 1.0).field_confidence is None
+
+
+def test_answers_from_names_the_field_confidences_only_when_the_names_fit():
+    import numpy as np
+
+    from services.common.triton import answers_from
+
+    labels = np.array([[b'{"people": "2"}'], [b"{}"]], dtype=np.object_)
+    conf = np.array([[0.4], [0.9]], dtype=np.float32)
+    per_field = np.array([[0.4, 0.97], [0.9, 0.95]], dtype=np.float32)
+    a, b = answers_from(labels, conf, per_field, ("people", "time"))
+    assert a.field_confidence == pytest.approx({"people": 0.4, "time": 0.97}) and b.label == "{}"
+    assert all(x.field_confidence is None for x in answers_from(labels, conf, per_field, ("people",)))
+    assert all(x.field_confidence is None for x in answers_from(labels, conf))
+
+
+async def test_the_runner_passes_the_fields_to_an_extraction_model_only():
+    from services.shadow.runner import ShadowRunner
+
+    asked = []
+
+    class FakeTriton:
+        async def classify(self, model, version, texts, fields=None):
+            asked.append((model, fields))
+            per_field = {f: 0.5 for f in fields} if fields else None
+            return [SmallAnswer("x", 0.5, per_field) for _ in texts], 1.0
+
+    state = state_with(decision(task="booking", version="2", triton_model="booking-model"), decision())
+    state.task_fields = {"booking": BOOKING_FIELDS}
+    runner = ShadowRunner(FakeTriton(), state, ShadowPolicy())
+    results, failed = await runner.shadow([call("b1", task="booking"), call("i1")])
+    assert not failed and sorted(asked, key=str) == sorted([("booking-model", BOOKING_FIELDS), ("intent-model", None)],
+                                                          key=str)
+    by_id = {r.call_id: r for r in results}
+    assert by_id["b1"].field_confidence == {f: 0.5 for f in BOOKING_FIELDS} and by_id["i1"].field_confidence is None
