@@ -5,6 +5,12 @@ Idempotent by construction: the state holds one verdict per (call_id, model vers
 review per call_id, and every statistic is the sum of the current records' contributions (a
 replayed result changes nothing; a changed review or threshold swaps the old contribution for
 the new one). `JudgeState.load` rebuilds everything from the persisted records.
+
+Extraction tasks answer JSON objects: two answers are the same when every field's value is the
+same after normalisation (Unicode NFKC, case folded, whitespace collapsed, as
+services/common/normalize.py does for inputs; an empty string is no value). A disagreement names
+the fields that differ, and the statistics count agreement per field as well
+(ShadowStats.confusion_json["fields"]).
 """
 from __future__ import annotations
 
@@ -12,12 +18,17 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from services.common.contracts import Disagreement, PairedCounts, ReviewedLabel, ShadowResult, ShadowStats
+from services.common.normalize import normalise_input
 
 Group = tuple[str, str]  # (task, model_version)
 TOP_CONFUSION_PAIRS = 10
 _PAIR = "pair"
+_FIELD = "field"
+FIELD_COUNTS = ("compared", "agreed", "kept", "kept_agreed", "reviewed", "small_correct_reviewed",
+                "frontier_correct_reviewed")
 
 
 @dataclass(frozen=True)
@@ -43,18 +54,46 @@ class Review:
     label: str | None
 
 
+def field_value(value: Any) -> Optional[str]:
+    """A field's value as compared: normalised text (NFKC, case folded, whitespace collapsed);
+    None for no value (null, missing, or only whitespace)."""
+    if value is None:
+        return None
+    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+    return normalise_input(text) or None
+
+
+def fields_of(answer: Optional[str]) -> Optional[dict[str, Optional[str]]]:
+    """An extraction answer's fields, normalised; None when the answer is not a JSON object."""
+    if not answer or answer.lstrip()[:1] != "{":
+        return None
+    try:
+        obj = json.loads(answer)
+    except json.JSONDecodeError:
+        return None
+    return {k: field_value(v) for k, v in obj.items()} if isinstance(obj, dict) else None
+
+
+def differing_fields(a: Optional[str], b: Optional[str]) -> list[str]:
+    """The fields on which two JSON-object answers differ (a field one of them lacks counts as
+    null), sorted; [] when either is not a JSON object (a classification label)."""
+    fa, fb = fields_of(a), fields_of(b)
+    if fa is None or fb is None:
+        return []
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k))
+
+
 def same_output(a: str | None, b: str | None) -> bool:
-    """Equal answers: the same label, or JSON objects with the same fields (extraction tasks)."""
+    """Equal answers: the same label, or JSON objects whose fields are equal once normalised
+    (extraction tasks)."""
     if a is None or b is None:
         return False
     if a == b:
         return True
-    if a[:1] == "{" and b[:1] == "{":
-        try:
-            return json.loads(a) == json.loads(b)
-        except json.JSONDecodeError:
-            return False
-    return False
+    fa, fb = fields_of(a), fields_of(b)
+    if fa is None or fb is None:
+        return False
+    return not any(fa.get(k) != fb.get(k) for k in set(fa) | set(fb))
 
 
 def verdict_of(result: ShadowResult) -> Verdict:
@@ -78,7 +117,8 @@ def disagreement_of(result: ShadowResult, review: Review | None) -> Disagreement
         return None
     return Disagreement(call_id=result.call_id, task=result.task, model_version=result.model_version,
                         input=result.input, frontier_output=result.frontier_output, small_output=result.output,
-                        confidence=result.confidence, reviewed_label=review.label if review else None)
+                        confidence=result.confidence, reviewed_label=review.label if review else None,
+                        differing_fields=differing_fields(result.output, result.frontier_output))
 
 
 def paired_bucket(small_correct: bool, frontier_correct: bool) -> str:
@@ -115,7 +155,41 @@ def contribution(verdict: Verdict, review: Review | None, threshold: float | Non
         c["small_correct_reviewed"] += small_ok
         c["frontier_correct_reviewed"] += frontier_ok
         c[paired_bucket(small_ok, frontier_ok)] += 1
+    c.update(field_contribution(verdict, review, threshold))
     return c
+
+
+def field_contribution(verdict: Verdict, review: Review | None, threshold: float | None) -> Counter:
+    """Per field of an extraction answer: compared, agreed, kept, kept_agreed and, against a
+    reviewed answer, reviewed / small_correct_reviewed / frontier_correct_reviewed (a review
+    "not in the label set" has no fields to grade). Empty for classification."""
+    c: Counter = Counter()
+    small, frontier = fields_of(verdict.small_output), fields_of(verdict.frontier_output)
+    if small is None or frontier is None:
+        return c
+    gold = fields_of(review.label) if review is not None else None
+    kept = threshold is not None and verdict.confidence >= threshold
+    for name in set(small) | set(frontier):
+        agreed = small.get(name) == frontier.get(name)
+        c[(_FIELD, name, "compared")] += 1
+        c[(_FIELD, name, "agreed")] += agreed
+        if kept:
+            c[(_FIELD, name, "kept")] += 1
+            c[(_FIELD, name, "kept_agreed")] += agreed
+        if gold is not None:
+            c[(_FIELD, name, "reviewed")] += 1
+            c[(_FIELD, name, "small_correct_reviewed")] += small.get(name) == gold.get(name)
+            c[(_FIELD, name, "frontier_correct_reviewed")] += frontier.get(name) == gold.get(name)
+    return c
+
+
+def field_counts(totals: Counter) -> dict[str, dict[str, int]]:
+    """Per field (sorted): the counts of FIELD_COUNTS; only fields compared at least once."""
+    out: dict[str, dict[str, int]] = {}
+    for key, n in totals.items():
+        if isinstance(key, tuple) and key[0] == _FIELD:
+            out.setdefault(key[1], dict.fromkeys(FIELD_COUNTS, 0))[key[2]] = n
+    return {name: counts for name, counts in sorted(out.items()) if counts["compared"] > 0}
 
 
 def confusion_pairs(totals: Counter, top: int = TOP_CONFUSION_PAIRS) -> list[dict]:
@@ -134,8 +208,16 @@ def stats_of(group: Group, totals: Counter, threshold: float | None) -> ShadowSt
         frontier_correct_reviewed=totals["frontier_correct_reviewed"],
         paired=PairedCounts(both_correct=totals["both_correct"], small_only=totals["small_only"],
                             frontier_only=totals["frontier_only"], neither=totals["neither"]),
-        threshold=threshold,
-        confusion_json=json.dumps({"pairs": confusion_pairs(totals)}, separators=(",", ":")))
+        threshold=threshold, confusion_json=confusion_json(totals))
+
+
+def confusion_json(totals: Counter) -> str:
+    """{"pairs": the top disagreement pairs} and, for an extraction task, {"fields": per-field counts}."""
+    body: dict[str, Any] = {"pairs": confusion_pairs(totals)}
+    fields = field_counts(totals)
+    if fields:
+        body["fields"] = fields
+    return json.dumps(body, separators=(",", ":"))
 
 
 ThresholdLookup = Callable[[str, str], "float | None"]

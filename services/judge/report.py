@@ -46,7 +46,18 @@ def summary(s: ShadowStats) -> dict:
         "small_correct_reviewed": s.small_correct_reviewed, "frontier_correct_reviewed": s.frontier_correct_reviewed,
         "paired": s.paired.model_dump(),
         "confusion_pairs": json.loads(s.confusion_json or "{}").get("pairs", []),
+        "fields": field_summary(s),
     }
+
+
+def field_summary(s: ShadowStats) -> dict[str, dict]:
+    """An extraction task's per-field counts (ShadowStats.confusion_json["fields"]) with their rates."""
+    fields = json.loads(s.confusion_json or "{}").get("fields", {})
+    return {name: c | {"agreement": _rate(c.get("agreed", 0), c.get("compared", 0)),
+                       "kept_agreement": _rate(c.get("kept_agreed", 0), c.get("kept", 0)),
+                       "small_accuracy_reviewed": _rate(c.get("small_correct_reviewed", 0), c.get("reviewed", 0)),
+                       "frontier_accuracy_reviewed": _rate(c.get("frontier_correct_reviewed", 0), c.get("reviewed", 0))}
+            for name, c in fields.items()}
 
 
 def _pct(v: float | None) -> str:
@@ -68,6 +79,15 @@ def render(task: str, stats: list[ShadowStats]) -> RichGroup:
                       _pct(d["small_accuracy_reviewed"]), _pct(d["frontier_accuracy_reviewed"]),
                       f"{p.both_correct} / {p.small_only} / {p.frontier_only} / {p.neither}",
                       s.ts.strftime("%Y-%m-%d %H:%M:%S"))
+        if d["fields"]:
+            per_field = Table(title=f"agreement per field, version {s.model_version}")
+            for col in ("field", "compared", "agreement", "kept agreement", "reviewed", "small acc.", "frontier acc."):
+                per_field.add_column(col, justify="left" if col == "field" else "right")
+            for name, f in d["fields"].items():
+                per_field.add_row(name, str(f["compared"]), _pct(f["agreement"]), _pct(f["kept_agreement"]),
+                                  str(f["reviewed"]), _pct(f["small_accuracy_reviewed"]),
+                                  _pct(f["frontier_accuracy_reviewed"]))
+            confusion.append(per_field)
         if d["confusion_pairs"]:
             pairs = Table(title=f"top disagreements, version {s.model_version}")
             for col in ("frontier said", "small said", "count"):

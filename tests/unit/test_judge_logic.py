@@ -212,3 +212,82 @@ def test_load_from_records_rebuilds_the_same_stats():
     for group in state.groups():
         assert loaded.stats(group).model_dump(exclude={"ts"}) == state.stats(group).model_dump(exclude={"ts"})
     assert loaded.seen("c0", next(iter(state.verdicts["c0"])))
+
+
+# --- extraction: field-level agreement --------------------------------------------------------
+
+def booking(**values) -> str:
+    fields = ("date", "first_name", "last_name", "people", "time")
+    return json.dumps({f: values.get(f) for f in fields}, sort_keys=True)
+
+
+def test_same_output_normalises_each_field_and_reads_a_missing_field_as_null():
+    from services.judge.logic import differing_fields
+
+    assert same_output(booking(people="2", first_name="Ana"), booking(people=" 2 ", first_name="ANA"))
+    assert same_output(booking(time="7  pm"), '{"time": "7 pm"}')  # missing fields are null
+    assert same_output(booking(time=""), booking())  # an empty value is no value
+    assert same_output('{"people": 2}', '{"people": "2"}')
+    assert not same_output(booking(people="2"), booking(people="3"))
+    assert differing_fields(booking(people="2", time="7pm"), booking(people="3", time="7 PM")) == ["people", "time"]
+    assert differing_fields(booking(people="2"), booking(people="2 ")) == []
+    assert differing_fields("card_arrival", "card_delivery_estimate") == []
+    assert differing_fields(booking(), "not json") == []
+
+
+def test_an_extraction_disagreement_names_the_fields_that_differ():
+    d = disagreement_of(result(small=booking(people="2", time="8pm"), frontier=booking(people="2", time="7pm")), None)
+    assert d.differing_fields == ["time"]
+    assert disagreement_of(result(small=booking(people="2"), frontier=booking(people=" 2")), None) is None
+    assert disagreement_of(result(small="b", frontier="a"), None).differing_fields == []
+
+
+def test_stats_count_agreement_per_field_and_reviewed_correctness_per_field():
+    state = JudgeState(threshold_of=lambda task, version: 0.5)
+    state.apply_result(result("c1", small=booking(people="2", time="7pm"), frontier=booking(people="2", time="8pm"),
+                              conf=0.9))
+    state.apply_result(result("c2", small=booking(people="4"), frontier=booking(people="4"), conf=0.3))
+    state.apply_result(result("c3", small="a", frontier="a"))  # not an object: no field counts
+    state.apply_review(label("c1", booking(people="2", time="8pm")))
+    stats = state.stats(("t", "1"))
+    assert (stats.compared, stats.agreed, stats.kept, stats.kept_agreed) == (3, 2, 2, 1)
+    fields = json.loads(stats.confusion_json)["fields"]
+    assert set(fields) == {"date", "first_name", "last_name", "people", "time"}
+    assert fields["time"] == {"compared": 2, "agreed": 1, "kept": 1, "kept_agreed": 0, "reviewed": 1,
+                              "small_correct_reviewed": 0, "frontier_correct_reviewed": 1}
+    assert fields["people"] == {"compared": 2, "agreed": 2, "kept": 1, "kept_agreed": 1, "reviewed": 1,
+                                "small_correct_reviewed": 1, "frontier_correct_reviewed": 1}
+    state.apply_review(label("c1", verdict="skip"))  # the review goes, and with it the per-field grades
+    fields = json.loads(state.stats(("t", "1")).confusion_json)["fields"]
+    assert fields["time"]["reviewed"] == 0 and fields["time"]["compared"] == 2
+
+
+def test_classification_stats_carry_no_field_counts():
+    state = JudgeState()
+    state.apply_result(result("c1", small="a", frontier="b"))
+    assert "fields" not in json.loads(state.stats(("t", "1")).confusion_json)
+
+
+def test_field_counts_survive_a_reload():
+    state = JudgeState(threshold_of=lambda task, version: 0.5)
+    state.apply_result(result("c1", small=booking(people="2"), frontier=booking(people="3"), conf=0.7))
+    state.apply_review(label("c1", booking(people="3")))
+    again = JudgeState.load([("c1", state.record("c1"))], threshold_of=lambda task, version: 0.5)
+    assert again.stats(("t", "1")).confusion_json == state.stats(("t", "1")).confusion_json
+
+
+def test_the_shadow_report_shows_agreement_per_field():
+    from rich.console import Console
+
+    from services.judge.report import render, summary
+
+    state = JudgeState(threshold_of=lambda task, version: 0.5)
+    state.apply_result(result("c1", small=booking(people="2", time="7pm"), frontier=booking(people="2", time="8pm")))
+    stats = state.stats(("t", "1"))
+    d = summary(stats)
+    assert d["fields"]["time"]["agreement"] == 0.0 and d["fields"]["people"]["agreement"] == 1.0
+    console = Console(record=True, width=200)
+    console.print(render("t", [stats]))
+    text = console.export_text()
+    assert "agreement per field" in text and "first_name" in text
+    assert summary(JudgeState().stats(("t", "1")))["fields"] == {}
