@@ -154,3 +154,21 @@ def test_the_trainer_dispatches_on_the_kind_and_serves_the_extraction_outputs():
     config = config_pbtxt("m", outputs=EXTRACTION_OUTPUTS)
     assert '{ name: "FIELD_CONFIDENCE" data_type: TYPE_FP32 dims: [ -1 ] }' in config
     assert '{ name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] },' in config and "PROBS" not in config
+
+
+def test_per_field_paired_tables_of_the_served_answer():
+    from trainer.extraction.pipeline import served_field_paired
+
+    gold = [values_of(json.dumps(v), FIELDS) for v in ({"people": "2", "time": "7 pm"}, {"people": "4"}, {"time": "8"})]
+    small = [values_of(json.dumps(v), FIELDS) for v in ({"people": "2", "time": "6 pm"}, {"people": "4"}, {"time": "9"})]
+    front = [values_of(json.dumps(v), FIELDS) for v in ({"people": "3", "time": "7 pm"}, {"people": "5"}, {"time": "8"})]
+    conf, on = np.array([0.9, 0.9, 0.2]), np.ones(3, dtype=bool)
+    tables = served_field_paired(FIELDS, gold, small, front, conf, on, 0.5)
+    # item 3 falls back (0.2 < 0.5): its served answer is the frontier's, right on time
+    assert tables["people"] == {"both_correct": 1, "small_only": 2, "frontier_only": 0, "neither": 0}
+    assert tables["time"] == {"both_correct": 2, "small_only": 0, "frontier_only": 1, "neither": 0}
+    assert tables["date"] == {"both_correct": 3, "small_only": 0, "frontier_only": 0, "neither": 0}
+    # no threshold: everything falls back, the served answer is the frontier's
+    assert served_field_paired(FIELDS, gold, small, front, conf, on, None)["time"]["frontier_only"] == 0
+    assert sum(served_field_paired(FIELDS, gold, small, front, conf, np.array([True, False, False]), 0.5)
+               ["people"].values()) == 1

@@ -8,7 +8,8 @@ request-level correctness (the request's confidence is its least confident field
 Triton, check Triton answers like the trainer, and build ModelRegistered (the same contract:
 accuracy figures are request-level exact match, macro_f1 the mean per-field span-F1, labels the
 field names, metrics_json holds the per-field figures, per-field paired tables on the gate's
-basis, and per-field thresholds for the record).
+basis (`per_field_paired`: the small model everywhere; `per_field_paired_at_threshold`: the
+served answer, which the offline gate tests per field), and per-field thresholds for the record).
 """
 from __future__ import annotations
 
@@ -151,6 +152,7 @@ def train_extraction_task(settings: TrainerSettings, task: str, snapshot_ref: st
     field_thresholds = _field_thresholds(fields, field_conf, gold_v, pred_v, front_v, on, settings.min_kept)
     field_paired = {name: paired_counts(ev.field_correct(gold_v, pred_v, name)[on],
                                         ev.field_correct(gold_v, front_v, name)[on]).model_dump() for name in fields}
+    field_paired_served = served_field_paired(fields, gold_v, pred_v, front_v, confidence, on, published.threshold)
     console.print(f"gate basis: {basis} ({int(on.sum())} holdout items); threshold {published.threshold}, "
                   f"coverage {published.coverage:.3f}")
     t = _phase(timings, "calibrate_evaluate_s", t)
@@ -174,7 +176,8 @@ def train_extraction_task(settings: TrainerSettings, task: str, snapshot_ref: st
             "kind", "the frontier answers captured by the curator"),
         "temperature": temperature, "ece_before": ece_before, "ece_after": ece_after,
         "threshold": choice.as_dict(), "threshold_reviewed_only": choice_reviewed.as_dict(),
-        "field_thresholds": field_thresholds, "per_field_paired": field_paired, "gate": gate_view, "curve": sample_curve(curve),
+        "field_thresholds": field_thresholds, "per_field_paired": field_paired,
+        "per_field_paired_at_threshold": field_paired_served, "gate": gate_view, "curve": sample_curve(curve),
         "export": {"exporter": exported.exporter, "seconds": exported.seconds,
                    "fallback_reason": exported.fallback_reason},
         "parity": parity, "quantization": quant, "served_onnx": "int8" if quant["kept"] else "fp32",
@@ -209,7 +212,7 @@ def train_extraction_task(settings: TrainerSettings, task: str, snapshot_ref: st
     metrics = {"kind": "extraction", "fields": fields, "paired_at_threshold": gate_view["paired_at_threshold"],
                "kept_agreement": gate_view["kept_agreement"], "gate_basis": basis,
                "per_field": report_holdout["per_field"], "field_thresholds": field_thresholds,
-               "per_field_paired": field_paired,
+               "per_field_paired": field_paired, "per_field_paired_at_threshold": field_paired_served,
                "request_level": "accuracy = every field equal to the gold (exact match)"} | {
         k: report[k] for k in ("holdout", "parity", "quantization", "curve", "export", "timings", "alignment",
                                "threshold_reviewed_only", "threshold", "train_size", "validation_size",
@@ -288,6 +291,21 @@ def _try_int8(settings: TrainerSettings, run_dir: Path, stage: Path, fp32, holdo
              "summary": f"{'kept' if kept else 'rejected'} — holdout exact match {exact['int8']:.4f} vs fp32 "
                         f"{exact['fp32']:.4f} (drop {drop:+.4f}, bound {settings.int8_max_accuracy_drop:.4f})"}
     return (int8 if kept else fp32), quant
+
+
+def served_field_paired(fields: list[str], gold: list, predicted: list, frontier: list, confidence: np.ndarray,
+                        on: np.ndarray, threshold: Optional[float]) -> dict[str, dict[str, int]]:
+    """Per field, the paired table of what a task in `small` serves (the small model's value when
+    the request's confidence is at or above the threshold, the frontier's below it) against the
+    frontier alone, on the gate's basis: the per-field counterpart of `paired_at_threshold`, which
+    the offline gate tests field by field."""
+    kept = confidence >= threshold if threshold is not None else np.zeros(len(confidence), dtype=bool)
+    out = {}
+    for name in fields:
+        small_ok, frontier_ok = ev.field_correct(gold, predicted, name), ev.field_correct(gold, frontier, name)
+        served_ok = np.where(kept, small_ok, frontier_ok)
+        out[name] = paired_counts(served_ok[on], frontier_ok[on]).model_dump()
+    return out
 
 
 def _field_thresholds(fields: list[str], field_conf: np.ndarray, gold: list, predicted: list, frontier: list,
