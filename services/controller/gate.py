@@ -27,6 +27,16 @@ which is stricter. The evidence names the table and always carries the raw table
 The threshold was chosen on the same holdout, so the served figure is optimistic by that
 selection; the shadow gate re-checks on live traffic.
 
+Extraction tasks (metrics_json.kind == "extraction"): request-level correctness is every field
+right, which can hide a field the small model gets wrong more often than the frontier (it may be
+better on the others). So the same test also runs on every field's own paired table (from
+metrics_json: `per_field_paired_at_threshold`, the served answer, by default; else
+`per_field_paired`, the small model everywhere), one check per field (`field:<name>`) held to
+the same standard as the request-level one: a field refuses the model when non-inferiority is
+not shown on it, and the reason names the field. Requiring every field to pass is an
+intersection-union test, so no multiplicity correction is needed. A registration without a
+field's table is refused (the gate cannot vouch for that field).
+
 The holdout's gold is the reviewed label where a person reviewed the call, else the frontier's
 answer, so on the unreviewed part the frontier is right by construction: the test is
 conservative for the small model, and the evidence carries gold_reviewed / gold_frontier.
@@ -254,18 +264,65 @@ def offline_table(model: ModelRegistered, settings: ControllerSettings) -> tuple
     return model.paired, "small"
 
 
+def extraction_fields(model: ModelRegistered) -> Optional[list[str]]:
+    """The fields of an extraction model (metrics_json.fields, else its labels); None for any
+    other kind."""
+    metrics = _metrics_json(model)
+    if metrics.get("kind") != "extraction":
+        return None
+    fields = metrics.get("fields")
+    if isinstance(fields, list) and fields and all(isinstance(f, str) for f in fields):
+        return list(fields)
+    return list(model.labels)
+
+
+def field_tables(model: ModelRegistered, settings: ControllerSettings) -> dict[str, tuple[Optional[PairedCounts], str]]:
+    """Per field of an extraction model: the paired table the offline gate tests and its name
+    ("served" or "small"), None where the registration has no readable table for the field."""
+    fields = extraction_fields(model) or []
+    metrics = _metrics_json(model)
+    sources = ([("per_field_paired_at_threshold", "served")] if settings.offline_table == "served" else []) + \
+        [("per_field_paired", "small")]
+    out: dict[str, tuple[Optional[PairedCounts], str]] = {}
+    for name in fields:
+        out[name] = (None, "none")
+        for key, which in sources:
+            tables = metrics.get(key)
+            table = tables.get(name) if isinstance(tables, dict) else None
+            if isinstance(table, dict):
+                try:
+                    out[name] = (PairedCounts(**table), which)
+                    break
+                except ValueError:
+                    continue
+    return out
+
+
 def evaluate_offline(model: ModelRegistered, incumbent: Optional[ModelRegistered],
                      settings: ControllerSettings) -> GateResult:
     """The offline gate for a newly registered version; `incumbent` is the model it would replace."""
     table, which = offline_table(model, settings)
     test = noninferiority_test(table, settings.margin, settings.alpha)
-    checks = [_holdout_check(test.n, settings), _threshold_check(model), _noninferiority_check(test, which),
-              _serving_check(model, incumbent, settings)]
+    checks = [_holdout_check(test.n, settings), _threshold_check(model), _noninferiority_check(test, which)]
+    field_evidence: dict[str, Any] = {}
+    for name, (field_table, field_which) in field_tables(model, settings).items():
+        if field_table is None:
+            checks.append(Check(f"field:{name}", "fail", f"field {name}: the registration has no paired holdout "
+                                "table for this field (metrics_json.per_field_paired), so the gate cannot vouch "
+                                "for it"))
+            field_evidence[name] = None
+            continue
+        field_test = noninferiority_test(field_table, settings.margin, settings.alpha)
+        checks.append(_field_check(name, field_test, field_which))
+        field_evidence[name] = field_test.as_evidence() | {"table": field_which, "counts": field_table.model_dump()}
+    checks.append(_serving_check(model, incumbent, settings))
     evidence = {"statistics": test.as_evidence() | {"table": which}, "counts": table.model_dump(),
                 "small_table": noninferiority_test(model.paired, settings.margin, settings.alpha).as_evidence()
                 | {"counts": model.paired.model_dump()},
                 "metrics": model_metrics(model),
                 "incumbent": {"version": incumbent.version, **model_metrics(incumbent)} if incumbent else None}
+    if field_evidence:
+        evidence["fields"] = field_evidence
     return GateResult("offline", model.task, model.version, tuple(checks), evidence)
 
 
@@ -302,6 +359,12 @@ def _noninferiority_check(t: NonInferiority, which: str = "small") -> Check:
     more = needed - t.n if needed is not None else None
     tail = f"; at these rates about {more} more gold holdout examples would show it" if more else ""
     return Check("non_inferiority", "fail", "non-inferiority not shown: " + figures + tail, more)
+
+
+def _field_check(name: str, t: NonInferiority, which: str) -> Check:
+    """The request-level check's verdict on one field's table, its detail naming the field."""
+    check = _noninferiority_check(t, which)
+    return Check(f"field:{name}", check.status, f"field {name}: {check.detail}", check.more_needed)
 
 
 def _serving_check(model: ModelRegistered, incumbent: Optional[ModelRegistered],

@@ -169,3 +169,61 @@ def test_the_served_table_decides_when_the_trainer_reports_it():
     assert result.evidence["small_table"]["difference"] < -0.05  # the stricter figure is kept as evidence
     strict = evaluate_offline(model, None, ControllerSettings(offline_table="small"))
     assert strict.failed == ("non_inferiority",) and strict.evidence["statistics"]["table"] == "small"
+
+
+# --- offline, extraction: every field must hold ------------------------------------------------
+
+FIELDS = ["people", "time", "date", "first_name", "last_name"]
+HOLDS = {"both_correct": 440, "small_only": 12, "frontier_only": 8, "neither": 40}  # 500, small a bit better
+
+
+def extraction(tables: dict[str, dict] | None = None, served: dict[str, dict] | None = None, **kw) -> ModelRegistered:
+    """An extraction registration whose request-level table passes; per-field tables as given."""
+    metrics = {"kind": "extraction", "fields": FIELDS,
+               "paired_at_threshold": {"both_correct": 400, "small_only": 30, "frontier_only": 12, "neither": 58},
+               "per_field_paired": tables if tables is not None else {f: HOLDS for f in FIELDS}}
+    if served is not None:
+        metrics["per_field_paired_at_threshold"] = served
+    return registered(task="booking", labels=FIELDS, metrics=metrics, **kw)
+
+
+def test_an_extraction_model_passes_when_every_field_holds():
+    result = evaluate_offline(extraction(), None, SETTINGS)
+    assert result.passed, result.reason
+    checks = checks_of(result)
+    assert checks["non_inferiority"] == "pass" and all(checks[f"field:{f}"] == "pass" for f in FIELDS)
+    fields = result.as_evidence()["fields"]
+    assert set(fields) == set(FIELDS) and fields["time"]["table"] == "small" and fields["time"]["n"] == 500
+    json.dumps(result.as_evidence())
+
+
+def test_an_extraction_model_worse_on_one_field_is_refused_naming_the_field():
+    worse = {"both_correct": 400, "small_only": 5, "frontier_only": 40, "neither": 55}  # -7 points on time
+    result = evaluate_offline(extraction({**{f: HOLDS for f in FIELDS}, "time": worse}), None, SETTINGS)
+    assert checks_of(result)["non_inferiority"] == "pass"  # request-level exact match passes ...
+    assert result.verdict == "refused" and result.failed == ("field:time",)  # ... the field does not
+    assert "field time: worse than the frontier beyond the margin" in result.reason
+    assert "small - frontier = -0.0700" in result.reason and "people" not in result.reason
+
+
+def test_the_field_gate_tests_the_served_table_when_the_trainer_reports_it():
+    worse = {"both_correct": 400, "small_only": 5, "frontier_only": 40, "neither": 55}
+    served = {**{f: HOLDS for f in FIELDS}, "last_name": worse}
+    result = evaluate_offline(extraction(served=served), None, SETTINGS)
+    assert result.failed == ("field:last_name",) and "small with fallback - frontier" in result.reason
+    assert result.as_evidence()["fields"]["last_name"]["table"] == "served"
+    small_only = evaluate_offline(extraction(served=served), None, ControllerSettings(offline_table="small"))
+    assert small_only.passed, small_only.reason  # per_field_paired (small everywhere) holds
+
+
+def test_an_inconclusive_or_missing_field_refuses_too():
+    few = {"both_correct": 440, "small_only": 20, "frontier_only": 22, "neither": 18}  # -0.4 points: not shown
+    tables = {f: HOLDS for f in FIELDS if f != "date"} | {"people": few}
+    result = evaluate_offline(extraction(tables), None, SETTINGS)
+    assert set(result.failed) == {"field:people", "field:date"}
+    assert "field people: non-inferiority not shown" in result.reason
+    assert "field date: the registration has no paired holdout table" in result.reason
+
+
+def test_classification_models_have_no_field_checks():
+    assert not any(name.startswith("field:") for name in checks_of(evaluate_offline(registered(), None, SETTINGS)))
