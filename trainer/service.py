@@ -52,7 +52,8 @@ async def run(settings: Optional[TrainerSettings] = None, *, stop: Optional[asyn
     codec = Codec(settings.schema_registry_url)
     tasks = load_tasks(settings.tasks_file)
     topic = topic_name(RETRAIN_REQUESTS, settings.topic_namespace)
-    consumer = AIOKafkaConsumer(topic, **settings.kafka.client_config(), group_id=settings.consumer_group,
+    group = f"{settings.topic_namespace}{settings.consumer_group}"  # namespaced, as the faust workers' groups
+    consumer = AIOKafkaConsumer(topic, **settings.kafka.client_config(), group_id=group,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 max_poll_interval_ms=POLL_INTERVAL_MS, max_poll_records=100)
     producer = make_producer(settings.kafka)

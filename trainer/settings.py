@@ -69,7 +69,8 @@ class TrainerSettings(CommonSettings):
     triton_timeout_s: float = _knob("triton_timeout_s", 120.0, "how long a load may take", gt=0)
 
     # the trainer service
-    consumer_group: str = _knob("consumer_group", "graduate-trainer", "consumer group of the service")
+    consumer_group: str = _knob("consumer_group", "graduate-trainer", "consumer group of the service"
+                                 " (prefixed with the topic namespace)")
 
     @field_validator("triton_model")
     @classmethod

@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any
 from aiokafka.errors import KafkaError
 
 from services.capture.spool import SpoolPosition, SpoolRecord
+from services.common.catalog import DEADLETTER, topic_name
+from services.common.contracts import DeadLetter
 
 if TYPE_CHECKING:
     from services.capture.client import CaptureClient
@@ -129,7 +131,8 @@ class Sender:
     async def send(self, record: SpoolRecord, replay_pos: SpoolPosition | None) -> bool:
         """Hand one record to the producer; False when it definitely was not taken."""
         try:
-            fut = await asyncio.wait_for(self.producer.send(record.topic, record.value, key=record.key),
+            fut = await asyncio.wait_for(self.producer.send(record.topic, record.value, key=record.key,
+                                                            headers=self.headers_for(record)),
                                          self.s.send_block_s)
         except (KafkaError, asyncio.TimeoutError) as exc:
             self.last_send_error = time.monotonic()
@@ -138,6 +141,17 @@ class Sender:
         self.pending.append(Sent(record, fut, time.monotonic(), replay_pos))
         self.c._stats.in_flight = len(self.pending)
         return True
+
+    def headers_for(self, record: SpoolRecord) -> list[tuple[str, bytes]] | None:
+        """A dead letter carries its reason and processor as headers too, as the stream processors'
+        do (derived from the payload, so a spooled dead letter gets them on replay)."""
+        if record.topic != topic_name(DEADLETTER, self.c.namespace):
+            return None
+        try:
+            letter = self.c.codec.decode(record.value, DeadLetter)
+        except Exception:  # not ours to judge here: sent as it is
+            return None
+        return [("reason", letter.reason[:500].encode()), ("processor", letter.processor.encode())]
 
     def reap(self) -> None:
         """Settle acknowledged (or failed) records at the head of the in-flight queue, in send order."""

@@ -104,3 +104,21 @@ def test_generates_a_call_id_when_none_is_given(tmp_path):
     call_id = client.record_call(task="t", input="x", output_raw="y", latency_ms=1.0)
     client.stop()
     assert len(call_id) == 32
+
+
+def test_dead_letters_get_reason_and_processor_headers_other_records_none(tmp_path):
+    from services.capture.sender import Sender
+    from services.capture.spool import SpoolRecord
+    from services.common.catalog import DEADLETTER, topic_name
+    from services.common.kafka import dead_letter
+
+    client = make(tmp_path)
+    sender = Sender(client)
+    letter = dead_letter("u.graduate.routing.decisions", 2, 17, "router", ValueError("mode 'fast' is unknown"),
+                         b"k", b"payload")
+    record = SpoolRecord(topic_name(DEADLETTER, "u."), b"k", client.codec.encode(letter))
+    assert sender.headers_for(record) == [("reason", b"mode 'fast' is unknown"), ("processor", b"router")]
+    outcome = RouterOutcome(call_id="c1", task="banking77-intent", mode="frontier", served_by="frontier", latency_ms=1.0)
+    assert sender.headers_for(SpoolRecord(topic_name(ROUTER_OUTCOMES, "u."), b"c1", client.codec.encode(outcome))) is None
+    assert sender.headers_for(SpoolRecord(topic_name(DEADLETTER, "u."), b"k", b"not avro")) is None
+    client.stop()
