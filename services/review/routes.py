@@ -4,7 +4,8 @@ Each route reads the view, or calls `submit_review`, and renders; the logic live
 """
 from __future__ import annotations
 
-from typing import Annotated, Optional
+import json
+from typing import Annotated, Any, Optional
 from urllib.parse import quote, urlencode
 
 from fastapi import APIRouter, Form, Query, Request
@@ -12,6 +13,7 @@ from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from services.common.tasks import TaskSpec
+from services.judge.logic import differing_fields
 from services.review.auth import COOKIE, AuthError, Reviewer, check_csrf, reviewer_key, safe_next
 from services.review.charts import time_chart
 from services.review.deps import PageError, ReviewerDep, ReviewState, StateDep, TaskDep
@@ -24,6 +26,7 @@ pages = APIRouter()
 api = APIRouter(prefix="/api")
 LATEST_DISAGREEMENTS = 20
 REVIEWED_SHOWN = 500
+FIELD_PREFIX = "field."  # an extraction form's inputs: field.<name>
 
 
 def render(request: Request, name: str, state: ReviewState, reviewer: Optional[Reviewer], status: int = 200,
@@ -110,6 +113,40 @@ def task_page(request: Request, state: StateDep, reviewer: ReviewerDep, task: Ta
         history=list(reversed(t.history)))
 
 
+def answer_fields(answer: Optional[str]) -> dict[str, Any]:
+    """The fields of a JSON-object answer as written ({} when it is not one)."""
+    try:
+        obj = json.loads(answer) if answer else {}
+    except json.JSONDecodeError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def field_rows(task: TaskSpec, item: Optional[Item], submitted: Optional[dict[str, Any]] = None) -> list[dict]:
+    """An extraction item's form, one row per field of the task: the value to show (what was just
+    submitted, else the current review's, else the frontier's answer), both models' values, and
+    whether the small model's differs from the frontier's. [] for a classification task."""
+    if task.kind != "extraction" or item is None:
+        return []
+    frontier, small = answer_fields(item.frontier_label), answer_fields(item.small_output)
+    reviewed = answer_fields(item.review.label) if item.review and item.review.verdict == "label" else None
+    differs = set(differing_fields(item.small_output, item.frontier_label))
+    rows = []
+    for f in task.fields:
+        if submitted is not None:
+            value = submitted.get(f.name)
+        else:
+            value = (reviewed if reviewed is not None else frontier).get(f.name)
+        rows.append({"name": f.name, "value": _text(value), "frontier": _text(frontier.get(f.name)),
+                     "small": _text(small.get(f.name)) if item.small_output is not None else None,
+                     "differs": f.name in differs, "required": f.required})
+    return rows
+
+
 def item_page(request: Request, state: StateDep, reviewer: Reviewer, task: TaskSpec, item: Optional[Item], *,
               status: int = 200, error: Optional[str] = None, form: Optional[dict] = None,
               next_url: Optional[str] = None, saved: Optional[str] = None) -> Response:
@@ -120,7 +157,7 @@ def item_page(request: Request, state: StateDep, reviewer: Reviewer, task: TaskS
     form = form or {"label": review.label if review else None, "note": review.note if review and review.note else ""}
     return render(request, "queue.html", state, reviewer, status=status, task=task, item=item, queue=queue,
                   position=position, error=error, form=form, next_url=next_url or queue_url(task.name),
-                  saved=saved_review)
+                  saved=saved_review, fields=field_rows(task, item, form.get("fields")))
 
 
 @pages.get("/tasks/{task}/queue")
@@ -146,15 +183,18 @@ async def review_form(request: Request, state: StateDep, reviewer: ReviewerDep, 
                       next: Annotated[str, Form()] = "") -> Response:
     check_csrf(reviewer, csrf)
     next_url = safe_next(next, queue_url(task.name))
+    submitted = {k[len(FIELD_PREFIX):]: v for k, v in (await request.form()).multi_items() if k.startswith(FIELD_PREFIX)}
+    fields = submitted if submitted and verdict == "label" else None
     try:
         await submit_review(state.view, state.publisher, task, call_id, verdict, label, note, reviewer.name,
-                            state.settings.note_max_chars)
+                            state.settings.note_max_chars, fields=fields)
     except ReviewRefused as exc:
         item = state.view.item(task.name, call_id)
         if item is None:
             raise PageError(exc.status, str(exc)) from None
+        shown = {k: v for k, v in submitted.items() if isinstance(v, str)} if submitted else None
         return item_page(request, state, reviewer, task, item, status=exc.status, error=str(exc),
-                         form={"label": label, "note": note or ""}, next_url=next_url)
+                         form={"label": label, "note": note or "", "fields": shown}, next_url=next_url)
     sep = "&" if "?" in next_url else "?"
     return RedirectResponse(f"{next_url}{sep}{urlencode({'saved': call_id})}", status_code=303)
 
@@ -184,6 +224,8 @@ class ReviewIn(BaseModel):
     call_id: str = Field(min_length=1, max_length=200)
     verdict: str = "label"
     label: Optional[str] = None
+    fields: Optional[dict[str, Any]] = Field(None, description="extraction tasks: field -> corrected value "
+                                                                "(null or empty: none), instead of label")
     note: Optional[str] = None
 
 
@@ -191,6 +233,7 @@ def item_json(item: Item) -> dict:
     return {"call_id": item.call_id, "task": item.task, "input": item.input, "reason": item.reason,
             "frontier_label": item.frontier_label, "small_output": item.small_output,
             "confidence": item.confidence, "model_version": item.model_version,
+            "differing_fields": differing_fields(item.small_output, item.frontier_label),
             "review": item.review.model_dump(mode="json") if item.review else None}
 
 
@@ -217,7 +260,7 @@ def api_item(state: StateDep, task: TaskDep, call_id: str) -> dict:
 async def api_review(state: StateDep, reviewer: ReviewerDep, task: TaskDep, body: ReviewIn) -> dict:
     try:
         review = await submit_review(state.view, state.publisher, task, body.call_id, body.verdict, body.label,
-                                     body.note, reviewer.name, state.settings.note_max_chars)
+                                     body.note, reviewer.name, state.settings.note_max_chars, fields=body.fields)
     except ReviewRefused as exc:
         raise PageError(exc.status, str(exc)) from None
     return review.model_dump(mode="json")

@@ -178,3 +178,92 @@ def test_sign_out_ends_the_session(world):
     csrf = csrf_of(world["client"].get("/").text)
     assert world["client"].post("/logout", data={"csrf": csrf}, follow_redirects=False).status_code == 303
     assert world["client"].get("/", follow_redirects=False).status_code == 303
+
+
+# --- extraction: review by correcting fields ---------------------------------------------------
+
+BOOKING_FIELDS = ("people", "time", "date")
+
+
+def booking_answer(**values) -> str:
+    import json
+
+    return json.dumps({f: values.get(f) for f in BOOKING_FIELDS}, sort_keys=True)
+
+
+@pytest.fixture
+def booking_world(keys, tmp_path):
+    from services.common.contracts import CapturedCall, Disagreement
+    from services.common.tasks import FieldSpec
+    from services.review.view import ReviewView
+
+    booking = TaskSpec(name="booking", kind="extraction", fields=tuple(FieldSpec(name=f) for f in BOOKING_FIELDS))
+    settings = ReviewSettings(api_keys_file=keys["path"], common=CommonSettings(var_dir=tmp_path),
+                              curator=CuratorSettings(holdout_fraction=ALL_HOLDOUT))
+    view, publisher = ReviewView(ALL_HOLDOUT), FakePublisher()
+    frontier = booking_answer(people="2", time="7 pm")
+    small = booking_answer(people="2", time="8 pm", date="friday")
+    view.apply(catalog.CALLS_CAPTURED, CapturedCall(call_id="b1", task="booking", input=f"table for 2 at 7 pm {SCRIPT}",
+                                                    output_raw=frontier, output=frontier, latency_ms=500.0, ts=T0))
+    view.apply(catalog.DISAGREEMENTS, Disagreement(call_id="b1", task="booking", model_version="2",
+                                                   input=f"table for 2 at 7 pm {SCRIPT}", frontier_output=frontier,
+                                                   small_output=small, confidence=0.4, ts=T0,
+                                                   differing_fields=["date", "time"]))
+    app = create_app(settings, tasks=TaskRegistry(tasks={"booking": booking}), view=view, publisher=publisher,
+                     follow=False)
+    with TestClient(app, base_url="http://127.0.0.1") as client:
+        yield {"client": client, "view": view, "publisher": publisher, "keys": keys}
+
+
+def test_an_extraction_item_has_one_input_per_field_prefilled_with_the_frontiers_and_differences_marked(booking_world):
+    client = booking_world["client"]
+    sign_in_to(booking_world, "/tasks/booking/queue")
+    html = client.get("/tasks/booking/queue").text
+    assert 'id="call-id">b1<' in html and SCRIPT not in html
+    assert html.count('class="field-input"') == 3
+    assert 'name="field.people" value="2"' in html and 'name="field.time" value="7 pm"' in html
+    assert 'name="field.date" value=""' in html
+    assert re.search(r'class="field-row differs" id="row-time"', html) and re.search(r'class="field-row differs" id="row-date"', html)
+    assert 'class="field-row" id="row-people"' in html and html.count("tag-differs") == 2
+    assert 'data-small="8 pm"' in html and 'id="label-text"' not in html
+
+
+def test_correcting_fields_publishes_the_corrected_json_and_refuses_unknown_fields(booking_world):
+    client, publisher = booking_world["client"], booking_world["publisher"]
+    sign_in_to(booking_world, "/tasks/booking/queue")
+    csrf = csrf_of(client.get("/tasks/booking/queue").text)
+    bad = client.post("/tasks/booking/items/b1/review",
+                      data={"csrf": csrf, "verdict": "label", "field.people": "3", "field.table": "window"})
+    assert bad.status_code == 422 and "not a field of task booking: &#39;table&#39;" in bad.text
+    assert 'name="field.people" value="3"' in bad.text  # what was typed is kept
+    assert publisher.sent == []
+    r = client.post("/tasks/booking/items/b1/review", follow_redirects=False,
+                    data={"csrf": csrf, "verdict": "label", "field.people": "2", "field.time": " 8 pm ",
+                          "field.date": "", "note": "the time was misheard"})
+    assert r.status_code == 303
+    [sent] = publisher.sent
+    assert sent.label == booking_answer(people="2", time="8 pm") and sent.note == "the time was misheard"
+    again = client.get("/tasks/booking/items/b1").text  # the form now shows the review's values
+    assert 'name="field.time" value="8 pm"' in again
+    skip = client.post("/tasks/booking/items/b1/review", follow_redirects=False,
+                       data={"csrf": csrf, "verdict": "skip", "field.people": "2"})
+    assert skip.status_code == 303 and publisher.sent[-1].verdict == "skip" and publisher.sent[-1].label is None
+
+
+def test_the_json_api_takes_corrected_fields(booking_world):
+    client, publisher = booking_world["client"], booking_world["publisher"]
+    item = client.get("/api/tasks/booking/items/b1", headers=bearer(booking_world)).json()
+    assert item["differing_fields"] == ["date", "time"]
+    r = client.post("/api/tasks/booking/reviews", headers=bearer(booking_world),
+                    json={"call_id": "b1", "fields": {"people": "2", "time": "8 pm", "date": None}})
+    assert r.status_code == 200 and r.json()["label"] == booking_answer(people="2", time="8 pm")
+    bad = client.post("/api/tasks/booking/reviews", headers=bearer(booking_world),
+                      json={"call_id": "b1", "fields": {"persons": "2"}})
+    assert bad.status_code == 422 and "not a field of task booking: 'persons'" in bad.json()["error"]
+    assert len(publisher.sent) == 1
+
+
+def sign_in_to(world, target: str, key: str = "ana"):
+    r = world["client"].post("/login", data={"key": world["keys"][key], "next": target}, follow_redirects=False)
+    assert r.status_code == 303 and r.headers["location"] == target
+    return r

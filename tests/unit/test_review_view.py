@@ -197,6 +197,40 @@ def test_make_review_of_an_extraction_task_normalises_the_json():
         make_review(EXTRACT, "e1", "label", '{"town": "Oslo"}', None, "ana")
 
 
+BOOKING = TaskSpec(name="booking", kind="extraction",
+                   fields=(FieldSpec(name="people"), FieldSpec(name="time"), FieldSpec(name="first_name"),
+                           FieldSpec(name="guests", type="integer")))
+
+
+def test_an_extraction_review_from_corrected_fields_is_the_canonical_json():
+    from services.review.logic import label_from_fields
+
+    r = make_review(BOOKING, "b1", "label", None, None, "ana",
+                    fields={"people": " 2 ", "time": "7  pm", "first_name": "", "guests": "3"})
+    assert r.label == '{"first_name": null, "guests": 3, "people": "2", "time": "7 pm"}'
+    assert label_from_fields(BOOKING, {"time": "8 pm"}) == \
+        '{"first_name": null, "guests": null, "people": null, "time": "8 pm"}'  # fields not given are null
+    assert make_review(BOOKING, "b1", "skip", None, None, "ana", fields={"nope": "x"}).label is None
+
+
+@pytest.mark.parametrize("fields,label,message", [
+    ({"people": "2", "table": "5"}, None, "not a field of task booking: 'table'; its fields are people, time"),
+    ({"guests": "two"}, None, "field guests: 'two' is not a whole number"),
+    ({"people": True}, None, "field people: a value is text"),
+    ({"people": "x" * 501}, None, "field people: 501 characters"),
+    ({"people": "2"}, '{"people": "2"}', "not both"),
+])
+def test_an_extraction_review_refuses_unknown_fields_and_bad_values(fields, label, message):
+    with pytest.raises(ReviewRefused, match=message) as refused:
+        make_review(BOOKING, "b1", "label", label, None, "ana", fields=fields)
+    assert refused.value.status == 422
+
+
+def test_fields_are_refused_for_a_classification_task():
+    with pytest.raises(ReviewRefused, match="classification: review it with a label"):
+        make_review(TASK, "c1", "label", None, None, "ana", fields={"people": "2"})
+
+
 async def test_submit_review_publishes_and_applies_and_refuses_unknown_calls():
     view, publisher = seeded_view(), FakePublisher()
     r = await submit_review(view, publisher, TASK, "c1", "label", "top_up_failed", None, "ana")

@@ -8,7 +8,8 @@
   const list = document.getElementById("labels");
   const note = document.getElementById("note");
   const hint = document.getElementById("hint");
-  const text = document.getElementById("label-text");  // extraction tasks: a JSON answer
+  const text = document.getElementById("label-text");  // a JSON answer in a text box (older pages)
+  const fieldInputs = Array.from(form.querySelectorAll("input.field-input"));  // extraction: one per field
   const items = list ? Array.from(list.querySelectorAll("li")) : [];
   let active = -1;
   let submitting = false;
@@ -16,7 +17,16 @@
   const say = (message) => { hint.textContent = message; };
   const visible = () => items.filter((li) => !li.hidden);
   const radio = (li) => li.querySelector("input[type=radio]");
-  const chosen = () => (text ? text.value.trim() : (form.querySelector("input[name=label]:checked") || {}).value);
+  const chosen = () => (fieldInputs.length ? true
+    : text ? text.value.trim() : (form.querySelector("input[name=label]:checked") || {}).value);
+
+  // Extraction: copy one model's value into every field (dataset key "frontier" or "small").
+  function fill(which, what) {
+    if (which === "small" && !form.dataset.small) { say("there is no " + what + " answer for this item"); return false; }
+    fieldInputs.forEach((input) => { input.value = input.dataset[which] || ""; });
+    say("");
+    return true;
+  }
 
   function highlight(index) {
     const shown = visible();
@@ -84,10 +94,10 @@
     }
     switch (e.key) {
       case "1":
-        if (choose(form.dataset.frontier, "frontier")) e.preventDefault();
+        if (fieldInputs.length ? fill("frontier", "frontier") : choose(form.dataset.frontier, "frontier")) e.preventDefault();
         break;
       case "2":
-        if (choose(form.dataset.small, "small model's")) e.preventDefault();
+        if (fieldInputs.length ? fill("small", "small model's") : choose(form.dataset.small, "small model's")) e.preventDefault();
         break;
       case "/":
         if (search) { e.preventDefault(); search.focus(); search.select(); }
