@@ -12,7 +12,11 @@ A results file is free-form JSON; the renderer knows these conventions:
 - a dict of dicts (e.g. "results": {"raw_read": {"msgs_per_s": …}, …}) becomes a table;
 - a dict of numbers (e.g. "ratios_vs_raw": {"curator": 0.4}) becomes a two-column table, and every
   key with "ratio" in its name also goes to the summary at the top of RESULTS.md;
-- an optional "headline": [{"name": …, "value": …, "goal": …}] goes to the summary as it is.
+- an optional "headline": [{"name": …, "value": …, "goal": …}] goes to the summary as it is;
+- an optional "plot": "NAME.png" (a file beside the JSON in bench/results/) is shown as an image.
+
+bench_extraction.py (Restaurant-8k, small model vs the simulated frontier per field) is one of the
+benchmarks like any other; `--only extraction` runs it alone.
 """
 from __future__ import annotations
 
@@ -122,6 +126,8 @@ def section(path: Path, data: Any) -> list[str]:
             out += [f"**{key}**", "", *table(value), ""]
         elif is_pairs(value):
             out += [f"**{key}**", "", "| | value |", "|---|---|", *[f"| {k} | {fmt(v)} |" for k, v in value.items()], ""]
+        elif key == "plot" and isinstance(value, str) and value.endswith(".png") and (RESULTS / value).exists():
+            out += ["", f"![{path.stem}](results/{value})", ""]
         else:
             out += [f"- **{key}**: {fmt(value)}"]
     return out + [""]
