@@ -227,3 +227,39 @@ async def test_a_page_started_before_its_topics_exist_finds_them(tmp_path, kafka
                 assert await eventually(found, timeout=30)
     finally:
         await delete_topics(kafka_settings, [topic_name(s, namespace) for s in catalog.CATALOG])
+
+
+async def test_an_extraction_review_corrects_fields_and_lands_as_the_canonical_json(
+        topics, tmp_path, kafka_settings, namespace, codec, reviewer_key):
+    import json
+
+    booking = "restaurant8k-booking"  # config/tasks.yaml: people, time, date, first_name, last_name
+    text = next(t for t in (f"a table for 2 at 7 pm please (ref {n})" for n in range(10_000))
+                if split_of(booking, t, DEFAULT_HOLDOUT_FRACTION) == "holdout")
+    answer = lambda **v: json.dumps({f: v.get(f) for f in ("date", "first_name", "last_name", "people", "time")},  # noqa: E731
+                                    sort_keys=True)
+    frontier, small = answer(people="2", time="7 pm"), answer(people="2", time="8 pm")
+    await publish_records(kafka_settings, codec, namespace, [
+        (catalog.CALLS_CAPTURED, "e-1", CapturedCall(call_id="e-1", task=booking, input=text, output_raw=frontier,
+                                                     output=frontier, latency_ms=500.0)),
+        (catalog.DISAGREEMENTS, "e-1", Disagreement(call_id="e-1", task=booking, model_version="1", input=text,
+                                                    frontier_output=frontier, small_output=small, confidence=0.3,
+                                                    differing_fields=["time"]))])
+    headers = {"Authorization": f"Bearer {reviewer_key}"}
+    async with httpx.AsyncClient(headers=headers, timeout=10) as client:
+        with ReviewServer(review_settings(tmp_path, kafka_settings, namespace)) as page:
+            async def queued():
+                r = await client.get(f"{page.url}/api/tasks/{booking}/queue")
+                return [i for i in r.json()["items"] if i["call_id"] == "e-1"]
+            (item,) = await eventually(queued)
+            assert item["differing_fields"] == ["time"] and item["frontier_label"] == frontier
+            bad = await client.post(f"{page.url}/api/tasks/{booking}/reviews",
+                                    json={"call_id": "e-1", "fields": {"time": "7 pm", "party": "2"}})
+            assert bad.status_code == 422 and "not a field of task restaurant8k-booking: 'party'" in bad.json()["error"]
+            ok = await client.post(f"{page.url}/api/tasks/{booking}/reviews",
+                                   json={"call_id": "e-1", "fields": {"people": "2", "time": " 7:15  pm"}})
+            assert ok.status_code == 200, ok.text
+        records = await read_topic(kafka_settings, topic_name(catalog.LABELS_REVIEWED, namespace), min_count=1)
+        (review,) = decode_all(codec, records, ReviewedLabel)
+        assert (records[0].key, review.task, review.verdict) == (b"e-1", booking, "label")
+        assert review.label == answer(people="2", time="7:15 pm")
