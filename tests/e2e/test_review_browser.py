@@ -118,3 +118,46 @@ async def test_a_person_reviews_three_items_in_chromium(browser, start_review_pa
     assert (seen["task_mode"], seen["task_reviewed"]) == ("shadow", "3")
     for name in ("review-queue.png", "review-task.png"):
         assert (screenshots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_a_person_corrects_one_field_of_an_extraction_item_in_chromium(browser, start_review_page,
+                                                                            kafka_settings, namespace, codec,
+                                                                            tmp_path):
+    from services.common.contracts import CapturedCall, Disagreement
+    from services.common.normalize import split_of
+    from services.curator.logic import DEFAULT_HOLDOUT_FRACTION
+
+    chromium, node = browser
+    booking = "restaurant8k-booking"
+    text = next(t for t in (f"a table for 2 at 7 pm on friday (ref {n})" for n in range(10_000))
+                if split_of(booking, t, DEFAULT_HOLDOUT_FRACTION) == "holdout")
+    def answer(**v):
+        return json.dumps({f: v.get(f) for f in ("date", "first_name", "last_name", "people", "time")}, sort_keys=True)
+    frontier, small = answer(people="2", time="7 pm"), answer(people="2", time="8 pm", date="friday")
+    await publish_records(kafka_settings, codec, namespace, [
+        (catalog.CALLS_CAPTURED, "f-1", CapturedCall(call_id="f-1", task=booking, input=text, output_raw=frontier,
+                                                     output=frontier, latency_ms=500.0)),
+        (catalog.DISAGREEMENTS, "f-1", Disagreement(call_id="f-1", task=booking, model_version="1", input=text,
+                                                    frontier_output=frontier, small_output=small, confidence=0.3,
+                                                    differing_fields=["date", "time"]))])
+    url, key = start_review_page()
+    screenshots = CommonSettings().var_dir / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run([node, str(DRIVER.with_name("test_review_browser_fields.mjs"))], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "REVIEW_URL": url, "REVIEW_KEY": key, "REVIEW_TASK": booking,
+                              "CHROMIUM": chromium, "SCREENSHOT_DIR": str(screenshots), "FIX_FIELD": "time",
+                              "FIX_VALUE": "7:15 pm"})
+    assert run.returncode == 0, f"browser driver failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n" \
+                                f"{(tmp_path / 'review.log').read_text()[-3000:]}"
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["call_id"] == "f-1" and seen["differs"] == ["time", "date"]  # the task spec's field order
+    assert seen["prefilled"] == {"people": "2", "time": "7 pm", "date": "", "first_name": "", "last_name": ""}
+    assert seen["after_2"] == {"people": "2", "time": "8 pm", "date": "friday", "first_name": "", "last_name": ""}
+    assert seen["errors"] == [] and seen["dialogs"] == [] and "f-1" in seen["flash"]
+
+    records = await read_topic(kafka_settings, topic_name(catalog.LABELS_REVIEWED, namespace), min_count=1)
+    (review,) = decode_all(codec, records, ReviewedLabel)
+    assert (records[0].key, review.verdict, review.reviewer) == (b"f-1", "label", "ana")
+    assert review.label == answer(people="2", time="7:15 pm", date="friday")
+    assert (screenshots / "review-fields.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
