@@ -39,8 +39,13 @@ class DemoSettings(BaseSettings):
                                      "600/day beside 60,000, a volume not worth owning a model for")
     shadow_calls: int = Field(1000, ge=50, description="Banking77 test inputs replayed while the model shadows")
     small_calls: int = Field(1200, ge=50, description="Banking77 test inputs served in small mode before the drift")
-    drift_calls: int = Field(900, ge=50, description="calls after the launch: held-out intents mixed with the rest")
+    drift_calls: int = Field(1200, ge=50, description="calls after the launch: held-out intents mixed with the rest "
+                             "(what the frontier answers here is what the retrain learns the new intents from)")
     drift_share: float = Field(0.6, gt=0, le=1, description="share of post-launch calls that are of the new intents")
+    regate_calls: int = Field(800, ge=0, description="Banking77 test inputs no phase sent, replayed after the retrain: "
+                              "shadow until the re-gate, then small mode with the new version")
+    regate_share: float = Field(0.2, ge=0, le=1, description="share of post-retrain calls about the launch's intents "
+                                "(their test inputs, kept out of the drift phase)")
     drift_labels: tuple[str, ...] = Field(CURRENCY_EXCHANGE_LAUNCH,
                                           description="intents held out of training and sent after the launch")
     intents: Optional[int] = Field(None, ge=2, description="only the first N intents before the launch (quick runs); "
@@ -62,6 +67,7 @@ class DemoSettings(BaseSettings):
     batch_size: int = Field(16, ge=1, description="small batches: more steps from few examples")
     max_length: int = Field(32, ge=8, description="tokens per input (Banking77's are short)")
     max_train_examples: Optional[int] = Field(None, ge=10)
+    retrain_epochs: Optional[int] = Field(None, ge=1, description="the retrain's epochs; default: epochs")
 
     # the frontier simulator
     sim_accuracy: float = Field(0.92, gt=0, le=1)
