@@ -22,7 +22,7 @@ def call_rows(results: Iterable[CallResult], task: str) -> list[dict[str, Any]]:
     """One row per call the backend services made (inputs of the open-ended task left out)."""
     return [{"phase": r.call.phase, "task": r.call.task, "call_id": r.call.call_id, "gold": r.call.gold,
              "drift": r.call.drift, "ok": r.ok, "served_by": r.served_by, "output": r.output,
-             "confidence": r.confidence, "latency_ms": round(r.latency_ms, 2), "started": round(r.started, 3),
+             "confidence": r.confidence, "model_version": r.model_version, "latency_ms": round(r.latency_ms, 2), "started": round(r.started, 3),
              "fallback_reason": r.fallback_reason, "text": r.call.text if r.call.task == task else None}
             for r in results]
 

@@ -4,11 +4,13 @@
 2 capture (backend services call the router: Banking77 train inputs + a low-volume draft-reply task)
 3 candidates (the profiler's ranking) · 4 the simulated review of a holdout slice
 5 snapshot → train → offline gate → shadow on live test traffic → shadow gate → cutover to small
-6 small mode with fallback, then the launch of intents held out of training: drift → demotion
-7 gold evaluation, stop everything, write demo-report/
+6 small mode with fallback, then the launch of intents held out of training: drift → demotion → retrain request
+7 the trainer worker answers the retrain request (a fresh snapshot that holds the launch's intents) → offline
+  gate → shadow on unseen test traffic → shadow gate → small mode again with the new version
+8 gold evaluation, stop everything, write demo-report/
 
-The demo decides nothing: the services do (gate, cutover, demotion); it sends traffic, waits for
-their records, and reports. Everything it started is stopped, also on failure or Ctrl-C.
+The demo decides nothing: the services do (gate, cutover, demotion, retrain); it sends traffic,
+waits for their records, and reports. Everything it started is stopped, also on failure or Ctrl-C.
 """
 from __future__ import annotations
 
@@ -100,6 +102,19 @@ class Demo(Story):
         async with httpx.AsyncClient(timeout=5.0) as http:
             self.facts["simulator"] = (await http.get(f"{self.w.sim_url}/v1/sim/stats")).json()
 
+    async def evaluate_retrain(self) -> None:
+        """The post-retrain test inputs (never sent before), answered by the previous and the new version
+        alone, straight from Triton: what the retrain learnt, against Banking77's labels."""
+        calls = [r.call for phase in ("retrain-shadow", "retrain-small") for r in self.results.get(phase, []) if r.ok]
+        unique = list({c.call_id: c for c in calls}.values())
+        training = self.facts["retrain"]["training"]
+        texts = [c.text for c in unique]
+        before = await steps.ask_small_model(self.w.triton_grpc, self.w.triton_model, training["previous_version"], texts)
+        after = await steps.ask_small_model(self.w.triton_grpc, self.w.triton_model, training["version"], texts)
+        self.facts["retrain_answers"] = {c.call_id: {"previous": [a.label, round(float(a.confidence), 6)],
+                                                     "new": [b.label, round(float(b.confidence), 6)]}
+                                         for c, a, b in zip(unique, before, after)}
+
     def collect(self) -> None:
         """Everything the report needs, from the client's results and the topics, into plain JSON."""
         task = self.s.task
@@ -121,18 +136,19 @@ class Demo(Story):
 
     # -- the end ---------------------------------------------------------------------------
     def keep_model_card(self) -> None:
-        registered = (self.facts.get("training") or {}).get("registered")
-        if not registered:
-            return
-        folder = self.s.report_dir / "model"
-        folder.mkdir(parents=True, exist_ok=True)
-        source = registered["artifact_uri"].removeprefix("file://")
-        for name in ("model_card.md", "coverage_accuracy.png", "reliability.png", "confusion_worst.png"):
-            path = f"{source}/{name}"
-            try:
-                shutil.copyfile(path, folder / name)
-            except OSError:
-                pass
+        for training, name in ((self.facts.get("training"), "model"),
+                               ((self.facts.get("retrain") or {}).get("training"), "model-retrained")):
+            registered = (training or {}).get("registered")
+            if not registered:
+                continue
+            folder = self.s.report_dir / name
+            folder.mkdir(parents=True, exist_ok=True)
+            source = registered["artifact_uri"].removeprefix("file://")
+            for file in ("model_card.md", "coverage_accuracy.png", "reliability.png", "confusion_worst.png"):
+                try:
+                    shutil.copyfile(f"{source}/{file}", folder / file)
+                except OSError:
+                    pass
 
     async def clean_up(self) -> None:
         """Remove this run's topics and bulky artifacts (the report keeps what matters), unless kept."""
@@ -176,7 +192,8 @@ class Demo(Story):
                 self.s.data_dir, self.s.task, self.s.freeform_task, train_calls=self.s.train_calls,
                 freeform_calls=self.s.freeform_calls, shadow_calls=self.s.shadow_calls, small_calls=self.s.small_calls,
                 drift_calls=self.s.drift_calls, drift_share=self.s.drift_share, drift_labels=self.s.drift_labels,
-                seed=self.s.seed, intents=self.s.intents)
+                seed=self.s.seed, intents=self.s.intents, regate_calls=self.s.regate_calls,
+                regate_share=self.s.regate_share)
             await self.capture()
             await self.candidates()
             await self.review()
@@ -185,6 +202,8 @@ class Demo(Story):
                 cutover = await self.gate_and_shadow(model)
             with self.phase(6, "Small mode with fallback, then drift: intents held out of training"):
                 await self.small_and_drift(cutover)
+            with self.phase(7, "Retrain on a fresh snapshot → offline gate → shadow → shadow gate → small again"):
+                await self.retrain_and_regate()
             self.facts["meta"]["status"] = "complete"
         except StoryEnded as exc:
             self.facts["meta"]["status"] = f"ended early: {exc}"
@@ -201,12 +220,17 @@ class Demo(Story):
             self.console.print("[yellow]interrupted: stopping everything[/yellow]")
             code = 130
         finally:
-            with self.phase(7, "Gold evaluation, stop everything, write the report"):
+            with self.phase(8, "Gold evaluation, stop everything, write the report"):
                 if "training" in self.facts and code in (0, 3):
                     try:
                         await self.evaluate_gold(ModelRegistered.model_validate(self.facts["training"]["registered"]))
                     except Exception as exc:  # noqa: BLE001 - the report says what is missing
                         self.say(f"[yellow]gold evaluation skipped: {exc}[/yellow]")
+                if (self.facts.get("retrain") or {}).get("training") and code in (0, 3):
+                    try:
+                        await self.evaluate_retrain()
+                    except Exception as exc:  # noqa: BLE001 - the report says what is missing
+                        self.say(f"[yellow]gold evaluation of the retrain skipped: {exc}[/yellow]")
                 try:
                     self.collect()
                 except Exception as exc:  # noqa: BLE001

@@ -90,6 +90,26 @@ def derive_prelaunch_snapshot(datasets_dir: Path, task: str, snapshot_id: str, b
     return new_id, info
 
 
+def snapshot_facts(folder: Path, launch: Sequence[str]) -> dict[str, Any]:
+    """What a curator snapshot holds of the launch's intents, and the frontier's accuracy on its reviewed
+    holdout (the gold the trainer grades on): the evidence that a retrain can learn the new intents."""
+    launch_set = set(launch)
+    out: dict[str, Any] = {"launch_rows": {}, "launch_reviewed": {}}
+    for name in snap.SPLITS:
+        table = pq.read_table(folder / f"{name}.parquet", columns=["label", "frontier_label", "reviewed"])
+        labels, frontier, reviewed = (table.column(c).to_pylist() for c in ("label", "frontier_label", "reviewed"))
+        out["launch_rows"][name] = sum(label in launch_set for label in labels)
+        out["launch_reviewed"][name] = sum(label in launch_set and r for label, r in zip(labels, reviewed))
+        if name == "train":
+            out["labels_with_train_rows"] = len(set(labels))
+        else:
+            graded = [(label, f) for label, f, r in zip(labels, frontier, reviewed) if r]
+            out["reviewed_holdout"] = len(graded)
+            out["frontier_accuracy_reviewed"] = (sum(label == f for label, f in graded) / len(graded)
+                                                 if graded else None)
+    return out
+
+
 async def ask_small_model(grpc_url: str, model: str, version: Optional[str], texts: Sequence[str],
                           batch: int = 32) -> list[SmallAnswer]:
     """The small model's label and confidence for each text, straight from Triton (no router)."""

@@ -1,17 +1,20 @@
 """The story the demo tells, phase by phase: capture, candidates, the simulated review, training
-and the gates, small mode and the drift. `Story` holds the phases and their helpers; run.py's
-`Demo` adds the set-up, the end (gold evaluation, report, stopping everything) and the state.
+and the gates, small mode and the drift, then the retrain the controller asked for and the gates
+again. `Story` holds the phases and their helpers; run.py's `Demo` adds the set-up, the end (gold
+evaluation, report, stopping everything) and the state.
 
-The demo decides nothing: the services do (gate, cutover, demotion); these phases send traffic,
-wait for the services' records, and note what happened in `self.facts`.
+The demo decides nothing: the services do (gate, cutover, demotion, the trainer worker's retrain);
+these phases send traffic, wait for the services' records, and note what happened in `self.facts`.
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Callable, Optional
 
 import httpx
@@ -25,7 +28,7 @@ from services.common.tasks import TaskSpec
 from services.curator.settings import CuratorSettings
 from services.demo import steps
 from services.demo.bootstrap import Wiring
-from services.demo.collect import evidence
+from services.demo.collect import decision_rows, evidence
 from services.demo.observe import TopicWatch
 from services.demo.replay import CallResult, replay
 from services.demo.settings import DemoSettings
@@ -77,14 +80,16 @@ class Story:
             return next((d for d in self.history() if predicate(d, evidence(d))), None)
         return find
 
-    async def router_mode(self, mode: str, timeout_s: float = 60.0) -> bool:
-        """Wait until the router itself serves the task in `mode` (it follows the compacted routing topic)."""
+    async def router_mode(self, mode: str, version: Optional[str] = None, timeout_s: float = 60.0) -> bool:
+        """Wait until the router itself serves the task in `mode` (with model `version`, when named): it
+        follows the compacted routing topic."""
         headers = {"Authorization": f"Bearer {self.key}"}
         deadline = time.monotonic() + timeout_s
         async with httpx.AsyncClient(timeout=5.0) as http:
             while time.monotonic() < deadline:
                 body = (await http.get(f"{self.w.router_url}/v1/tasks", headers=headers)).json()
-                if any(t["task"] == self.s.task and t["mode"] == mode for t in body["tasks"]):
+                if any(t["task"] == self.s.task and t["mode"] == mode
+                       and (version is None or t["model_version"] == version) for t in body["tasks"]):
                     return True
                 await asyncio.sleep(0.3)
         return False
@@ -178,17 +183,13 @@ class Story:
                                   "reviewed": manifest["reviewed"], "curation": manifest.get("curation"),
                                   "derived": derived, **info}
         self.console.print("  [bold]train[/bold]")
-        while subprocess.run(["pgrep", "-f", "graduate train( |$)"], stdout=subprocess.DEVNULL).returncode == 0:
-            self.say("another training run is going on on this machine: waiting for it (one at a time)")
-            await asyncio.sleep(10)
+        await self.one_training_at_a_time()
         args = ["train", "--task", self.s.task, "--snapshot", derived, "--epochs", str(self.s.epochs),
                 "--triton-model", self.w.triton_model]
         if self.s.max_train_examples:
             args += ["--max-examples", str(self.s.max_train_examples)]
-        knobs = {"GRADUATE_TRAIN_LEARNING_RATE": str(self.s.learning_rate), "GRADUATE_TRAIN_BATCH_SIZE":
-                 str(self.s.batch_size), "GRADUATE_TRAIN_MAX_LENGTH": str(self.s.max_length)}
+        knobs = self.train_knobs(self.target)
         if self.target is not None:
-            knobs["GRADUATE_TRAIN_TARGET_ACCURACY"] = f"{self.target:.4f}"
             frontier = self.facts["review"]["frontier_accuracy_reviewed"]
             self.say(f"threshold target: kept accuracy ≥ {self.target:.1%} — the frontier's {frontier:.1%} on the "
                      f"reviewed holdout + {self.s.threshold_headroom:.0%} headroom")
@@ -218,22 +219,51 @@ class Story:
                                   "triton_model": model.triton_model, "registered": json.loads(model.model_dump_json())}
         return model
 
+    def train_knobs(self, target: Optional[float]) -> dict[str, str]:
+        """The fine-tune's settings (GRADUATE_TRAIN_*) both trainings of the demo use."""
+        knobs = {"GRADUATE_TRAIN_LEARNING_RATE": str(self.s.learning_rate), "GRADUATE_TRAIN_BATCH_SIZE":
+                 str(self.s.batch_size), "GRADUATE_TRAIN_MAX_LENGTH": str(self.s.max_length)}
+        if target is not None:
+            knobs["GRADUATE_TRAIN_TARGET_ACCURACY"] = f"{target:.4f}"
+        return knobs
+
+    async def one_training_at_a_time(self) -> None:
+        while subprocess.run(["pgrep", "-f", "graduate train( |$)"], stdout=subprocess.DEVNULL).returncode == 0:
+            self.say("another training run is going on on this machine: waiting for it (one at a time)")
+            await asyncio.sleep(10)
+
     async def gate_and_shadow(self, model: ModelRegistered) -> RoutingDecision:
+        cutover, self.rest_of_shadow = await self.shadow_until_cutover(model, self.plan.shadow, "shadow")
+        return cutover
+
+    async def offline_verdict(self, model: ModelRegistered) -> RoutingDecision:
+        """The controller's offline verdict on `model` (it gates every registration); StoryEnded on a refusal."""
         offline = await self.watch.wait_for(self.decided(lambda d, e: e.get("gate") == "offline"
                                                          and str(e.get("candidate")) == model.version),
                                             self.s.gate_timeout_s)
         if offline is None:
-            raise StackError("the controller gave no offline verdict")
+            raise StackError(f"the controller gave no offline verdict on version {model.version}")
         self.say(f"[bold]controller[/bold] → {offline.mode}: {offline.reason}")
-        if offline.mode != "shadow":
+        if offline.mode != "shadow" or offline.model_version != model.version:
             raise StoryEnded(f"the offline gate refused version {model.version}: {offline.reason}")
-        if not await self.router_mode("shadow"):
-            raise StackError("the router did not follow the shadow decision")
-        self.console.print("  [bold]shadow[/bold]: live Banking77 test traffic; the small model answers off the hot path")
-        cut = self.decided(lambda d, e: e.get("gate") == "shadow" and d.mode == "small")
-        sent = await self.send("shadow", self.plan.shadow, stop=lambda: cut() is not None)
+        return offline
+
+    async def shadow_until_cutover(self, model: ModelRegistered, calls: list[PlannedCall],
+                                   name: str) -> tuple[RoutingDecision, list[PlannedCall]]:
+        """Offline verdict → shadow on `calls` until the shadow gate cuts over to `model` (StoryEnded if it
+        refuses); returns the cutover and the calls not sent (they go to small mode instead)."""
+        await self.offline_verdict(model)
+        if not await self.router_mode("shadow", model.version):
+            raise StackError(f"the router did not follow the shadow decision for version {model.version}")
+        self.console.print(f"  [bold]shadow[/bold] (version {model.version}): live Banking77 test traffic; the small "
+                           "model answers off the hot path")
+
+        def is_cutover(d: RoutingDecision, e: dict) -> bool:
+            return e.get("gate") == "shadow" and d.mode == "small" and d.model_version == model.version
+        cut = self.decided(is_cutover)
+        sent = await self.send(name, calls, stop=lambda: cut() is not None)
         done = {r.call.call_id for r in sent}
-        self.rest_of_shadow = [c for c in self.plan.shadow if c.call_id not in done]  # served in small mode instead
+        rest = [c for c in calls if c.call_id not in done]
 
         def stats_line() -> None:
             stats = [s for s in self.watch.records(catalog.SHADOW_STATS) if s.model_version == model.version]
@@ -243,20 +273,24 @@ class Story:
                                    f"{s.reviewed} reviewed[/dim]", end="\r")
         # The controller re-evaluates on every statistics update: a refusal now may still turn into
         # a pass as comparisons accumulate, so wait for the cutover and report the last refusal if none.
-        cutover = await self.watch.wait_for(self.decided(lambda d, e: e.get("gate") == "shadow" and d.mode == "small"),
-                                            self.s.gate_timeout_s, on_tick=stats_line, poll_s=1.0)
+        cutover = await self.watch.wait_for(cut, self.s.gate_timeout_s, on_tick=stats_line, poll_s=1.0)
         self.console.print()
-        refusals = [d for d in self.history() if evidence(d).get("gate") == "shadow" and d.mode != "small"]
+        refusals = self.shadow_refusals(model.version)
         for d in refusals:
             self.say(f"[bold]controller[/bold] → stays {d.mode}: {d.reason}")
         if cutover is None:
             reason = refusals[-1].reason if refusals else "no verdict in time (too few comparisons?)"
-            raise StoryEnded(f"the shadow gate did not pass: {reason}")
+            raise StoryEnded(f"the shadow gate did not pass for version {model.version}: {reason}")
         self.say(f"[bold]controller[/bold] → {cutover.mode}: {cutover.reason}")
-        return cutover
+        return cutover, rest
+
+    def shadow_refusals(self, version: str) -> list[RoutingDecision]:
+        """The shadow gate's refusals while `version` shadowed (the history keeps them; the mode stays)."""
+        return [d for d in self.history() if evidence(d).get("gate") == "shadow" and d.mode != "small"
+                and d.model_version == version]
 
     async def small_and_drift(self, cutover: RoutingDecision) -> None:
-        if not await self.router_mode("small"):
+        if not await self.router_mode("small", cutover.model_version):
             raise StackError("the router did not follow the cutover")
         self.say(f"cutover: small mode, threshold {cutover.threshold:.4f}, predicted fallback rate "
                  f"{cutover.predicted_fallback_rate:.1%}")
@@ -283,3 +317,172 @@ class Story:
             self.say(f"retrain requested ({request.request_id}): {request.reason}")
         self.facts["drift"] |= {"demoted_at": decision.ts.timestamp(),
                                 "retrain_request": json.loads(request.model_dump_json()) if request else None}
+
+    # -- after the demotion: the retrain the controller asked for, and the gates again ------------
+    def captured_ids(self) -> set[str]:
+        return {c.call_id for c in self.watch.records(catalog.CALLS_CAPTURED) if c.task == self.s.task}
+
+    async def retrain_and_regate(self) -> None:
+        request = (self.facts.get("drift") or {}).get("retrain_request")
+        if not request:
+            raise StoryEnded("the controller demoted the task but published no retrain request")
+        self.facts["retrain"] = {"request": request}
+        self.facts["retrain"]["review"] = await self.review_again()
+        snapshot = await self.retrain_snapshot()
+        model = await self.retrain_by_worker(request, snapshot)
+        try:
+            cutover, rest = await self.shadow_until_cutover(model, self.plan.regate, "retrain-shadow")
+        finally:
+            offline = self.decided(lambda d, e: e.get("gate") == "offline"
+                                   and str(e.get("candidate")) == model.version)()
+            self.facts["retrain"]["offline"] = decision_rows([offline])[0] if offline else None
+            self.facts["retrain"]["shadow_refusals"] = decision_rows(self.shadow_refusals(model.version))
+        await self.small_again(model, cutover, rest)
+
+    async def review_again(self) -> dict[str, Any]:
+        """The simulated review goes on: Banking77's label for the holdout calls captured since the first
+        snapshot (shadow, small-mode fallbacks, the drift), so the next gate is graded on gold that
+        includes the launch's intents."""
+        fraction = load_settings(CuratorSettings).holdout_fraction
+        later = [r for name in ("shadow", "small", "drift") for r in self.results.get(name, [])
+                 if r.ok and r.served_by in ("frontier", "fallback")]
+        expected = {r.call.call_id for r in later}
+
+        def all_in() -> Optional[bool]:
+            self.stack.check_alive()
+            return expected <= self.captured_ids() or None
+        complete = bool(await self.watch.wait_for(all_in, 90.0))
+        captured = self.captured_ids()
+        holdout = [r for r in steps.holdout_calls(later, self.s.task, fraction) if r.call.call_id in captured]
+        chosen = steps.choose_reviewed(holdout, self.s.review_share, self.s.seed)
+        await steps.publish_reviews(self.w.kafka, self.codec, self.w.namespace, steps.reviewed_labels(chosen))
+        launch = sum(r.call.drift for r in chosen)
+        wrong = sum(r.output != r.call.gold for r in chosen)
+        self.console.print("  [bold]review (SIMULATED), continued[/bold]")
+        self.say(f"{len(chosen):,} holdout calls captured since the first snapshot ({launch:,} about the launch's "
+                 f"intents) got Banking77's own label as a ReviewedLabel; the frontier SIMULATOR had {wrong} of them "
+                 f"wrong" + ("" if complete else " [yellow](not every call was captured yet)[/yellow]"))
+        return {"holdout_calls": len(holdout), "reviewed": len(chosen), "about_launch_intents": launch,
+                "frontier_wrong": wrong, "all_captured": complete}
+
+    async def retrain_snapshot(self) -> dict[str, Any]:
+        """A fresh curator snapshot: everything captured so far, the launch's intents included (the frontier
+        answered them while the task fell back and shadowed). The retrain learns from all of it."""
+        self.console.print("  [bold]snapshot[/bold] (fresh: the curator's view of everything captured)")
+        manifest, _ = await asyncio.to_thread(steps.run_json, [str(GRADUATE), "dataset", "snapshot", "--task",
+                                                               self.s.task, "--json"], self.w.env, REPO_ROOT)
+        info = steps.snapshot_facts(Path(manifest["path"]), self.plan.held_out)
+        frontier = info["frontier_accuracy_reviewed"]
+        target = min(0.995, frontier + self.s.threshold_headroom) if frontier is not None else None
+        first = self.facts.get("snapshot") or {}
+        self.say(f"snapshot {manifest['snapshot_id']}: train {manifest['counts']['train']:,} (was "
+                 f"{(first.get('counts') or {}).get('train', 0):,}), holdout {manifest['counts']['holdout']:,} "
+                 f"({manifest['reviewed']['holdout']:,} reviewed); the launch's intents: "
+                 f"{info['launch_rows']['train']:,} train rows, {info['launch_rows']['holdout']:,} holdout rows "
+                 f"({info['launch_reviewed']['holdout']:,} reviewed); label set: all {len(manifest['labels'])} of the "
+                 f"task's labels, {info['labels_with_train_rows']} with training rows")
+        if target is not None:
+            self.say(f"threshold target: kept accuracy ≥ {target:.1%} — the frontier's {frontier:.1%} on the reviewed "
+                     f"holdout + {self.s.threshold_headroom:.0%} headroom")
+        out = {"id": manifest["snapshot_id"], "counts": manifest["counts"], "reviewed": manifest["reviewed"],
+               "labels": len(manifest["labels"]), "curation": manifest.get("curation"), **info,
+               "threshold_target": target}
+        self.facts["retrain"]["snapshot"] = out
+        return out
+
+    async def retrain_by_worker(self, request: dict[str, Any], snapshot: dict[str, Any]) -> ModelRegistered:
+        """`graduate worker trainer` consumes the controller's RetrainRequest from graduate.retrain.requests,
+        trains on the newest snapshot (the one just taken), serves the new version and registers it."""
+        previous = self.facts["training"]["version"]
+        epochs = self.s.retrain_epochs or self.s.epochs
+        self.console.print(f"  [bold]retrain[/bold]: the trainer worker acts on retrain request {request['request_id']}")
+        await self.one_training_at_a_time()
+        knobs = self.train_knobs(snapshot["threshold_target"]) | {
+            "GRADUATE_TRAIN_EPOCHS": str(epochs), "GRADUATE_TRAIN_TRITON_MODEL": self.w.triton_model,
+            "GRADUATE_TRAIN_CONSUMER_GROUP": f"{self.w.namespace}trainer"}
+        if self.s.max_train_examples:
+            knobs["GRADUATE_TRAIN_MAX_EXAMPLES"] = str(self.s.max_train_examples)
+        worker = self.stack.spawn("worker-trainer", ["worker", "trainer"], knobs)
+        started = time.monotonic()
+
+        def registered() -> Optional[ModelRegistered]:
+            return next((m for m in self.watch.records(catalog.MODELS)
+                         if m.triton_model == self.w.triton_model and m.version != previous), None)
+        model = None
+        with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                      console=self.console) as progress:
+            bar = progress.add_task("  fine-tuning", total=None)
+            while (model := registered()) is None:
+                if worker.process.poll() is not None:
+                    raise StackError(f"the trainer worker exited ({worker.process.returncode}); log "
+                                     f"{worker.log_file}:\n{tail(worker.log_file, 40)}")
+                if re.search(r"trainer: run for \S+ failed", tail(worker.log_file, 200)):
+                    raise StackError(f"the trainer worker's run failed (the request went to the dead-letter "
+                                     f"topic); log {worker.log_file}:\n{tail(worker.log_file, 40)}")
+                if time.monotonic() - started > self.s.train_timeout_s:
+                    raise StackError(f"the retrain ran past {self.s.train_timeout_s:.0f} s")
+                progress.update(bar, description=f"  trainer worker: {tail(worker.log_file, 1).strip()[:100]}")
+                await asyncio.sleep(1.0)
+        seconds = time.monotonic() - started
+        await self.watch.wait_for(lambda: "registered" in tail(worker.log_file, 5) or None, 15.0)
+        self.stack.stop_service(worker)
+        log = worker.log_file.read_text(errors="replace")
+        answered = re.search(r"trainer: retraining \S+ \(request (\S+?): ", log)
+        answered_id = answered.group(1) if answered else None
+        for line in log.splitlines():
+            if line.startswith(("holdout:", "triton:", "int8:")) or "trainer: retraining" in line:
+                self.say(line.split("graduate.trainer: ")[-1][:160])
+        if answered_id != request["request_id"]:
+            raise StackError(f"the trainer worker did not say it answered request {request['request_id']} "
+                             f"(it named {answered_id}); log {worker.log_file}")
+        if model.snapshot_id != snapshot["id"]:
+            raise StackError(f"the trainer worker trained on snapshot {model.snapshot_id}, not the fresh "
+                             f"{snapshot['id']} (another snapshot of the task is newer under var/datasets?)")
+        self.say(f"version {model.version} registered for request {answered_id}: holdout small "
+                 f"{model.small_accuracy:.1%} vs frontier {model.frontier_accuracy:.1%} ({model.gold_reviewed:,} "
+                 f"reviewed), threshold {model.threshold:.4f}, coverage {model.coverage:.1%}, {len(model.labels)} labels "
+                 f"({seconds:.0f} s)")
+        self.facts["retrain"]["training"] = {
+            "seconds": round(seconds, 1), "version": model.version, "previous_version": previous,
+            "epochs": epochs, "answered_request_id": answered_id, "by": "graduate worker trainer",
+            "triton_model": model.triton_model, "registered": json.loads(model.model_dump_json())}
+        return model
+
+    async def small_again(self, model: ModelRegistered, cutover: RoutingDecision, rest: list[PlannedCall]) -> None:
+        """Small mode with the retrained version, on the rest of the post-retrain traffic."""
+        if not await self.router_mode("small", model.version):
+            raise StackError(f"the router did not follow the cutover to version {model.version}")
+        self.say(f"re-cutover: small mode with version {model.version}, threshold {cutover.threshold:.4f}, predicted "
+                 f"fallback rate {cutover.predicted_fallback_rate:.1%}")
+        moved = [PlannedCall(c.call_id, c.task, "retrain-small", c.text, c.gold, c.drift) for c in rest]
+        if moved:
+            await self.send("retrain-small", moved, concurrency=self.s.small_concurrency)
+        # calls still in flight when the shadow gate passed were served in small mode too
+        small = [r for name in ("retrain-shadow", "retrain-small") for r in self.results.get(name, [])
+                 if r.ok and r.served_by in ("small", "fallback")]
+        fallback = sum(r.served_by == "fallback" for r in small)
+        if small:
+            launch = [r for r in small if r.call.drift]
+            self.say(f"fallback rate observed {fallback / len(small):.1%} on {len(small):,} requests (predicted "
+                     f"{cutover.predicted_fallback_rate:.1%}); on the launch's intents "
+                     f"{sum(r.served_by == 'fallback' for r in launch) / max(len(launch), 1):.1%} of {len(launch):,}")
+        else:
+            self.say("[yellow]no post-retrain traffic was left for small mode[/yellow]")
+        await asyncio.sleep(2.0)  # the controller's watch reads the last outcomes
+        demoted = self.decided(lambda d, e: e.get("verdict") == "demoted" and d.model_version == model.version)()
+        routed = self.current_decision()
+        self.facts["retrain"] |= {
+            "shadow": decision_rows([cutover])[0],
+            "shadow_refusals": decision_rows(self.shadow_refusals(model.version)),
+            "final": {"mode": routed.mode if routed else None, "model_version": routed.model_version if routed else None,
+                      "threshold": routed.threshold if routed else None,
+                      "predicted_fallback_rate": routed.predicted_fallback_rate if routed else None,
+                      "reason": routed.reason if routed else None},
+            "small_calls": len(small), "fallbacks": fallback, "cutover_at": cutover.ts.timestamp()}
+        if demoted is not None:
+            raise StoryEnded(f"the controller demoted version {model.version} too: {demoted.reason}")
+
+    def current_decision(self) -> Optional[RoutingDecision]:
+        """The task's routing as the last decision that set it (the history minus refusals)."""
+        routed = [d for d in self.history() if evidence(d).get("verdict") != "refused"]
+        return routed[-1] if routed else None
