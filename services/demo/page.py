@@ -64,7 +64,35 @@ def headline(facts: dict, f: dict) -> list[str]:
                      f"demoted the task to shadow after {d['calls_until_demotion']:,} requests "
                      f"({d['seconds_until_demotion']:.0f} s) and requested a retrain — "
                      f"{demotion['reason'].split(';')[0]}.")
+    r = f.get("retrain")
+    if r:
+        lines.append(retrain_headline(r))
     return lines
+
+
+def retrain_headline(r: dict) -> str:
+    snap, fb, final = r["snapshot"], r["fallback"], r.get("final") or {}
+    text = (f"- **Retrain and re-gate:** the trainer worker answered retrain request `{r['request_id']}`"
+            + (f" with version {r['version']}, trained in {r['training_seconds']:.0f} s on a fresh snapshot "
+               f"({(snap.get('counts') or {}).get('train', 0):,} train rows, "
+               f"{(snap.get('launch_rows') or {}).get('train', 0):,} of them about the launch's intents)"
+               if r.get("version") else " — no new version was registered"))
+    if r.get("offline"):
+        text += f"; offline gate: {r['offline']['verdict']}"
+    if r.get("shadow"):
+        text += f"; shadow gate: {r['shadow']['verdict']} → **{final.get('mode')}** with version " \
+                f"{final.get('model_version')} (threshold {final.get('threshold') or 0:.3f})"
+    elif r.get("shadow_refusals"):
+        text += f"; the shadow gate **refused** it — {r['shadow_refusals'][-1]}"
+    if fb["after"]["n"]:
+        text += (f"; fallback rate {_pct(fb['during_drift']['value'])} during the drift → "
+                 f"{_pct(fb['after']['value'])} after the re-cutover (predicted {_pct(fb['predicted'])})")
+    g = r.get("gold") or {}
+    if g.get("n_launch"):
+        text += (f"; on {g['n_launch']:,} unseen test requests about the launch's intents the new version alone is "
+                 f"right {_pct(g['new']['launch_intents']['value'])} (the previous one "
+                 f"{_pct(g['previous']['launch_intents']['value'])})")
+    return text + "."
 
 
 def render_page(facts: dict, f: dict, made: dict[str, str]) -> str:
@@ -157,6 +185,7 @@ def render_page(facts: dict, f: dict, made: dict[str, str]) -> str:
     out += timeline_section(facts)
     out += disagreements_section(facts)
     out += drift_section(facts, f)
+    out += retrain_section(f)
     out += how_section(facts)
     out += ["", f"_Written {datetime.now(timezone.utc).isoformat(timespec='seconds')} by services/demo/report.py; "
             "figures in headline.json, raw facts in facts.json._", ""]
@@ -184,7 +213,8 @@ def timeline_section(facts: dict) -> list[str]:
     if not decisions:
         return []
     t0 = datetime.fromisoformat(facts["meta"]["started"]).timestamp()
-    out = ["## Decisions timeline", "", "Every record of the routing history (refusals keep the mode).", "",
+    out = ["## Decisions timeline", "", "Every record of the routing history (refusals keep the mode): the first "
+           "gate and cutover, the demotion on drift, then the retrained version's gates.", "",
            "| when | mode | model | threshold | by | reason |", "|---|---|---|---|---|---|"]
     for d in decisions:
         reason = d["reason"].replace("|", "/")
@@ -232,6 +262,70 @@ def drift_section(facts: dict, f: dict) -> list[str]:
     return out + [""]
 
 
+def retrain_how(facts: dict) -> list[str]:
+    r = facts.get("retrain") or {}
+    snap, train = r.get("snapshot") or {}, r.get("training") or {}
+    if not train:
+        return []
+    return [f"- retrain: snapshot {snap.get('id', '-')} (all {snap.get('labels', '-')} labels; "
+            f"{(snap.get('counts') or {}).get('train', '-')} train / {(snap.get('counts') or {}).get('holdout', '-')} "
+            f"holdout), {train.get('seconds', 0):.0f} s, {train.get('epochs', '-')} epochs, version "
+            f"{train.get('version', '-')} by {train.get('by', '-')} (model card in `model-retrained/`)"]
+
+
+def retrain_section(f: dict) -> list[str]:
+    r = f.get("retrain")
+    if not r:
+        return []
+    snap, h, fb, g = r["snapshot"], r.get("holdout") or {}, r["fallback"], r.get("gold") or {}
+    counts, launch = snap.get("counts") or {}, snap.get("launch_rows") or {}
+    out = ["## Retrain and re-gate", "",
+           "The demotion came with a RetrainRequest on `graduate.retrain.requests`. The trainer worker "
+           "(`graduate worker trainer`) consumed it and trained on the newest snapshot, taken by the curator right "
+           "before: everything captured so far, including the launch's intents the frontier SIMULATOR answered while "
+           "the task fell back and shadowed. The simulated review went on for the holdout calls captured since the "
+           "first snapshot. Then the controller gated the new registration like any other.", "",
+           "| step | evidence |", "|---|---|",
+           f"| retrain request | `{r['request_id']}` — {str(r.get('request_reason') or '').replace('|', '/')} |",
+           f"| answered by | {r.get('trained_by') or '-'}, which logged request `{r.get('answered_request_id') or '-'}` |",
+           f"| snapshot | `{snap.get('id') or '-'}`: {counts.get('train', 0):,} train / {counts.get('holdout', 0):,} "
+           f"holdout rows; about the launch's intents {launch.get('train', 0):,} train / {launch.get('holdout', 0):,} "
+           f"holdout ({(snap.get('launch_reviewed') or {}).get('holdout', 0):,} reviewed) |",
+           f"| training | version {r.get('version') or '-'} (was {r.get('previous_version') or '-'}), "
+           f"{r.get('training_seconds') or 0:.0f} s |"]
+    if h:
+        out.append(f"| holdout | {h['holdout_size']:,} examples ({h['gold_reviewed']:,} reviewed): small "
+                   f"{_pct(h['small_accuracy'])}, frontier {_pct(h['frontier_accuracy'])}; threshold "
+                   f"{h['threshold'] or 0:.4f} keeps {_pct(h['coverage'])} at {_pct(h['kept_accuracy'])} "
+                   f"(target {_pct(snap.get('threshold_target'))}) |")
+    for gate in ("offline", "shadow"):
+        d = r.get(gate)
+        if d:
+            out.append(f"| {gate} gate | **{d['verdict']}** → {d['mode']} ({d['model_version']}): "
+                       f"{d['reason'].replace('|', '/')} |")
+    for reason in r.get("shadow_refusals") or []:
+        out.append(f"| shadow gate refusal (the mode stays) | {reason.replace('|', '/')} |")
+    final = r.get("final") or {}
+    if final:
+        out.append(f"| routing now | {final.get('mode')} with version {final.get('model_version')}, threshold "
+                   f"{final.get('threshold') or 0:.4f} |")
+    out += ["", f"- fallback rate in small mode: {_rate(fb['before_drift'])} before the drift, "
+            f"{_rate(fb['during_drift'])} during it, {_rate(fb['after'])} after the re-cutover (predicted "
+            f"{_pct(fb['predicted'])}); after it, on the launch's intents {_rate(fb['after_launch_intents'])}, on the "
+            f"others {_rate(fb['after_other_intents'])}"]
+    if g.get("n"):
+        out += [f"- the {g['n']:,} post-retrain test requests (never sent before; {g['n_launch']:,} about the launch's "
+                "intents), answered by each version alone (Triton, gold = Banking77's labels):", "",
+                "| | all | launch's intents | other intents |", "|---|---|---|---|"]
+        for who in ("previous", "new"):
+            v = r.get("previous_version") if who == "previous" else r.get("version")
+            out.append(f"| version {v} ({who}) | " + " | ".join(_rate(g[who][k]) for k in
+                                                               ("all", "launch_intents", "other_intents")) + " |")
+        out += ["", f"- served in small mode after the re-cutover (small model or fallback), gold accuracy "
+                f"{_rate(g.get('served_after_cutover'))}"]
+    return out + [""]
+
+
 def how_section(facts: dict) -> list[str]:
     meta = facts["meta"]
     out = ["## How this run was made", "", "| phase | seconds |", "|---|---|"]
@@ -244,6 +338,7 @@ def how_section(facts: dict) -> list[str]:
             f"({(snap.get('counts') or {}).get('train', '-')} train / {(snap.get('counts') or {}).get('holdout', '-')} holdout)",
             f"- training: {train.get('seconds', 0):.0f} s, version {train.get('version', '-')}, Triton model "
             f"`{train.get('triton_model', '-')}` (model card in `model/`)",
+            *retrain_how(facts),
             "- settings (GRADUATE_DEMO_*): " + ", ".join(
                 f"{k}={v}" for k, v in facts["meta"]["settings"].items()
                 if not k.endswith(("_dir", "_port", "_timeout_s")) and k not in ("namespace", "drift_labels"))]

@@ -92,31 +92,53 @@ def coverage_curve(facts: dict, figures: dict, path: Path) -> bool:
 
 
 def fallback_over_time(facts: dict, figures: dict, path: Path) -> bool:
+    """Small-mode requests in order (the x axis counts them, so the retrain's minutes without small-mode
+    traffic take a fixed gap): the cutover, the drift, the demotion, and small mode again after the retrain."""
     task = facts["meta"]["settings"]["task"]
-    calls = sorted((c for c in facts.get("calls", []) if c["task"] == task and c["ok"] and c["phase"] in ("small", "drift")
-                    and c["served_by"] in ("small", "fallback")), key=lambda c: c["started"])
+
+    def small_mode(phases: tuple[str, ...]) -> list[dict]:
+        return sorted((c for c in facts.get("calls", []) if c["task"] == task and c["ok"] and c["phase"] in phases
+                       and c["served_by"] in ("small", "fallback")), key=lambda c: c["started"])
+    calls = small_mode(("small", "drift"))
     if len(calls) < 10:
         return False
-    t0 = calls[0]["started"]
-    x = [c["started"] - t0 for c in calls]
-    rolling = fig.rolling_rate([c["served_by"] == "fallback" for c in calls], WINDOW)
-    new_share = fig.rolling_rate([c["drift"] for c in calls], WINDOW)
-    fig_, ax = plt.subplots(figsize=(8, 4))
-    ax.plot(x, rolling, color=COLOURS["fallback"], lw=2, label=f"fallback rate (last {WINDOW} small-mode requests)")
-    ax.plot(x, new_share, color="grey", lw=1, ls=":", label="share of requests about the launch's new intents")
+    after = small_mode(("retrain-shadow", "retrain-small"))  # small mode again, the retrained version: its own window
+    gap = max(len(calls) // 8, 20)
+    fig_, ax = plt.subplots(figsize=(9, 4))
+    for i, (segment, start) in enumerate(((calls, 0), (after, len(calls) + gap))):
+        if not segment:
+            continue
+        x = list(range(start, start + len(segment)))
+        ax.plot(x, fig.rolling_rate([c["served_by"] == "fallback" for c in segment], WINDOW), color=COLOURS["fallback"],
+                lw=2, label=f"fallback rate (last {WINDOW} small-mode requests)" if i == 0 else None)
+        ax.plot(x, fig.rolling_rate([c["drift"] for c in segment], WINDOW), color="grey", lw=1, ls=":",
+                label="share of requests about the launch's new intents" if i == 0 else None)
     predicted = figures["fallback"]["predicted"]
     if predicted is not None:
-        ax.axhline(predicted, color="black", ls="--", lw=1, label=f"predicted by calibration {predicted:.1%}")
+        ax.hlines(predicted, 0, len(calls), color="black", ls="--", lw=1, label=f"predicted by calibration {predicted:.1%}")
+    launch = next((i for i, c in enumerate(calls) if c["phase"] == "drift"), None)
+    if launch is not None:
+        ax.axvline(launch, color="red", lw=1.5, label="launch: intents held out of training arrive")
     drift = facts.get("drift") or {}
-    if drift.get("started"):
-        ax.axvline(drift["started"] - t0, color="red", lw=1.5, label="launch: intents held out of training arrive")
     if drift.get("demoted_at"):
-        ax.axvline(drift["demoted_at"] - t0, color="purple", lw=1.5, ls="-.", label="controller demotes to shadow")
+        ax.axvline(len(calls), color="purple", lw=1.5, ls="-.", label="controller demotes to shadow, asks for a retrain")
+    retrain = figures.get("retrain") or {}
+    if after:
+        seconds = retrain.get("training_seconds")
+        ax.axvspan(len(calls), len(calls) + gap, color="grey", alpha=0.12)
+        ax.text(len(calls) + gap / 2, 0.95, "retrain" + (f"\n{seconds:.0f} s" if seconds else ""), ha="center",
+                va="top", fontsize=7)
+        ax.axvline(len(calls) + gap, color="green", lw=1.5, ls="-.",
+                   label=f"retrained version {retrain.get('version')} passes both gates: small again")
+        predicted_new = (retrain.get("fallback") or {}).get("predicted")
+        if predicted_new is not None:
+            ax.hlines(predicted_new, len(calls) + gap, len(calls) + gap + len(after), color="blue", ls="--", lw=1,
+                      label=f"predicted for version {retrain.get('version')} {predicted_new:.1%}")
     ax.set_ylim(0, 1)
-    ax.set_xlabel("seconds since cutover traffic began")
+    ax.set_xlabel("small-mode requests, in order")
     ax.set_ylabel("rate")
-    ax.set_title("Fallback rate in small mode, with the drift marked")
-    ax.legend(fontsize=8, loc="upper left")
+    ax.set_title("Fallback rate in small mode: drift, demotion, retrain, small mode again")
+    ax.legend(fontsize=7, loc="upper left")
     ax.grid(alpha=0.3)
     fig_.tight_layout()
     fig_.savefig(path, dpi=110)

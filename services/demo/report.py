@@ -116,6 +116,56 @@ def compute(facts: dict) -> dict[str, Any]:
                         "seconds_until_demotion": (demoted - d["started"]) if demoted else None,
                         "new_intent_share_before_demotion": fig.rate(c["drift"] for c in before_demotion).as_dict(),
                         "retrain_request": d.get("retrain_request")}
+
+    if facts.get("retrain"):
+        out["retrain"] = retrain_figures(facts, out["fallback"])
+    return out
+
+
+def retrain_figures(facts: dict, fallback: dict) -> dict[str, Any]:
+    """The retrain the controller asked for and the gates again: what each step recorded, and the
+    post-retrain test traffic (never sent before) against Banking77's labels."""
+    r = facts["retrain"]
+    training = r.get("training") or {}
+    registered = training.get("registered") or {}
+    request = r.get("request") or {}
+    out: dict[str, Any] = {
+        "request_id": request.get("request_id"), "request_reason": request.get("reason"),
+        "answered_request_id": training.get("answered_request_id"), "trained_by": training.get("by"),
+        "snapshot": {k: (r.get("snapshot") or {}).get(k) for k in ("id", "counts", "reviewed", "launch_rows",
+                                                                    "launch_reviewed", "threshold_target")},
+        "version": training.get("version"), "previous_version": training.get("previous_version"),
+        "training_seconds": training.get("seconds"),
+        "holdout": {k: registered.get(k) for k in ("holdout_size", "gold_reviewed", "small_accuracy",
+                                                   "frontier_accuracy", "threshold", "coverage", "kept_accuracy",
+                                                   "predicted_fallback_rate")} if registered else None,
+    }
+    for gate in ("offline", "shadow"):
+        d = r.get(gate)
+        out[gate] = None if not d else {"mode": d["mode"], "verdict": d["verdict"], "reason": d["reason"],
+                                        "model_version": d["model_version"], "threshold": d["threshold"],
+                                        "statistics": (d.get("evidence") or {}).get("statistics"),
+                                        "counts": (d.get("evidence") or {}).get("counts")}
+    out["shadow_refusals"] = [d["reason"] for d in r.get("shadow_refusals") or []]
+    out["final"] = r.get("final")
+    # small mode with the new version: the rest of the traffic, and calls in flight when the shadow gate passed
+    after = [c for p in ("retrain-shadow", "retrain-small") for c in calls_of(facts, p)
+             if c["served_by"] in ("small", "fallback")]
+    out["fallback"] = {
+        "predicted": registered.get("predicted_fallback_rate"),
+        "before_drift": fallback["observed"], "during_drift": fallback["during_drift"],
+        "after": fig.rate(c["served_by"] == "fallback" for c in after).as_dict(),
+        "after_launch_intents": fig.rate(c["served_by"] == "fallback" for c in after if c["drift"]).as_dict(),
+        "after_other_intents": fig.rate(c["served_by"] == "fallback" for c in after if not c["drift"]).as_dict()}
+    answers = facts.get("retrain_answers") or {}
+    sent = [c for p in ("retrain-shadow", "retrain-small") for c in calls_of(facts, p) if c["call_id"] in answers]
+    gold: dict[str, Any] = {"n": len(sent), "n_launch": sum(c["drift"] for c in sent)}
+    for who in ("previous", "new"):
+        gold[who] = {part: fig.rate(answers[c["call_id"]][who][0] == c["gold"] for c in sent if keep(c)).as_dict()
+                     for part, keep in (("all", lambda c: True), ("launch_intents", lambda c: c["drift"]),
+                                        ("other_intents", lambda c: not c["drift"]))}
+    gold["served_after_cutover"] = fig.rate(c["output"] == c["gold"] for c in after).as_dict()
+    out["gold"] = gold
     return out
 
 
