@@ -4,7 +4,8 @@ Runs `python -m services.demo.run` against the Kafka and Triton that `make test`
 ones the environment names), with few calls, one short epoch and the controller's sample sizes
 scaled down, then checks the story it tells in demo-report/facts.json: capture counts, the
 candidates ranking, a served model, the gate's decisions with their evidence, small-mode answers
-with fallback, the demotion on drift with a retrain request, and no process left behind.
+with fallback, the demotion on drift with a retrain request, the trainer worker answering that
+request with a new version that passes both gates again, and no process left behind.
 """
 from __future__ import annotations
 
@@ -62,8 +63,13 @@ def story(tmp_path_factory) -> dict:
         "GRADUATE_DEMO_TRAIN_CALLS": "1500",
         "GRADUATE_CURATOR_HOLDOUT_FRACTION": "0.25",  # enough gold for the gate's paired test
         "GRADUATE_DEMO_SHADOW_CALLS": "200",
-        "GRADUATE_DEMO_SMALL_CALLS": "250",
-        "GRADUATE_DEMO_DRIFT_CALLS": "400",
+        "GRADUATE_DEMO_SMALL_CALLS": "150",
+        # the launch: enough of its inputs that the retrain has about as many examples per new intent as per old one
+        "GRADUATE_DEMO_DRIFT_CALLS": "700",
+        "GRADUATE_DEMO_DRIFT_SHARE": "0.85",
+        # after the retrain: every test input of the 12 intents not sent yet, and the launch's test inputs
+        "GRADUATE_DEMO_REGATE_CALLS": "250",
+        "GRADUATE_DEMO_REGATE_SHARE": "0.35",
         "GRADUATE_DEMO_EPOCHS": "2",
         "GRADUATE_DEMO_REVIEW_SHARE": "1.0",
         "GRADUATE_DEMO_SIM_ACCURACY": "0.95",  # a frontier hard to match: the threshold leaves some fallback
@@ -160,6 +166,52 @@ def test_drift_demotes_the_task_and_asks_for_a_retrain(story):
     assert demotion["mode"] == "shadow" and demotion["ts"] >= story["facts"]["drift"]["started"]
     assert any(c["status"] == "fail" for c in demotion["evidence"]["checks"])  # the breach it saw
     assert story["facts"]["drift"]["retrain_request"]["task"] == TASK
+
+
+def test_the_trainer_worker_answers_the_retrain_request(story):
+    facts = story["facts"]
+    request, retrain = facts["drift"]["retrain_request"], facts["retrain"]
+    training = retrain["training"]
+    assert training["by"] == "graduate worker trainer"
+    assert training["answered_request_id"] == request["request_id"] == retrain["request"]["request_id"]
+    assert training["version"] != facts["training"]["version"]
+    registered = training["registered"]
+    assert registered["snapshot_id"] == retrain["snapshot"]["id"] != facts["snapshot"]["derived"]
+    held_out = set(facts["drift"]["labels"])
+    assert held_out <= set(registered["labels"])  # trained on the whole fresh snapshot: the launch's intents too
+    assert retrain["snapshot"]["launch_rows"]["train"] > 0 and retrain["snapshot"]["launch_reviewed"]["holdout"] > 0
+    assert retrain["snapshot"]["counts"]["train"] > facts["snapshot"]["counts"]["train"]
+
+
+def test_the_retrained_version_passes_both_gates_and_serves(story):
+    facts = story["facts"]
+    retrain = facts["retrain"]
+    new = retrain["training"]["version"]
+    offline, shadow, final = retrain["offline"], retrain["shadow"], retrain["final"]
+    assert offline["verdict"] == "pass" and offline["mode"] == "shadow" and offline["model_version"] == new
+    assert offline["evidence"]["statistics"]["n"] >= 100
+    assert shadow["verdict"] == "pass" and shadow["mode"] == "small" and shadow["model_version"] == new
+    assert shadow["evidence"]["counts"]["compared"] >= 100
+    assert final["mode"] == "small" and final["model_version"] == new
+    assert final["threshold"] == retrain["training"]["registered"]["threshold"]
+    after = [c for c in facts["calls"] if c["phase"] in ("retrain-shadow", "retrain-small") and c["ok"]
+             and c["served_by"] in ("small", "fallback")]
+    assert after and {c["model_version"] for c in after if c["served_by"] == "small"} == {new}
+    figures = story["headline"]["retrain"]
+    assert figures["fallback"]["after"]["n"] == len(after)
+    gold = figures["gold"]
+    assert gold["n_launch"] > 0 and gold["previous"]["launch_intents"]["value"] == 0  # it never knew them
+    assert gold["new"]["launch_intents"]["value"] > 0.5
+
+
+def test_the_routing_history_tells_the_whole_cycle(story):
+    decisions = [d for d in story["facts"]["decisions"] if d["verdict"] != "refused"]
+    first, new = story["facts"]["training"]["version"], story["facts"]["retrain"]["training"]["version"]
+    assert [(d["gate"], d["verdict"], d["mode"], d["model_version"]) for d in decisions] == [
+        ("offline", "pass", "shadow", first), ("shadow", "pass", "small", first), ("watch", "demoted", "shadow", first),
+        ("offline", "pass", "shadow", new), ("shadow", "pass", "small", new)]
+    page = (story["report"] / "README.md").read_text()
+    assert "## Retrain and re-gate" in page and story["facts"]["retrain"]["request"]["request_id"] in page
 
 
 def test_every_process_it_started_is_gone(story):
