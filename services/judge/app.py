@@ -30,7 +30,7 @@ from services.common.streams import Emit, Meta, WorkerSettings, each_event, inte
 from services.judge.logic import Group, JudgeState, disagreement_of
 from services.judge.settings import JudgeSettings
 from services.judge.store import StateStore, encode_record
-from services.shadow.routing import RoutingFollower
+from services.common.routing_state import RoutingFollower
 
 log = logging.getLogger(__name__)
 

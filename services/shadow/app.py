@@ -23,7 +23,7 @@ from services.common.tasks import load_tasks
 from services.common.streams import (Emit, Item, WorkerSettings, each_batch, make_app, plumbing, send_dead_letter,
                                      source_topic)
 from services.common.triton import SmallModelClient
-from services.shadow.routing import RoutingFollower
+from services.common.routing_state import RoutingFollower
 from services.shadow.runner import ShadowRunner
 from services.shadow.settings import ShadowSettings
 

@@ -7,11 +7,11 @@ plus `models` (a decision may name only a version; the registration names the Tr
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from services.common.contracts import CapturedCall, ModelRegistered, RoutingDecision, ShadowResult
+from services.common.contracts import CapturedCall, ShadowResult
+from services.common.routing_state import RoutingState
 from services.common.triton import SmallAnswer
 
 
@@ -41,47 +41,6 @@ class ShadowTarget:
     triton_model: str
     triton_version: str | None
     fields: tuple[str, ...] = ()  # an extraction model's fields, in its order (asks Triton for FIELD_CONFIDENCE)
-
-
-@dataclass
-class RoutingState:
-    """The current decision per task and the registered models (from two compacted topics)."""
-
-    decisions: dict[str, RoutingDecision] = field(default_factory=dict)
-    models: dict[tuple[str, str], ModelRegistered] = field(default_factory=dict)
-    task_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # extraction task specs' fields
-    model_fields: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
-
-    def apply_decision(self, decision: RoutingDecision) -> None:
-        self.decisions[decision.task] = decision
-
-    def apply_model(self, model: ModelRegistered) -> None:
-        self.models[(model.task, model.version)] = model
-        if extraction_model(model):
-            self.model_fields[(model.task, model.version)] = tuple(model.labels)
-
-    def fields_for(self, task: str, version: str) -> tuple[str, ...]:
-        """An extraction model's field names in its own order (its registration's labels, else the
-        task spec's fields); () for a classification task."""
-        return self.model_fields.get((task, version)) or tuple(self.task_fields.get(task, ()))
-
-    def threshold_for(self, task: str, version: str) -> float | None:
-        """The threshold of a model version: the routing decision's when it names this version,
-        else the calibrated one from its registration."""
-        decision = self.decisions.get(task)
-        if decision is not None and decision.model_version == version and decision.threshold is not None:
-            return decision.threshold
-        model = self.models.get((task, version))
-        return model.threshold if model is not None else None
-
-
-def extraction_model(model: ModelRegistered) -> bool:
-    """A registration of an extraction model (the trainer writes metrics_json.kind)."""
-    try:
-        metrics = json.loads(model.metrics_json or "{}")
-    except json.JSONDecodeError:
-        return False
-    return isinstance(metrics, dict) and metrics.get("kind") == "extraction"
 
 
 def triton_version(model_version: str) -> str | None:

@@ -1,17 +1,22 @@
-"""Follow the compacted routing-decisions and models topics into a RoutingState.
+"""The routing state every processor acts on, and the follower that keeps it current.
 
-Every worker reads both topics whole (no consumer group, all partitions, from the beginning),
-like the router does, so each one knows every task's mode whatever partitions it owns.
-`ready` is set once both topics were read to the end they had at start: a processor waits for
-it before it handles anything, so a call is never judged against a routing state still
-replaying (which would skip calls of tasks already in shadow).
+`RoutingState` is the current decision per task (the compacted `routing.decisions` topic) plus the
+registered models (`models`: a decision may name only a version; the registration names the Triton
+model and, for extraction, the fields). `RoutingFollower` reads both topics whole (no consumer
+group, all partitions, from the beginning), like the router does, so each worker knows every task's
+mode whatever partitions it owns. `ready` is set once both topics were read to the end they had at
+start: a processor waits for it before it handles anything, so a call is never judged against a
+routing state still replaying (which would skip calls of tasks already in shadow).
+Used by the shadow and the judge.
 """
 from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
 
@@ -21,10 +26,50 @@ from services.common.codec import Codec
 from services.common.contracts import ModelRegistered, RoutingDecision
 from services.common.settings import KafkaSettings
 from services.common.streams import Meta
-from services.shadow.logic import RoutingState
 
 log = logging.getLogger(__name__)
 OnPoison = Callable[[Meta, bytes, BaseException], Awaitable[None]]
+
+
+@dataclass
+class RoutingState:
+    """The current decision per task and the registered models (from two compacted topics)."""
+
+    decisions: dict[str, RoutingDecision] = field(default_factory=dict)
+    models: dict[tuple[str, str], ModelRegistered] = field(default_factory=dict)
+    task_fields: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # extraction task specs' fields
+    model_fields: dict[tuple[str, str], tuple[str, ...]] = field(default_factory=dict)
+
+    def apply_decision(self, decision: RoutingDecision) -> None:
+        self.decisions[decision.task] = decision
+
+    def apply_model(self, model: ModelRegistered) -> None:
+        self.models[(model.task, model.version)] = model
+        if extraction_model(model):
+            self.model_fields[(model.task, model.version)] = tuple(model.labels)
+
+    def fields_for(self, task: str, version: str) -> tuple[str, ...]:
+        """An extraction model's field names in its own order (its registration's labels, else the
+        task spec's fields); () for a classification task."""
+        return self.model_fields.get((task, version)) or tuple(self.task_fields.get(task, ()))
+
+    def threshold_for(self, task: str, version: str) -> float | None:
+        """The threshold of a model version: the routing decision's when it names this version,
+        else the calibrated one from its registration."""
+        decision = self.decisions.get(task)
+        if decision is not None and decision.model_version == version and decision.threshold is not None:
+            return decision.threshold
+        model = self.models.get((task, version))
+        return model.threshold if model is not None else None
+
+
+def extraction_model(model: ModelRegistered) -> bool:
+    """A registration of an extraction model (the trainer writes metrics_json.kind)."""
+    try:
+        metrics = json.loads(model.metrics_json or "{}")
+    except json.JSONDecodeError:
+        return False
+    return isinstance(metrics, dict) and metrics.get("kind") == "extraction"
 
 
 class RoutingFollower:
