@@ -17,7 +17,7 @@ from trainer import calibrate
 from trainer.extraction import evaluate as ev
 
 SIMULATOR_NOTE = ("the frontier is graduate's SIMULATOR (services.frontier_sim.extraction: configured per-field "
-                  "error rates, deterministic per input, 400-900 ms), not a real LLM")
+                  "error rates, deterministic per input), not a real LLM")
 
 
 def per_field_table(fields: Sequence[str], gold: Sequence[str], small: Sequence[str],

@@ -54,7 +54,9 @@ def write_extraction_report(facts: dict[str, Any], folder: Path) -> Path:
         except Exception as exc:  # noqa: BLE001 - a missing plot must not lose the report
             facts.setdefault("report_warnings", []).append(f"plot skipped: {exc}")
     lines = [f"# graduate extraction demo: {task}", "",
-             f"> **The frontier is a SIMULATOR.** No real frontier API is reachable here: {xf.SIMULATOR_NOTE}. "
+             f"> **The frontier is a SIMULATOR.** No real frontier API is reachable here: {xf.SIMULATOR_NOTE}; "
+             f"its latency is drawn from {settings.get('sim_latency_min_ms', 0):.0f}–"
+             f"{settings.get('sim_latency_max_ms', 0):.0f} ms. "
              "Gold = Restaurant-8k's own spans. The \"review\" is simulated too: the gold spans are published as "
              "ReviewedLabels in place of a person.", "",
              f"- status: **{meta.get('status')}**; wall time {meta.get('wall_s', 0) / 60:.1f} min "
@@ -155,8 +157,10 @@ def write_extraction_report(facts: dict[str, Any], folder: Path) -> Path:
     if shadow:
         if shadow.get("cutover"):
             lines += [f"Shadow gate → **small**: {shadow['cutover']['reason']}", ""]
+        if shadow.get("refusals"):
+            lines += ["Earlier shadow-gate verdicts (re-evaluated on every statistics update):", ""]
         for r in shadow.get("refusals", [])[-3:]:
-            lines += [f"- shadow gate, stays `{r['mode']}`: {r['reason']}"]
+            lines += [f"- stays `{r['mode']}`: {r['reason']}"]
         lines.append("")
     sm = facts.get("small_mode")
     if sm:
