@@ -332,7 +332,7 @@ def how_section(facts: dict) -> list[str]:
     out += [f"| {p['n']}. {p['title']} | {p['seconds']:,.0f} |" for p in meta["phases"]]
     snap = facts.get("snapshot") or {}
     train = facts.get("training") or {}
-    out += ["", f"- processes started: {', '.join(meta.get('processes', []))} (+ the trainer); all stopped at the end: "
+    out += ["", f"- processes started: {', '.join(meta.get('processes', []))} (+ the trainer run, and the trainer worker for the retrain); all stopped at the end: "
             f"{'yes' if not meta.get('left_running') else 'NO: ' + str(meta['left_running'])}",
             f"- snapshot {snap.get('id', '-')} → training snapshot {snap.get('derived', '-')} "
             f"({(snap.get('counts') or {}).get('train', '-')} train / {(snap.get('counts') or {}).get('holdout', '-')} holdout)",
