@@ -6,7 +6,7 @@
 3 candidates: the profiler's report line for the task
 4 the simulated review: Restaurant-8k's gold spans for the holdout slice, as ReviewedLabels
 5 snapshot (the curator's) → train (BIO tags, ONNX, Triton) → the controller's offline gate
-  → shadow on live test.json traffic → the judge's agreement, per field → the shadow gate → cutover
+  → shadow on live traffic (never-captured utterances) → the judge's agreement, per field → the shadow gate → cutover
 6 small mode with per-request fallback to the frontier
 7 gold evaluation (per field, small vs SIMULATED frontier vs always-null; coverage at parity),
   stop everything, write <report_dir>/report.md, facts.json and extraction.png
@@ -340,8 +340,9 @@ class ExtractionDemo:
         assert plan is not None
         if not await self.router_mode("shadow"):
             raise StackError("the router did not follow the shadow decision")
-        self.console.print("  [bold]shadow[/bold]: live Restaurant-8k test.json traffic; the small model answers off "
-                           "the hot path, the judge compares its JSON with the frontier's")
+        self.console.print(f"  [bold]shadow[/bold]: live traffic (never-captured {plan.available['live_source']} "
+                           "utterances); the small model answers off the hot path, the judge compares its JSON with "
+                           "the frontier's")
         cut = self.decided(lambda d, e: e.get("gate") == "shadow" and d.mode == "small")
         sent = await self.send("shadow", plan.shadow, stop=lambda: cut() is not None)
         done = {r.call.call_id for r in sent}
@@ -353,11 +354,12 @@ class ExtractionDemo:
                 s = stats[-1]
                 self.console.print(f"  [dim]judge: {s.compared} compared, {s.agreed} agreed, {s.kept} kept, "
                                    f"{s.kept_agreed} kept and agreed[/dim]", end="\r")
-        cutover = await self.watch.wait_for(cut, self.s.gate_timeout_s, on_tick=stats_line, poll_s=1.0)
+        cutover = await self.watch.wait_for(cut, min(self.s.gate_timeout_s, self.s.shadow_settle_s),
+                                            on_tick=stats_line, poll_s=1.0)
         self.console.print()
         self.judge_agreement(model)
         refusals = [d for d in self.history() if evidence(d).get("gate") == "shadow" and d.mode != "small"]
-        self.facts["shadow_gate"] = {"refusals": [{"mode": d.mode, "reason": d.reason} for d in refusals],
+        self.facts["shadow_gate"] = {"calls_sent": len(sent), "calls_planned": len(plan.shadow), "refusals": [{"mode": d.mode, "reason": d.reason} for d in refusals],
                                      "cutover": {"reason": cutover.reason, "threshold": cutover.threshold,
                                                  "predicted_fallback_rate": cutover.predicted_fallback_rate,
                                                  "evidence": evidence(cutover)} if cutover else None}
@@ -461,7 +463,8 @@ class ExtractionDemo:
         small = [r for r in self.results.get("small", []) if r.ok and r.served_by in ("small", "fallback")]
         if not small:
             return
-        self.console.print("  [bold]gold: the small-mode traffic[/bold] (test.json, never captured)")
+        self.console.print(f"  [bold]gold: the small-mode traffic[/bold] ({self.plan.available['live_source']} "
+                           "utterances, never captured)")
         alone, conf, _ = await asyncio.to_thread(serve.extract, self.w.triton_http, self.w.triton_model, model.version,
                                                  [r.call.text for r in small])
         live = {r.call.call_id: r.output for r in small if r.served_by == "fallback"}
@@ -551,7 +554,8 @@ class ExtractionDemo:
             await self.setup()
             self.plan = plan_extraction_traffic(self.s.data_dir, self.s.task, self.fields,
                                                 capture_calls=self.s.train_calls, shadow_calls=self.s.shadow_calls,
-                                                small_calls=self.s.small_calls, seed=self.s.seed)
+                                                small_calls=self.s.small_calls, seed=self.s.seed,
+                                                live_source=self.s.live_source)
             await self.capture()
             await self.candidates()
             await self.review()

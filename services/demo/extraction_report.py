@@ -66,8 +66,8 @@ def write_extraction_report(facts: dict[str, Any], folder: Path) -> Path:
     if capture:
         lines += [f"- data: a **subset** of Restaurant-8k to fit the time: {capture['sent']:,} of "
                   f"{capture['available']['train_0.json']:,} distinct train_0.json utterances captured; live traffic "
-                  f"from test.json (shadow ≤ {settings.get('shadow_calls')}, small mode {settings.get('small_calls')} "
-                  f"+ what the shadow phase did not send), never captured; {settings.get('epochs')} epoch(s)"]
+                  f"from {capture['available'].get('live_source', 'test.json')} utterances never captured (shadow ≤ {settings.get('shadow_calls')}, small mode {settings.get('small_calls')} "
+                  f"+ what the shadow phase did not send); {settings.get('epochs')} epoch(s)"]
     lines.append("")
 
     if holdout:
@@ -155,6 +155,10 @@ def write_extraction_report(facts: dict[str, Any], folder: Path) -> Path:
         lines.append("")
     shadow = facts.get("shadow_gate")
     if shadow:
+        if shadow.get("calls_sent") is not None:
+            lines += [f"The shadow replay sent {shadow['calls_sent']:,} of at most {shadow['calls_planned']:,} planned "
+                      "calls (it stops at the cutover; the controller re-evaluates the shadow gate on every statistics "
+                      "update).", ""]
         if shadow.get("cutover"):
             lines += [f"Shadow gate → **small**: {shadow['cutover']['reason']}", ""]
         if shadow.get("refusals"):
@@ -178,7 +182,8 @@ def write_extraction_report(facts: dict[str, Any], folder: Path) -> Path:
                   "trivial always-null answer:", "", *field_rows(holdout), ""]
     live = facts.get("small_mode_gold")
     if live:
-        lines += [f"### Small-mode traffic ({live['n']:,} test.json requests never captured)", "",
+        source = (capture or {}).get("available", {}).get("live_source", "test.json")
+        lines += [f"### Small-mode traffic ({live['n']:,} {source} requests, never captured)", "",
                   f"What was served (small above the threshold, frontier below): request exact match "
                   f"{live['served']['request_exact_match_small']:.3f}; the small model alone "
                   f"{live['small_alone']['request_exact_match_small']:.3f}; the frontier SIMULATOR alone "
