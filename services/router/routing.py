@@ -1,21 +1,19 @@
 """Each task's mode, from the compacted routing topic: the router's only source of truth.
 
 `RoutingTable` is the pure state (apply a decision or a tombstone; a task with no decision is in
-`frontier` mode). `RoutingFollower` replays the topic from the beginning with aiokafka, says when
-it has reached the end it saw at start (readiness), and keeps applying new decisions live.
+`frontier` mode). `RoutingFollower` (a services.common.follow.TopicFollower) replays the topic from
+the beginning, says when it has reached the end it saw at start (readiness), and keeps applying new
+decisions live.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 from typing import Callable
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from services.common.catalog import ROUTING_DECISIONS, topic_name
 from services.common.codec import Codec, CodecError
 from services.common.contracts import Mode, RoutingDecision
+from services.common.follow import TopicFollower, key_text
 from services.common.kafka import dead_letter
 from services.common.settings import KafkaSettings
 from services.common.tasks import TaskRegistry
@@ -76,81 +74,28 @@ class RoutingTable:
             self.on_change(task, d.mode if d else "frontier", d.predicted_fallback_rate if d else None)
 
 
-class RoutingFollower:
-    """Replays and follows the routing topic into a RoutingTable; `ready` once replayed to the end."""
+class RoutingFollower(TopicFollower):
+    """Replays and follows the routing topic into a RoutingTable; `ready` once replayed to the end
+    (never while the topic is missing: the router does not serve on a state it could not read)."""
+
+    name = "routing follower"
 
     def __init__(self, kafka: KafkaSettings, namespace: str, codec: Codec, table: RoutingTable, *,
                  dead_letters: Callable | None = None, retry_s: float = 2.0,
                  client_id: str = "graduate-router") -> None:
-        self.kafka = kafka
         self.topic = topic_name(ROUTING_DECISIONS, namespace)
+        super().__init__(kafka, [self.topic], require_all=True, retry_s=retry_s, missing_recheck_s=retry_s,
+                         client_id=client_id)
         self.codec = codec
         self.table = table
         self.dead_letters = dead_letters
-        self.retry_s = retry_s
-        self.client_id = client_id
-        self.ready = asyncio.Event()
-        self.not_ready_reason = "replaying the routing topic"
-        self._positions: dict[TopicPartition, int] = {}
 
-    async def run(self) -> None:
-        """Follow forever (cancel to stop); reconnects after errors, resuming where it was."""
-        while True:
-            consumer = AIOKafkaConsumer(**self.kafka.client_config(), group_id=None, enable_auto_commit=False,
-                                        auto_offset_reset="earliest", client_id=self.client_id)
-            try:
-                await consumer.start()
-                await self._follow(consumer)
-            except (KafkaError, OSError) as exc:
-                self.not_ready_reason = f"cannot read {self.topic}: {type(exc).__name__}: {exc}"
-                log.warning("routing follower: %s; retrying in %g s", self.not_ready_reason, self.retry_s)
-            except Exception as exc:  # a bug must not stop the follower silently
-                self.not_ready_reason = f"routing follower failed: {type(exc).__name__}: {exc}"
-                log.exception("routing follower failed; retrying in %g s", self.retry_s)
-            finally:
-                await consumer.stop()
-            await asyncio.sleep(self.retry_s)
+    @property
+    def not_ready_reason(self) -> str:
+        return self.status
 
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        partitions = await self._partitions(consumer)
-        consumer.assign(partitions)
-        for tp in partitions:
-            if tp in self._positions:
-                consumer.seek(tp, self._positions[tp])
-            else:
-                await consumer.seek_to_beginning(tp)
-        end = await consumer.end_offsets(partitions) if not self.ready.is_set() else {}
-        while True:
-            if not self.ready.is_set() and await self._reached(consumer, end):
-                log.info("routing topic %s replayed: %d task decision(s)", self.topic, len(self.table.decisions))
-                self.ready.set()
-            batch = await consumer.getmany(*partitions, timeout_ms=500)
-            for tp, records in batch.items():
-                for record in records:
-                    self._apply(record)
-                    self._positions[tp] = record.offset + 1
-
-    @staticmethod
-    async def _reached(consumer: AIOKafkaConsumer, end: dict[TopicPartition, int]) -> bool:
-        for tp, offset in end.items():
-            if await consumer.position(tp) < offset:
-                return False
-        return True
-
-    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        while True:
-            # A consumer without a group tracks metadata only for topics it was told about.
-            if self.topic in await consumer.topics():
-                await consumer._client._wait_on_metadata(self.topic)
-            parts = consumer.partitions_for_topic(self.topic)
-            if parts:
-                return [TopicPartition(self.topic, p) for p in sorted(parts)]
-            self.not_ready_reason = f"routing topic {self.topic} does not exist (run `graduate topics ensure`)"
-            log.warning("routing follower: %s; retrying in %g s", self.not_ready_reason, self.retry_s)
-            await asyncio.sleep(self.retry_s)
-
-    def _apply(self, record) -> None:
-        task = record.key.decode("utf-8", "replace") if record.key else ""
+    def apply(self, record) -> None:
+        task = key_text(record)
         if record.value is None:
             self.table.apply(task, None)
             log.info("routing: tombstone for %s; back to frontier", task)
