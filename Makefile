@@ -7,6 +7,8 @@ export GRADUATE_VAR_DIR ?= $(CURDIR)/var
 KAFKA := deploy/local/kafka/kafka.sh
 TRITON := deploy/local/triton/triton.sh
 
+TASK ?= banking77
+
 .PHONY: browser help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
 
 help: ## show this help
@@ -58,8 +60,8 @@ test-unit: venv ## unit tests only (no services)
 test-reliability: venv ## the fault-injection suite against real services
 	bash deploy/local/run-tests.sh tests/reliability
 
-demo: venv ## the whole graduation loop on Banking77 (writes demo-report/)
-	bash deploy/local/demo.sh
+demo: venv ## the whole graduation loop on Banking77 (writes demo-report/); TASK=restaurant8k: the extraction task
+	TASK=$(TASK) bash deploy/local/demo.sh
 
 bench: venv ## run the benchmarks (bench/results/*.json, bench/RESULTS.md)
 	bash deploy/local/run-bench.sh

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: the whole graduation loop on Banking77 (services/demo/run.py), leaving demo-report/.
+# `make demo`: the whole graduation loop on Banking77 (services/demo/run.py), leaving demo-report/;
+# `make demo TASK=restaurant8k`: the extraction task (services/demo/extraction.py).
 # The Python entry starts Kafka and Triton (unless GRADUATE_KAFKA_BOOTSTRAP / GRADUATE_TRITON_URL name
 # external ones), the simulator, the router and the workers, and stops all of it at the end, also on
 # failure or Ctrl-C. Should it be killed outright, the trap below still stops every process with a
@@ -20,7 +21,12 @@ last_resort() {
   fi
 }
 trap last_resort EXIT
-.venv/bin/python -m services.demo.run "$@" &
+case "${TASK:-banking77}" in
+  banking77|banking77-intent) entry=services.demo.run ;;
+  restaurant8k|restaurant8k-booking) entry=services.demo.extraction ;;
+  *) echo "demo.sh: unknown TASK=${TASK} (banking77 or restaurant8k)" >&2; exit 2 ;;
+esac
+.venv/bin/python -m "$entry" "$@" &
 demo=$!
 # Ctrl-C reaches the Python entry directly (same process group); a TERM sent to this script is passed
 # on. The entry stops everything on the first signal and ignores the next ones, so wait for it.
