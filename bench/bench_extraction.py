@@ -258,7 +258,7 @@ def main() -> int:
                  f"{os.getloadavg()[0]:.2f} after); torch fine-tune on {report['device']}, onnxruntime "
                  f"{report['served_onnx']} in Triton's Python backend"),
         "notes": (f"restaurant8k-booking (extraction): all-MiniLM-L6-v2 fine-tuned for BIO token tags vs the "
-                  f"SIMULATED frontier ({xf.SIMULATOR_NOTE}; configured per-field error rates "
+                  f"SIMULATED frontier ({xf.SIMULATOR_NOTE}; at 400-900 ms; error rates configured: "
                   + ", ".join(f"{k} {v:.0%}" for k, v in manifest["source"]["frontier"]["configured_error_rates"].items())
                   + f"). Per-field figures on the {table_r['n']} reviewed holdout items (gold = Restaurant-8k's "
                   "spans), from the served model's answers (Triton); request-level exact match = every field "
