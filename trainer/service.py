@@ -93,7 +93,8 @@ async def _train_one(settings, request: RetrainRequest, msg, train, codec, produ
     try:
         result = await asyncio.to_thread(train, settings, request.task, "latest")
         if settings.publish and result.event is not None:
-            await publish(settings, result.event, codec)
+            event = result.event.model_copy(update={"retrain_request_id": request.request_id})
+            await publish(settings, event, codec)
         log.info("trainer: %s version %s registered", request.task, result.version)
     except Exception as exc:  # noqa: BLE001 - a failed run is reported, never crashes the worker
         log.exception("trainer: run for %s failed", request.task)

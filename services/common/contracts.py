@@ -132,6 +132,7 @@ class ModelRegistered(Contract):
     artifact_uri: str
     model_card_uri: Optional[str] = None
     triton_model: str
+    retrain_request_id: Optional[str] = None  # the RetrainRequest this version answers (trainer worker)
 
 
 class RoutingDecision(Contract):

@@ -427,14 +427,13 @@ class Story:
         await self.watch.wait_for(lambda: "registered" in tail(worker.log_file, 5) or None, 15.0)
         self.stack.stop_service(worker)
         log = worker.log_file.read_text(errors="replace")
-        answered = re.search(r"trainer: retraining \S+ \(request (\S+?): ", log)
-        answered_id = answered.group(1) if answered else None
+        answered_id = model.retrain_request_id  # the registration names the request it answers
         for line in log.splitlines():
             if line.startswith(("holdout:", "triton:", "int8:")) or "trainer: retraining" in line:
                 self.say(line.split("graduate.trainer: ")[-1][:160])
         if answered_id != request["request_id"]:
-            raise StackError(f"the trainer worker did not say it answered request {request['request_id']} "
-                             f"(it named {answered_id}); log {worker.log_file}")
+            raise StackError(f"version {model.version} was not registered for request {request['request_id']} "
+                             f"(its registration names {answered_id}); log {worker.log_file}")
         if model.snapshot_id != snapshot["id"]:
             raise StackError(f"the trainer worker trained on snapshot {model.snapshot_id}, not the fresh "
                              f"{snapshot['id']} (another snapshot of the task is newer under var/datasets?)")

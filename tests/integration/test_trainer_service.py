@@ -36,7 +36,7 @@ async def test_worker_trains_on_request_and_dead_letters_the_rest(
 
     requests = topics["graduate.retrain.requests"]
     await produce(kafka_settings, codec, requests, [
-        (TASK, RetrainRequest(task=TASK, reason="drift", requested_by="controller")),
+        (TASK, wanted := RetrainRequest(task=TASK, reason="drift", requested_by="controller")),
         ("nope", RetrainRequest(task="no-such-task", reason="drift", requested_by="controller")),
         ("draft-reply", RetrainRequest(task="draft-reply", reason="drift", requested_by="controller")),
     ])
@@ -55,6 +55,7 @@ async def test_worker_trains_on_request_and_dead_letters_the_rest(
     assert calls == [(TASK, "latest")]
     (event,) = decode_all(codec, models, ModelRegistered)
     assert (event.task, event.version) == (TASK, "1") and models[0].key == f"{TASK}/1".encode()
+    assert event.retrain_request_id == wanted.request_id  # the registration names the request it answers
     reasons = sorted(letter.reason for letter in decode_all(codec, letters, DeadLetter))
     assert len(reasons) == 3
     assert any("unknown task 'no-such-task'" in r for r in reasons)
