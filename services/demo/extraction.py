@@ -168,12 +168,26 @@ class ExtractionDemo:
             for name, seconds in ready.items():
                 self.say(f"{name} ready ({seconds:.1f} s)")
             self.facts["meta"]["processes"] = [s.name for s in self.stack.services]
-            self.watch = TopicWatch(self.w.kafka, self.codec, self.w.namespace, WATCHED)
-            await self.watch.start()
+            self.watch = await self.start_watch()
             self.client = make_client(self.w.router_url, self.key, self.s.concurrency)
             async with httpx.AsyncClient(timeout=5.0) as http:
                 stats = (await http.get(f"{self.w.sim_url}/v1/sim/stats")).json()
             self.facts["frontier"]["simulator_stats_at_start"] = stats
+
+    async def start_watch(self, attempts: int = 10) -> TopicWatch:
+        """The topic watch, with every watched topic assigned: right after the topics are created the
+        broker's metadata may not list one yet, and a watch without it would wait for records in vain."""
+        for attempt in range(attempts):
+            watch = TopicWatch(self.w.kafka, self.codec, self.w.namespace, WATCHED)
+            await watch.start()
+            assigned = {tp.topic for tp in watch._consumer.assignment()}  # noqa: SLF001 - read-only check
+            missing = sorted(set(watch.specs) - assigned)
+            if not missing:
+                return watch
+            await watch.stop()
+            self.say(f"[dim]topic metadata not complete yet ({', '.join(missing)}): watching again[/dim]")
+            await asyncio.sleep(1.0 + attempt)
+        raise StackError(f"the demo cannot watch {', '.join(missing)}: the broker does not list them")
 
     # -- 2 capture -----------------------------------------------------------------------------
     async def capture(self) -> None:
@@ -292,7 +306,7 @@ class ExtractionDemo:
                              f"{tail(trainer.log_file, 40)}")
         self.trainer_summary(tail(trainer.log_file, 40))
         model = await self.watch.wait_for(lambda: next((m for m in self.watch.records(catalog.MODELS)
-                                                         if m.triton_model == self.w.triton_model), None), 30.0)
+                                                         if m.triton_model == self.w.triton_model), None), 60.0)
         if model is None:
             raise StackError("the trainer finished but no ModelRegistered arrived")
         metrics = json.loads(model.metrics_json or "{}")
