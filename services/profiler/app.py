@@ -17,10 +17,12 @@ from services.common.settings import load_settings
 from services.common.streams import (Item, WorkerSettings, active_partitions, by_partition, each_batch, for_partition,
                                      json_table, make_app, source_topic)
 from services.profiler.logic import Profile, assess, rank, summarise_call, summarise_outcome
+from services.profiler.report import task_specs
 from services.profiler.settings import ProfilerSettings
 
 settings: WorkerSettings = load_settings(WorkerSettings)
 profiler: ProfilerSettings = load_settings(ProfilerSettings)
+specs = task_specs(settings)  # an extraction task is judged by the structure of its answers
 
 app = make_app("profiler", settings)
 captured = source_topic(app, catalog.CALLS_CAPTURED, settings.topic_namespace)
@@ -62,7 +64,8 @@ def local_profiles() -> dict[str, Profile]:
 
 def local_candidates():
     return rank([assess(p, profiler.thresholds(), profiler.costs(), window_days=profiler.window_days,
-                        min_span_hours=profiler.min_span_hours) for p in local_profiles().values()])
+                        min_span_hours=profiler.min_span_hours, spec=specs.get(p.task))
+                 for p in local_profiles().values()])
 
 
 @app.timer(settings.worker_lag_interval_s * 2)

@@ -33,8 +33,10 @@ def print_candidates(candidates, assumptions: str) -> None:
     for c in candidates:
         console.print(f"[bold]{c.task}[/bold]")
         m = c.measures
+        shape = (f", {m.conform_rate or 0:.1%} JSON with the {len(m.known_fields)} known fields"
+                 if m.kind == "extraction" else "")
         console.print(f"  {m.calls:,} captured calls, {m.distinct_outputs}{'+' if m.distinct_lower_bound else ''} distinct "
-                      f"outputs, p50/p95 {m.latency_p50_ms or 0:,.0f}/{m.latency_p95_ms or 0:,.0f} ms, "
+                      f"outputs{shape}, p50/p95 {m.latency_p50_ms or 0:,.0f}/{m.latency_p95_ms or 0:,.0f} ms, "
                       f"${m.cost_per_call_usd:.5f}/call, {m.usable_examples:,} usable examples")
         for t in c.traits:
             mark = "[green]✓[/green]" if t.passed else "[red]✗[/red]"

@@ -5,10 +5,16 @@ A `Profile` is a mergeable summary (plain JSON) built from one small record per 
 (`summarise_call`), so the worker (which keeps those records) and `graduate candidates` (which
 replays the whole topic) compute the same thing with the same code.
 Time comes from the records (never the clock), so a replayed stream gives the same answer.
+
+The task's kind decides what "narrow" means: a classification answer is one of few values (distinct
+outputs, entropy); an extraction answer is a JSON object with the spec's known fields, so it is
+narrow by its structure (the share of answers that conform, per-field fill and distinct values);
+a freeform task is never narrow.
 """
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -16,6 +22,7 @@ from typing import Optional
 
 from services.common.contracts import CapturedCall, RouterOutcome
 from services.common.normalize import input_hash, normalise_input
+from services.common.tasks import TaskSpec
 
 DAY_MS = 86_400_000
 LATENCY_RATIO = 1.05  # latency histogram buckets grow by 5 %: percentiles within ~2.5 %
@@ -59,11 +66,39 @@ def _add(d: dict, key, n=1) -> None:
     d[key] = d.get(key, 0) + n
 
 
+MAX_OBJECT_FIELDS = 64  # an answer object with more keys keeps no per-field record (never a spec's shape)
+
+
+def value_key(value) -> str:
+    """A JSON field value, counted by value (long ones by a short hash)."""
+    return output_key(value if isinstance(value, str) else json.dumps(value, sort_keys=True))
+
+
+def as_object(output: str) -> Optional[dict]:
+    """The answer as a JSON object, or None (a label, free text, a JSON scalar or array)."""
+    if not output.lstrip().startswith("{"):
+        return None
+    try:
+        obj = json.loads(output)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def summarise_call(call: CapturedCall) -> list:
-    """What the profile needs of a captured call, small enough to keep one per call (JSON)."""
+    """What the profile needs of a captured call, small enough to keep one per call (JSON):
+    [ts_ms, latency_ms, cost_usd, output key or None, input hash] and, when the answer is a JSON
+    object, a sixth element {field: value key, or None when the field is null or empty}.
+    An object's output key is that of its canonical form (the spec parser's: sorted keys), so
+    equal objects are equal outputs however they were spaced."""
     usable = call.parse_ok and call.output is not None and call.output != ""
-    return [_ms(call.ts), call.latency_ms, call.cost_usd, output_key(call.output) if usable else None,
-            input_hash(call.task, normalise_input(call.input))[:8].hex()]
+    obj = as_object(call.output) if usable else None
+    key = None if not usable else output_key(call.output if obj is None else json.dumps(obj, sort_keys=True))
+    record = [_ms(call.ts), call.latency_ms, call.cost_usd, key,
+              input_hash(call.task, normalise_input(call.input))[:8].hex()]
+    if obj is not None and len(obj) <= MAX_OBJECT_FIELDS:
+        record.append({str(k): None if v is None or v == "" else value_key(v) for k, v in obj.items()})
+    return record
 
 
 def summarise_outcome(outcome: RouterOutcome) -> list:
@@ -90,6 +125,14 @@ class Profile:
     outcomes: dict = field(default_factory=dict)  # served_by -> count (router outcomes)
     small_latency: dict = field(default_factory=dict)  # bucket -> count
     output_cap: int = 5000
+    # JSON-object answers (extraction tasks): judged against the spec's fields when measured
+    shapes: dict = field(default_factory=dict)  # JSON list of the object's sorted keys -> count
+    shapes_overflow: int = 0  # objects whose shape was not counted once `shape_cap` shapes exist
+    field_filled: dict = field(default_factory=dict)  # field -> answers with a non-null, non-empty value
+    field_values: dict = field(default_factory=dict)  # field -> {value key -> count}
+    field_overflow: dict = field(default_factory=dict)  # field -> values not counted once `field_value_cap` exist
+    shape_cap: int = 100
+    field_value_cap: int = 1000
 
     # -- building ----------------------------------------------------------------------------
     def _seen(self, ms: int) -> None:
@@ -103,9 +146,28 @@ class Profile:
     def add_call(self, call: CapturedCall) -> None:
         self.add_call_summary(summarise_call(call))
 
+    def _add_object(self, fields: dict) -> None:
+        shape = json.dumps(sorted(fields))
+        if shape in self.shapes or len(self.shapes) < self.shape_cap:
+            _add(self.shapes, shape)
+        else:
+            self.shapes_overflow += 1
+        for name, value in fields.items():
+            if value is None:
+                continue
+            _add(self.field_filled, name)
+            values = self.field_values.setdefault(name, {})
+            if value in values or len(values) < self.field_value_cap:
+                _add(values, value)
+            else:
+                _add(self.field_overflow, name)
+
     def add_call_summary(self, summary: list) -> None:
-        """Add a `summarise_call` record: [ts_ms, latency_ms, cost_usd, output key or None, input hash]."""
-        ts, latency_ms, cost, key, digest_hex = summary
+        """Add a `summarise_call` record: [ts_ms, latency_ms, cost_usd, output key or None, input hash,
+        and for a JSON-object answer its {field: value key}] (records without the sixth still count)."""
+        ts, latency_ms, cost, key, digest_hex = summary[:5]
+        if key is not None and len(summary) > 5 and isinstance(summary[5], dict):
+            self._add_object(summary[5])
         self.calls += 1
         self._seen(ts)
         _add(self.latency, str(latency_bucket(latency_ms)))
@@ -161,6 +223,23 @@ class Profile:
                 _add(out.outputs, k, n)
             else:
                 out.outputs_overflow += n
+        out.shapes_overflow += other.shapes_overflow
+        for k, n in other.shapes.items():
+            if k in out.shapes or len(out.shapes) < out.shape_cap:
+                _add(out.shapes, k, n)
+            else:
+                out.shapes_overflow += n
+        for name, n in other.field_filled.items():
+            _add(out.field_filled, name, n)
+        for name, n in other.field_overflow.items():
+            _add(out.field_overflow, name, n)
+        for name, theirs in other.field_values.items():
+            mine = out.field_values.setdefault(name, {})
+            for k, n in theirs.items():
+                if k in mine or len(mine) < out.field_value_cap:
+                    _add(mine, k, n)
+                else:
+                    _add(out.field_overflow, name, n)
         out.cost_usd += other.cost_usd
         out.inputs_sampled = min(out.inputs_sampled, other.inputs_sampled)
         for h, (key, conflict, n) in other.inputs.items():
@@ -179,6 +258,7 @@ class Profile:
     def from_json(cls, data: dict) -> "Profile":
         data = dict(data)
         data["inputs"] = {h: list(v) for h, v in data.get("inputs", {}).items()}
+        data["field_values"] = {f: dict(v) for f, v in data.get("field_values", {}).items()}
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
@@ -206,6 +286,26 @@ class Measures:
     fallback_rate: Optional[float]  # measured from router outcomes in small mode
     small_latency_p50_ms: Optional[float]
     outcomes: int
+    kind: Optional[str] = None  # the task spec's kind; None when the task has no spec (judged as classification)
+    known_fields: tuple[str, ...] = ()  # extraction: the spec's fields
+    conform_rate: Optional[float] = None  # extraction: share of answers that are a JSON object with only those fields
+    # extraction: field -> {fill_rate (of conforming answers), distinct_values, distinct_lower_bound}
+    field_stats: dict = field(default_factory=dict)
+
+
+def _conforming(p: Profile, names: set) -> int:
+    return sum(n for shape, n in p.shapes.items() if set(json.loads(shape)) <= names)
+
+
+def field_stats(p: Profile, fields: tuple[str, ...], answers: int) -> dict:
+    """Per known field: the share of conforming answers that fill it and its distinct values."""
+    out = {}
+    for name in fields:
+        overflow = p.field_overflow.get(name, 0)
+        out[name] = {"fill_rate": round(p.field_filled.get(name, 0) / answers, 4) if answers else 0.0,
+                     "distinct_values": len(p.field_values.get(name, {})) + overflow,
+                     "distinct_lower_bound": bool(overflow)}
+    return out
 
 
 def entropy_bits(counts: list[int]) -> float:
@@ -215,9 +315,12 @@ def entropy_bits(counts: list[int]) -> float:
     return max(0.0, -sum(n / total * math.log2(n / total) for n in counts if n))
 
 
-def measure(p: Profile, *, window_days: int = 7, min_span_hours: float = 1.0) -> Measures:
+def measure(p: Profile, *, window_days: int = 7, min_span_hours: float = 1.0,
+            spec: Optional[TaskSpec] = None) -> Measures:
     """What the playbook looks at, from a profile. Calls per day: requests in the newest
-    `window_days` days, over the time they cover (at least `min_span_hours`)."""
+    `window_days` days, over the time they cover (at least `min_span_hours`). With the task's
+    spec, an extraction task is also measured by its answers' structure (`conform_rate`,
+    `field_stats`)."""
     requests = p.calls + p.small_served
     if p.last_ms is None:
         span_ms, in_window = 0, 0
@@ -234,6 +337,12 @@ def measure(p: Profile, *, window_days: int = 7, min_span_hours: float = 1.0) ->
     tracked_usable = sum(1 for v in p.inputs.values() if v[0] is not None)
     cost_per_call = round(p.cost_usd / p.calls, 10) if p.calls else 0.0
     small_mode = p.outcomes.get("small", 0) + p.outcomes.get("fallback", 0)
+    extraction: dict = {}
+    if spec is not None and spec.kind == "extraction":
+        names = tuple(f.name for f in spec.fields)
+        conforming = _conforming(p, set(names))
+        extraction = dict(known_fields=names, conform_rate=round(conforming / p.calls, 4) if p.calls else None,
+                          field_stats=field_stats(p, names, conforming))
     return Measures(
         task=p.task, calls=p.calls, requests=requests, span_hours=round(span_hours, 2),
         calls_per_day=round(calls_per_day, 1), distinct_outputs=len(p.outputs) + p.outputs_overflow,
@@ -249,6 +358,7 @@ def measure(p: Profile, *, window_days: int = 7, min_span_hours: float = 1.0) ->
         fallback_rate=round(p.outcomes.get("fallback", 0) / small_mode, 4) if small_mode else None,
         small_latency_p50_ms=percentile(p.small_latency, 0.50),
         outcomes=sum(p.outcomes.values()),
+        kind=spec.kind if spec is not None else None, **extraction,
     )
 
 
@@ -266,6 +376,8 @@ class Thresholds:
     min_p95_latency_ms: float = 500.0
     min_cost_per_day_usd: float = 20.0
     min_usable_examples: int = 1000
+    min_conform_rate: float = 0.95
+    max_known_fields: int = 30
 
 
 @dataclass(frozen=True)
@@ -280,10 +392,20 @@ def _ratio(value: float, threshold: float) -> float:
     return 1.0 if threshold <= 0 else max(0.0, min(1.0, value / threshold))
 
 
-def score_traits(m: Measures, t: Thresholds) -> list[Trait]:
-    volume = Trait("high_volume", m.calls_per_day >= t.min_calls_per_day, _ratio(m.calls_per_day, t.min_calls_per_day),
-                   f"{m.calls_per_day:,.0f} calls/day over {m.span_hours:g} h (needs ≥ {t.min_calls_per_day:,.0f})")
+def _stability_problem(m: Measures, t: Thresholds) -> Optional[str]:
+    if m.stability is not None and m.repeated_inputs >= t.min_repeated_inputs and m.stability < t.min_stability:
+        return f"same input answered differently: stability {m.stability:.0%} (needs ≥ {t.min_stability:.0%})"
+    return None
 
+
+def _stability_text(m: Measures, t: Thresholds) -> str:
+    return ("stability not measured yet" if m.stability is None or m.repeated_inputs < t.min_repeated_inputs
+            else f"stability {m.stability:.0%} on {m.repeated_inputs} repeated inputs")
+
+
+def _narrow_by_value(m: Measures, t: Thresholds) -> Trait:
+    """Classification (and a task without a spec): few distinct outputs, low entropy, answers repeat.
+    A freeform task is never narrow."""
     problems = []
     if m.distinct_outputs > t.max_distinct_outputs:
         problems.append(f"{m.distinct_outputs}{'+' if m.distinct_lower_bound else ''} distinct outputs (> {t.max_distinct_outputs})")
@@ -291,20 +413,50 @@ def score_traits(m: Measures, t: Thresholds) -> list[Trait]:
         problems.append(f"only {m.repeat_share:.0%} of answers repeat an output (needs ≥ {t.min_repeat_share:.0%})")
     if m.entropy_bits > t.max_entropy_bits:
         problems.append(f"output entropy {m.entropy_bits:.1f} bits (> {t.max_entropy_bits:g})")
-    if m.stability is not None and m.repeated_inputs >= t.min_repeated_inputs and m.stability < t.min_stability:
-        problems.append(f"same input answered differently: stability {m.stability:.0%} (needs ≥ {t.min_stability:.0%})")
+    if _stability_problem(m, t):
+        problems.append(_stability_problem(m, t))
     if m.parse_failure_rate > t.max_parse_failure_rate:
         problems.append(f"{m.parse_failure_rate:.0%} parse failures (> {t.max_parse_failure_rate:.0%})")
-    stability = ("stability not measured yet" if m.stability is None or m.repeated_inputs < t.min_repeated_inputs
-                 else f"stability {m.stability:.0%} on {m.repeated_inputs} repeated inputs")
+    stability = _stability_text(m, t)
     narrow_score = min(_ratio(m.repeat_share, t.min_repeat_share),
                        _ratio(t.max_distinct_outputs, max(m.distinct_outputs, 1)),
                        _ratio(t.max_entropy_bits, max(m.entropy_bits, 1e-9)),
                        _ratio(m.stability if m.stability is not None else 1.0, t.min_stability))
-    narrow = Trait("narrow_stable_output", not problems, 1.0 if not problems else narrow_score,
-                   "; ".join(problems) if problems else
-                   f"{m.distinct_outputs} distinct outputs, {m.entropy_bits:.1f} bits, "
-                   f"{m.repeat_share:.0%} repeat; {stability}; {m.parse_failure_rate:.1%} parse failures")
+    if m.kind == "freeform":
+        problems.append("free-form output (task kind freeform): open-ended text, not a graduation candidate")
+    return Trait("narrow_stable_output", not problems, 1.0 if not problems else narrow_score,
+                 "; ".join(problems) if problems else
+                 f"{m.distinct_outputs} distinct outputs, {m.entropy_bits:.1f} bits, "
+                 f"{m.repeat_share:.0%} repeat; {stability}; {m.parse_failure_rate:.1%} parse failures")
+
+
+def _narrow_extraction(m: Measures, t: Thresholds) -> Trait:
+    """Extraction: a JSON object with a fixed, known set of fields is narrow by its structure, however
+    many distinct objects there are; judged by the share of answers that conform and by stability."""
+    n_fields, conform = len(m.known_fields), m.conform_rate if m.conform_rate is not None else 0.0
+    problems = []
+    if conform < t.min_conform_rate:
+        problems.append(f"only {conform:.1%} of answers are a JSON object with the {n_fields} known fields "
+                        f"(needs ≥ {t.min_conform_rate:.0%})")
+    if n_fields > t.max_known_fields:
+        problems.append(f"{n_fields} known fields (> {t.max_known_fields})")
+    if _stability_problem(m, t):
+        problems.append(_stability_problem(m, t))
+    fields = ", ".join(f"{name} {st['fill_rate']:.0%} filled ({st['distinct_values']}"
+                       f"{'+' if st['distinct_lower_bound'] else ''} values)" for name, st in m.field_stats.items())
+    score = min(_ratio(conform, t.min_conform_rate), _ratio(t.max_known_fields, max(n_fields, 1)),
+                _ratio(m.stability if m.stability is not None else 1.0, t.min_stability))
+    return Trait("narrow_stable_output", not problems, 1.0 if not problems else score,
+                 "; ".join(problems) if problems else
+                 f"JSON with {n_fields} known fields, {conform:.1%} of answers conform; {_stability_text(m, t)}; "
+                 f"fields: {fields}")
+
+
+def score_traits(m: Measures, t: Thresholds) -> list[Trait]:
+    volume = Trait("high_volume", m.calls_per_day >= t.min_calls_per_day, _ratio(m.calls_per_day, t.min_calls_per_day),
+                   f"{m.calls_per_day:,.0f} calls/day over {m.span_hours:g} h (needs ≥ {t.min_calls_per_day:,.0f})")
+
+    narrow = _narrow_extraction(m, t) if m.kind == "extraction" else _narrow_by_value(m, t)
 
     p95 = m.latency_p95_ms or 0.0
     sensitive = p95 >= t.min_p95_latency_ms or m.cost_per_day_usd >= t.min_cost_per_day_usd
@@ -391,8 +543,10 @@ class Candidate:
         return asdict(self)
 
 
-def assess(profile: Profile, t: Thresholds, c: Costs, *, window_days: int = 7, min_span_hours: float = 1.0) -> Candidate:
-    m = measure(profile, window_days=window_days, min_span_hours=min_span_hours)
+def assess(profile: Profile, t: Thresholds, c: Costs, *, window_days: int = 7, min_span_hours: float = 1.0,
+           spec: Optional[TaskSpec] = None) -> Candidate:
+    """The candidate for one task; `spec` (the task's spec, when known) decides how narrowness is judged."""
+    m = measure(profile, window_days=window_days, min_span_hours=min_span_hours, spec=spec)
     traits = score_traits(m, t)
     econ = price(m, c)
     failing = [tr.name for tr in traits if not tr.passed]

@@ -1,4 +1,5 @@
-"""Profiler settings (env GRADUATE_PROFILER_*): the traits' thresholds and the cost assumptions."""
+"""Profiler settings (env GRADUATE_PROFILER_*): the traits' thresholds and the cost assumptions.
+The task specs (which decide how narrowness is judged) come from CommonSettings.tasks_file."""
 from __future__ import annotations
 
 from pydantic import Field
@@ -21,6 +22,10 @@ class ProfilerSettings(BaseSettings):
     min_stability: float = 0.9
     min_repeated_inputs: int = 20
     max_parse_failure_rate: float = 0.1
+    # narrow output of an extraction task (a JSON object with the spec's fields): judged by structure
+    min_conform_rate: float = Field(0.95, ge=0, le=1, description="extraction: share of answers that must be a JSON "
+                                    "object with only the spec's fields")
+    max_known_fields: int = Field(30, ge=1, description="extraction: most fields a spec may have and still count as narrow")
     # latency or cost sensitive (either is enough)
     min_p95_latency_ms: float = 500.0
     min_cost_per_day_usd: float = 20.0
