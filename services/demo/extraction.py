@@ -22,20 +22,18 @@ import asyncio
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import httpx
 import numpy as np
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from services.common import catalog
 from services.common.codec import Codec
@@ -50,8 +48,9 @@ from services.demo.bootstrap import start_services, wire
 from services.demo.collect import decision_rows, evidence
 from services.demo.extraction_settings import ExtractionDemoSettings
 from services.demo.extraction_traffic import ExtractionPlan, plan_extraction_traffic
+from services.demo.narrate import Narrator, StoryEnded, run_until_signalled
 from services.demo.observe import TopicWatch
-from services.demo.replay import CallResult, make_client, replay
+from services.demo.replay import CallResult, make_client
 from services.demo.stack import GRADUATE, Stack, StackError, alive, tail
 from services.demo.traffic import PlannedCall
 from services.router.keys import create_key
@@ -62,11 +61,7 @@ WATCHED = [catalog.CALLS_CAPTURED, catalog.MODELS, catalog.ROUTING_HISTORY, cata
 REVIEWER = "demo-simulated-review (Restaurant-8k gold spans)"
 
 
-class StoryEnded(Exception):
-    """A service decided against going on (a gate refused): the report tells that story."""
-
-
-class ExtractionDemo:
+class ExtractionDemo(Narrator):
     def __init__(self, settings: ExtractionDemoSettings, console: Console) -> None:
         self.s, self.console = settings, console
         self.w = wire(settings)
@@ -96,61 +91,6 @@ class ExtractionDemo:
                                       "frontier": {"kind": "SIMULATOR", "note": xf.SIMULATOR_NOTE}}
 
     # -- helpers -------------------------------------------------------------------------------
-    def say(self, text: str) -> None:
-        self.console.print(f"  {text}")
-
-    @contextmanager
-    def phase(self, number: int, title: str):
-        self.console.rule(f"[bold]{number}. {title}")
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            seconds = time.monotonic() - started
-            self.facts["meta"]["phases"].append({"n": number, "title": title, "seconds": round(seconds, 1)})
-            self.console.print(f"  [dim]phase {number} took {seconds:.0f} s[/dim]")
-
-    def history(self) -> list[RoutingDecision]:
-        return [d for d in self.watch.records(catalog.ROUTING_HISTORY) if d.task == self.s.task]
-
-    def decided(self, predicate: Callable[[RoutingDecision, dict], bool]) -> Callable[[], Optional[RoutingDecision]]:
-        def find() -> Optional[RoutingDecision]:
-            self.stack.check_alive()
-            return next((d for d in self.history() if predicate(d, evidence(d))), None)
-        return find
-
-    async def router_mode(self, mode: str, timeout_s: float = 60.0) -> bool:
-        headers = {"Authorization": f"Bearer {self.key}"}
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=5.0) as http:
-            while time.monotonic() < deadline:
-                body = (await http.get(f"{self.w.router_url}/v1/tasks", headers=headers)).json()
-                if any(t["task"] == self.s.task and t["mode"] == mode for t in body["tasks"]):
-                    return True
-                await asyncio.sleep(0.3)
-        return False
-
-    async def send(self, name: str, calls: list[PlannedCall], stop: Optional[Callable[[], bool]] = None,
-                   concurrency: Optional[int] = None) -> list[CallResult]:
-        counts: dict[str, int] = {}
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[paths]}"))
-        with Progress(*columns, console=self.console) as progress:
-            bar = progress.add_task(f"  {name}", total=len(calls), paths="")
-
-            def seen(r: CallResult) -> None:
-                key = (r.served_by or "error") if r.ok else "error"
-                counts[key] = counts.get(key, 0) + 1
-                progress.update(bar, advance=1, paths=" ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-
-            results = await replay(self.client, self.tasks, calls, concurrency=concurrency or self.s.concurrency,
-                                   on_result=seen, stop=stop)
-        self.results.setdefault(name, []).extend(results)
-        errors = [r for r in results if not r.ok]
-        if errors:
-            self.say(f"[yellow]{len(errors)} call(s) failed[/yellow], e.g. {errors[0].error}")
-        return results
-
     def exact(self, output: Optional[str], gold: Optional[str]) -> bool:
         return output is not None and ev.values_of(output, self.fields) == ev.values_of(gold, self.fields)
 
@@ -174,20 +114,14 @@ class ExtractionDemo:
                 stats = (await http.get(f"{self.w.sim_url}/v1/sim/stats")).json()
             self.facts["frontier"]["simulator_stats_at_start"] = stats
 
-    async def start_watch(self, attempts: int = 10) -> TopicWatch:
-        """The topic watch, with every watched topic assigned: right after the topics are created the
-        broker's metadata may not list one yet, and a watch without it would wait for records in vain."""
-        for attempt in range(attempts):
-            watch = TopicWatch(self.w.kafka, self.codec, self.w.namespace, WATCHED)
+    async def start_watch(self) -> TopicWatch:
+        """The topic watch, once the broker lists every watched topic (TopicWatch.start waits for it)."""
+        watch = TopicWatch(self.w.kafka, self.codec, self.w.namespace, WATCHED)
+        try:
             await watch.start()
-            assigned = {tp.topic for tp in watch._consumer.assignment()}  # noqa: SLF001 - read-only check
-            missing = sorted(set(watch.specs) - assigned)
-            if not missing:
-                return watch
-            await watch.stop()
-            self.say(f"[dim]topic metadata not complete yet ({', '.join(missing)}): watching again[/dim]")
-            await asyncio.sleep(1.0 + attempt)
-        raise StackError(f"the demo cannot watch {', '.join(missing)}: the broker does not list them")
+        except RuntimeError as exc:
+            raise StackError(f"the demo cannot watch its topics: {exc}") from exc
+        return watch
 
     # -- 2 capture -----------------------------------------------------------------------------
     async def capture(self) -> None:
@@ -614,18 +548,7 @@ class ExtractionDemo:
 
 
 async def main_async(settings: ExtractionDemoSettings, console: Console) -> int:
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    signalled: list[int] = []
-
-    def stop(sig: int) -> None:
-        if not signalled:
-            task.cancel()
-        signalled.append(sig)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop, sig)
-    return await ExtractionDemo(settings, console).run()
+    return await run_until_signalled(ExtractionDemo(settings, console).run)
 
 
 def main() -> None:

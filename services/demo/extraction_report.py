@@ -61,7 +61,7 @@ def write_extraction_report(facts: dict[str, Any], folder: Path) -> Path:
              "ReviewedLabels in place of a person.", "",
              f"- status: **{meta.get('status')}**; wall time {meta.get('wall_s', 0) / 60:.1f} min "
              f"(run {meta.get('run_id')}, started {meta.get('started')})",
-             f"- phases: " + ", ".join(f"{p['n']}. {p['title'].split(':')[0]} {p['seconds']:.0f} s" for p in meta["phases"])]
+             "- phases: " + ", ".join(f"{p['n']}. {p['title'].split(':')[0]} {p['seconds']:.0f} s" for p in meta["phases"])]
     capture = facts.get("capture")
     if capture:
         lines += [f"- data: a **subset** of Restaurant-8k to fit the time: {capture['sent']:,} of "
@@ -81,7 +81,7 @@ def write_extraction_report(facts: dict[str, Any], folder: Path) -> Path:
                   f"| request exact match, reviewed holdout | small {holdout['request_exact_match_small']:.3f} vs frontier "
                   f"{holdout['request_exact_match_frontier']:.3f} (always-null {holdout['request_exact_match_always_null']:.3f}; "
                   f"n = {holdout['n']:,}) |",
-                  f"| coverage at parity | " + (f"**{parity['coverage']:.1%}** at threshold {parity['threshold']:.3f} (kept "
+                  "| coverage at parity | " + (f"**{parity['coverage']:.1%}** at threshold {parity['threshold']:.3f} (kept "
                                                f"exact match {parity['kept_exact_match']:.3f} ≥ frontier "
                                                f"{parity['target_frontier_exact_match']:.3f})"
                                                if parity["threshold"] is not None else "none: no threshold reaches the frontier")

@@ -33,18 +33,27 @@ class TopicWatch:
         self._consumer: Optional[AIOKafkaConsumer] = None
         self._task: Optional[asyncio.Task] = None
 
-    async def start(self) -> None:
+    async def start(self, metadata_timeout_s: float = 30.0) -> None:
         self._consumer = AIOKafkaConsumer(**self.kafka.client_config(), enable_auto_commit=False,
                                           auto_offset_reset="earliest", client_id="graduate-demo-watch",
                                           max_poll_records=2000)
         await self._consumer.start()
-        parts = []
-        for name in self.specs:
-            partitions = self._consumer.partitions_for_topic(name)
-            if not partitions:
-                await self._consumer._client.force_metadata_update()
-                partitions = self._consumer.partitions_for_topic(name) or set()
-            parts += [TopicPartition(name, p) for p in sorted(partitions)]
+        # Right after the topics were created the broker's metadata may not list one yet; a watch
+        # without it would wait for its records in vain, so ask until every topic is there.
+        deadline = time.monotonic() + metadata_timeout_s
+        while True:
+            missing = [name for name in self.specs if not self._consumer.partitions_for_topic(name)]
+            if not missing:
+                break
+            if time.monotonic() > deadline:
+                await self._consumer.stop()
+                raise RuntimeError(f"the broker does not list {', '.join(missing)} after {metadata_timeout_s:.0f} s "
+                                   "(were the topics created? `graduate topics ensure`)")
+            for name in missing:
+                if name in await self._consumer.topics():
+                    await self._consumer._client._wait_on_metadata(name)  # a group-less consumer asks explicitly
+            await asyncio.sleep(0.2)
+        parts = [TopicPartition(name, p) for name in self.specs for p in sorted(self._consumer.partitions_for_topic(name))]
         self._consumer.assign(parts)
         await self._consumer.seek_to_beginning(*parts)
         self._task = asyncio.get_running_loop().create_task(self._follow(), name="demo-topic-watch")

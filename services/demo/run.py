@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
 import sys
 import time
 from datetime import datetime, timezone
@@ -38,6 +37,7 @@ from services.demo.observe import TopicWatch
 from services.demo.replay import CallResult, make_client
 from services.demo.settings import DemoSettings
 from services.demo.stack import Stack, StackError, alive
+from services.demo.narrate import run_until_signalled
 from services.demo.story import Story, StoryEnded
 from services.demo.traffic import PlannedCall, plan_traffic
 from services.router.keys import create_key
@@ -244,19 +244,7 @@ class Demo(Story):
 
 
 async def main_async(settings: DemoSettings, console: Console) -> int:
-    task = asyncio.current_task()
-    loop = asyncio.get_running_loop()
-    signalled: list[int] = []
-
-    def stop(sig: int) -> None:
-        """The first SIGINT/SIGTERM cancels the run (which then stops everything); later ones wait for that."""
-        if not signalled:
-            task.cancel()
-        signalled.append(sig)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop, sig)
-    return await Demo(settings, console).run()
+    return await run_until_signalled(Demo(settings, console).run)
 
 
 def main() -> None:

@@ -13,13 +13,11 @@ import json
 import re
 import subprocess
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import httpx
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from services.common import catalog
 from services.common.contracts import ModelRegistered, RoutingDecision
@@ -29,18 +27,15 @@ from services.curator.settings import CuratorSettings
 from services.demo import steps
 from services.demo.bootstrap import Wiring
 from services.demo.collect import decision_rows, evidence
+from services.demo.narrate import Narrator, StoryEnded  # noqa: F401  (StoryEnded: raised here, imported from here)
 from services.demo.observe import TopicWatch
-from services.demo.replay import CallResult, replay
+from services.demo.replay import CallResult
 from services.demo.settings import DemoSettings
 from services.demo.stack import GRADUATE, Stack, StackError, tail
 from services.demo.traffic import PlannedCall, TrafficPlan
 
 
-class StoryEnded(Exception):
-    """A service decided against going on (a gate refused): the report tells that story."""
-
-
-class Story:
+class Story(Narrator):
     s: DemoSettings
     w: Wiring
     console: Console
@@ -55,65 +50,6 @@ class Story:
     results: dict[str, list[CallResult]]
     target: Optional[float]
     rest_of_shadow: list[PlannedCall]
-
-    # -- helpers ---------------------------------------------------------------------------
-    def say(self, text: str) -> None:
-        self.console.print(f"  {text}")
-
-    @contextmanager
-    def phase(self, number: int, title: str):
-        self.console.rule(f"[bold]{number}. {title}")
-        started = time.monotonic()
-        try:
-            yield
-        finally:
-            seconds = time.monotonic() - started
-            self.facts["meta"]["phases"].append({"n": number, "title": title, "seconds": round(seconds, 1)})
-            self.console.print(f"  [dim]phase {number} took {seconds:.0f} s[/dim]")
-
-    def history(self) -> list[RoutingDecision]:
-        return [d for d in self.watch.records(catalog.ROUTING_HISTORY) if d.task == self.s.task]
-
-    def decided(self, predicate: Callable[[RoutingDecision, dict], bool]) -> Callable[[], Optional[RoutingDecision]]:
-        def find() -> Optional[RoutingDecision]:
-            self.stack.check_alive()
-            return next((d for d in self.history() if predicate(d, evidence(d))), None)
-        return find
-
-    async def router_mode(self, mode: str, version: Optional[str] = None, timeout_s: float = 60.0) -> bool:
-        """Wait until the router itself serves the task in `mode` (with model `version`, when named): it
-        follows the compacted routing topic."""
-        headers = {"Authorization": f"Bearer {self.key}"}
-        deadline = time.monotonic() + timeout_s
-        async with httpx.AsyncClient(timeout=5.0) as http:
-            while time.monotonic() < deadline:
-                body = (await http.get(f"{self.w.router_url}/v1/tasks", headers=headers)).json()
-                if any(t["task"] == self.s.task and t["mode"] == mode
-                       and (version is None or t["model_version"] == version) for t in body["tasks"]):
-                    return True
-                await asyncio.sleep(0.3)
-        return False
-
-    async def send(self, name: str, calls: list[PlannedCall], stop: Optional[Callable[[], bool]] = None,
-                   concurrency: Optional[int] = None) -> list[CallResult]:
-        counts: dict[str, int] = {}
-        columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[paths]}"))
-        with Progress(*columns, console=self.console, transient=False) as progress:
-            bar = progress.add_task(f"  {name}", total=len(calls), paths="")
-
-            def seen(r: CallResult) -> None:
-                key = r.served_by or "error" if r.ok else "error"
-                counts[key] = counts.get(key, 0) + 1
-                progress.update(bar, advance=1, paths=" ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-
-            results = await replay(self.client, self.tasks, calls, concurrency=concurrency or self.s.concurrency,
-                                   on_result=seen, stop=stop)
-        self.results.setdefault(name, []).extend(results)
-        errors = [r for r in results if not r.ok]
-        if errors:
-            self.say(f"[yellow]{len(errors)} call(s) failed[/yellow], e.g. {errors[0].error}")
-        return results
 
     # -- the phases ---------------------------------------------------------------------------
     async def capture(self) -> None:

@@ -17,7 +17,7 @@ from services.common.catalog import CALLS_CAPTURED, topic_name
 from services.common.normalize import input_hash, normalise_input, split_of
 from services.common.streams import changelog_topic
 from tests.integration.test_workers import (feed_slowly, BANKING, banking77_calls, start_worker, stop_worker, wait_for)
-from tests.support import produce, read_topic
+from tests.support import read_topic
 
 pytestmark = pytest.mark.integration
 

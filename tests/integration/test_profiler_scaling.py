@@ -12,7 +12,6 @@ import pytest
 
 from services.common.catalog import CALLS_CAPTURED, topic_name
 from tests.integration.test_workers import feed_slowly, BANKING, banking77_calls, start_worker, stop_worker, wait_for
-from tests.support import produce
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.common.catalog import CATALOG, LABELS_REVIEWED, ROUTING_DECISIONS, topic_name
 from services.common.kafka import delete_topics, describe_topics, ensure_topics
-from tests.support import decode_all, produce, read_topic
+from tests.support import produce, read_topic
 from tests.unit.test_contracts import EXAMPLES
 
 pytestmark = pytest.mark.integration
