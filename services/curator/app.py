@@ -25,7 +25,7 @@ curator: CuratorSettings = load_settings(CuratorSettings)
 app = make_app("curator", settings)
 captured = source_topic(app, catalog.CALLS_CAPTURED, settings.topic_namespace)
 by_input = internal_topic(app, "by-input")
-calls = json_table(app, "calls")
+calls = json_table(app, "calls", sources=[by_input])
 
 CALLS = Gauge("graduate_curator_calls", "curated calls and inputs on this worker's partitions", ["task", "kind"])
 

@@ -27,7 +27,7 @@ specs = task_specs(settings)  # an extraction task is judged by the structure of
 app = make_app("profiler", settings)
 captured = source_topic(app, catalog.CALLS_CAPTURED, settings.topic_namespace)
 outcomes = source_topic(app, catalog.ROUTER_OUTCOMES, settings.topic_namespace)
-summaries = json_table(app, "summaries")
+summaries = json_table(app, "summaries", sources=[captured, outcomes])
 
 CALLS_PER_DAY = Gauge("graduate_profiler_calls_per_day", "requests per day (this worker's partitions)", ["task"])
 

@@ -164,11 +164,14 @@ def test_by_partition_groups_in_offset_order():
     assert {p: [i.value for i in its] for p, its in by_partition(items).items()} == {0: [2], 1: [3, 1]}
 
 
-def test_partitioned_table_writes_to_the_named_partition(tmp_path):
+def test_state_table_writes_inside_for_partition_only(tmp_path):
     app = make_app("tbl", WorkerSettings(topic_namespace="tt.", var_dir=tmp_path))
-    table = json_table(app, "state")
+    source = internal_topic(app, "src")
+    table = json_table(app, "state", sources=[source])
     assert table.changelog_topic.get_topic_name() == changelog_topic("tbl", "tt.", "state")
-    with for_partition(5):
-        assert table.partition_for_key("anything") == 5
-    with pytest.raises(TypeError):  # outside a stream and without for_partition, faust refuses
-        table.partition_for_key("anything")
+    assert plumbing(app).internal[changelog_topic("tbl", "tt.", "state")] == (12, {"cleanup.policy": "compact"})
+    with pytest.raises(TypeError):  # outside for_partition the partition of the record is unknown
+        table["k"] = {"v": 1}
+    assert "k" not in table and not table.ready.is_set()  # nothing handled before the state is read back
+
+
