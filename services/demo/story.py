@@ -184,10 +184,11 @@ class Story(Narrator):
             raise StoryEnded(f"the offline gate refused version {model.version}: {offline.reason}")
         return offline
 
-    async def shadow_until_cutover(self, model: ModelRegistered, calls: list[PlannedCall],
-                                   name: str) -> tuple[RoutingDecision, list[PlannedCall]]:
+    async def shadow_until_cutover(self, model: ModelRegistered, calls: list[PlannedCall], name: str,
+                                   keep: int = 0) -> tuple[RoutingDecision, list[PlannedCall]]:
         """Offline verdict → shadow on `calls` until the shadow gate cuts over to `model` (StoryEnded if it
-        refuses); returns the cutover and the calls not sent (they go to small mode instead)."""
+        refuses); returns the cutover and the calls not sent (they go to small mode instead). The last
+        `keep` calls are never sent in shadow: a slow verdict cannot leave small mode without traffic."""
         await self.offline_verdict(model)
         if not await self.router_mode("shadow", model.version):
             raise StackError(f"the router did not follow the shadow decision for version {model.version}")
@@ -197,7 +198,8 @@ class Story(Narrator):
         def is_cutover(d: RoutingDecision, e: dict) -> bool:
             return e.get("gate") == "shadow" and d.mode == "small" and d.model_version == model.version
         cut = self.decided(is_cutover)
-        sent = await self.send(name, calls, stop=lambda: cut() is not None)
+        shadowed = calls[:len(calls) - keep] if keep else calls
+        sent = await self.send(name, shadowed, stop=lambda: cut() is not None)
         done = {r.call.call_id for r in sent}
         rest = [c for c in calls if c.call_id not in done]
 
@@ -267,7 +269,8 @@ class Story(Narrator):
         snapshot = await self.retrain_snapshot()
         model = await self.retrain_by_worker(request, snapshot)
         try:
-            cutover, rest = await self.shadow_until_cutover(model, self.plan.regate, "retrain-shadow")
+            cutover, rest = await self.shadow_until_cutover(model, self.plan.regate, "retrain-shadow",
+                                                            keep=len(self.plan.regate) // 3)
         finally:
             offline = self.decided(lambda d, e: e.get("gate") == "offline"
                                    and str(e.get("candidate")) == model.version)()
