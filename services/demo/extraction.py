@@ -51,7 +51,7 @@ from services.demo.extraction_traffic import ExtractionPlan, plan_extraction_tra
 from services.demo.narrate import Narrator, StoryEnded, run_until_signalled
 from services.demo.observe import TopicWatch
 from services.demo.replay import CallResult, make_client
-from services.demo.stack import GRADUATE, Stack, StackError, alive, tail
+from services.demo.stack import GRADUATE, Stack, StackError, tail
 from services.demo.traffic import PlannedCall
 from services.router.keys import create_key
 from trainer.extraction import evaluate as ev
@@ -462,39 +462,6 @@ class ExtractionDemo(Narrator):
                 shutil.copyfile(path, folder / path.name)
             except OSError:
                 pass
-
-    async def clean_up(self) -> None:
-        if self.s.keep_artifacts:
-            return
-        from trainer import triton_repo
-
-        try:
-            await asyncio.to_thread(triton_repo.unload_model, self.w.triton_http, self.w.triton_model)
-        except Exception:  # noqa: BLE001 - never loaded, or Triton is gone: the files go either way
-            pass
-        shutil.rmtree(self.w.model_repository / self.w.triton_model, ignore_errors=True)
-        shutil.rmtree(self.w.var_dir / "trainer" / "runs" / self.w.triton_model, ignore_errors=True)
-        for folder in (self.w.var_dir / "faust").glob(f"{self.w.namespace}*"):
-            shutil.rmtree(folder, ignore_errors=True)
-        if self.s.namespace is None:
-            await asyncio.wait_for(steps.delete_namespace(self.w.kafka, self.w.namespace), 30)
-
-    async def teardown(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-        if self.watch is not None:
-            await self.watch.stop()
-        self.keep_model_card()
-        stopped = await asyncio.to_thread(self.stack.stop_services)
-        try:
-            await self.clean_up()
-        except Exception as exc:  # noqa: BLE001 - cleaning must not hide the run's own outcome
-            self.say(f"[yellow]clean-up incomplete: {exc}[/yellow]")
-        stopped += await asyncio.to_thread(self.stack.stop_backbone)
-        pids = [pid for pid in self.stack.started_pids if alive(pid)]
-        self.facts["meta"] |= {"stopped": stopped, "left_running": pids, "pids": self.stack.started_pids,
-                               "wall_s": round(time.time() - self.t0, 1)}
-        self.say(f"stopped: {', '.join(stopped) or 'nothing'}")
 
     async def run(self) -> int:
         code = 0

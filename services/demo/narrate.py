@@ -6,6 +6,7 @@ running until the first SIGINT/SIGTERM (which cancels the run; the run then stop
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
 from contextlib import contextmanager
@@ -17,8 +18,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 
 from services.common import catalog
 from services.common.contracts import RoutingDecision
+from services.demo import steps
 from services.demo.collect import evidence
 from services.demo.replay import CallResult, replay
+from services.demo.stack import alive
 from services.demo.traffic import PlannedCall
 
 
@@ -27,8 +30,9 @@ class StoryEnded(Exception):
 
 
 class Narrator:
-    """Mixed into a demo that has `s` (settings with task, concurrency), `w` (wiring), `console`,
-    `stack`, `watch` (TopicWatch), `key`, `client`, `tasks`, `facts` and `results`."""
+    """Mixed into a demo that has `s` (settings with task, concurrency, keep_artifacts, namespace),
+    `w` (wiring), `console`, `stack`, `watch` (TopicWatch), `key`, `client`, `tasks`, `facts`,
+    `results`, `t0` and a `keep_model_card()`."""
 
     s: Any
     w: Any
@@ -40,6 +44,10 @@ class Narrator:
     tasks: dict
     facts: dict[str, Any]
     results: dict[str, list[CallResult]]
+    t0: float
+
+    def keep_model_card(self) -> None:
+        """Copy what the report keeps of the model before the run's artifacts are removed."""
 
     def say(self, text: str) -> None:
         self.console.print(f"  {text}")
@@ -98,6 +106,41 @@ class Narrator:
         if errors:
             self.say(f"[yellow]{len(errors)} call(s) failed[/yellow], e.g. {errors[0].error}")
         return results
+
+    # -- the end of a run ---------------------------------------------------------------------
+    async def clean_up(self) -> None:
+        """Remove this run's topics and bulky artifacts (the report keeps what matters), unless kept."""
+        if self.s.keep_artifacts:
+            return
+        from trainer import triton_repo
+
+        try:
+            await asyncio.to_thread(triton_repo.unload_model, self.w.triton_http, self.w.triton_model)
+        except Exception:  # noqa: BLE001 - Triton may be gone already; the files go either way
+            pass
+        shutil.rmtree(self.w.model_repository / self.w.triton_model, ignore_errors=True)
+        shutil.rmtree(self.w.var_dir / "trainer" / "runs" / self.w.triton_model, ignore_errors=True)
+        for folder in (self.w.var_dir / "faust").glob(f"{self.w.namespace}*"):
+            shutil.rmtree(folder, ignore_errors=True)
+        if self.s.namespace is None:  # a namespace of this run alone: its topics go with it
+            await asyncio.wait_for(steps.delete_namespace(self.w.kafka, self.w.namespace), 30)
+
+    async def teardown(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        if self.watch is not None:
+            await self.watch.stop()
+        self.keep_model_card()
+        stopped = await asyncio.to_thread(self.stack.stop_services)
+        try:
+            await self.clean_up()
+        except Exception as exc:  # noqa: BLE001 - cleaning must not hide the run's own outcome
+            self.say(f"[yellow]clean-up incomplete: {exc}[/yellow]")
+        stopped += await asyncio.to_thread(self.stack.stop_backbone)
+        pids = [pid for pid in self.stack.started_pids if alive(pid)]
+        self.facts["meta"] |= {"stopped": stopped, "left_running": pids, "pids": self.stack.started_pids,
+                               "wall_s": round(time.time() - self.t0, 1)}
+        self.say(f"stopped: {', '.join(stopped) or 'nothing'}")
 
 
 async def run_until_signalled(run: Callable[[], Awaitable[int]]) -> int:

@@ -36,7 +36,7 @@ from services.demo.bootstrap import start_services, wire
 from services.demo.observe import TopicWatch
 from services.demo.replay import CallResult, make_client
 from services.demo.settings import DemoSettings
-from services.demo.stack import Stack, StackError, alive
+from services.demo.stack import Stack, StackError
 from services.demo.narrate import run_until_signalled
 from services.demo.story import Story, StoryEnded
 from services.demo.traffic import PlannedCall, plan_traffic
@@ -149,40 +149,6 @@ class Demo(Story):
                     shutil.copyfile(f"{source}/{file}", folder / file)
                 except OSError:
                     pass
-
-    async def clean_up(self) -> None:
-        """Remove this run's topics and bulky artifacts (the report keeps what matters), unless kept."""
-        if self.s.keep_artifacts:
-            return
-        from trainer import triton_repo
-
-        try:
-            await asyncio.to_thread(triton_repo.unload_model, self.w.triton_http, self.w.triton_model)
-        except Exception:  # noqa: BLE001 - Triton may be gone already; the files go either way
-            pass
-        shutil.rmtree(self.w.model_repository / self.w.triton_model, ignore_errors=True)
-        shutil.rmtree(self.w.var_dir / "trainer" / "runs" / self.w.triton_model, ignore_errors=True)
-        for folder in (self.w.var_dir / "faust").glob(f"{self.w.namespace}*"):
-            shutil.rmtree(folder, ignore_errors=True)
-        if self.s.namespace is None:  # a namespace of this run alone: its topics go with it
-            await asyncio.wait_for(steps.delete_namespace(self.w.kafka, self.w.namespace), 30)
-
-    async def teardown(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-        if self.watch is not None:
-            await self.watch.stop()
-        self.keep_model_card()
-        stopped = await asyncio.to_thread(self.stack.stop_services)
-        try:
-            await self.clean_up()
-        except Exception as exc:  # noqa: BLE001 - cleaning must not hide the run's own outcome
-            self.say(f"[yellow]clean-up incomplete: {exc}[/yellow]")
-        stopped += await asyncio.to_thread(self.stack.stop_backbone)
-        pids = [pid for pid in self.stack.started_pids if alive(pid)]
-        self.facts["meta"] |= {"stopped": stopped, "left_running": pids, "pids": self.stack.started_pids,
-                               "wall_s": round(time.time() - self.t0, 1)}
-        self.say(f"stopped: {', '.join(stopped) or 'nothing'}")
 
     async def run(self) -> int:
         code = 0
