@@ -47,7 +47,12 @@ def export_with_torch(hf_dir: Path, out: Path, task: str = "text-classification"
     import torch
     import transformers
 
-    model = getattr(transformers, HEADS[task]).from_pretrained(str(hf_dir)).eval()
+    from trainer.finetune import is_pooled, load_pooled
+
+    if task == "text-classification" and is_pooled(hf_dir):
+        model = load_pooled(hf_dir)
+    else:
+        model = getattr(transformers, HEADS[task]).from_pretrained(str(hf_dir)).eval()
     dummy = torch.ones((2, 8), dtype=torch.long)
     axes = {0: "batch_size", 1: "sequence_length"}
     with warnings.catch_warnings():
@@ -64,6 +69,11 @@ def export_onnx(hf_dir: Path, out: Path, exporter: str = "optimum", task: str = 
     """Export to `out` (one file); optimum first unless told otherwise, torch on failure."""
     out.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    from trainer.finetune import is_pooled
+
+    if task == "text-classification" and is_pooled(hf_dir):  # graduate's own head: optimum cannot know it
+        export_with_torch(hf_dir, out, task)
+        return Exported(out, "torch.onnx", time.perf_counter() - started, "mean-pooled prototype head")
     if exporter == "optimum":
         try:
             export_with_optimum(hf_dir, out, task)

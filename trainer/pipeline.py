@@ -65,7 +65,8 @@ def _phase(timings: dict[str, float], name: str, started: float) -> float:
 def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest",
                console: Optional[Console] = None) -> TrainRun:
     """Train, export, calibrate, evaluate, serve and document one version of `task`."""
-    from trainer.finetune import carve_validation, default_base_model, finetune, predict_logits
+    from trainer.finetune import carve_validation, default_base_model, finetune, pick_device, predict_logits, token_lengths
+    from trainer.recipe import choose_recipe
     from trainer.triton_model import TextClassifier
 
     console = console or Console(stderr=True)
@@ -87,20 +88,19 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
     t = _phase(timings, "snapshot_s", t)
 
     base_model = settings.base_model or default_base_model()
+    recipe = choose_recipe(settings, n_train=len(train), n_labels=len(labels), device=pick_device(settings.device).type,
+                           token_lengths=token_lengths(base_model, train.input))
     tuned = finetune(train.input, [index[x] for x in train.label], val.input, [index[x] for x in val.label], labels,
-                     base_model=base_model, epochs=settings.epochs, batch_size=settings.batch_size,
-                     learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
-                     warmup_ratio=settings.warmup_ratio, max_length=settings.max_length, seed=settings.seed,
-                     patience=settings.patience, evals_per_epoch=settings.evals_per_epoch, device=settings.device,
+                     recipe=recipe, base_model=base_model, seed=settings.seed, device=settings.device,
                      threads=settings.threads, console=console)
     hf_dir = tuned.save(run_dir / "hf")
     t = _phase(timings, "finetune_s", t)
 
-    torch_holdout = predict_logits(tuned.model, tuned.tokenizer, holdout.input, settings.max_length, tuned.device)
+    torch_holdout = predict_logits(tuned.model, tuned.tokenizer, holdout.input, recipe.max_length, tuned.device)
     exported = export.export_onnx(hf_dir, run_dir / "onnx" / "model.onnx", settings.exporter)
     stage = run_dir / "version"
     meta = {"task": task, "triton_model": name, "base_model": str(base_model), "snapshot_id": data.snapshot_id,
-            "max_length": settings.max_length, "run_id": run_id, "created_at": datetime.now(timezone.utc).isoformat()}
+            "max_length": recipe.max_length, "run_id": run_id, "created_at": datetime.now(timezone.utc).isoformat()}
     triton_repo.stage_version(stage, exported.path, tuned.tokenizer, labels, 1.0, meta | {"onnx": "fp32"})
     fp32 = TextClassifier(stage, threads=settings.threads or 0)
     onnx_holdout = fp32.logits(holdout.input)
@@ -190,9 +190,7 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
         "export": {"exporter": exported.exporter, "seconds": exported.seconds,
                    "fallback_reason": exported.fallback_reason},
         "parity": parity, "quantization": quant, "served_onnx": "int8" if quant["kept"] else "fp32",
-        "finetune": {"history": tuned.history, "best_step": tuned.best_step, "stopped_early": tuned.stopped_early,
-                     "examples_per_s": tuned.examples_per_s, "epochs": settings.epochs, "seed": settings.seed,
-                     "max_length": settings.max_length, "batch_size": settings.batch_size},
+        "finetune": tuned.summary() | {"seed": settings.seed},
         "timings": timings,
     }
     console.print(f"holdout: small {holdout_report['small_accuracy']:.4f}, frontier {holdout_report['frontier_accuracy']:.4f} "

@@ -26,17 +26,24 @@ class TrainerSettings(CommonSettings):
 
     # the model and the fine-tune
     base_model: Optional[Path] = _knob("base_model", None, "local HF encoder dir; default all-MiniLM-L6-v2")
-    epochs: int = _knob("epochs", 3, "maximum epochs (early stopping may end sooner)", ge=1)
-    batch_size: int = _knob("batch_size", 32, "training batch size", ge=1)
-    learning_rate: float = _knob("learning_rate", 5e-5, "AdamW learning rate", gt=0)
+    # None = chosen from the data by trainer/recipe.py (the model card says what and why)
+    epochs: Optional[int] = _knob("epochs", None, "maximum epochs (default: from the train size; early "
+                                  "stopping and the time budget may end sooner)", ge=1)
+    batch_size: Optional[int] = _knob("batch_size", None, "training batch size (default: from the train size)", ge=1)
+    learning_rate: Optional[float] = _knob("learning_rate", None, "AdamW rate of the encoder (default 1e-4)", gt=0)
+    head_learning_rate: Optional[float] = _knob("head_learning_rate", None, "AdamW rate of the head", gt=0)
     weight_decay: float = _knob("weight_decay", 0.01, "AdamW weight decay", ge=0)
     warmup_ratio: float = _knob("warmup_ratio", 0.06, "share of steps with linear warm-up", ge=0, lt=1)
-    max_length: int = _knob("max_length", 64, "tokens per input (longer inputs are truncated)", ge=8)
+    max_length: Optional[int] = _knob("max_length", None, "tokens per input (default: the train inputs' "
+                                      "99th percentile; longer inputs are truncated)", ge=8)
+    time_budget_s: Optional[float] = _knob("time_budget_s", 540.0, "wall-time budget of a run; the fine-tune "
+                                           "re-plans its schedule to fit (0 or unset: no limit)", ge=0)
     seed: int = _knob("seed", 13, "seeds the sampler, head init, dropout and the validation carve")
     validation_fraction: float = _knob("validation_fraction", 0.1, "share of train carved off for early "
                                        "stopping and temperature fitting (never the holdout)", gt=0, lt=0.5)
-    patience: int = _knob("patience", 1, "evaluations without validation-loss gain before stopping", ge=1)
-    evals_per_epoch: int = _knob("evals_per_epoch", 1, "validation passes per epoch", ge=1)
+    patience: Optional[int] = _knob("patience", None, "evaluations without a validation-accuracy gain before "
+                                    "stopping (default 3)", ge=1)
+    evals_per_epoch: Optional[int] = _knob("evals_per_epoch", None, "validation passes per epoch", ge=1)
     device: Device = _knob("device", "auto", "auto picks cuda when present")
     threads: Optional[int] = _knob("threads", None, "torch CPU threads (default: torch's choice)", ge=1)
     max_examples: Optional[int] = _knob("max_examples", None, "cap on train examples (seeded sample)", ge=1)

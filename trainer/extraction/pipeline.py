@@ -57,7 +57,8 @@ def train_extraction_task(settings: TrainerSettings, task: str, snapshot_ref: st
 
     from trainer.extraction.finetune import finetune_tokens, predict_token_logits
     from trainer.extraction.triton_model import TextExtractor
-    from trainer.finetune import carve_validation, default_base_model
+    from trainer.finetune import carve_validation, default_base_model, pick_device
+    from trainer.recipe import choose_recipe
 
     console = console or Console(stderr=True)
     spec = spec or load_tasks(settings.tasks_file).get(task)
@@ -75,8 +76,11 @@ def train_extraction_task(settings: TrainerSettings, task: str, snapshot_ref: st
     train, val = train_all.take(fit_rows), train_all.take(val_rows)
     base_model = settings.base_model or default_base_model()
     tokenizer = AutoTokenizer.from_pretrained(str(base_model), use_fast=True)
-    enc_train = encode_tagged(tokenizer, train.input, train.label, fields, settings.max_length)
-    enc_val = encode_tagged(tokenizer, val.input, val.label, fields, settings.max_length)
+    recipe = choose_recipe(settings, n_train=len(train), n_labels=len(tags), kind="extraction",
+                           token_lengths=[len(x) for x in tokenizer(list(train.input))["input_ids"]],
+                           device=pick_device(settings.device).type)
+    enc_train = encode_tagged(tokenizer, train.input, train.label, fields, recipe.max_length)
+    enc_val = encode_tagged(tokenizer, val.input, val.label, fields, recipe.max_length)
     console.print(f"snapshot [bold]{data.snapshot_id}[/bold]: {len(enc_train.rows)} train, {len(enc_val.rows)} "
                   f"validation ({enc_train.stats.unalignable + enc_val.stats.unalignable} left out: a value not in "
                   f"the input), {len(holdout)} holdout ({sum(holdout.reviewed)} reviewed), fields {', '.join(fields)}")
@@ -86,21 +90,18 @@ def train_extraction_task(settings: TrainerSettings, task: str, snapshot_ref: st
     run_dir.mkdir(parents=True)
     t = _phase(timings, "snapshot_s", t)
 
-    tuned = finetune_tokens(enc_train.ids, enc_train.tags, enc_val.ids, enc_val.tags, tags, base_model=base_model,
-                            epochs=settings.epochs, batch_size=settings.batch_size,
-                            learning_rate=settings.learning_rate, weight_decay=settings.weight_decay,
-                            warmup_ratio=settings.warmup_ratio, max_length=settings.max_length, seed=settings.seed,
-                            patience=settings.patience, evals_per_epoch=settings.evals_per_epoch,
-                            device=settings.device, threads=settings.threads, console=console)
+    tuned = finetune_tokens(enc_train.ids, enc_train.tags, enc_val.ids, enc_val.tags, tags, recipe=recipe,
+                            base_model=base_model, seed=settings.seed, device=settings.device,
+                            threads=settings.threads, console=console)
     hf_dir = tuned.save(run_dir / "hf")
     t = _phase(timings, "finetune_s", t)
 
-    holdout_ids = tuned.tokenizer(holdout.input, truncation=True, max_length=settings.max_length)["input_ids"]
+    holdout_ids = tuned.tokenizer(holdout.input, truncation=True, max_length=recipe.max_length)["input_ids"]
     torch_holdout = predict_token_logits(tuned.model, holdout_ids, tuned.tokenizer.pad_token_id, tuned.device)
     exported = export.export_onnx(hf_dir, run_dir / "onnx" / "model.onnx", settings.exporter, "token-classification")
     stage = run_dir / "version"
     meta = {"task": task, "kind": "extraction", "fields": fields, "triton_model": name, "base_model": str(base_model),
-            "snapshot_id": data.snapshot_id, "max_length": settings.max_length, "run_id": run_id,
+            "snapshot_id": data.snapshot_id, "max_length": recipe.max_length, "run_id": run_id,
             "created_at": datetime.now(timezone.utc).isoformat()}
     triton_repo.stage_version(stage, exported.path, tuned.tokenizer, tags, 1.0, meta | {"onnx": "fp32"}, MODEL_PY)
     (stage / "fields.json").write_text(json.dumps(fields, indent=1) + "\n")
@@ -181,9 +182,7 @@ def train_extraction_task(settings: TrainerSettings, task: str, snapshot_ref: st
         "export": {"exporter": exported.exporter, "seconds": exported.seconds,
                    "fallback_reason": exported.fallback_reason},
         "parity": parity, "quantization": quant, "served_onnx": "int8" if quant["kept"] else "fp32",
-        "finetune": {"history": tuned.history, "best_step": tuned.best_step, "stopped_early": tuned.stopped_early,
-                     "examples_per_s": tuned.examples_per_s, "epochs": settings.epochs, "seed": settings.seed,
-                     "max_length": settings.max_length, "batch_size": settings.batch_size},
+        "finetune": tuned.summary() | {"seed": settings.seed},
         "timings": timings,
     }
     console.print(_summary_line(report_holdout, temperature, ece_before, ece_after, choice))

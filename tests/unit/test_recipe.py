@@ -1,0 +1,59 @@
+"""The trainer's own settings: chosen from the data, overridable knob by knob, explained."""
+from types import SimpleNamespace
+
+import pytest
+
+from trainer.finetune import _fit_to_budget, _Plan
+from trainer.recipe import FINETUNE_SHARE, MAX_EPOCHS, MIN_EPOCHS, choose_epochs, choose_max_length, choose_recipe
+
+
+def knobs(**set_):
+    base = dict(epochs=None, batch_size=None, learning_rate=None, head_learning_rate=None, max_length=None,
+                patience=None, evals_per_epoch=None, time_budget_s=600.0, weight_decay=0.01, warmup_ratio=0.06)
+    return SimpleNamespace(**(base | set_))
+
+
+def test_max_length_follows_the_inputs_not_a_constant():
+    short = [12] * 990 + [200] * 10  # a rare outlier does not set the length
+    assert choose_max_length(short) == 16
+    long = list(range(100, 300))
+    assert choose_max_length(long) == 256  # capped
+    assert choose_max_length([41] * 100) == 48  # rounded up to 8
+
+
+def test_small_tasks_get_more_epochs_and_smaller_batches():
+    assert choose_epochs(500) == min(MAX_EPOCHS, 80)
+    assert choose_epochs(100_000) == MIN_EPOCHS
+    small = choose_recipe(knobs(), n_train=500, n_labels=20, token_lengths=[20] * 500, device="cpu")
+    large = choose_recipe(knobs(), n_train=20_000, n_labels=20, token_lengths=[20] * 500, device="cpu")
+    assert small.batch_size < large.batch_size
+    assert small.max_epochs > large.max_epochs
+    assert choose_recipe(knobs(), n_train=20_000, n_labels=20, token_lengths=[20], device="cuda").batch_size == 64
+
+
+def test_every_knob_set_by_the_user_wins_and_is_marked():
+    r = choose_recipe(knobs(epochs=2, batch_size=8, learning_rate=3e-5, max_length=40), n_train=5000, n_labels=5,
+                      token_lengths=[100] * 10, device="cpu")
+    assert (r.max_epochs, r.batch_size, r.learning_rate, r.max_length) == (2, 8, 3e-5, 40)
+    assert r.why["epochs"] == "set by the user" and r.why["max_length"] == "set by the user"
+    auto = choose_recipe(knobs(), n_train=5000, n_labels=5, token_lengths=[100] * 10, device="cpu")
+    assert "99th percentile" in auto.why["max_length"]
+
+
+def test_time_budget_is_a_share_of_the_run_and_zero_means_none():
+    assert choose_recipe(knobs(time_budget_s=400), n_train=10, n_labels=2, token_lengths=[9],
+                         device="cpu").time_budget_s == pytest.approx(FINETUNE_SHARE * 400)
+    assert choose_recipe(knobs(time_budget_s=0), n_train=10, n_labels=2, token_lengths=[9],
+                         device="cpu").time_budget_s is None
+
+
+def test_the_plan_shrinks_to_the_budget_and_decays_to_zero_at_its_end():
+    plan = _Plan(total=1000, warmup_ratio=0.1)
+    assert plan.factor(0) == pytest.approx(0.01) and plan.factor(99) == pytest.approx(1.0)
+    # 100 steps took 50 s (0.5 s/step), evaluations cost 5 s every 50 steps, 100 s left: ~181 more steps
+    _fit_to_budget(plan, step=100, train_seconds=50.0, eval_cost=5.0, left=100.0, eval_every=50)
+    assert 250 < plan.total < 300
+    assert plan.factor(plan.total) == 0.0 and plan.factor(plan.total - 10) > 0.0
+    before = plan.total
+    _fit_to_budget(plan, step=110, train_seconds=55.0, eval_cost=5.0, left=1e9, eval_every=50)
+    assert plan.total == before  # a budget never lengthens the plan
