@@ -77,14 +77,20 @@ def snapshot_banking77(
     per_label_holdout: Optional[int] = typer.Option(None, "--per-label-holdout"),
     reviewed_share: float = typer.Option(0.3, "--reviewed-share", help="share of the holdout with reviewed labels"),
     frontier_accuracy: float = typer.Option(0.92, "--frontier-accuracy", help="the simulated frontier's accuracy"),
+    out_of_scope_share: float = typer.Option(0.0, "--out-of-scope-share", help="share of the intents taken out of "
+                                             "the label set (the frontier answers them 'other')"),
 ) -> None:
-    """Build a dataset snapshot from data/banking77 with simulated frontier labels (until the curator runs)."""
+    """Build a dataset snapshot from an intent CSV folder (Banking77, HWU64) with simulated frontier labels."""
     from trainer.dataset_from_banking77 import build_banking77_snapshot
 
     settings = trainer_settings()
-    path = build_banking77_snapshot(settings.datasets_dir, task, data_dir, labels_subset=labels_subset,
-                                    per_label_train=per_label_train, per_label_holdout=per_label_holdout,
-                                    reviewed_share=reviewed_share, frontier_accuracy=frontier_accuracy)
+    try:
+        path = build_banking77_snapshot(settings.datasets_dir, task, data_dir, labels_subset=labels_subset,
+                                        per_label_train=per_label_train, per_label_holdout=per_label_holdout,
+                                        reviewed_share=reviewed_share, frontier_accuracy=frontier_accuracy,
+                                        out_of_scope_share=out_of_scope_share)
+    except ValueError as exc:
+        raise SystemExit(f"graduate snapshot-banking77: {exc}") from None
     print(path)
 
 

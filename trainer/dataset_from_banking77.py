@@ -1,4 +1,4 @@
-"""Build a dataset snapshot straight from data/banking77 (until the curator's snapshots exist).
+"""Build a dataset snapshot straight from an intent data set (Banking77, HWU64: text,category CSVs).
 
 Banking77's own labels are the gold. The "frontier" labels are the simulated frontier model's
 answers (`services.frontier_sim.oracle`, never a real model): deterministic per input, wrong on
@@ -83,21 +83,46 @@ def _dedupe(task: str, examples: list[Example], exclude: set[str]) -> tuple[list
     return kept, hashes
 
 
+OUT_OF_SCOPE_LABEL = "other"
+
+
+def out_of_scope_intents(task: str, labels: list[str], share: float) -> tuple[list[str], list[str]]:
+    """(seen, unseen): a seeded `share` of the labels taken out of the task's label set. Inputs of
+    the seen half reach the train split with the frontier's "other"; the unseen half appears only
+    in the holdout, as intents nobody has ever shown the small model."""
+    if not 0.0 <= share < 1.0:
+        raise ValueError(f"out_of_scope_share must be in [0, 1), got {share}")
+    k = int(round(share * len(labels)))
+    picked = sorted(labels, key=lambda label: _unit(task, label, "out-of-scope"))[:k]
+    return sorted(picked[::2]), sorted(picked[1::2])
+
+
 def build_banking77_snapshot(datasets_dir: Path, task: str, data_dir: Path, *, snapshot_id: Optional[str] = None,
                              labels_subset: Optional[int] = None, per_label_train: Optional[int] = None,
                              per_label_holdout: Optional[int] = None, reviewed_share: float = 0.3,
-                             frontier_accuracy: float = FRONTIER_ACCURACY, frontier_seed: int = FRONTIER_SEED) -> Path:
-    """Write a snapshot of Banking77 (official train/test as train/holdout, deduplicated by
-    normalised input) with simulated frontier labels and a reviewed share of the holdout."""
+                             frontier_accuracy: float = FRONTIER_ACCURACY, frontier_seed: int = FRONTIER_SEED,
+                             out_of_scope_share: float = 0.0) -> Path:
+    """Write a snapshot of an intent data set (text,category CSVs: Banking77, HWU64; official
+    train/test as train/holdout, deduplicated by normalised input) with simulated frontier labels
+    and a reviewed share of the holdout; `out_of_scope_share` of the intents become inputs outside
+    the task's label set, which the frontier answers with "other"."""
     if not 0.0 <= reviewed_share <= 1.0:
         raise ValueError(f"reviewed_share must be in [0, 1], got {reviewed_share}")
     labels, train_rows, test_rows = read_banking77(data_dir)
     if labels_subset is not None:
         labels = labels[:labels_subset]
+    seen_oos, unseen_oos = out_of_scope_intents(task, labels, out_of_scope_share)
+    oos = set(seen_oos) | set(unseen_oos)
     keep = set(labels)
-    train_rows = _cap_per_label([e for e in train_rows if e.label in keep], per_label_train)
+    train_rows = _cap_per_label([e for e in train_rows if e.label in keep and e.label not in unseen_oos],
+                                per_label_train)
     test_rows = _cap_per_label([e for e in test_rows if e.label in keep], per_label_holdout)
-    answers, report = frontier_answers(task, labels, train_rows + test_rows, frontier_accuracy, frontier_seed)
+    labels = [label for label in labels if label not in oos]
+    if oos:
+        train_rows = [Example(e.text, OUT_OF_SCOPE_LABEL) if e.label in oos else e for e in train_rows]
+        test_rows = [Example(e.text, OUT_OF_SCOPE_LABEL) if e.label in oos else e for e in test_rows]
+    answers, report = frontier_answers(task, labels + ([OUT_OF_SCOPE_LABEL] if oos else []),
+                                       train_rows + test_rows, frontier_accuracy, frontier_seed)
     train_rows = [e for e in train_rows if answers[normalise_input(e.text)] is not None]
     test_rows = [e for e in test_rows if answers[normalise_input(e.text)] is not None]
     seen: set[str] = set()
@@ -117,8 +142,10 @@ def build_banking77_snapshot(datasets_dir: Path, task: str, data_dir: Path, *, s
     source = {"generator": "trainer.dataset_from_banking77", "data": str(data_dir),
               "frontier": report, "reviewed_share": reviewed_share, "labels_subset": labels_subset,
               "per_label_train": per_label_train, "per_label_holdout": per_label_holdout,
-              "holdout_dropped_as_duplicates": n_test - len(test_rows)}
-    return write_snapshot(datasets_dir, task, snapshot_id, labels, train, holdout, source)
+              "holdout_dropped_as_duplicates": n_test - len(test_rows),
+              "out_of_scope": {"share": out_of_scope_share, "seen_intents": seen_oos, "unseen_intents": unseen_oos}}
+    return write_snapshot(datasets_dir, task, snapshot_id, labels, train, holdout, source,
+                          out_of_scope_label=OUT_OF_SCOPE_LABEL if oos else None)
 
 
 def _snapshot_id(task: str, hashes: list[str]) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 from rich.console import Console
 
 from services.common.contracts import ModelRegistered
-from trainer import calibrate, evaluate, export, model_card, snapshot as snap, triton_repo
+from trainer import calibrate, evaluate, export, model_card, scope, snapshot as snap, triton_repo
 from trainer.publish import model_registered
 from trainer.settings import TrainerSettings
 
@@ -42,7 +42,7 @@ class TrainingRefused(RuntimeError):
 def select_rows(data: snap.Snapshot, settings: TrainerSettings) -> tuple[list[str], snap.Split, snap.Split]:
     """Labels to train on, and train/holdout restricted to them (and capped by max_examples)."""
     labels = data.labels[:settings.labels_subset] if settings.labels_subset else data.labels
-    keep = set(labels)
+    keep = set(labels) | ({data.out_of_scope_label} if data.out_of_scope_label else set())
     train = data.train.take([i for i, label in enumerate(data.train.label) if label in keep])
     holdout = data.holdout.take([i for i, label in enumerate(data.holdout.label) if label in keep])
     if settings.max_examples and len(train) > settings.max_examples:
@@ -76,11 +76,15 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
     if data.task != task:
         raise snap.SnapshotError(f"snapshot {data.path} is of task {data.task!r}, not {task!r}")
     labels, train_all, holdout = select_rows(data, settings)
-    index = {label: i for i, label in enumerate(labels)}
+    classes = scope.class_labels(labels, data.out_of_scope_label, train_all.label)
+    if len(classes) == len(labels):  # too few out-of-scope rows to learn from: not trained on
+        train_all = train_all.take([i for i, x in enumerate(train_all.label) if x in set(labels)])
+    index = {label: i for i, label in enumerate(classes)}
     fit_rows, val_rows = carve_validation(len(train_all), settings.validation_fraction, settings.seed)
     train, val = train_all.take(fit_rows), train_all.take(val_rows)
     console.print(f"snapshot [bold]{data.snapshot_id}[/bold]: {len(train)} train, {len(val)} validation, "
-                  f"{len(holdout)} holdout ({sum(holdout.reviewed)} reviewed), {len(labels)} labels")
+                  f"{len(holdout)} holdout ({sum(holdout.reviewed)} reviewed), {len(labels)} labels"
+                  + (f" + out-of-scope class {classes[-1]!r}" if len(classes) > len(labels) else ""))
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     name = settings.model_name_for(task)
     run_dir = settings.runs_dir / name / run_id
@@ -88,9 +92,9 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
     t = _phase(timings, "snapshot_s", t)
 
     base_model = settings.base_model or default_base_model()
-    recipe = choose_recipe(settings, n_train=len(train), n_labels=len(labels), device=pick_device(settings.device).type,
+    recipe = choose_recipe(settings, n_train=len(train), n_labels=len(classes), device=pick_device(settings.device).type,
                            token_lengths=token_lengths(base_model, train.input))
-    tuned = finetune(train.input, [index[x] for x in train.label], val.input, [index[x] for x in val.label], labels,
+    tuned = finetune(train.input, [index[x] for x in train.label], val.input, [index[x] for x in val.label], classes,
                      recipe=recipe, base_model=base_model, seed=settings.seed, device=settings.device,
                      threads=settings.threads, console=console)
     hf_dir = tuned.save(run_dir / "hf")
@@ -101,7 +105,9 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
     stage = run_dir / "version"
     meta = {"task": task, "triton_model": name, "base_model": str(base_model), "snapshot_id": data.snapshot_id,
             "max_length": recipe.max_length, "run_id": run_id, "created_at": datetime.now(timezone.utc).isoformat()}
-    triton_repo.stage_version(stage, exported.path, tuned.tokenizer, labels, 1.0, meta | {"onnx": "fp32"})
+    if len(classes) > len(labels):
+        meta["out_of_scope_label"] = classes[-1]
+    triton_repo.stage_version(stage, exported.path, tuned.tokenizer, classes, 1.0, meta | {"onnx": "fp32"})
     fp32 = TextClassifier(stage, threads=settings.threads or 0)
     onnx_holdout = fp32.logits(holdout.input)
     parity = export.parity(torch_holdout, onnx_holdout, settings.parity_max_logit_delta, settings.parity_min_agreement)
@@ -111,7 +117,7 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
         raise TrainingRefused(f"ONNX export does not match torch on the holdout: {parity}")
     t = _phase(timings, "export_s", t)
 
-    gold_idx = np.array([index[x] for x in holdout.label])
+    gold_idx = np.array([index.get(x, -1) for x in holdout.label])
     served, served_holdout, quant = fp32, onnx_holdout, {"tried": settings.quantize, "kept": False}
     acc_fp32 = float(np.mean(onnx_holdout.argmax(1) == gold_idx))
     if settings.quantize:
@@ -139,18 +145,19 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
     temperature = calibrate.fit_temperature(served_val, np.array([index[x] for x in val.label]))
     probs_before = calibrate.softmax(served_holdout)
     probs_after = calibrate.softmax(served_holdout, temperature)
-    predicted_idx = probs_after.argmax(1)
+    predicted_idx, conf_after = scope.in_scope_answers(probs_after, len(labels))
+    conf_before = scope.in_scope_answers(probs_before, len(labels))[1]
     correct = predicted_idx == gold_idx
-    ece_before = calibrate.expected_calibration_error(probs_before.max(1), correct, settings.ece_bins)
-    ece_after = calibrate.expected_calibration_error(probs_after.max(1), correct, settings.ece_bins)
+    ece_before = calibrate.expected_calibration_error(conf_before, correct, settings.ece_bins)
+    ece_after = calibrate.expected_calibration_error(conf_after, correct, settings.ece_bins)
     predicted = [labels[i] for i in predicted_idx]
-    holdout_report = evaluate.evaluate_holdout(labels, holdout.label, holdout.frontier_label, holdout.reviewed, predicted)
+    holdout_report = evaluate.evaluate_holdout(classes, holdout.label, holdout.frontier_label, holdout.reviewed, predicted)
     target = settings.target_accuracy or holdout_report["frontier_accuracy"]
-    curve = calibrate.coverage_accuracy_curve(probs_after.max(1), correct)
-    choice = calibrate.choose_threshold(probs_after.max(1), correct, target, settings.min_kept)
+    curve = calibrate.coverage_accuracy_curve(conf_after, correct)
+    choice = calibrate.choose_threshold(conf_after, correct, target, settings.min_kept)
     reviewed = np.array(holdout.reviewed, dtype=bool)
     choice_reviewed = calibrate.choose_threshold(  # for the record: both graded by people only
-        probs_after.max(1)[reviewed], correct[reviewed],
+        conf_after[reviewed], correct[reviewed],
         settings.target_accuracy or holdout_report["reviewed_only"]["frontier_accuracy"], settings.min_kept)
     # Gold on the unreviewed holdout is the frontier's own answer, so there the frontier is right by
     # construction; with enough reviewed items, the threshold and the gate's paired table are
@@ -160,7 +167,7 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
         basis = "reviewed" if int(reviewed.sum()) >= settings.min_reviewed_gold else "all"
     on = reviewed if basis == "reviewed" else np.ones(len(correct), dtype=bool)
     published = choice_reviewed if basis == "reviewed" else choice
-    confidence = probs_after.max(1)
+    confidence = conf_after
     frontier_ok = np.array(holdout.frontier_label) == np.array(holdout.label)
     gate_view = _gate_view(confidence, correct, frontier_ok, predicted, list(holdout.frontier_label), on,
                            published.threshold)
@@ -186,6 +193,8 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
         "temperature": temperature, "ece_before": ece_before, "ece_after": ece_after,
         "threshold": choice.as_dict(), "threshold_reviewed_only": choice_reviewed.as_dict(),
         "gate": gate_view,
+        "out_of_scope": _out_of_scope_view(data.out_of_scope_label, classes, labels, holdout, conf_after,
+                                           published.threshold),
         "curve": sample_curve(curve),
         "export": {"exporter": exported.exporter, "seconds": exported.seconds,
                    "fallback_reason": exported.fallback_reason},
@@ -217,14 +226,14 @@ def train_task(settings: TrainerSettings, task: str, snapshot_ref: str = "latest
             raise
     t = _phase(timings, "triton_s", t)
 
-    card = model_card.write_model_card(run_dir, report, curve, calibrate.reliability_bins(probs_before.max(1), correct,
-                                       settings.ece_bins), calibrate.reliability_bins(probs_after.max(1), correct,
-                                       settings.ece_bins), labels, evaluate.confusion_matrix(labels, holdout.label, predicted))
+    card = model_card.write_model_card(run_dir, report, curve, calibrate.reliability_bins(conf_before, correct,
+                                       settings.ece_bins), calibrate.reliability_bins(conf_after, correct,
+                                       settings.ece_bins), classes, evaluate.confusion_matrix(classes, holdout.label, predicted))
     for file in ("model_card.md", *model_card.PLOTS):
         shutil.copyfile(run_dir / file, version_dir / file)
     _phase(timings, "model_card_s", t)
     (run_dir / "metrics.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
-    metrics_extra = {"paired_at_threshold": gate_view["paired_at_threshold"],
+    metrics_extra = {"out_of_scope": report["out_of_scope"], "paired_at_threshold": gate_view["paired_at_threshold"],
                      "kept_agreement": gate_view["kept_agreement"], "gate_basis": basis}
     metrics = metrics_extra | {k: report[k] for k in ("holdout", "parity", "quantization", "curve", "export", "timings",
                                        "threshold_reviewed_only", "threshold",
@@ -259,6 +268,14 @@ def _gate_view(confidence: np.ndarray, small_ok: np.ndarray, frontier_ok: np.nda
             "paired_at_threshold": evaluate.paired_counts(served_ok[on], frontier_ok[on]).model_dump(),
             "kept_agreement": float(agree[kept].mean()) if kept.any() else 0.0,
             "served_accuracy": float(served_ok[on].mean()) if on.any() else 0.0}
+
+
+def _out_of_scope_view(label: Optional[str], classes: list[str], labels: list[str], holdout: snap.Split,
+                       confidence: np.ndarray, threshold: Optional[float]) -> dict[str, Any]:
+    """How the model treats the holdout's out-of-scope inputs (gold = the out-of-scope label)."""
+    is_oos = np.array([x == label for x in holdout.label], dtype=bool) if label else np.zeros(len(holdout), bool)
+    return {"label": label, "class_trained": len(classes) > len(labels), "holdout_items": int(is_oos.sum()),
+            "served_share": scope.served_share(confidence, is_oos, threshold)}
 
 
 def _published_holdout(report: dict[str, Any], basis: str) -> dict[str, Any]:

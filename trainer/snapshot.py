@@ -10,7 +10,7 @@ A snapshot is a folder ``<var>/datasets/<task>/<snapshot_id>/`` holding:
 - ``manifest.json``: ``{snapshot_id, task, created_at (ISO 8601), labels (the task's label
   list), counts {train, holdout}, reviewed {train, holdout}, label_distribution {train: {label:
   n}, holdout: {label: n}}, source {free-form: topic offsets, generator...}, files {name: sha256
-  hex}}``.
+  hex}, out_of_scope_label (optional: the answer for "no label fits"; rows may carry it)}``.
 
 `load_snapshot` refuses, with an error that names the problem, a snapshot whose files are missing
 or do not match their sha256, lack a column, carry labels outside the label list, or hold a
@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import pyarrow as pa
 import pyarrow.compute  # noqa: F401 - pa.compute
@@ -93,6 +93,11 @@ class Snapshot:
     def labels(self) -> list[str]:
         return list(self.manifest["labels"])
 
+    @property
+    def out_of_scope_label(self) -> Optional[str]:
+        """The answer for "no label fits" (rows may carry it; it is never a label of the small model)."""
+        return self.manifest.get("out_of_scope_label")
+
 
 def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
@@ -131,7 +136,7 @@ def resolve_snapshot(datasets_dir: Path, task: str, ref: str = "latest") -> Path
 
 
 def write_snapshot(root: Path, task: str, snapshot_id: str, labels: list[str], train: Split, holdout: Split,
-                   source: dict[str, Any]) -> Path:
+                   source: dict[str, Any], out_of_scope_label: Optional[str] = None) -> Path:
     """Write a snapshot folder in the format above (the curator's writer does the same)."""
     path = snapshot_dir(root, task, snapshot_id)
     path.mkdir(parents=True, exist_ok=False)
@@ -151,6 +156,8 @@ def write_snapshot(root: Path, task: str, snapshot_id: str, labels: list[str], t
         "source": source,
         "files": files,
     }
+    if out_of_scope_label:
+        manifest["out_of_scope_label"] = out_of_scope_label
     (path / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -236,7 +243,7 @@ def load_snapshot(path: Path) -> Snapshot:
         raise SnapshotError(f"snapshot {path} does not exist")
     manifest = read_manifest(path)
     verify_files(path, manifest)
-    labels = set(manifest["labels"])
+    labels = set(manifest["labels"]) | ({manifest["out_of_scope_label"]} if manifest.get("out_of_scope_label") else set())
     train, holdout = (read_split(path, name, labels) for name in SPLITS)
     for name, split in (("train", train), ("holdout", holdout)):
         expected = manifest["counts"].get(name)

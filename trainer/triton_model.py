@@ -27,6 +27,8 @@ class TextClassifier:
         meta = json.loads((root / "version.json").read_text())
         self.labels = json.loads((root / "labels.json").read_text())
         self.temperature = float(json.loads((root / "calibration.json").read_text())["temperature"])
+        # A none-of-these class (the last label) is learned but never answered: see trainer/scope.py.
+        self.in_scope = len(self.labels) - (1 if meta.get("out_of_scope_label") else 0)
         self.tokenizer = Tokenizer.from_file(str(root / "tokenizer.json"))
         self.tokenizer.enable_truncation(max_length=int(meta["max_length"]))
         self.tokenizer.enable_padding(pad_id=int(meta["pad_id"]), pad_token=meta["pad_token"])
@@ -63,13 +65,16 @@ class TextClassifier:
         return self.session.run([self.output_name], {k: feed[k] for k in self.input_names})[0]
 
     def classify(self, texts):
-        """(labels, confidences [n] float32, calibrated probabilities [n, n_labels] float32)."""
+        """(labels, confidences [n] float32, calibrated probabilities [n, n_labels] float32).
+
+        The label is the best in-scope class and the confidence its probability: mass on an
+        out-of-scope class lowers the confidence, so the router falls back to the frontier."""
         z = self.logits(texts) / np.float32(self.temperature)
         z = z - z.max(axis=1, keepdims=True)
         probs = np.exp(z)
         probs = (probs / probs.sum(axis=1, keepdims=True)).astype(np.float32)
-        best = probs.argmax(axis=1)
-        return [self.labels[i] for i in best], probs.max(axis=1), probs
+        best = probs[:, :self.in_scope].argmax(axis=1)
+        return [self.labels[i] for i in best], probs[np.arange(len(best)), best], probs
 
 
 class TritonPythonModel:

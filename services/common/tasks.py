@@ -61,6 +61,9 @@ class TaskSpec(BaseModel):
     description: str = ""
     labels: tuple[str, ...] = ()
     labels_file: Optional[str] = None
+    # The answer the frontier gives when no label fits ("other", "oos"): captured as such, never a
+    # label of the small model; the trainer learns from it when to fall back (abstain).
+    out_of_scope_label: Optional[str] = None
     fields: tuple[FieldSpec, ...] = ()
     input: InputSpec = Field(default_factory=InputSpec)
     system_prompt: str = ""
@@ -73,7 +76,16 @@ class TaskSpec(BaseModel):
             raise ValueError(f"task {self.name}: a classification task needs at least two labels")
         if self.kind == "extraction" and not self.fields:
             raise ValueError(f"task {self.name}: an extraction task needs fields")
+        if self.out_of_scope_label is not None and (self.kind != "classification"
+                                                   or self.out_of_scope_label in self.labels):
+            raise ValueError(f"task {self.name}: out_of_scope_label must be a classification task's answer "
+                             f"outside its labels")
         return self
+
+    @property
+    def answers(self) -> tuple[str, ...]:
+        """What a frontier answer may be: the labels, and the out-of-scope label where the task has one."""
+        return self.labels + ((self.out_of_scope_label,) if self.out_of_scope_label else ())
 
     @property
     def graduatable(self) -> bool:
@@ -105,7 +117,7 @@ class TaskSpec(BaseModel):
     def parse_output(self, raw: str) -> str:
         """The frontier's answer as a task output; ParseFailure when it is not one."""
         if self.kind == "classification":
-            return parse_label(raw, self.labels)
+            return parse_label(raw, self.answers)
         if self.kind == "extraction":
             return parse_fields(raw, self.fields)
         return raw

@@ -109,6 +109,7 @@ def manifest_for(spec: TaskSpec, dataset: Dataset, data: SourceData, holdout_fra
         "source": {data.calls.topic: offset_ranges(data.calls), data.reviews.topic: offset_ranges(data.reviews)},
         "files": files,
         "holdout_fraction": holdout_fraction,
+        **({"out_of_scope_label": spec.out_of_scope_label} if spec.out_of_scope_label else {}),
         "curation": {**dataset.stats.__dict__, "reviewed_applied": dataset.reviewed_applied,
                      "excluded_by_review": dataset.excluded_by_review,
                      "undecodable_records": len(data.calls.undecodable) + len(data.reviews.undecodable)},

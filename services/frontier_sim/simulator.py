@@ -13,7 +13,7 @@ from typing import Any
 from services.common.normalize import normalise_input
 from services.common.tasks import TaskRegistry, TaskSpec
 from services.frontier_sim.extraction import ExtractionOracle, FieldsVerdict, read_span_examples
-from services.frontier_sim.oracle import ClassificationOracle, Verdict, read_examples
+from services.frontier_sim.oracle import ClassificationOracle, Example, Verdict, read_examples
 from services.frontier_sim.replies import draft_reply
 from services.frontier_sim.settings import DEFAULT_FIELD_ERROR_RATES, FAULTS, Fault, SimSettings
 
@@ -285,6 +285,14 @@ def _extraction_report(oracle: ExtractionOracle, s: SimSettings, tally: "FieldTa
             f"(realised: {realised}) and {100 * s.extraction_malformed_rate:.1f} % malformed JSON.")
 
 
+def in_scope(examples: list[Example], spec: TaskSpec) -> list[Example]:
+    """Examples whose label is outside the task's labels answer the task's out-of-scope label (where
+    it has one), as a model told "answer {oos} when no label fits" would."""
+    if not spec.out_of_scope_label:
+        return examples
+    return [e if e.label in spec.labels else Example(e.text, spec.out_of_scope_label) for e in examples]
+
+
 def build_simulator(settings: SimSettings, tasks: TaskRegistry) -> Simulator:
     """Load the labelled data and precompute the oracles; ValueError names what is wrong.
 
@@ -292,7 +300,7 @@ def build_simulator(settings: SimSettings, tasks: TaskRegistry) -> Simulator:
     spec = tasks.get(settings.data_task)
     if spec.kind != "classification":
         raise ValueError(f"GRADUATE_SIM_DATA_TASK: task {spec.name} is {spec.kind}, not classification")
-    oracle = ClassificationOracle(spec.name, spec.labels, read_examples(settings.data_dir),
+    oracle = ClassificationOracle(spec.name, spec.answers, in_scope(read_examples(settings.data_dir), spec),
                                   accuracy=settings.accuracy, seed=settings.seed,
                                   malformed_rate=settings.malformed_rate,
                                   confusable_labels=settings.confusable_labels)

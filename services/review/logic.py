@@ -41,7 +41,7 @@ def checked_label(task: TaskSpec, label: Optional[str]) -> str:
     if not text:
         raise ReviewRefused("choose a label (or mark the item 'not in the label set' or 'skip')")
     if task.kind == "classification":
-        by_lower = {name.lower(): name for name in task.labels}
+        by_lower = {name.lower(): name for name in task.answers}  # the out-of-scope label is an answer too
         if text.lower() not in by_lower:
             raise ReviewRefused(f"{text[:80]!r} is not one of the {len(task.labels)} labels of task {task.name}")
         return by_lower[text.lower()]
