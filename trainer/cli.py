@@ -62,6 +62,8 @@ def train(
         run = train_for_kind(spec.kind)(settings, task, snapshot, console)
     except (SnapshotError, TrainingRefused, TritonError) as exc:
         raise SystemExit(f"graduate train: {exc}") from None
+    if run.event is not None:  # the event beside the run, for the bench and for people
+        (run.run_dir / "model_registered.json").write_text(run.event.model_dump_json(indent=2) + "\n")
     if settings.publish and run.event is not None:
         topic = asyncio.run(publish_model_registered(settings, run.event))
         console.print(f"published ModelRegistered {run.event.task}/{run.event.version} to {topic}")

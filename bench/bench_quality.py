@@ -1,0 +1,211 @@
+"""Quality with the defaults only: snapshot -> train -> threshold -> gate, per task, no knob set.
+
+    .venv/bin/python bench/bench_quality.py [--tasks banking77,hwu64,restaurant8k] [--out-of-scope-share 0.1]
+
+Needs nothing running (no Triton load, no ModelRegistered published): every step is the product's
+own command or function, in a temporary var folder, with every GRADUATE_TRAIN_* variable removed
+from the environment:
+1. `graduate snapshot-banking77 --data-dir ../shared/data/<task>` (Banking77, HWU64) or
+   `graduate snapshot-restaurant8k`: official train/test as train/holdout, the frontier's labels
+   from graduate's SIMULATOR at 92 % (not a real LLM), about 1,000 holdout items "reviewed" with
+   the data set's own gold. For the intent tasks, 10 % of the intents leave the label set: half of
+   them reach train with the frontier's "other" (out of scope, seen), the other half appear only in
+   the holdout (out of scope, never seen by the small model);
+2. `graduate train --task T --no-load --no-publish` with the defaults (the trainer picks its own
+   settings; the threshold is chosen for coverage at parity);
+3. the controller's offline gate (`services.controller.gate.evaluate_offline`) on the registration;
+4. the served model (the version folder's own TextClassifier) on the holdout's out-of-scope inputs:
+   the share it would serve at the threshold, seen and unseen intents apart.
+Writes bench/results/quality.json and bench/results/quality.png (coverage-accuracy curves with the
+chosen thresholds). The holdouts are the data sets' official test splits: nothing was tuned on them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TASKS = {"banking77": ("banking77-intent", "classification"), "hwu64": ("hwu64-intent", "classification"),
+         "restaurant8k": ("restaurant8k-booking", "extraction")}
+REVIEWED_TARGET = 1000  # holdout items a team reviews per task (the gate's evidence)
+RESULTS = ROOT / "bench" / "results"
+
+
+def data_dir(name: str) -> Path:
+    local = ROOT / "data" / name
+    return local if local.is_dir() else SHARED_DATA / name
+
+
+def holdout_size(name: str) -> int:
+    if name == "restaurant8k":
+        return len(json.loads((data_dir(name) / "test.json").read_text()))
+    return sum(1 for _ in (data_dir(name) / "test.csv").open()) - 1
+
+
+def clean_env(var_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GRADUATE_TRAIN_")}
+    return env | {"GRADUATE_VAR_DIR": str(var_dir), "GRADUATE_MODEL_REPOSITORY": str(var_dir / "model-repository"),
+                  "HF_HUB_OFFLINE": "1"}
+
+
+def graduate(args: list[str], env: dict[str, str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "graduate"), *args], env=env, cwd=ROOT, text=True,
+                          stdout=subprocess.PIPE, stderr=None)
+    if proc.returncode:
+        raise SystemExit(f"graduate {' '.join(args)} failed ({proc.returncode})")
+    return time.perf_counter() - started, proc.stdout.strip().splitlines()[-1]
+
+
+def run_task(name: str, oos_share: float, var_dir: Path) -> dict:
+    from services.common.contracts import ModelRegistered
+    from services.controller.gate import evaluate_offline
+    from services.controller.settings import ControllerSettings
+
+    task, kind = TASKS[name]
+    env = clean_env(var_dir)
+    reviewed_share = min(1.0, REVIEWED_TARGET / holdout_size(name))
+    if kind == "classification":
+        snap_s, snap_path = graduate(["snapshot-banking77", "--task", task, "--data-dir", str(data_dir(name)),
+                                      "--reviewed-share", f"{reviewed_share:.4f}",
+                                      "--out-of-scope-share", str(oos_share)], env)
+    else:
+        snap_s, snap_path = graduate(["snapshot-restaurant8k", "--task", task, "--data-dir", str(data_dir(name)),
+                                      "--reviewed-share", f"{reviewed_share:.4f}"], env)
+    train_s, version_dir = graduate(["train", "--task", task, "--no-load", "--no-publish"], env)
+    run_dir = max((var_dir / "trainer" / "runs" / task).iterdir(), key=lambda p: p.stat().st_mtime)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    event = ModelRegistered.model_validate_json((run_dir / "model_registered.json").read_text())
+    gate = evaluate_offline(event, None, ControllerSettings())
+    gate_view = metrics.get("gate", {})
+    paired = gate_view.get("paired_at_threshold", {})
+    holdout = metrics["holdout"]
+    ro = holdout.get("reviewed_only", {})
+    result = {
+        "task": task, "kind": kind, "snapshot": Path(snap_path).name, "snapshot_s": round(snap_s, 1),
+        "train_wall_s": round(train_s, 1), "phases_s": metrics.get("timings"),
+        "train_size": metrics.get("train_size"), "validation_size": metrics.get("validation_size"),
+        "holdout_reviewed": ro.get("n", holdout.get("gold_reviewed")), "gate_basis": gate_view.get("basis"),
+        "small_alone_accuracy_reviewed": ro.get("small_accuracy"),
+        "frontier_accuracy_reviewed": ro.get("frontier_accuracy"),
+        "served_accuracy_at_threshold": gate_view.get("served_accuracy"),
+        "threshold": event.threshold, "coverage": metrics["threshold"].get("coverage")
+        if event.threshold is None else _coverage(metrics, gate_view),
+        "paired_at_threshold": paired,
+        "gate": {"verdict": gate.verdict, "reason": gate.reason,
+                 "statistics": gate.as_evidence().get("statistics"),
+                 "checks": gate.as_evidence().get("checks")},
+        "recipe": (metrics.get("finetune") or {}).get("recipe"),
+        "finetune": {k: (metrics.get("finetune") or {}).get(k) for k in
+                     ("epochs_run", "stopped_by", "best_val_accuracy", "examples_per_s", "seconds")},
+        "curve": metrics.get("curve"),
+        "version_dir": version_dir,
+    }
+    if kind == "classification":
+        result["out_of_scope"] = out_of_scope_served(name, task, Path(version_dir), event.threshold, snap_path)
+    return result
+
+
+def _coverage(metrics: dict, gate_view: dict) -> float:
+    return gate_view.get("coverage", metrics["threshold"].get("coverage"))
+
+
+def out_of_scope_served(name: str, task: str, version_dir: Path, threshold, snap_path: str) -> dict:
+    """Share of the holdout's out-of-scope inputs the served model keeps at the threshold (seen / unseen)."""
+    import numpy as np
+
+    from trainer.dataset_from_banking77 import read_banking77
+    from trainer.snapshot import load_snapshot
+    from trainer.triton_model import TextClassifier
+
+    snap = load_snapshot(Path(snap_path))
+    intents = snap.manifest["source"].get("out_of_scope", {})
+    _, _, test = read_banking77(data_dir(name))
+    groups = {"seen": set(intents.get("seen_intents", [])), "unseen": set(intents.get("unseen_intents", []))}
+    holdout = set(snap.holdout.input)
+    model = TextClassifier(version_dir)
+    out = {"seen_intents": sorted(groups["seen"]), "unseen_intents": sorted(groups["unseen"]),
+           "class_trained": "out_of_scope_label" in json.loads((version_dir / "version.json").read_text())}
+    for group, labels in groups.items():
+        texts = [e.text for e in test if e.label in labels and e.text in holdout]
+        if not texts or threshold is None:
+            out[group] = {"n": len(texts), "served_share": None if not texts else 0.0}
+            continue
+        _, conf, _ = model.classify(texts)
+        out[group] = {"n": len(texts), "served_share": float(np.mean(conf >= threshold))}
+    n = sum(out[g]["n"] for g in groups)
+    out["all"] = {"n": n, "served_share": (sum((out[g]["served_share"] or 0) * out[g]["n"] for g in groups) / n)
+                  if n else None}
+    return out
+
+
+def plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
+    for ax, r in zip(axes[0], results):
+        curve = r.get("curve") or []
+        ax.plot([p["coverage"] for p in curve], [p["kept_accuracy"] for p in curve], label="small model, kept items")
+        if r.get("frontier_accuracy_reviewed") is not None:
+            ax.axhline(r["frontier_accuracy_reviewed"], color="grey", ls="--", label="simulated frontier (reviewed)")
+        if r.get("coverage") is not None and r.get("served_accuracy_at_threshold") is not None:
+            ax.scatter([r["coverage"]], [r["served_accuracy_at_threshold"]], color="red", zorder=3,
+                       label=f"served at threshold {r['threshold']}")
+        ax.set_title(f"{r['task']} — gate {r['gate']['verdict']}")
+        ax.set_xlabel("coverage (share served by the small model)")
+        ax.set_ylabel("accuracy")
+        ax.set_xlim(0.5, 1.0)
+        ax.set_ylim(0.7, 1.0)
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left", fontsize=8)
+    fig.suptitle("Defaults only: coverage–accuracy on the holdout (frontier = graduate's SIMULATOR at 92 %)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default="banking77,hwu64,restaurant8k")
+    parser.add_argument("--out-of-scope-share", type=float, default=0.1)
+    parser.add_argument("--keep", action="store_true", help="keep the temporary var folder")
+    args = parser.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="graduate-quality-") as tmp:
+        for name in args.tasks.split(","):
+            print(f"== {name}", flush=True)
+            results.append(run_task(name, args.out_of_scope_share, Path(tmp) / name))
+            print(json.dumps({k: results[-1].get(k) for k in ("task", "small_alone_accuracy_reviewed",
+                  "frontier_accuracy_reviewed", "served_accuracy_at_threshold", "coverage", "train_wall_s")}), flush=True)
+        if args.keep:
+            subprocess.run(["cp", "-r", tmp, str(ROOT / "var" / "quality-run")], check=False)
+    for r in results:
+        r.pop("version_dir", None)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"bench": "quality", "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+           "notes": "Defaults only (no GRADUATE_TRAIN_* set). Frontier = graduate's SIMULATOR at 92 % (not a real "
+                    "LLM). Gold = the data sets' own labels on the reviewed holdout (the official test split, never "
+                    "tuned on). Wall times on a shared 2-core machine.",
+           "tasks": results}
+    (RESULTS / "quality.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
+    plot(results, RESULTS / "quality.png")
+    print(f"wrote {RESULTS / 'quality.json'} and quality.png")
+
+
+if __name__ == "__main__":
+    main()
