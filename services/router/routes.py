@@ -20,7 +20,7 @@ router = APIRouter()
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request, state: StateDep, caller: ServiceCallerDep,
                            x_graduate_task: Annotated[str | None, Header()] = None) -> Response:
-    chat = validate(ChatRequest, await read_json(request, state.settings.max_body_bytes))
+    chat = validate(ChatRequest, await read_json(request, state.settings.body_limit))
     name = x_graduate_task or (chat.metadata or {}).get("task")
     payload = chat.upstream_payload(state.settings.frontier.model)
     if not name:
@@ -41,7 +41,7 @@ async def chat_completions(request: Request, state: StateDep, caller: ServiceCal
 @router.post("/v1/tasks/{task}/predict")
 async def predict(task: str, request: Request, state: StateDep, caller: ServiceCallerDep) -> JSONResponse:
     spec = resolve_task(state, request, caller, task)
-    body = validate(PredictRequest, await read_json(request, state.settings.max_body_bytes))
+    body = validate(PredictRequest, await read_json(request, state.settings.body_limit))
     payload = predict_payload(spec, body.input, state.settings.frontier.model)
     call = task_call(request, state, caller.name, spec, body.input, payload, {"tenant": body.tenant})
     served = await serve(request, state, call)
