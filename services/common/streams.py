@@ -399,6 +399,18 @@ async def send_dead_letter(app: faust.App, meta: Meta, raw: Any, error: BaseExce
                       meta.topic, meta.partition, meta.offset)
 
 
+def refusal(app: faust.App, item: Item, error: BaseException) -> Emit:
+    """A dead letter for one item of a batch that its handler refuses (invalid, not admitted), as an
+    Emit the handler returns with its other results, so the rest of the batch goes on."""
+    plumb = plumbing(app)
+    meta = item.meta
+    letter = dead_letter(meta.topic, meta.partition, meta.offset, plumb.processor, error, meta.key,
+                         plumb.codec.encode(item.value), dead_letter_payload_limit(plumb.settings.kafka))
+    FAILED.labels(plumb.processor).inc()
+    return Emit(catalog.DEADLETTER, meta.key, letter,
+                headers=(("reason", letter.reason[:500].encode()), ("processor", plumb.processor.encode())))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What handling one event gave: results to send, or the error that sends it to the dead letters."""
