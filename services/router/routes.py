@@ -29,6 +29,9 @@ async def chat_completions(request: Request, state: StateDep, caller: ServiceCal
         request.state.served_by = "frontier"
         return respond(answer.body, chat)
     task = resolve_task(state, request, caller, str(name))
+    if chat.n is not None and chat.n > 1:
+        raise ApiError(422, "unsupported_n", f"n={chat.n}: a task call serves one answer (its own, the small "
+                                             "model's or the frontier's); send n=1 or leave n out", param="n")
     try:
         text = task.extract_input([m.model_dump() for m in chat.messages])
     except ValueError as exc:
@@ -53,6 +56,24 @@ async def predict(task: str, request: Request, state: StateDep, caller: ServiceC
 @router.get("/v1/tasks")
 async def list_tasks(state: StateDep, caller: CallerDep) -> dict[str, Any]:
     return {"ready": state.is_ready(), "tasks": state.table.describe()}
+
+
+@router.get("/v1/models")
+async def list_models(state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """The tasks this key may call, as OpenAI lists models (a task is named by X-Graduate-Task)."""
+    return {"object": "list", "data": [model_card(name) for name in sorted(state.tasks.tasks) if caller.may_use(name)]}
+
+
+@router.get("/v1/models/{model}")
+async def get_model(model: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    if model not in state.tasks.tasks or not caller.may_use(model):
+        raise ApiError(404, "model_not_found", f"the model {model!r} does not exist or this key may not use it",
+                       param="model")
+    return model_card(model)
+
+
+def model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "graduate"}
 
 
 @router.get("/healthz")
