@@ -38,8 +38,9 @@ class ChatRequest(BaseModel):
     stream_options: Optional[dict[str, Any]] = None
     temperature: Optional[float] = _number(0, 2, "sampling temperature, 0 to 2")
     top_p: Optional[float] = _number(0, 1, "nucleus sampling mass, 0 to 1")
-    n: Optional[int] = Field(None, ge=1, le=128, strict=True,
-                             description="choices to return; a task call serves one (n > 1 is refused)")
+    n: Optional[int] = Field(None, ge=1, le=1, strict=True,
+                             description="choices to return: the router serves one (its own, the small model's or "
+                                         "the frontier's), so 1 or left out")
     max_tokens: Optional[int] = Field(None, ge=1, strict=True)
     max_completion_tokens: Optional[int] = Field(None, ge=1, strict=True)
     presence_penalty: Optional[float] = _number(-2, 2, "-2 to 2")
@@ -51,6 +52,13 @@ class ChatRequest(BaseModel):
     top_logprobs: Optional[int] = Field(None, ge=0, le=20, strict=True)
     user: Optional[str] = Field(None, max_length=256)
     parallel_tool_calls: Optional[bool] = Field(None, strict=True)
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _one_choice(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool) and v > 1:
+            raise ValueError(f"n={v}: the router serves one choice per request; send n=1 or leave n out")
+        return v
 
     @field_validator("stop")
     @classmethod

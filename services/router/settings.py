@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -29,6 +29,12 @@ class RouterSettings(BaseSettings):
     triton_timeout_s: float = Field(1.0, gt=0, description="slower small answers fall back (triton_unavailable)")
     forward_headers: tuple[str, ...] = Field(("traceparent", "tracestate"),
                                              description="request headers passed on to the frontier")
+    docs: Literal["off", "key", "open"] = Field(
+        "key", description="the OpenAPI document: off; /openapi.json behind an API key (no /docs, /redoc); or "
+                           "open with /docs and /redoc (local experiments only)")
+    metrics_host: str = Field("127.0.0.1", description="where /metrics listens (its own port, no key): the pod "
+                                                       "network address (0.0.0.0) for a scraper in the cluster")
+    metrics_port: Optional[int] = Field(9464, ge=0, le=65535, description="/metrics port; 0 any free port")
     capture_enabled: bool = True
     capture_name: str = Field("router", description="names the spool folder <var_dir>/spool/<name>; one per replica")
     routing_retry_s: float = Field(2.0, gt=0, description="between attempts to reach the routing topic")

@@ -92,9 +92,10 @@ def test_good_sampling_parameters_are_passed_upstream(world):
     assert payload["temperature"] == 0.2 and payload["seed"] == 7 and payload["stop"] == ["\n"]
 
 
-def test_n_above_one_is_refused_for_a_task_and_one_is_served(world):
-    refused(post(world, CHAT % ', "n": 2'), 422, "unsupported_n", "n=2")
-    r = post(world, CHAT % ', "n": 1')
+@pytest.mark.parametrize("task", ["intent", None])
+def test_n_above_one_is_refused_and_one_is_served(world, task):
+    refused(post(world, CHAT % ', "n": 2', task=task), 422, "invalid_request", "n=2", "one choice")
+    r = post(world, CHAT % ', "n": 1', task=task)
     assert r.status_code == 200 and len(r.json()["choices"]) == 1
 
 
