@@ -306,7 +306,8 @@ def internal_topic(app: faust.App, suffix: str, *, partitions: int = catalog.CAL
 
 
 async def ensure_app_topics(app: faust.App) -> None:
-    """Create the app's catalog topics, the dead-letter topic and its internal topics if missing."""
+    """Create the app's catalog topics, the dead-letter topic and its internal topics if missing;
+    exit when a topic accepts smaller records than this worker's producer may send (checked at start)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -315,7 +316,11 @@ async def ensure_app_topics(app: faust.App) -> None:
     plumb = plumbing(app)
     plumb.topic(app, catalog.DEADLETTER)
     kafka = plumb.settings.kafka
-    await ensure_topics(kafka, plumb.settings.topic_namespace, tuple(plumb.specs.values()))
+    states = await ensure_topics(kafka, plumb.settings.topic_namespace, tuple(plumb.specs.values()))
+    too_small = [f"{s.name}: {d}" for s in states for d in s.drift if d.startswith("max.message.bytes")]
+    if too_small:  # this worker could send records its topics refuse: lost sends, not dead letters
+        raise SystemExit("size limits disagree with the broker (GRADUATE_KAFKA_MAX_MESSAGE_BYTES="
+                         f"{kafka.max_message_bytes}):\n  " + "\n  ".join(too_small))
     if not plumb.internal:
         return
     admin = AIOKafkaAdminClient(**kafka.client_config(), request_timeout_ms=30000)

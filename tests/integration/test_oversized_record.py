@@ -42,3 +42,15 @@ async def test_one_oversized_record_among_600_costs_only_itself(topics, namespac
     finally:
         rc = stop_worker(worker)
     assert rc == 0, worker.tail()
+
+
+async def test_a_worker_whose_records_the_topics_would_refuse_does_not_start(topics, namespace, kafka_settings,
+                                                                            tmp_path: Path):
+    worker = start_worker("curator", namespace, kafka_settings, tmp_path,
+                          GRADUATE_KAFKA_MAX_MESSAGE_BYTES=str(4 * kafka_settings.max_message_bytes))
+    try:
+        rc = worker.proc.wait(120)
+    finally:
+        stop_worker(worker)
+    assert rc != 0
+    assert "size limits disagree with the broker" in worker.tail() and "max.message.bytes" in worker.tail()
