@@ -122,7 +122,8 @@ def router(workdir: Path, name: str, namespace: str, frontier_url: str, capture:
            "GRADUATE_KAFKA_BOOTSTRAP": common.kafka.bootstrap, "GRADUATE_TRITON_GRPC_URL": common.triton_grpc_url,
            "GRADUATE_ROUTER_API_KEYS_FILE": str(workdir / "keys.json"), "GRADUATE_FRONTIER_BASE_URL": frontier_url,
            "GRADUATE_ROUTER_CAPTURE_ENABLED": "true" if capture else "false", "GRADUATE_ROUTER_CAPTURE_NAME": name,
-           "GRADUATE_ROUTER_SMALL_SAMPLE_RATE": "0", "GRADUATE_FRONTIER_MAX_CONNECTIONS": "256"}
+           "GRADUATE_ROUTER_SMALL_SAMPLE_RATE": "0", "GRADUATE_FRONTIER_MAX_CONNECTIONS": "256",
+           "GRADUATE_ROUTER_METRICS_PORT": str(free_port())}
     p = Process(["serve", "router", "--port", str(port), "--log-level", "warning"], env,
                 f"http://127.0.0.1:{port}/readyz", workdir / f"{name}.log")
     return p.wait(), f"http://127.0.0.1:{port}"

@@ -91,7 +91,7 @@ def topics_list() -> None:
         admin = AIOKafkaAdminClient(**settings.kafka.client_config())
         await admin.start()
         try:
-            return await describe_topics(admin, CATALOG, settings.topic_namespace)
+            return await describe_topics(admin, CATALOG, settings.topic_namespace, settings.kafka.max_message_bytes)
         finally:
             await admin.close()
 

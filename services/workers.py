@@ -30,6 +30,20 @@ def apply_overrides(web_port: Optional[int], datadir: Optional[Path], instance_i
             env[var] = str(value)
 
 
+def ensure_datadir(path: Path) -> Path:
+    """Create the worker's data folder (and its parents), or exit saying why it cannot be had."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SystemExit(f"graduate worker: cannot create the data folder {path}: {exc.strerror or exc} "
+                         f"(choose another with --datadir or GRADUATE_WORKER_DATADIR)") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SystemExit(f"graduate worker: the data folder {path} is not writable by this user "
+                         f"(choose another with --datadir or GRADUATE_WORKER_DATADIR)")
+    return path
+
+
 def run_faust_worker(name: str) -> None:
     import faust
 
@@ -37,6 +51,7 @@ def run_faust_worker(name: str) -> None:
 
     module = importlib.import_module(f"services.{name}.app")
     app = module.app
+    ensure_datadir(Path(str(app.conf.datadir)))
     asyncio.run(ensure_app_topics(app))  # faust never consumes a topic missing at its start
     settings = app._graduate.settings
     worker = faust.Worker(app, loglevel=settings.worker_log_level, redirect_stdouts=False)

@@ -12,7 +12,7 @@ from aiokafka.errors import TopicAlreadyExistsError
 from services.common.catalog import CATALOG, DEADLETTER, TopicSpec, topic_name
 from services.common.codec import Codec
 from services.common.contracts import DeadLetter
-from services.common.settings import KafkaSettings
+from services.common.settings import KafkaSettings, size_limits
 
 MAX_DEADLETTER_PAYLOAD = 256 * 1024
 
@@ -28,9 +28,16 @@ class TopicState:
     drift: list[str] = field(default_factory=list)
 
 
-def find_drift(spec: TopicSpec, partitions: int, config: dict[str, str]) -> list[str]:
-    """What differs between a topic on the broker and its catalog entry (pure; unit-tested)."""
+def find_drift(spec: TopicSpec, partitions: int, config: dict[str, str], max_message_bytes: int | None = None
+               ) -> list[str]:
+    """What differs between a topic on the broker and its catalog entry (pure; unit-tested); with
+    `max_message_bytes`, a topic limit below what our producers may send is drift too."""
     drift = []
+    have_max = config.get("max.message.bytes")
+    if max_message_bytes is not None and have_max is not None and have_max.isdigit() \
+            and int(have_max) <= size_limits(max_message_bytes).request_bytes:
+        drift.append(f"max.message.bytes={have_max}, at most what producers send "
+                     f"({size_limits(max_message_bytes).request_bytes}); want {max_message_bytes}")
     if partitions != spec.partitions:
         drift.append(f"partitions {partitions}, catalog says {spec.partitions}")
     for key, want in spec.config().items():
@@ -40,7 +47,13 @@ def find_drift(spec: TopicSpec, partitions: int, config: dict[str, str]) -> list
     return drift
 
 
-async def describe_topics(admin: AIOKafkaAdminClient, specs: tuple[TopicSpec, ...], namespace: str) -> list[TopicState]:
+def topic_config(spec: TopicSpec, kafka: KafkaSettings) -> dict[str, str]:
+    """The configs a topic is created with: the catalog's, and the one size limit."""
+    return {**spec.config(), "max.message.bytes": str(kafka.max_message_bytes)}
+
+
+async def describe_topics(admin: AIOKafkaAdminClient, specs: tuple[TopicSpec, ...], namespace: str,
+                          max_message_bytes: int | None = None) -> list[TopicState]:
     names = {topic_name(s, namespace): s for s in specs}
     existing = set(await admin.list_topics())
     states = [TopicState(n, s, exists=n in existing) for n, s in names.items()]
@@ -58,7 +71,7 @@ async def describe_topics(admin: AIOKafkaAdminClient, specs: tuple[TopicSpec, ..
         for s in present:
             s.partitions = parts.get(s.name)
             s.config = configs.get(s.name, {})
-            s.drift = find_drift(s.spec, s.partitions or 0, s.config)
+            s.drift = find_drift(s.spec, s.partitions or 0, s.config, max_message_bytes)
     return states
 
 
@@ -86,18 +99,18 @@ async def ensure_topics(kafka: KafkaSettings, namespace: str = "", specs: tuple[
     admin = AIOKafkaAdminClient(**kafka.client_config(), request_timeout_ms=30000)
     await admin.start()
     try:
-        states = await describe_topics(admin, specs, namespace)
+        states = await describe_topics(admin, specs, namespace, kafka.max_message_bytes)
         missing = [s for s in states if not s.exists]
         if missing:
             new = [NewTopic(s.name, s.spec.partitions, replication or s.spec.replication,
-                            topic_configs=s.spec.config()) for s in missing]
+                            topic_configs=topic_config(s.spec, kafka)) for s in missing]
             try:
                 await admin.create_topics(new, timeout_ms=30000)
             except TopicAlreadyExistsError:
                 pass  # a concurrent ensure won the race; the re-describe below tells the truth
             await wait_for_leaders(admin, [s.name for s in missing])
             created = {s.name for s in missing}
-            states = await describe_topics(admin, specs, namespace)
+            states = await describe_topics(admin, specs, namespace, kafka.max_message_bytes)
             for s in states:
                 s.created = s.name in created
         return states
@@ -118,21 +131,27 @@ async def delete_topics(kafka: KafkaSettings, names: list[str]) -> None:
 
 
 def make_producer(kafka: KafkaSettings, **overrides) -> AIOKafkaProducer:
-    """An idempotent producer that waits for every in-sync replica (acks=all)."""
+    """An idempotent producer that waits for every in-sync replica (acks=all), sending records up to
+    the size every topic accepts (`KafkaSettings.limits`)."""
     cfg = dict(kafka.client_config(), enable_idempotence=True, acks="all", linger_ms=5,
-               request_timeout_ms=15000, client_id=kafka.client_id)
+               request_timeout_ms=15000, client_id=kafka.client_id, max_request_size=kafka.limits.request_bytes)
     cfg.update(overrides)
     return AIOKafkaProducer(**cfg)
 
 
 def dead_letter(source_topic: str, partition: int, offset: int, processor: str, error: BaseException,
-                key: bytes | None, payload: bytes | None) -> DeadLetter:
-    """Wrap a message that could not be processed, with the reason (pure)."""
+                key: bytes | None, payload: bytes | None, max_payload: int = MAX_DEADLETTER_PAYLOAD) -> DeadLetter:
+    """Wrap a message that could not be processed, with the reason (pure). The payload is cut to
+    `max_payload` bytes, so the letter of a record too large to forward can itself be sent."""
     payload = payload or b""
     return DeadLetter(source_topic=source_topic, partition=partition, offset=offset, processor=processor,
                       reason=str(error)[:2000] or type(error).__name__, error_type=type(error).__name__,
-                      key=key, payload=payload[:MAX_DEADLETTER_PAYLOAD],
-                      payload_truncated=len(payload) > MAX_DEADLETTER_PAYLOAD)
+                      key=key, payload=payload[:max_payload], payload_truncated=len(payload) > max_payload)
+
+
+def dead_letter_payload_limit(kafka: KafkaSettings) -> int:
+    """The most payload bytes a dead letter carries: well inside what a producer may send."""
+    return min(MAX_DEADLETTER_PAYLOAD, kafka.limits.request_bytes // 2)
 
 
 async def send_dead_letter(producer: AIOKafkaProducer, codec: Codec, namespace: str, letter: DeadLetter) -> None:

@@ -1,7 +1,9 @@
-"""PII redaction before anything is captured: emails, phone numbers, card numbers, and per-task patterns.
+"""PII redaction before anything is captured: e-mail addresses, IBANs, card numbers, phone numbers,
+and per-task patterns (docs/REDACTION.md lists what is and is not redacted).
 
 Captured calls become training data and sit in Kafka for 90 days, so personal data is replaced by
-placeholders (`<EMAIL>`, `<PHONE>`, `<CARD>`, `<NAME>` for a configured pattern NAME) on the way in.
+placeholders (`<EMAIL>`, `<IBAN>`, `<CARD>`, `<PHONE>`, `<NAME>` for a configured pattern NAME) on
+the way in.
 Pure functions; the placeholders are stable so the small model learns from redacted text the way
 it will see it when served.
 """
@@ -11,7 +13,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Mapping
 
-EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*\.[^\W\d_]{2,}(?![\w-])")
+# The local part: a dot-atom (RFC 5322 atext) or a quoted string ("john doe"@…); the domain: a
+# name with a letter TLD, or an address literal ([127.0.0.1], [IPv6:2001:db8::1]).
+_LOCAL = r"(?:(?<![\w.!#$%&'*+/=?^`{|}~-])[\w.!#$%&'*+/=?^`{|}~-]+|\"(?:[^\"\\\r\n]|\\.){1,64}\")"
+_DOMAIN = (r"(?:[^\W_](?:[\w-]*[^\W_])?(?:\.[^\W_](?:[\w-]*[^\W_])?)*\.[^\W\d_]{2,}(?![\w-])"
+           r"|\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]{2,45})\])")
+EMAIL = re.compile(_LOCAL + r" ?@ ?" + _DOMAIN, re.IGNORECASE)
+# Country code, check digits, then 11–30 letters or digits, optionally in groups of four; mod 97 decides.
+IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}\d{2}(?:[ -]?[A-Za-z0-9]){11,30}")
+IBAN_LENGTH = (15, 34)
 # 13–19 digits, optionally grouped by single spaces or dashes; the Luhn check decides.
 CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
 # An optional +country code and area code in parentheses, then digit groups; 9–15 digits in all.
@@ -38,6 +48,33 @@ def luhn_ok(digits: str) -> bool:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
     return total % 10 == 0
+
+
+def iban_ok(compact: str) -> bool:
+    """The ISO 13616 check: move the first four characters to the end, letters to 10..35, mod 97 == 1."""
+    if not IBAN_LENGTH[0] <= len(compact) <= IBAN_LENGTH[1] or not compact[:2].isalpha():
+        return False
+    moved = (compact[4:] + compact[:4]).upper()
+    return int("".join(str(int(ch, 36)) for ch in moved)) % 97 == 1
+
+
+def _replace_ibans(text: str, counts: dict[str, int]) -> str:
+    """Each candidate run is cut back, a group at a time, to its longest valid IBAN (the run may go
+    on into the next word: "DE89 3704 0044 0532 0130 00 thanks")."""
+    out, pos = [], 0
+    while (m := IBAN.search(text, pos)) is not None:
+        run = m.group()
+        ends = [i + 1 for i, ch in enumerate(run) if ch.isalnum() and (i + 1 == len(run) or not run[i + 1].isalnum()
+                                                                        or run[i + 1].isalpha() != ch.isalpha())]
+        end = next((e for e in reversed(ends) if iban_ok(re.sub(r"[ -]", "", run[:e]))), None)
+        if end is None:
+            out.append(text[pos:m.start() + 1])
+            pos = m.start() + 1
+            continue
+        out.append(text[pos:m.start()] + placeholder("IBAN"))
+        counts["IBAN"] = counts.get("IBAN", 0) + 1
+        pos = m.start() + end
+    return "".join(out) + text[pos:]
 
 
 def placeholder(name: str) -> str:
@@ -86,9 +123,11 @@ def compile_patterns(patterns: Mapping[str, str]) -> tuple[tuple[str, re.Pattern
 
 
 def redact(text: str, extra: tuple[tuple[str, re.Pattern], ...] = ()) -> Redacted:
-    """`text` with emails, card numbers (Luhn-valid), phone numbers and `extra` patterns replaced."""
+    """`text` with e-mails, IBANs (mod-97-valid), card numbers (Luhn-valid), phone numbers and `extra`
+    patterns replaced."""
     counts: dict[str, int] = {}
     text = _replace(EMAIL, "EMAIL", text, counts)
+    text = _replace_ibans(text, counts)  # before cards and phones: an IBAN holds long digit runs
     text = _replace_cards(text, counts)  # before phones: a card number also looks like digit groups
     text = _replace_phones(text, counts)
     for name, pattern in extra:

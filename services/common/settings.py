@@ -5,6 +5,7 @@ it takes these objects (or plain arguments). Bad values fail at start with the v
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -12,6 +13,37 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+RECORD_OVERHEAD_BYTES = 1024  # a record batch's header, a record's headers and framing, with room to spare
+
+
+@dataclass(frozen=True)
+class SizeLimits:
+    """Sizes that must agree end to end, so a request the router accepts can always be captured and
+    forwarded: router body < producer max.request.size < topic max.message.bytes."""
+
+    body_bytes: int  # the router refuses larger request bodies (413)
+    request_bytes: int  # every producer's max.request.size
+    topic_bytes: int  # every topic's max.message.bytes
+
+    def check(self, body_bytes: int | None = None) -> None:
+        """ValueError unless the chain holds (with `body_bytes` in place of the derived body limit)."""
+        body = self.body_bytes if body_bytes is None else body_bytes
+        if not body < self.request_bytes < self.topic_bytes:
+            raise ValueError(f"size limits disagree: router body {body} < producer max.request.size "
+                             f"{self.request_bytes} < topic max.message.bytes {self.topic_bytes} must hold "
+                             f"(body at most {self.body_bytes} for GRADUATE_KAFKA_MAX_MESSAGE_BYTES="
+                             f"{self.topic_bytes})")
+
+
+def size_limits(max_message_bytes: int) -> SizeLimits:
+    """All sizes from the one setting (pure). A captured record carries the request's input once plus
+    the answer and its metadata, and the processors forward it (the judge's Disagreement carries the
+    input and two answers), so the body gets under half of what a record may hold."""
+    request = max_message_bytes - RECORD_OVERHEAD_BYTES
+    return SizeLimits(body_bytes=request // 2 - RECORD_OVERHEAD_BYTES, request_bytes=request,
+                      topic_bytes=max_message_bytes)
 
 
 class KafkaSettings(BaseSettings):
@@ -28,6 +60,10 @@ class KafkaSettings(BaseSettings):
     ssl_certfile: Optional[Path] = None
     ssl_keyfile: Optional[Path] = None
     client_id: str = "graduate"
+    max_message_bytes: int = Field(
+        1 << 20, ge=64 * 1024,
+        description="the one size limit: topics' max.message.bytes; producers and the router's body limit "
+                    "are derived from it (see `limits`)")
 
     @field_validator("bootstrap")
     @classmethod
@@ -37,6 +73,10 @@ class KafkaSettings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"expected host:port[,host:port…], got {v!r}")
         return v
+
+    @property
+    def limits(self) -> "SizeLimits":
+        return size_limits(self.max_message_bytes)
 
     def client_config(self) -> dict:
         """Keyword arguments for aiokafka clients (producer, consumer, admin)."""
@@ -88,6 +128,6 @@ def load_settings(cls: type[BaseSettings], **overrides) -> BaseSettings:
         prefix = cls.model_config.get("env_prefix", "")
         lines = []
         for err in exc.errors():
-            var = prefix + "_".join(str(p) for p in err["loc"]).upper()
+            var = prefix + "_".join(str(p) for p in err["loc"]).upper() if err["loc"] else cls.__name__
             lines.append(f"  {var}: {err['msg']}")
         raise SystemExit("invalid settings:\n" + "\n".join(lines)) from None

@@ -30,6 +30,9 @@ Contract of the wrappers:
   processor also as headers) to `catalog.DEADLETTER` and the worker goes on with the next event.
   In a batch, undecodable items are dead-lettered alone; when the batch handler raises, every
   item of that batch is dead-lettered with the reason (retry inside the handler if it should not).
+  When sending a batch's results fails (a record over the producer's max.request.size, say), each
+  event of the batch is handled and sent again alone (`handle_alone`), so only the events whose
+  own results cannot be sent are dead-lettered, each with its own reason.
 - what the handler returns (an iterable of `Emit`, or None) is encoded and sent; only then is
   the event (or the whole batch) acknowledged, and faust flushes the producer before it commits
   offsets, so a result (or dead letter) is written before its source is committed. State
@@ -91,7 +94,7 @@ from services.common import catalog
 from services.common.catalog import TopicSpec, topic_name
 from services.common.codec import Codec, CodecError
 from services.common.contracts import Contract, DeadLetter
-from services.common.kafka import dead_letter
+from services.common.kafka import dead_letter, dead_letter_payload_limit
 from services.common.settings import CommonSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -224,6 +227,7 @@ def make_app(name: str, settings: WorkerSettings, *, partitions: int = catalog.C
         broker_request_timeout=max(90.0, session + 10.0),
         broker_heartbeat_interval=settings.worker_heartbeat_interval_s,
         broker_max_poll_records=500,
+        producer_max_request_size=settings.kafka.limits.request_bytes,
         broker_commit_interval=settings.worker_commit_interval_s,
         stream_wait_empty=False,  # the agents ack only what they finished; waiting could hang a stop
         web_enabled=True,
@@ -302,7 +306,8 @@ def internal_topic(app: faust.App, suffix: str, *, partitions: int = catalog.CAL
 
 
 async def ensure_app_topics(app: faust.App) -> None:
-    """Create the app's catalog topics, the dead-letter topic and its internal topics if missing."""
+    """Create the app's catalog topics, the dead-letter topic and its internal topics if missing;
+    exit when a topic accepts smaller records than this worker's producer may send (checked at start)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
@@ -311,14 +316,19 @@ async def ensure_app_topics(app: faust.App) -> None:
     plumb = plumbing(app)
     plumb.topic(app, catalog.DEADLETTER)
     kafka = plumb.settings.kafka
-    await ensure_topics(kafka, plumb.settings.topic_namespace, tuple(plumb.specs.values()))
+    states = await ensure_topics(kafka, plumb.settings.topic_namespace, tuple(plumb.specs.values()))
+    too_small = [f"{s.name}: {d}" for s in states for d in s.drift if d.startswith("max.message.bytes")]
+    if too_small:  # this worker could send records its topics refuse: lost sends, not dead letters
+        raise SystemExit("size limits disagree with the broker (GRADUATE_KAFKA_MAX_MESSAGE_BYTES="
+                         f"{kafka.max_message_bytes}):\n  " + "\n  ".join(too_small))
     if not plumb.internal:
         return
     admin = AIOKafkaAdminClient(**kafka.client_config(), request_timeout_ms=30000)
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        new = [NewTopic(n, p, 1, topic_configs=cfg) for n, (p, cfg) in plumb.internal.items() if n not in existing]
+        new = [NewTopic(n, p, 1, topic_configs={"max.message.bytes": str(kafka.max_message_bytes), **cfg})
+               for n, (p, cfg) in plumb.internal.items() if n not in existing]
         if new:
             try:
                 await admin.create_topics(new, timeout_ms=30000)
@@ -380,7 +390,7 @@ async def send_dead_letter(app: faust.App, meta: Meta, raw: Any, error: BaseExce
     plumb = plumbing(app)
     payload = bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else repr(raw).encode()
     letter: DeadLetter = dead_letter(meta.topic, meta.partition, meta.offset, plumb.processor, error,
-                                     meta.key, payload)
+                                     meta.key, payload, dead_letter_payload_limit(plumb.settings.kafka))
     FAILED.labels(plumb.processor).inc()
     log.warning("%s: dead letter for %s[%d]@%d: %s", plumb.processor, meta.topic, meta.partition,
                 meta.offset, letter.reason)
@@ -392,6 +402,18 @@ async def send_dead_letter(app: faust.App, meta: Meta, raw: Any, error: BaseExce
     except Exception:  # a failing dead-letter send must not stop the worker
         log.exception("%s: could not send the dead letter for %s[%d]@%d", plumb.processor,
                       meta.topic, meta.partition, meta.offset)
+
+
+def refusal(app: faust.App, item: Item, error: BaseException) -> Emit:
+    """A dead letter for one item of a batch that its handler refuses (invalid, not admitted), as an
+    Emit the handler returns with its other results, so the rest of the batch goes on."""
+    plumb = plumbing(app)
+    meta = item.meta
+    letter = dead_letter(meta.topic, meta.partition, meta.offset, plumb.processor, error, meta.key,
+                         plumb.codec.encode(item.value), dead_letter_payload_limit(plumb.settings.kafka))
+    FAILED.labels(plumb.processor).inc()
+    return Emit(catalog.DEADLETTER, meta.key, letter,
+                headers=(("reason", letter.reason[:500].encode()), ("processor", plumb.processor.encode())))
 
 
 @dataclass(frozen=True)
@@ -452,6 +474,27 @@ async def deliver(app: faust.App, outcome: Outcome, meta: Meta, raw: Any) -> Non
     await send_dead_letter(app, meta, raw, outcome.error)
 
 
+async def handle_alone(app: faust.App, model: Model, handler: Callable[..., Any],
+                       batch: list[tuple[Meta, Any]]) -> list[tuple[Meta, Any, BaseException]]:
+    """Handle and send each event of a batch as a batch of its own; returns those that failed, each
+    with its own error. After a failed batch send, so one record the producer or the broker refuses
+    (too large, say) costs only itself. Results of the batch that were sent before the failure are
+    sent again: effects are idempotent by call_id (at-least-once)."""
+    codec = plumbing(app).codec
+    failures: list[tuple[Meta, Any, BaseException]] = []
+    for meta, raw in batch:
+        emits, failed = await process_batch(codec, model, handler, [(meta, raw)])
+        if not failed:
+            try:
+                await send_emits(app, emits)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                failed = [(meta, raw, exc)]
+        failures += failed
+    return failures
+
+
 Handler = Callable[[T, Meta], Union[Iterable[Emit], Emit, None, Awaitable[Any]]]
 BatchHandler = Callable[[list[Item[T]]], Union[Iterable[Emit], Emit, None, Awaitable[Any]]]
 
@@ -503,14 +546,17 @@ def each_batch(app: faust.App, topic: Any, model: Model, *, size: int, within: f
                 batch = [(meta_of(e), e.value) for e in events]
                 with collect_changelog() as written:
                     emits, failures = await process_batch(plumb.codec, model, handler, batch)
-                if emits:
-                    try:
-                        await send_emits(app, emits)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:  # nothing of this batch is known to be written
-                        failed = {(m.topic, m.partition, m.offset) for m, _, _ in failures}
-                        failures += [(m, raw, exc) for m, raw in batch if (m.topic, m.partition, m.offset) not in failed]
+                    if emits:
+                        try:
+                            await send_emits(app, emits)
+                        except asyncio.CancelledError:
+                            raise
+                        except Exception as exc:  # which item's result failed is not known: each alone
+                            log.warning("%s: a send of a batch of %d failed (%s); handling each event alone",
+                                        label, len(batch), exc)
+                            failed = {(m.topic, m.partition, m.offset) for m, _, _ in failures}
+                            failures += await handle_alone(app, model, handler, [
+                                (m, raw) for m, raw in batch if (m.topic, m.partition, m.offset) not in failed])
                 for meta, raw, exc in failures:
                     await send_dead_letter(app, meta, raw, exc)
                 await changelog_written(written)

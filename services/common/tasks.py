@@ -45,6 +45,9 @@ class RedactionSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     frontier_sees_original: bool = True
     patterns: dict[str, str] = Field(default_factory=dict, description="extra name -> regex")
+    captured: Literal["redact", "refuse"] = Field(
+        "redact", description="what the curator does with a captured record that still holds PII: "
+                              "redact it again, or refuse it (dead letter)")
 
 
 class FieldSpec(BaseModel):

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
@@ -26,7 +27,8 @@ from services.common.codec import Codec
 from services.common.contracts import (CapturedCall, Disagreement, ReviewedLabel, ShadowResult)
 from services.common.settings import CommonSettings
 from services.common.streams import Replay, replay_topic
-from services.common.tasks import TaskSpec
+from services.common.tasks import TaskRegistry, TaskSpec, load_tasks
+from services.curator.admission import Admission, Refused
 from services.curator.logic import (Dataset, Example, ReviewItem, SmallAnswer, build_dataset, build_review_queue,
                                     curate_call, latest_reviews)
 
@@ -60,10 +62,22 @@ async def read_sources(settings: CommonSettings, codec: Codec, *, captured_end: 
     return SourceData(calls, reviews)
 
 
-def curate_sources(task: str, data: SourceData, holdout_fraction: float) -> Dataset:
-    curated = [curate_call(item.value, holdout_fraction) for item in data.calls.records if item.value.task == task]
-    reviews = latest_reviews(item.value for item in data.reviews.records if item.value.task == task)
-    return build_dataset(task, curated, reviews)
+def curate_sources(spec: TaskSpec, data: SourceData, holdout_fraction: float) -> Dataset:
+    """The task's dataset from what the topics held: only admitted calls (admission.py), the
+    refused ones counted by reason in `Dataset.refused`."""
+    admission = Admission.of(TaskRegistry(tasks={spec.name: spec}))
+    curated, refused = [], Counter()
+    for item in data.calls.records:
+        if item.value.task != spec.name:
+            continue
+        try:
+            curated.append(curate_call(admission.admit(item.value), holdout_fraction))
+        except Refused as exc:
+            refused[exc.code] += 1
+    reviews = latest_reviews(item.value for item in data.reviews.records if item.value.task == spec.name)
+    dataset = build_dataset(spec.name, curated, reviews)
+    dataset.refused = dict(sorted(refused.items()))
+    return dataset
 
 
 def rows_table(examples: list[Example]) -> pa.Table:
@@ -112,7 +126,8 @@ def manifest_for(spec: TaskSpec, dataset: Dataset, data: SourceData, holdout_fra
         **({"out_of_scope_label": spec.out_of_scope_label} if spec.out_of_scope_label else {}),
         "curation": {**dataset.stats.__dict__, "reviewed_applied": dataset.reviewed_applied,
                      "excluded_by_review": dataset.excluded_by_review,
-                     "undecodable_records": len(data.calls.undecodable) + len(data.reviews.undecodable)},
+                     "undecodable_records": len(data.calls.undecodable) + len(data.reviews.undecodable),
+                     "refused_records": dataset.refused},
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
     return {"snapshot_id": f"{spec.name}-{digest}", **body}
@@ -152,7 +167,7 @@ async def take_snapshot(settings: CommonSettings, spec: TaskSpec, holdout_fracti
                         codec: Codec | None = None, datasets_dir: Path | None = None) -> tuple[Path, dict]:
     codec = codec or Codec(settings.schema_registry_url)
     data = await read_sources(settings, codec)
-    dataset = curate_sources(spec.name, data, holdout_fraction)
+    dataset = curate_sources(spec, data, holdout_fraction)
     folder_root = datasets_dir or settings.var_dir / "datasets"
     return await asyncio.to_thread(write_snapshot, spec, dataset, data, holdout_fraction, folder_root)
 
@@ -175,6 +190,7 @@ async def review_queue(settings: CommonSettings, task: str, *, holdout_fraction:
                        low_confidence: float = 0.6, codec: Codec | None = None) -> list[ReviewItem]:
     """The review queue of a task, from the topics as they are now (the review page calls this)."""
     codec = codec or Codec(settings.schema_registry_url)
+    spec = load_tasks(settings.tasks_file).get(task)
     data, answers = await asyncio.gather(read_sources(settings, codec), small_answers(settings, codec, task))
-    dataset = curate_sources(task, data, holdout_fraction)
+    dataset = curate_sources(spec, data, holdout_fraction)
     return build_review_queue(dataset, answers, limit=limit, low_confidence=low_confidence)

@@ -1,5 +1,9 @@
 """The router app: `create_app(settings)` wires the frontier client, Triton, capture, the routing
-follower and the keys once (the bootstrap); tests pass fakes for the outside world instead."""
+follower and the keys once (the bootstrap); tests pass fakes for the outside world instead.
+
+Closed by default: every /v1 route needs a key, /openapi.json too (GRADUATE_ROUTER_DOCS=key; /docs
+and /redoc only with `open`), and /metrics is not on this app at all but on `app.state.metrics_app`,
+which `serve_router` serves on its own port (GRADUATE_ROUTER_METRICS_HOST/PORT)."""
 from __future__ import annotations
 
 import asyncio
@@ -10,6 +14,8 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from prometheus_client import make_asgi_app
 
 from services.capture.client import CaptureClient, CaptureStats
 from services.common.codec import Codec
@@ -17,11 +23,12 @@ from services.common.contracts import new_id
 from services.common.frontier import FrontierClient
 from services.common.tasks import TaskRegistry, load_tasks
 from services.common.triton import SmallModelClient
-from services.router.deps import RouterState
+from services.router.deps import CallerDep, RouterState
 from services.router.errors import HANDLERS
 from services.router.keys import KeyStore
 from services.router.logic import Capture, Frontier, Ports, SmallModel, dead_letters
 from services.router.metrics import UNKNOWN_TASK, RouterMetrics
+from services.router.openapi import router_openapi
 from services.router.routes import router
 from services.router.routing import RoutingFollower, RoutingTable
 from services.router.settings import RouterSettings, load_router_settings
@@ -153,12 +160,22 @@ def create_app(settings: RouterSettings | None = None, *, tasks: TaskRegistry | 
                  settings.frontier.base_url, settings.common.triton_grpc_url, settings.common.topic_namespace)
         return state
 
-    app = FastAPI(title="graduate router", version="1", lifespan=lifespan)
+    open_docs = settings.docs == "open"
+    app = FastAPI(title="graduate router", version="1", lifespan=lifespan,
+                  description="OpenAI-compatible chat completions that graduate hot, narrow calls to a small model.",
+                  openapi_url="/openapi.json" if open_docs else None, docs_url="/docs" if open_docs else None,
+                  redoc_url="/redoc" if open_docs else None)
     app.include_router(router)
+    app.openapi = lambda: router_openapi(app)  # type: ignore[method-assign]
+    if settings.docs == "key":
+        @app.get("/openapi.json", include_in_schema=False)
+        async def openapi_behind_key(caller: CallerDep) -> JSONResponse:  # noqa: ARG001
+            return JSONResponse(app.openapi())
     for exc_type, handler in HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
     app.add_middleware(GraduateHeaders, metrics_of=lambda: metrics)
     app.state.metrics = metrics
+    app.state.metrics_app = make_asgi_app(metrics.registry)  # served on its own port (serve_router)
     app.state.table = table
     return app
 

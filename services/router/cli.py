@@ -5,6 +5,7 @@ imports it from here and adds its command.
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Optional
 
@@ -18,6 +19,7 @@ keys_app = typer.Typer(help="API keys of the router: create one (printed once), 
 def serve_router(
     host: Optional[str] = typer.Option(None, help="bind address [GRADUATE_ROUTER_HOST, 127.0.0.1]"),
     port: Optional[int] = typer.Option(None, help="port [GRADUATE_ROUTER_PORT, 8080]"),
+    metrics_port: Optional[int] = typer.Option(None, help="/metrics port [GRADUATE_ROUTER_METRICS_PORT, 9464]"),
     log_level: str = typer.Option("info", help="log level"),
     access_log: bool = typer.Option(False, help="log every request"),
 ) -> None:
@@ -27,11 +29,31 @@ def serve_router(
     from services.router.app import create_app
     from services.router.settings import load_router_settings
 
-    settings = load_router_settings(**{k: v for k, v in {"host": host, "port": port}.items() if v is not None})
+    options = {"host": host, "port": port, "metrics_port": metrics_port}
+    settings = load_router_settings(**{k: v for k, v in options.items() if v is not None})
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per frontier call is access-log noise
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=log_level,
-                access_log=access_log, log_config=log_config(), timeout_graceful_shutdown=5)
+    app = create_app(settings)
+    api = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level=log_level,
+                                        access_log=access_log, log_config=log_config(), timeout_graceful_shutdown=5))
+    servers = [api]
+    if settings.metrics_port is not None:
+        servers.append(uvicorn.Server(uvicorn.Config(app.state.metrics_app, host=settings.metrics_host,
+                                                     port=settings.metrics_port, log_level="warning",
+                                                     access_log=False, lifespan="off")))
+    asyncio.run(serve_together(servers))
+
+
+async def serve_together(servers: list) -> None:
+    """Run uvicorn servers in one loop (the API and /metrics on its own port); when one stops (a
+    signal, a port in use), the others are told to stop too."""
+    tasks = [asyncio.ensure_future(s.serve()) for s in servers]
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for s in servers:
+        s.should_exit = True
+    for result in await asyncio.gather(*tasks, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
 
 class HideQueryString(logging.Filter):

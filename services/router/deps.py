@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Callable
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from services.common.tasks import TaskRegistry, TaskSpec
 from services.router.errors import ApiError
@@ -37,12 +38,17 @@ async def get_state(request: Request) -> RouterState:
 StateDep = Annotated[RouterState, Depends(get_state)]
 
 
-async def get_caller(state: StateDep, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
+BEARER = HTTPBearer(auto_error=False, scheme_name="apiKey",
+                    description="a key from `graduate keys create NAME`: `Authorization: Bearer <key>`")
+
+
+async def get_caller(state: StateDep,
+                     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None) -> ApiKey:
     """The caller's key from `Authorization: Bearer <key>`; 401 without a valid one."""
     if state.keys is None:
         return ANONYMOUS
-    scheme, _, presented = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not presented.strip():
+    presented = credentials.credentials if credentials is not None else ""
+    if not presented.strip():
         raise ApiError(401, "missing_api_key", "missing API key: send the header `Authorization: Bearer <key>`",
                        headers={"WWW-Authenticate": "Bearer"})
     key = state.keys.authenticate(presented.strip())

@@ -5,22 +5,24 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from services.router.deps import CallerDep, RouterState, ServiceCallerDep, StateDep, resolve_task
 from services.router.errors import ApiError
 from services.router.logic import TaskCall, predict_payload, proxy, route
 from services.router.metrics import NO_TASK
+from services.router.openapi import COMPLETION, KEYED, TASK_CALL, errors
 from services.router.schemas import ChatRequest, PredictRequest, read_json, validate
 from services.router.wire import completion_body, sse_events
 
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", responses={**COMPLETION, **TASK_CALL})
 async def chat_completions(request: Request, state: StateDep, caller: ServiceCallerDep,
-                           x_graduate_task: Annotated[str | None, Header()] = None) -> Response:
-    chat = validate(ChatRequest, await read_json(request, state.settings.max_body_bytes))
+                           x_graduate_task: Annotated[str | None, Header(
+                               description="the task this call is (or metadata.task); without one the request "
+                                           "is proxied to the frontier and not captured")] = None) -> Response:
+    chat = validate(ChatRequest, await read_json(request, state.settings.body_limit))
     name = x_graduate_task or (chat.metadata or {}).get("task")
     payload = chat.upstream_payload(state.settings.frontier.model)
     if not name:
@@ -38,10 +40,10 @@ async def chat_completions(request: Request, state: StateDep, caller: ServiceCal
     return respond(completion_body(served), chat)
 
 
-@router.post("/v1/tasks/{task}/predict")
+@router.post("/v1/tasks/{task}/predict", responses=TASK_CALL)
 async def predict(task: str, request: Request, state: StateDep, caller: ServiceCallerDep) -> JSONResponse:
     spec = resolve_task(state, request, caller, task)
-    body = validate(PredictRequest, await read_json(request, state.settings.max_body_bytes))
+    body = validate(PredictRequest, await read_json(request, state.settings.body_limit))
     payload = predict_payload(spec, body.input, state.settings.frontier.model)
     call = task_call(request, state, caller.name, spec, body.input, payload, {"tenant": body.tenant})
     served = await serve(request, state, call)
@@ -50,9 +52,27 @@ async def predict(task: str, request: Request, state: StateDep, caller: ServiceC
                          "latency_ms": round(served.latency_ms, 3)})
 
 
-@router.get("/v1/tasks")
+@router.get("/v1/tasks", responses=KEYED)
 async def list_tasks(state: StateDep, caller: CallerDep) -> dict[str, Any]:
     return {"ready": state.is_ready(), "tasks": state.table.describe()}
+
+
+@router.get("/v1/models", responses=KEYED)
+async def list_models(state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    """The tasks this key may call, as OpenAI lists models (a task is named by X-Graduate-Task)."""
+    return {"object": "list", "data": [model_card(name) for name in sorted(state.tasks.tasks) if caller.may_use(name)]}
+
+
+@router.get("/v1/models/{model}", responses={**KEYED, **errors(404)})
+async def get_model(model: str, state: StateDep, caller: CallerDep) -> dict[str, Any]:
+    if model not in state.tasks.tasks or not caller.may_use(model):
+        raise ApiError(404, "model_not_found", f"the model {model!r} does not exist or this key may not use it",
+                       param="model")
+    return model_card(model)
+
+
+def model_card(name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": 0, "owned_by": "graduate"}
 
 
 @router.get("/healthz")
@@ -60,17 +80,12 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses={503: {"description": "not ready yet (the reason is in the body)"}})
 async def readyz(state: StateDep) -> JSONResponse:
     capture = state.ports.capture.stats()
     body = {"ready": state.is_ready(), "reason": None if state.is_ready() else state.not_ready_reason(),
             "capture": {"state": capture.state, "spool_records": capture.spool_records}}
     return JSONResponse(body, status_code=200 if state.is_ready() else 503)
-
-
-@router.get("/metrics")
-async def metrics(state: StateDep) -> Response:
-    return Response(generate_latest(state.ports.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 # -- helpers -----------------------------------------------------------------------------------

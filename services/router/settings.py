@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Literal, Optional
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.capture.client import CaptureSettings
@@ -20,7 +20,8 @@ class RouterSettings(BaseSettings):
     port: int = Field(8080, ge=1, le=65535)
     api_keys_file: Optional[Path] = Field(None, description="default: <GRADUATE_VAR_DIR>/keys.json")
     auth_disabled: bool = Field(False, description="serve without API keys (local experiments only; logged loudly)")
-    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies are refused with 413")
+    max_body_bytes: Optional[int] = Field(None, ge=1024, description="larger request bodies are refused with "
+                                          "413; default (and most): derived from GRADUATE_KAFKA_MAX_MESSAGE_BYTES")
     small_sample_rate: float = Field(0.05, ge=0.0, le=1.0,
                                      description="share of small-mode answers also asked of the frontier, "
                                                  "off the hot path")
@@ -28,6 +29,12 @@ class RouterSettings(BaseSettings):
     triton_timeout_s: float = Field(1.0, gt=0, description="slower small answers fall back (triton_unavailable)")
     forward_headers: tuple[str, ...] = Field(("traceparent", "tracestate"),
                                              description="request headers passed on to the frontier")
+    docs: Literal["off", "key", "open"] = Field(
+        "key", description="the OpenAPI document: off; /openapi.json behind an API key (no /docs, /redoc); or "
+                           "open with /docs and /redoc (local experiments only)")
+    metrics_host: str = Field("127.0.0.1", description="where /metrics listens (its own port, no key): the pod "
+                                                       "network address (0.0.0.0) for a scraper in the cluster")
+    metrics_port: Optional[int] = Field(9464, ge=0, le=65535, description="/metrics port; 0 any free port")
     capture_enabled: bool = True
     capture_name: str = Field("router", description="names the spool folder <var_dir>/spool/<name>; one per replica")
     routing_retry_s: float = Field(2.0, gt=0, description="between attempts to reach the routing topic")
@@ -46,6 +53,16 @@ class RouterSettings(BaseSettings):
         if not v or not all(c.isalnum() or c in "._-" for c in v):
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
         return v
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> "RouterSettings":
+        self.common.kafka.limits.check(self.max_body_bytes)  # a body the capture could not send is refused at start
+        return self
+
+    @property
+    def body_limit(self) -> int:
+        """Request bodies over this many bytes get 413 (below what a captured record may carry)."""
+        return self.max_body_bytes or self.common.kafka.limits.body_bytes
 
     @property
     def keys_file(self) -> Path:

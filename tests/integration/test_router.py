@@ -88,19 +88,29 @@ class RouterServer:
     def __init__(self, settings: RouterSettings) -> None:
         self.settings = settings
         self.url = f"http://127.0.0.1:{settings.port}"
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=settings.port, log_level="warning",
+        app = create_app(settings)
+        config = uvicorn.Config(app, host="127.0.0.1", port=settings.port, log_level="warning",
                                 access_log=False, timeout_graceful_shutdown=5)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name=f"router-{settings.port}", daemon=True)
+        metrics_port = free_port()  # /metrics has its own port, as `graduate serve router` serves it
+        self.metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+        self.metrics_server = uvicorn.Server(uvicorn.Config(app.state.metrics_app, host="127.0.0.1", port=metrics_port,
+                                                            log_level="warning", access_log=False, lifespan="off"))
+        self.metrics_thread = threading.Thread(target=self.metrics_server.run, name=f"metrics-{metrics_port}",
+                                               daemon=True)
 
     def start(self, ready: bool = True) -> "RouterServer":
         self.thread.start()
+        self.metrics_thread.start()
         wait_http(f"{self.url}/readyz" if ready else f"{self.url}/healthz", timeout=60)
+        wait_http(self.metrics_url, timeout=60)
         return self
 
     def stop(self) -> None:
-        self.server.should_exit = True
+        self.server.should_exit = self.metrics_server.should_exit = True
         self.thread.join(60)
+        self.metrics_thread.join(60)
         assert not self.thread.is_alive(), "the router did not stop"
 
 
@@ -222,6 +232,24 @@ async def test_sdk_frontier_mode_returns_the_simulators_answer_and_captures_it_o
     await client.close()
 
 
+async def test_sdk_lists_the_tasks_as_models_and_gets_a_4xx_for_bad_parameters(start_router, api_key):
+    import openai
+
+    router = start_router()
+    client = sdk(router, api_key)
+    try:
+        models = [m.id async for m in client.models.list()]
+        assert TASK in models and models == sorted(models)
+        with pytest.raises(openai.UnprocessableEntityError, match="one choice"):
+            await client.chat.completions.create(model="gpt-4o-mini", n=2, extra_headers={"X-Graduate-Task": TASK},
+                                                 messages=[{"role": "user", "content": CONFIDENT_TEXT}])
+        with pytest.raises(openai.UnprocessableEntityError, match="temperature"):
+            await client.chat.completions.create(model="gpt-4o-mini", temperature="hot",  # type: ignore[arg-type]
+                                                 messages=[{"role": "user", "content": CONFIDENT_TEXT}])
+    finally:
+        await client.close()
+
+
 async def test_sdk_without_a_task_is_proxied_and_not_captured(start_router, api_key, kafka_settings, codec, namespace):
     router = start_router()
     client = sdk(router, api_key)
@@ -274,7 +302,7 @@ async def test_small_mode_fallback_and_live_decisions(start_router, api_key, sma
         row = next(t for t in tasks if t["task"] == TASK)
         assert (row["mode"], row["model_version"], row["threshold"], row["triton_model"]) == (
             "small", "1", 0.5, small_model)
-        metrics = (await h.get("/metrics")).text
+        metrics = (await h.get(router.metrics_url)).text
         assert f'graduate_router_fallbacks_total{{reason="low_confidence",task="{TASK}"}} 1.0' in metrics
         assert f'graduate_router_task_mode{{mode="small",task="{TASK}"}} 1.0' in metrics
 
@@ -311,7 +339,7 @@ async def test_triton_unreachable_every_request_is_served_by_the_frontier(start_
         await until_served_by(h, CONFIDENT_TEXT, "fallback")
         bodies = [(await predict(h, f"{CONFIDENT_TEXT} #{i}")) for i in range(5)]
         assert all(b.status_code == 200 and b.json()["served_by"] == "fallback" for b in bodies)
-        metrics = (await h.get("/metrics")).text
+        metrics = (await h.get(router.metrics_url)).text
     assert f'graduate_router_fallbacks_total{{reason="triton_unavailable",task="{TASK}"}}' in metrics
     outs = await outcomes(kafka_settings, codec, namespace, min_count=6)
     assert {o.fallback_reason for o in outs} == {"triton_unavailable"}

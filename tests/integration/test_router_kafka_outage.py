@@ -66,8 +66,8 @@ def own_broker():
             broker.run("stop")
 
 
-async def metric(client: httpx.AsyncClient, name: str) -> float:
-    text = (await client.get("/metrics")).text
+async def metric(client: httpx.AsyncClient, url: str, name: str) -> float:
+    text = (await client.get(url)).text
     match = re.search(rf"^{name} (\S+)$", text, re.M)
     return float(match.group(1)) if match else 0.0
 
@@ -102,12 +102,13 @@ async def test_kafka_outage_spools_then_every_call_lands_exactly_once(own_broker
                 assert r.status_code == 200 and r.json()["served_by"] == "frontier", r.text
                 during.append(r.json()["call_id"])
                 await asyncio.sleep(0.1)
-            await until(lambda: _positive(h, "graduate_router_spool_records"), 15, "records in the spool")
-            assert await metric(h, "graduate_router_spool_bytes") > 0
+            await until(lambda: _positive(h, router.metrics_url, "graduate_router_spool_records"), 15,
+                        "records in the spool")
+            assert await metric(h, router.metrics_url, "graduate_router_spool_bytes") > 0
 
             own_broker.run("start")
             after = [(await predict(h, f"top up failed #{i}")).json()["call_id"] for i in range(3)]
-            await until(lambda: _drained(h), 90, "the spool and queue to drain after Kafka returned")
+            await until(lambda: _drained(h, router.metrics_url), 90, "the spool and queue to drain after Kafka returned")
     finally:
         router.stop()
 
@@ -119,13 +120,13 @@ async def test_kafka_outage_spools_then_every_call_lands_exactly_once(own_broker
     assert sorted(r.key.decode() for r in outcomes) == sorted(call_ids)
 
 
-async def _positive(h: httpx.AsyncClient, name: str) -> bool:
-    return await metric(h, name) > 0
+async def _positive(h: httpx.AsyncClient, url: str, name: str) -> bool:
+    return await metric(h, url, name) > 0
 
 
-async def _drained(h: httpx.AsyncClient) -> bool:
-    return (await metric(h, "graduate_router_spool_records") == 0
-            and await metric(h, "graduate_router_capture_queue_depth") == 0)
+async def _drained(h: httpx.AsyncClient, url: str) -> bool:
+    return (await metric(h, url, "graduate_router_spool_records") == 0
+            and await metric(h, url, "graduate_router_capture_queue_depth") == 0)
 
 
 async def test_capture_client_stopped_during_an_outage_hands_over_to_the_next_run(own_broker, namespace, tmp_path):

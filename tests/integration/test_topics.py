@@ -28,6 +28,7 @@ async def test_ensure_creates_with_catalog_configs_and_is_idempotent(kafka_setti
         for s in states:
             assert s.partitions == s.spec.partitions, s.name
             assert s.config["cleanup.policy"] == s.spec.cleanup_policy, s.name
+            assert s.config["max.message.bytes"] == str(kafka_settings.max_message_bytes), s.name
             if s.spec.retention_ms:
                 assert s.config["retention.ms"] == str(s.spec.retention_ms), s.name
         second = await ensure_topics(kafka_settings, namespace)

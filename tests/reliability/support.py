@@ -116,6 +116,10 @@ class Proc:
     url: str
     proc: subprocess.Popen | None = None
     health: str = "/healthz"
+    metrics_url: str = ""  # where /metrics is served (the router: a port of its own); default `url`
+
+    def __post_init__(self) -> None:
+        self.metrics_url = self.metrics_url or self.url
 
     def start(self, timeout: float = 120.0) -> "Proc":
         with self.log.open("a") as out:
@@ -172,10 +176,13 @@ def router(folder: Path, *, kafka: KafkaSettings, namespace: str, frontier_url: 
         "GRADUATE_CAPTURE_RECONNECT_BACKOFF_S": "0.5", "GRADUATE_CAPTURE_UNHEALTHY_AFTER_S": "1.0",
         **env,
     }
+    metrics_port = free_port()
+    settings.setdefault("GRADUATE_ROUTER_METRICS_PORT", str(metrics_port))
     args = ["serve", "router", "--host", "127.0.0.1", "--port", str(port), "--log-level", log_level]
     if access_log:
         args.append("--access-log")
-    return Proc("router", args, {**base, **settings}, folder / f"router-{port}.log", f"http://127.0.0.1:{port}")
+    return Proc("router", args, {**base, **settings}, folder / f"router-{port}.log", f"http://127.0.0.1:{port}",
+                metrics_url=f"http://127.0.0.1:{settings['GRADUATE_ROUTER_METRICS_PORT']}")
 
 
 def metric_value(text: str, name: str, **labels: str) -> float:

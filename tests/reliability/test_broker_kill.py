@@ -113,7 +113,7 @@ async def test_broker_sigkilled_during_a_replay_every_call_captured_exactly_once
         while time.monotonic() - killed < OUTAGE_S or len(sent["outage"]) < third:  # one at a time: a known order
             sent["outage"].append(await send(h, tally, i, "outage"))
             i += 1
-            spooled_max = max(spooled_max, scrape(r.url, "graduate_router_spool_records"))
+            spooled_max = max(spooled_max, scrape(r.metrics_url, "graduate_router_spool_records"))
             await asyncio.sleep(max(0.0, OUTAGE_S / third - 0.01))
         outage = time.monotonic() - killed
         restart = asyncio.create_task(asyncio.to_thread(broker.run, "start"))
@@ -177,15 +177,15 @@ async def test_spool_at_its_size_limit_counts_and_logs_the_drop_and_keeps_servin
                 ids.append(await send(h, tally, len(ids), "spool full"))
                 assert len(ids) < 400, "no drop counted after 400 requests"
                 if after_first_drop is None and await asyncio.to_thread(
-                        scrape, r.url, "graduate_router_capture_dropped_total", reason="spool_full"):
+                        scrape, r.metrics_url, "graduate_router_capture_dropped_total", reason="spool_full"):
                     after_first_drop = len(ids)
                 await asyncio.sleep(0.05)
-            spooled = scrape(r.url, "graduate_router_spool_records")
-            spool_bytes = scrape(r.url, "graduate_router_spool_bytes")
+            spooled = scrape(r.metrics_url, "graduate_router_spool_records")
+            spool_bytes = scrape(r.metrics_url, "graduate_router_spool_bytes")
         finally:
             broker.run("start")
         await poll(lambda: asyncio.to_thread(drained, r.url), 120, "the spool to drain", procs=(r,))
-        dropped = scrape(r.url, "graduate_router_capture_dropped_total", reason="spool_full")
+        dropped = scrape(r.metrics_url, "graduate_router_capture_dropped_total", reason="spool_full")
     m = len(ids) - 1
     assert tally.statuses == {200: m + 1}
     assert 0 < spool_bytes <= 4096 and dropped > 0

@@ -1,7 +1,8 @@
 """The router as a real process (`graduate serve router`, a keys file, the simulator behind it) under
 hostile callers and a failing frontier:
 
-- API keys on every route but health, readiness and metrics; reviewer vs service roles (router and
+- API keys on every route but health and readiness (/metrics has a port of its own, /openapi.json
+  needs a key, /docs and /redoc are off); reviewer vs service roles (router and
   review page); no raw key in the router's log, even at debug level with the access log on;
 - schemathesis against the router's OpenAPI: no 5xx, every 4xx with a message;
 - the frontier answering 500, 429 with Retry-After, hanging, or with garbage: retries within the
@@ -12,7 +13,6 @@ hostile callers and a failing frontier:
 from __future__ import annotations
 
 import asyncio
-import json
 import secrets
 import time
 import uuid
@@ -28,13 +28,12 @@ from services.common.kafka import delete_topics, ensure_topics, make_producer
 from services.common.settings import REPO_ROOT
 from services.common.tasks import load_tasks
 from services.router.keys import create_key
-from services.router.schemas import ChatRequest, PredictRequest
 from tests.reliability.support import SECRET, TASK, Proc, Tally, knob, poll, router, scrape, simulator, until
 from tests.support import decode_all, read_topic
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
-PUBLIC = {"/healthz", "/readyz", "/metrics"}
+PUBLIC = {"/healthz", "/readyz"}
 FASTAPI_DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 LABELS = set(load_tasks(REPO_ROOT / "config" / "tasks.yaml").get(TASK).labels)
 PRESENTED: set[str] = set()  # every key any test sent: none may appear in a log
@@ -88,9 +87,9 @@ def error_message(r: httpx.Response) -> str:
 
 
 # -- keys and roles ------------------------------------------------------------------------------
-async def test_every_route_but_health_readiness_and_metrics_needs_a_key(api, ledger):
-    async with api.client() as anon:
-        spec = (await anon.get("/openapi.json")).json()
+async def test_every_route_but_health_and_readiness_needs_a_key(api, ledger):
+    async with api.client(api.service) as keyed:
+        spec = (await keyed.get("/openapi.json")).json()
     routes = [(m.upper(), p) for p, ops in spec["paths"].items() for m in ops]
     assert {p for _, p in routes} >= PUBLIC | {"/v1/chat/completions", "/v1/tasks"}
     wrong = "gr_" + secrets.token_urlsafe(32)
@@ -114,12 +113,13 @@ async def test_every_route_but_health_readiness_and_metrics_needs_a_key(api, led
                 assert r.status_code == 401, (method, path, name, r.status_code, r.text)
                 assert error_message(r) and r.headers.get("www-authenticate") == "Bearer", (method, path, name)
                 refused += 1
-        docs = {p: (await anon.get(p)).status_code for p in sorted(FASTAPI_DOCS)}
+        docs = {p: (await anon.get(p)).status_code for p in sorted(FASTAPI_DOCS | {"/metrics"})}
+    assert docs == {"/docs": 404, "/docs/oauth2-redirect": 404, "/metrics": 404, "/openapi.json": 401, "/redoc": 404}
     ledger("Requests without a valid API key", f"{tried} requests: {len(routes)} routes × {len(bad_headers)} kinds of "
            "missing/wrong key (none, unknown, Basic, no scheme, empty)",
            "n/a (nothing served, nothing captured)",
-           f"401 with a message and WWW-Authenticate on all {refused} protected; 200 on /healthz, /readyz, /metrics "
-           f"only (FastAPI's own docs routes answer without a key: {docs})")
+           f"401 with a message and WWW-Authenticate on all {refused} protected; 200 on /healthz, /readyz only "
+           f"(docs and metrics on the API port without a key: {docs}; /metrics is on its own port)")
 
 
 class NoPublisher:
@@ -170,29 +170,15 @@ async def test_reviewer_and_service_roles(api, ledger):
 
 
 # -- schemathesis --------------------------------------------------------------------------------
-def with_request_bodies(spec: dict) -> dict:
-    """The router reads its bodies itself, so its OpenAPI has no requestBody: add the router's own
-    pydantic models, so schemathesis fuzzes the bodies too (not only headers and paths)."""
-    spec = json.loads(json.dumps(spec))
-    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
-    template = "#/components/schemas/{model}"
-    for path, model in (("/v1/chat/completions", ChatRequest), ("/v1/tasks/{task}/predict", PredictRequest)):
-        body = model.model_json_schema(ref_template=template)
-        schemas.update(body.pop("$defs", {}))
-        schemas[model.__name__] = body
-        spec["paths"][path]["post"]["requestBody"] = {
-            "required": True, "content": {"application/json": {"schema": {"$ref": template.format(model=model.__name__)}}}}
-    return spec
-
-
 async def test_schemathesis_finds_no_5xx_and_every_4xx_has_a_message(api, ledger):
     import schemathesis
     from schemathesis import GenerationMode
 
-    async with api.client() as anon:
-        documented = (await anon.get("/openapi.json")).json()
+    async with api.client(api.service) as keyed:
+        documented = (await keyed.get("/openapi.json")).json()
     body_documented = [p for p, ops in documented["paths"].items() for op in ops.values() if "requestBody" in op]
-    schema = schemathesis.openapi.from_dict(with_request_bodies(documented))
+    assert set(body_documented) == {"/v1/chat/completions", "/v1/tasks/{task}/predict"}
+    schema = schemathesis.openapi.from_dict(documented)
     examples = int(knob("SCHEMATHESIS_EXAMPLES", 25))
     tally, problems = Tally(), []
     tasks = st.sampled_from([TASK, "draft-reply", None])
@@ -233,8 +219,7 @@ async def test_schemathesis_finds_no_5xx_and_every_4xx_has_a_message(api, ledger
     assert not problems, "\n".join(problems[:20])
     ledger("Schema-driven fuzzing (schemathesis 4, positive + negative) of the router's OpenAPI",
            f"{tally.sent} requests over {len(operations)} operations ({examples} examples per operation and mode; "
-           "request bodies from the router's own models, since its OpenAPI documents none"
-           + (f"; documented: {body_documented}" if body_documented else "") + ")",
+           f"request bodies as the router's OpenAPI documents them: {body_documented})",
            "n/a", f"no 5xx; every 4xx with error.message. Statuses: {tally.summary()}")
 
 
@@ -383,7 +368,7 @@ async def test_a_restarted_router_is_ready_only_after_replaying_and_serves_the_l
         tasks = (await h.get("/v1/tasks")).json()
     row = next(t for t in tasks["tasks"] if t["task"] == TASK)
     assert tasks["ready"] and (row["mode"], row["reason"]) == ("small", last)
-    assert scrape(fresh.url, "graduate_router_fallbacks_total", reason="triton_unavailable", task=TASK) >= 20
+    assert scrape(fresh.metrics_url, "graduate_router_fallbacks_total", reason="triton_unavailable", task=TASK) >= 20
     ledger("Router restarted onto a routing topic with many decisions",
            f"{n} decisions for one task (the last: small); requests sent from the moment the process was up",
            "n/a", f"{not_ready} × 503 not_ready (Retry-After) while replaying, then 20/20 served in the last decided "

@@ -123,7 +123,7 @@ async def test_triton_killed_every_request_falls_back_then_small_again(own_trito
             RouterOutcome)}
         assert {outcomes[c].fallback_reason for c in down_ids} == {"triton_unavailable"}
         assert {outcomes[c].served_by for c in down_ids} == {"fallback"}
-        assert scrape(r.url, "graduate_router_fallbacks_total", reason="triton_unavailable", task=TASK) >= len(down_ids)
+        assert scrape(r.metrics_url, "graduate_router_fallbacks_total", reason="triton_unavailable", task=TASK) >= len(down_ids)
     finally:
         r.stop()
         sim.stop()

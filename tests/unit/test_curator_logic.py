@@ -129,8 +129,8 @@ def test_snapshot_is_byte_identical_whatever_the_order(tmp_path):
     shuffled = calls[:]
     random.Random(1).shuffle(shuffled)
     second = SourceData(replay(shuffled), replay(reviews, "t.graduate.labels.reviewed"))
-    a, ma = write_snapshot(spec, curate_sources(TASK, first, 0.15), first, 0.15, tmp_path / "a")
-    b, mb = write_snapshot(spec, curate_sources(TASK, second, 0.15), second, 0.15, tmp_path / "b")
+    a, ma = write_snapshot(spec, curate_sources(spec, first, 0.15), first, 0.15, tmp_path / "a")
+    b, mb = write_snapshot(spec, curate_sources(spec, second, 0.15), second, 0.15, tmp_path / "b")
     assert ma == mb and a.name == b.name == ma["snapshot_id"]
     for name in ("train.parquet", "holdout.parquet", "manifest.json"):
         assert (a / name).read_bytes() == (b / name).read_bytes()

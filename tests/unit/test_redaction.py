@@ -6,13 +6,17 @@ import pytest
 from services.common.redaction import Redactor, compile_patterns, luhn_ok, redact
 
 PLANTED = {
-    "EMAIL": ["jane.doe@example.com", "a.b+bank@mail.co.uk", "X_Y-z@sub.domain.org"],
+    "EMAIL": ["jane.doe@example.com", "a.b+bank@mail.co.uk", "X_Y-z@sub.domain.org", "x.y@[127.0.0.1]",
+              "ops@[IPv6:2001:db8::1]", '"john doe"@example.com', '"a@b"@example.org', "o'brien@example.ie"],
+    "IBAN": ["DE89 3704 0044 0532 0130 00", "GB82WEST12345698765432", "FR14 2004 1010 0505 0001 3M02 606",
+             "NL91-ABNA-0417-1643-00"],
     "PHONE": ["+44 7700 900123", "(555) 123-4567", "555-123-4567", "07700900123", "+1-202-555-0143",
               "+49 30 1234567"],
     "CARD": ["4111 1111 1111 1111", "5500-0000-0000-0004", "378282246310005", "6011111111111117"],
 }
 KEEP = ["I paid 100 pounds on 2024-01-15", "my pin 1234 was blocked", "transfer of 1,500.00 EUR",
-        "card ending 4242", "ref 12345678", "version 2.3.4", "4111 1111 1111 1112"]  # last: fails Luhn
+        "card ending 4242", "ref 12345678", "version 2.3.4", "4111 1111 1111 1112",  # fails Luhn
+        "DE89 3704 0044 0532 0130 01 is not an IBAN", "meet @ noon", "see @example on the forum"]
 
 
 @pytest.mark.parametrize("kind,value", [(k, v) for k, vs in PLANTED.items() for v in vs])

@@ -194,7 +194,8 @@ def test_tasks_health_and_metrics(world):
     assert c.get("/v1/tasks").status_code == 401
     assert c.get("/healthz").json() == {"status": "ok"}
     assert c.get("/readyz").json()["ready"] is True
-    text = c.get("/metrics").text
+    assert c.get("/metrics").status_code == 404  # /metrics has its own port (serve_router)
+    text = TestClient(world["app"].state.metrics_app).get("/metrics").text
     for name in METRIC_NAMES:
         assert f"# TYPE {name.removesuffix('_total')}" in text, name
     assert 'graduate_router_requests_total{served_by="small",status="200",task="intent"} 1.0' in text

@@ -33,7 +33,7 @@ def _source(n: int = 600) -> SourceData:
 def test_curator_snapshot_loads_in_the_trainer(tmp_path):
     spec = load_tasks(REPO_ROOT / "config" / "tasks.yaml").get("banking77-intent")
     data = _source()
-    dataset = curate_sources(spec.name, data, 0.15)
+    dataset = curate_sources(spec, data, 0.15)
     folder, manifest = write_snapshot(spec, dataset, data, 0.15, tmp_path)
     snap = load_snapshot(folder)
     assert snap.snapshot_id == manifest["snapshot_id"]
@@ -43,5 +43,5 @@ def test_curator_snapshot_loads_in_the_trainer(tmp_path):
     labels = list(snap.train.label) + list(snap.holdout.label)
     assert reviewed and labels[reviewed[0]] == "card_linking"
     # the same inputs give the same bytes
-    again, manifest2 = write_snapshot(spec, curate_sources(spec.name, data, 0.15), data, 0.15, tmp_path / "again")
+    again, manifest2 = write_snapshot(spec, curate_sources(spec, data, 0.15), data, 0.15, tmp_path / "again")
     assert manifest2["files"] == manifest["files"]

@@ -1,0 +1,93 @@
+"""What the curator admits into the dataset: the captured topic is a trust boundary.
+
+Backend services publish their own calls to `graduate.calls.captured` (the capture client), so a
+record there is checked before it can become training data: the task is known, the call_id is
+there, the answer is parsed again against the task's label set or fields (a parse failure stays a
+parse failure, never a label), and the text is redacted again by the task's policy — PII a
+producer left in is replaced, or the record is refused where the task says so. Pure functions;
+the worker dead-letters a refusal with its reason, the snapshot leaves it out and counts it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from services.common.contracts import CapturedCall
+from services.common.redaction import Redactor
+from services.common.tasks import ParseFailure, TaskRegistry, TaskSpec
+
+CALL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+PRODUCER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+class Refused(ValueError):
+    """A captured record the dataset must not hold; `code` names the rule, the message explains."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"refused ({code}): {message}")
+        self.code = code
+
+
+@dataclass
+class Admission:
+    """The task registry and one compiled redactor per task (built once per worker)."""
+
+    tasks: TaskRegistry
+    redactors: dict[str, Redactor]
+
+    @classmethod
+    def of(cls, tasks: TaskRegistry) -> "Admission":
+        return cls(tasks, {name: Redactor(spec.redaction.patterns) for name, spec in tasks.tasks.items()})
+
+    def admit(self, call: CapturedCall) -> CapturedCall:
+        """The call as the dataset may hold it, or `Refused` saying why not."""
+        if not CALL_ID.fullmatch(call.call_id):
+            raise Refused("call_id", f"call_id {call.call_id[:40]!r} is empty or not 1-128 of [A-Za-z0-9._:-]")
+        spec = self.tasks.tasks.get(call.task)
+        if spec is None:
+            raise Refused("unknown_task", f"task {call.task[:60]!r} is not in the task specs "
+                                          f"(known: {', '.join(sorted(self.tasks.tasks))})")
+        if not call.input.strip():
+            raise Refused("empty_input", "the input is empty")
+        return redact_by_policy(spec, self.redactors[spec.name], reparse(spec, call))
+
+
+def reparse(spec: TaskSpec, call: CapturedCall) -> CapturedCall:
+    """The answer parsed again against the task's labels or fields: a label outside the set, or a
+    record that says it parsed with no output, becomes a parse failure (kept, never a label)."""
+    if not spec.graduatable:
+        return call
+    if not call.parse_ok or call.output is None or call.output == "":
+        return call.model_copy(update={"output": None, "parse_ok": False})
+    try:
+        output = spec.parse_output(call.output)
+    except ParseFailure:
+        return call.model_copy(update={"output": None, "parse_ok": False})
+    return call if output == call.output else call.model_copy(update={"output": output})
+
+
+def redact_by_policy(spec: TaskSpec, redactor: Redactor, call: CapturedCall) -> CapturedCall:
+    """Redact the input and answers again (placeholders never match, so a redacted record is
+    unchanged). PII found is replaced; with `redaction.captured: refuse` the record is refused."""
+    red_input, red_raw = redactor(call.input), redactor(call.output_raw)
+    red_output = redactor(call.output) if call.output is not None else None
+    counts: dict[str, int] = {}
+    for r in (red_input, red_raw, red_output):
+        for name, n in (r.counts if r else {}).items():
+            counts[name] = counts.get(name, 0) + n
+    if not counts:
+        return call
+    found = ", ".join(f"{name} x{n}" for name, n in sorted(counts.items()))
+    if spec.redaction.captured == "refuse":
+        raise Refused("unredacted", f"task {spec.name} requires redacted records; found {found} "
+                                    f"(record says redacted={str(call.redacted).lower()})")
+    return call.model_copy(update={"input": red_input.text, "output_raw": red_raw.text,
+                                   "output": red_output.text if red_output else None, "redacted": True})
+
+
+def producer_of(call: CapturedCall) -> str:
+    """Who published the record, for the refusal metric: the router replica or the calling service
+    named in its trace, else "unknown"; anything odd is "other" (bounded label values)."""
+    name = call.trace.get("router") and f"router:{call.trace['router']}" or call.trace.get("caller") \
+        or call.trace.get("producer") or "unknown"
+    return name if PRODUCER.fullmatch(name) else "other"
