@@ -57,3 +57,20 @@ def test_the_plan_shrinks_to_the_budget_and_decays_to_zero_at_its_end():
     before = plan.total
     _fit_to_budget(plan, step=110, train_seconds=55.0, eval_cost=5.0, left=1e9, eval_every=50)
     assert plan.total == before  # a budget never lengthens the plan
+
+
+def test_thread_tuner_keeps_the_faster_count_and_measures_again():
+    from trainer.finetune import ThreadTuner
+
+    tuner = ThreadTuner([2, 1], every=20, probe=2)
+    cost = {2: 6.6, 1: 0.55}  # a busy machine: one thread is faster
+    for step in range(0, 12):
+        threads = tuner.threads_for(step)
+        tuner.record(step, threads, cost[threads])
+    assert tuner.best == 1 and tuner.choices[-1]["threads"] == 1
+    assert tuner.threads_for(10) == 1
+    cost = {2: 0.3, 1: 0.55}  # the machine got quiet: the next probe window goes back to two
+    for step in range(12, 30):
+        threads = tuner.threads_for(step)
+        tuner.record(step, threads, cost[threads])
+    assert tuner.best == 2 and len(tuner.choices) == 2

@@ -94,4 +94,4 @@ def finetune_tokens(train_ids: list[list[int]], train_tags: list[list[int]], val
     result = FineTuned(model, tokenizer, tags, dev.type, recipe.max_length, recipe)
     return train_loop(model, lengths=[len(x) for x in train_ids], step_loss=step_loss, validate=validate,
                       recipe=recipe, seed=seed, head_prefix="classifier.", result=result,
-                      label="fine-tune (tokens)", console=console)
+                      label="fine-tune (tokens)", console=console, tune_threads=dev.type == "cpu" and not threads)
