@@ -32,7 +32,7 @@ from tests.support import decode_all, produce, read_topic
 from trainer.calibrate import softmax
 from trainer.extraction import serve
 from trainer.extraction.dataset_from_restaurant8k import build_restaurant8k_snapshot
-from trainer.extraction.pipeline import train_extraction_task
+from trainer.pipeline import train_extraction_task
 from trainer.extraction.triton_model import decode_fields, fields_json
 from trainer.publish import publish_model_registered
 from trainer.settings import TrainerSettings

@@ -65,7 +65,7 @@ def extraction_model_card(run_dir: Path, report: dict[str, Any], curve: Coverage
     from trainer.model_card import plot_coverage_accuracy, plot_reliability
 
     h, threshold = report["holdout"], report["threshold"]
-    plot_coverage_accuracy(run_dir / "coverage_accuracy.png", curve, threshold["target_accuracy"],
+    plot_coverage_accuracy(run_dir / "coverage_accuracy.png", curve, threshold["frontier_accuracy"],
                            threshold["threshold"])
     plot_reliability(run_dir / "reliability.png", before, after, report["ece_before"], report["ece_after"])
     rows = [f"| {name} | {v['small']['span_f1']:.3f} | {v['frontier']['span_f1']:.3f} | {v['small']['exact_match']:.3f} "
@@ -89,8 +89,10 @@ def extraction_model_card(run_dir: Path, report: dict[str, Any], curve: Coverage
         f"A field's confidence is its least sure token decision; the request's is its least confident field. "
         f"Temperature {report['temperature']:.3f} (ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}). "
         f"Threshold {threshold['threshold']} keeps {threshold['coverage']:.1%} of requests at exact match "
-        f"{threshold['kept_accuracy']:.4f} (target {threshold['target_accuracy']:.4f}); gate basis "
-        f"{report['gate']['basis']}.", "",
+        f"{threshold['kept_accuracy']:.4f}; served (small at or above it, frontier below) {threshold['served_accuracy']:.4f} "
+        f"vs the frontier's {threshold['frontier_accuracy']:.4f} on the gate basis ({report['gate']['basis']}), "
+        f"the lowest candidate threshold whose served answers pass the gate's test on the request and every field "
+        f"(fixed-sequence search).", "",
         "![coverage](coverage_accuracy.png) ![reliability](reliability.png)", "",
         f"Export: {report['export']['exporter']}, parity max |Δlogit| {report['parity']['max_abs_logit_delta']:.2e}; "
         f"served ONNX {report['served_onnx']}.",
