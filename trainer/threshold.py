@@ -11,7 +11,8 @@ first), each is tested at the full alpha, and the search stops at the first one 
 threshold is the last that passed. Any wrongly passed threshold implies that the first true
 null in the sequence was rejected, which happens with probability at most alpha, so the
 family-wise error, and with it the gate's false-pass rate, stays at alpha (docs/DESIGN.md,
-bench/bench_threshold.py). The steps are published so that the gate re-runs the sequence.
+bench/bench_threshold.py). The steps are published so that the gate re-runs the sequence
+(services.controller.gate.replay, which owns the test of one step).
 """
 from __future__ import annotations
 
@@ -20,13 +21,12 @@ from typing import Any, Optional
 
 import numpy as np
 
-from services.controller.gate import score_p_value
+from services.controller.gate import REQUEST, step_passes
 from trainer.evaluate import paired_counts
 
 # Candidate thresholds: confidence quantiles at coverage 1/STEPS, 2/STEPS, .., 1 (highest first).
 # Fewer steps stop less often on a chance dip; more give a finer coverage. 50 = 2 % steps.
 STEPS = 50
-REQUEST = "request"
 
 
 @dataclass(frozen=True)
@@ -98,15 +98,6 @@ def served_tables(kept: np.ndarray, checks: dict[str, tuple[np.ndarray, np.ndarr
     return out
 
 
-def step_passes(tables: dict[str, dict[str, int]], margin: float, alpha: float) -> tuple[bool, float]:
-    """A step passes when every check's table shows non-inferiority (an intersection-union test)."""
-    worst = 0.0
-    for table in tables.values():
-        n = sum(int(table[k]) for k in ("both_correct", "small_only", "frontier_only", "neither"))
-        worst = max(worst, score_p_value(int(table["small_only"]), int(table["frontier_only"]), n, margin))
-    return bool(tables) and worst < alpha, worst
-
-
 def search_threshold(confidence: np.ndarray, checks: dict[str, tuple[np.ndarray, np.ndarray]], margin: float,
                      alpha: float, steps: int = STEPS) -> ThresholdChoice:
     """The lowest candidate threshold reached by the fixed sequence (see the module docstring).
@@ -134,30 +125,3 @@ def search_threshold(confidence: np.ndarray, checks: dict[str, tuple[np.ndarray,
     served = np.where(kept, small_ok, frontier_ok)
     return ThresholdChoice(chosen.threshold, chosen.coverage, chosen.kept, float(small_ok[kept].mean()),
                            float(served.mean()), frontier_acc, n, margin, alpha, done)
-
-
-def replay(record: dict[str, Any], margin: float, alpha: float) -> tuple[Optional[float], Optional[str]]:
-    """The gate's side: re-run a published sequence with the gate's own margin and alpha.
-
-    Returns (the threshold the sequence reaches, None when no step passes; a reason the record
-    cannot be trusted, else None)."""
-    steps = record.get("steps")
-    if not isinstance(steps, list):
-        return None, "the threshold search has no steps"
-    reached: Optional[float] = None
-    previous = float("inf")
-    for step in steps:
-        try:
-            t, tables = float(step["threshold"]), step["tables"]
-            if not isinstance(tables, dict) or REQUEST not in tables:
-                return None, "a search step has no request table"
-            passed, _ = step_passes(tables, margin, alpha)
-        except (KeyError, TypeError, ValueError) as e:
-            return None, f"a search step is unreadable ({e})"
-        if t >= previous:
-            return None, "the search steps are not in descending threshold order"
-        previous = t
-        if not passed:
-            break
-        reached = t
-    return reached, None

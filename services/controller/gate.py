@@ -81,6 +81,7 @@ Status = Literal["pass", "fail", "pending", "n/a"]
 STATS_COUNTS = ("compared", "agreed", "kept", "kept_agreed", "reviewed", "small_correct_reviewed",
                 "frontier_correct_reviewed")
 TEST_NAME = "Tango score test, paired non-inferiority (one-sided)"
+REQUEST = "request"  # the request-level check of a threshold search step (fields: "field:<name>")
 # Small model alone this far below the frontier on the holdout: it underfits (5 points: far beyond
 # any margin the gate allows, so no holdout size would show non-inferiority of the model itself).
 UNDERFIT_GAP = 0.05
@@ -133,6 +134,44 @@ def lower_confidence_bound(b: float, c: float, n: float, alpha: float) -> float:
         else:
             lo = mid
     return hi
+
+
+def step_passes(tables: dict[str, dict[str, int]], margin: float, alpha: float) -> tuple[bool, float]:
+    """One step of the threshold search: it passes when every check's served table ("request", and
+    "field:<name>" for extraction) shows non-inferiority (an intersection-union test); returns
+    (passed, the largest p-value)."""
+    worst = 0.0
+    for table in tables.values():
+        n = sum(int(table[k]) for k in ("both_correct", "small_only", "frontier_only", "neither"))
+        worst = max(worst, score_p_value(int(table["small_only"]), int(table["frontier_only"]), n, margin))
+    return bool(tables) and worst < alpha, worst
+
+
+def replay(record: dict[str, Any], margin: float, alpha: float) -> tuple[Optional[float], Optional[str]]:
+    """The gate's side: re-run a published sequence with the gate's own margin and alpha.
+
+    Returns (the threshold the sequence reaches, None when no step passes; a reason the record
+    cannot be trusted, else None)."""
+    steps = record.get("steps")
+    if not isinstance(steps, list):
+        return None, "the threshold search has no steps"
+    reached: Optional[float] = None
+    previous = float("inf")
+    for step in steps:
+        try:
+            t, tables = float(step["threshold"]), step["tables"]
+            if not isinstance(tables, dict) or REQUEST not in tables:
+                return None, "a search step has no request table"
+            passed, _ = step_passes(tables, margin, alpha)
+        except (KeyError, TypeError, ValueError) as e:
+            return None, f"a search step is unreadable ({e})"
+        if t >= previous:
+            return None, "the search steps are not in descending threshold order"
+        previous = t
+        if not passed:
+            break
+        reached = t
+    return reached, None
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
@@ -268,8 +307,6 @@ def _metrics_json(model: ModelRegistered) -> dict[str, Any]:
 def threshold_search(model: ModelRegistered, settings: ControllerSettings) -> tuple[Optional[bool], str]:
     """Does the published threshold stand on the trainer's search, replayed with the gate's margin
     and alpha? (True / False / None when there is no record), and why."""
-    from trainer.threshold import replay
-
     metrics = _metrics_json(model)
     record = metrics.get("threshold_search")
     if not isinstance(record, dict):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.threshold import REQUEST, candidate_thresholds, replay, search_threshold
+from services.controller.gate import replay
+from trainer.threshold import REQUEST, candidate_thresholds, search_threshold
 from trainer.threshold_sim import simulate
 
 MARGIN, ALPHA = 0.01, 0.05
