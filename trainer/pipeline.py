@@ -220,8 +220,14 @@ def run_pipeline(kind, settings: TrainerSettings, task: str, snapshot_ref: str =
 
 def _fit_record(finetune: dict[str, Any]) -> dict[str, Any]:
     """What the trainer tried, for the gate's reason when the model is far below the frontier."""
-    return {k: finetune[k] for k in ("epochs", "epochs_run", "stopped_early", "best_step", "learning_rate",
-                                     "batch_size", "max_length", "validation_accuracy")}
+    fit = {k: finetune[k] for k in ("epochs", "epochs_run", "stopped_early", "best_step", "learning_rate",
+                                    "batch_size", "max_length", "validation_accuracy")}
+    history = finetune["history"]
+    for key, name in (("val_accuracy", "best_validation_accuracy"), ("val_loss", "best_validation_loss")):
+        values = [row[key] for row in history if isinstance(row.get(key), (int, float))]
+        if values:
+            fit[name] = max(values) if key == "val_accuracy" else min(values)
+    return fit
 
 
 def _gate_view(confidence: np.ndarray, small_ok: np.ndarray, frontier_ok: np.ndarray, predicted: list[str],

@@ -35,7 +35,7 @@ carries the raw table's test too.
 A refusal says what would help: when the small model alone trails the frontier on the holdout by
 more than UNDERFIT_GAP, more holdout would not show non-inferiority; the reason says the model
 underfits and what the trainer tried (metrics_json.fit: epochs run of the maximum, early stop,
-validation accuracy, learning rate) instead of how many more examples the test would need.
+best validation accuracy, learning rate) instead of how many more examples the test would need.
 
 Extraction tasks (metrics_json.kind == "extraction"): request-level correctness is every field
 right, which can hide a field the small model gets wrong more often than the frontier (it may be
@@ -442,7 +442,9 @@ def underfit_reason(model: ModelRegistered) -> Optional[str]:
         if isinstance(fit.get("epochs_run"), (int, float)) and isinstance(fit.get("epochs"), (int, float)):
             stop = ", stopped early" if fit.get("stopped_early") else ", not stopped early"
             tried.append(f"{fit['epochs_run']:g} of at most {fit['epochs']:g} epochs{stop}")
-        if isinstance(fit.get("validation_accuracy"), (int, float)):
+        if isinstance(fit.get("best_validation_accuracy"), (int, float)):
+            tried.append(f"best validation accuracy {fit['best_validation_accuracy']:.1%}")
+        elif isinstance(fit.get("validation_accuracy"), (int, float)):
             tried.append(f"validation accuracy {fit['validation_accuracy']:.1%}")
         if isinstance(fit.get("learning_rate"), (int, float)):
             tried.append(f"learning rate {fit['learning_rate']:g}")

@@ -134,6 +134,7 @@ async def test_fine_tune_serves_in_triton_like_torch_and_registers(
     assert search["method"] == "fixed-sequence" and search["steps"] and search["threshold"] == event.threshold
     assert [s["threshold"] for s in search["steps"]] == sorted((s["threshold"] for s in search["steps"]), reverse=True)
     assert metrics["fit"]["epochs"] == 2 and 0.0 <= metrics["fit"]["validation_accuracy"] <= 1.0
+    assert 0.0 <= metrics["fit"]["best_validation_accuracy"] <= 1.0 and metrics["fit"]["epochs_run"] >= 1
     checks = {c.name: c.status for c in evaluate_offline(event, None, ControllerSettings()).checks}
     assert checks.get("threshold_search", "pass") == "pass", checks  # absent only when no threshold was found
 

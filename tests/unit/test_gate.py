@@ -274,13 +274,14 @@ def test_the_trainers_search_record_is_what_the_gate_replays():
 
 
 def test_an_underfit_model_is_told_so_with_what_the_trainer_tried_not_to_gather_more_holdout():
-    fit = {"epochs": 3, "epochs_run": 3, "stopped_early": False, "validation_accuracy": 0.54, "learning_rate": 5e-5}
+    fit = {"epochs": 3, "epochs_run": 3, "stopped_early": False, "validation_accuracy": 0.53,
+           "best_validation_accuracy": 0.54, "learning_rate": 5e-5}
     # small alone 61 % vs frontier 92 %; no threshold passes
     model = registered(both=290, small_only=15, frontier_only=170, neither=25, threshold=None, metrics={"fit": fit})
     result = evaluate_offline(model, None, SETTINGS)
     assert result.verdict == "refused"
     assert "the small model underfits: holdout accuracy 61.0% vs the frontier's 92.0% (31.0 points below" in result.reason
-    assert "the trainer tried 3 of at most 3 epochs, not stopped early, validation accuracy 54.0%" in result.reason
+    assert "the trainer tried 3 of at most 3 epochs, not stopped early, best validation accuracy 54.0%" in result.reason
     assert "more gold holdout examples would show it" not in result.reason
     assert all(c.more_needed is None for c in result.checks if c.name != "holdout")
     assert result.evidence["underfit"].startswith("the small model underfits")
