@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from trainer.calibrate import CoverageCurve, ReliabilityBin
-from trainer.triton_repo import MAX_BATCH_SIZE, TritonError
+from trainer.triton_repo import TritonError, infer_texts
 
 MODEL_PY = Path(__file__).with_name("triton_model.py")
 EXTRACTION_FILES = ("model.py", "model.onnx", "tokenizer.json", "labels.json", "fields.json", "calibration.json",
@@ -23,24 +23,8 @@ EXTRACTION_OUTPUTS = (("LABEL", "TYPE_STRING", "1"), ("CONFIDENCE", "TYPE_FP32",
 
 
 def extract(url: str, name: str, version: int | str | None, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Triton's (JSON labels, confidences [n], field confidences [n, n_fields]), in batches of 64."""
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(url=url)
-    labels, confidences, fields = [], [], []
-    try:
-        for start in range(0, len(texts), MAX_BATCH_SIZE):
-            chunk = texts[start:start + MAX_BATCH_SIZE]
-            text = httpclient.InferInput("TEXT", [len(chunk), 1], "BYTES")
-            text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in chunk], dtype=np.object_))
-            outputs = [httpclient.InferRequestedOutput(n) for n, _, _ in EXTRACTION_OUTPUTS]
-            result = client.infer(name, [text], model_version=str(version or ""), outputs=outputs)
-            labels.extend(v.decode("utf-8") for v in result.as_numpy("LABEL").reshape(-1))
-            confidences.append(result.as_numpy("CONFIDENCE").reshape(-1))
-            fields.append(result.as_numpy("FIELD_CONFIDENCE"))
-    finally:
-        client.close()
-    return labels, np.concatenate(confidences), np.concatenate(fields)
+    """Triton's (JSON labels, confidences [n], field confidences [n, n_fields])."""
+    return infer_texts(url, name, version, texts, "FIELD_CONFIDENCE")
 
 
 def verify_extraction(url: str, name: str, version: int, texts: list[str], expected_labels: list[str],
