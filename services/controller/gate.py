@@ -337,9 +337,17 @@ def threshold_search(model: ModelRegistered, settings: ControllerSettings) -> tu
                   f"highest down all pass (margin {settings.margin:g}, alpha {settings.alpha:g})")
 
 
+def served_counts(model: ModelRegistered, settings: ControllerSettings) -> bool:
+    """Whether the served tables are the ones tested: the setting says so, there is a threshold
+    (without one the served answer is the frontier's, which tells nothing about the model), and
+    the registration carries the search that chose it."""
+    return (settings.offline_table == "served" and model.threshold is not None
+            and threshold_search(model, settings)[0] is not None)
+
+
 def offline_table(model: ModelRegistered, settings: ControllerSettings) -> tuple[PairedCounts, str]:
     """The paired table the offline gate tests, and its name ("served" or "small")."""
-    if settings.offline_table == "served" and threshold_search(model, settings)[0] is not None:
+    if served_counts(model, settings):
         served = _metrics_json(model).get("paired_at_threshold")
         if isinstance(served, dict):
             try:
@@ -366,7 +374,7 @@ def field_tables(model: ModelRegistered, settings: ControllerSettings) -> dict[s
     ("served" or "small"), None where the registration has no readable table for the field."""
     fields = extraction_fields(model) or []
     metrics = _metrics_json(model)
-    served = settings.offline_table == "served" and threshold_search(model, settings)[0] is not None
+    served = served_counts(model, settings)
     sources = ([("per_field_paired_at_threshold", "served")] if served else []) + [("per_field_paired", "small")]
     out: dict[str, tuple[Optional[PairedCounts], str]] = {}
     for name in fields:

@@ -288,3 +288,10 @@ def test_an_underfit_model_is_told_so_with_what_the_trainer_tried_not_to_gather_
     # close to the frontier, an inconclusive test still says how much more holdout would show it
     close = evaluate_offline(registered(both=270, small_only=14, frontier_only=16, neither=20), None, SETTINGS)
     assert "underfits" not in close.reason and "more gold holdout examples would show it" in close.reason
+
+
+def test_without_a_threshold_the_model_itself_is_tested_not_the_frontier_against_itself():
+    metrics = searched(SAME, threshold=0.9) | {"threshold_search": {"steps": [{"threshold": 0.9, "tables": {
+        "request": {"both_correct": 300, "small_only": 0, "frontier_only": 20, "neither": 180}}}]}}
+    result = evaluate_offline(registered(threshold=None, metrics=metrics), None, SETTINGS)
+    assert result.evidence["statistics"]["table"] == "small" and set(result.failed) == {"threshold"}
