@@ -2,8 +2,9 @@
 
 Temperature scaling divides the logits by one scalar T fitted by minimising the negative
 log-likelihood on the validation slice; ECE measures calibration on the holdout; the
-coverage–accuracy curve and `choose_threshold` pick the lowest confidence threshold whose
-kept-request accuracy reaches the target (the frontier's holdout accuracy by default).
+coverage–accuracy curve, and `choose_threshold`: the lowest confidence threshold whose
+kept-request accuracy reaches a given target (descriptive figures: per-field thresholds for the
+record, the demo's plots). The threshold a model is served with is trainer.threshold's.
 """
 from __future__ import annotations
 

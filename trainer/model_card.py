@@ -24,7 +24,7 @@ def plot_coverage_accuracy(path: Path, curve: CoverageCurve, target: float, thre
 
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
     ax.plot(curve.coverage, curve.kept_accuracy, label="small model, kept requests")
-    ax.axhline(target, color="tab:red", linestyle="--", label=f"target {target:.3f}")
+    ax.axhline(target, color="tab:red", linestyle="--", label=f"frontier {target:.3f}")
     if threshold is not None:
         i = int(np.flatnonzero(curve.threshold >= threshold)[-1])
         ax.scatter([curve.coverage[i]], [curve.kept_accuracy[i]], color="black", zorder=3,
@@ -99,15 +99,13 @@ def _pct(x: float) -> str:
 
 
 def _reviewed_threshold(r: dict[str, Any]) -> str:
-    t = r.get("threshold_reviewed_only")
-    if not t:
-        return ""
-    if t["threshold"] is None:
-        return (f"On the reviewed slice alone (both graded by people) no threshold reaches the frontier's "
-                f"{_pct(t['target_accuracy'])}.")
-    return (f"On the reviewed slice alone (both graded by people) the threshold would be {t['threshold']:.4f}: "
-            f"coverage {_pct(t['coverage'])}, kept accuracy {_pct(t['kept_accuracy'])} vs the frontier's "
-            f"{_pct(t['target_accuracy'])}; the published threshold above uses all gold.")
+    """How the threshold was searched (trainer.threshold), in one sentence."""
+    t = r["threshold"]
+    return (f"The threshold is the lowest of the candidate thresholds (confidence quantiles, highest first) "
+            f"whose served answers (small at or above it, frontier below) pass the gate's non-inferiority test "
+            f"(margin {t['margin']:g}, alpha {t['alpha']:g}) on {t['n']} gold holdout items (gate basis: "
+            f"{r['gate']['basis']}), every earlier candidate passing too (fixed-sequence search: no selection "
+            f"bias); served accuracy {_pct(t['served_accuracy'])} vs the frontier's {_pct(t['frontier_accuracy'])}.")
 
 
 def render_markdown(r: dict[str, Any]) -> str:
@@ -115,7 +113,8 @@ def render_markdown(r: dict[str, Any]) -> str:
     h, t, rev = r["holdout"], r["threshold"], r["holdout"]["reviewed_only"]
     threshold = (f"{t['threshold']:.4f} (coverage {_pct(t['coverage'])}, kept accuracy {_pct(t['kept_accuracy'])}, "
                  f"predicted fallback rate {_pct(t['predicted_fallback_rate'])})" if t["threshold"] is not None
-                 else f"none: no threshold reaches {_pct(t['target_accuracy'])} on kept requests — the gate will refuse")
+                 else "none: even the highest candidate's served answers do not pass the gate's non-inferiority test — "
+                 "the gate will refuse")
     pairs = "\n".join(f"| {p['gold']} | {p['predicted']} | {p['count']} |" for p in h["confusion_pairs"][:10])
     worst = "\n".join(f"| {label} | {h['per_class'][label]['precision']:.3f} | {h['per_class'][label]['recall']:.3f} | "
                       f"{h['per_class'][label]['f1']:.3f} | {h['per_class'][label]['support']} |"
@@ -176,7 +175,7 @@ def write_model_card(out_dir: Path, report: dict[str, Any], curve: CoverageCurve
                      bins_after: list[ReliabilityBin], labels: list[str], matrix: np.ndarray) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     t = report["threshold"]
-    plot_coverage_accuracy(out_dir / "coverage_accuracy.png", curve, t["target_accuracy"], t["threshold"])
+    plot_coverage_accuracy(out_dir / "coverage_accuracy.png", curve, t["frontier_accuracy"], t["threshold"])
     plot_reliability(out_dir / "reliability.png", bins_before, bins_after, report["ece_before"], report["ece_after"])
     plot_confusion(out_dir / "confusion_worst.png", labels, matrix, worst_classes(report["holdout"]["per_class"]))
     card = out_dir / "model_card.md"

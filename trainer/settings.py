@@ -51,11 +51,10 @@ class TrainerSettings(CommonSettings):
 
     # calibration and the threshold
     ece_bins: int = _knob("ece_bins", 15, "equal-width bins of the expected calibration error", ge=2)
-    target_accuracy: Optional[float] = _knob("target_accuracy", None, "kept accuracy the threshold must "
-                                             "reach; default: the frontier's holdout accuracy", gt=0, le=1)
-    min_kept: int = _knob("min_kept", 20, "a threshold must keep at least this many holdout items", ge=1)
+    min_kept: int = _knob("min_kept", 20, "the per-field thresholds kept for the record must keep at least this "
+                          "many holdout items (the served threshold is the gate's test's, trainer.threshold)", ge=1)
     gate_basis: Literal["auto", "reviewed", "all"] = _knob(
-        "gate_basis", "auto", "holdout items the threshold and the published paired table are measured on: "
+        "gate_basis", "auto", "holdout items the threshold search and the published paired tables are measured on: "
         "'reviewed' (gold from people only), 'all' (reviewed, else the frontier's answer), 'auto' = reviewed "
         "when at least min_reviewed_gold holdout items are reviewed")
     min_reviewed_gold: int = _knob("min_reviewed_gold", 300, "reviewed holdout items 'auto' needs to grade "

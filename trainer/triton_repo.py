@@ -142,25 +142,32 @@ def unload_model(url: str, name: str) -> None:
         client.close()
 
 
-def classify(url: str, name: str, version: int, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Triton's (labels, confidences [n], probabilities [n, L]) for texts, in batches of 64."""
+def infer_texts(url: str, name: str, version: int | str | None, texts: list[str],
+                extra: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Triton's LABEL, CONFIDENCE and `extra` output (PROBS or FIELD_CONFIDENCE) for texts, in
+    batches of 64 over HTTP (version None or "": the newest)."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url=url)
-    labels, confidences, probs = [], [], []
+    labels, confidences, rows = [], [], []
     try:
         for start in range(0, len(texts), MAX_BATCH_SIZE):
             chunk = texts[start:start + MAX_BATCH_SIZE]
             text = httpclient.InferInput("TEXT", [len(chunk), 1], "BYTES")
             text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in chunk], dtype=np.object_))
-            outputs = [httpclient.InferRequestedOutput(n) for n in ("LABEL", "CONFIDENCE", "PROBS")]
-            result = client.infer(name, [text], model_version=str(version), outputs=outputs)
+            outputs = [httpclient.InferRequestedOutput(n) for n in ("LABEL", "CONFIDENCE", extra)]
+            result = client.infer(name, [text], model_version=str(version or ""), outputs=outputs)
             labels.extend(v.decode("utf-8") for v in result.as_numpy("LABEL").reshape(-1))
             confidences.append(result.as_numpy("CONFIDENCE").reshape(-1))
-            probs.append(result.as_numpy("PROBS"))
+            rows.append(result.as_numpy(extra))
     finally:
         client.close()
-    return labels, np.concatenate(confidences), np.concatenate(probs)
+    return labels, np.concatenate(confidences), np.concatenate(rows)
+
+
+def classify(url: str, name: str, version: int, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Triton's (labels, confidences [n], probabilities [n, L]) for texts."""
+    return infer_texts(url, name, version, texts, "PROBS")
 
 
 def verify(url: str, name: str, version: int, texts: list[str], expected_labels: list[str],

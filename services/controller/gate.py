@@ -21,11 +21,21 @@ p-value 1 - Phi(Z) < alpha. Why this one:
 Which table: what a task in `small` serves is the small model's answer at or above the threshold
 and the frontier's below it, so by default (`offline_table="served"`) the test runs on the table
 of that served answer vs the frontier alone, when the trainer reports it in metrics_json as
-`paired_at_threshold` (discordant pairs can then only come from kept items). Without it, or with
-`offline_table="small"`, the test runs on ModelRegistered.paired (the small model everywhere),
-which is stricter. The evidence names the table and always carries the raw table's test too.
-The threshold was chosen on the same holdout, so the served figure is optimistic by that
-selection; the shadow gate re-checks on live traffic.
+`paired_at_threshold` (discordant pairs can then only come from kept items). The threshold was
+searched on the same holdout, which would make that test optimistic, so the served table counts
+only with the search's record (metrics_json.threshold_search, trainer/threshold.py): the gate
+replays the fixed sequence of candidate thresholds with its own margin and alpha, and the
+published threshold must be one the sequence reaches (every higher candidate passing too, on the
+request and, for extraction, on every field), else the `threshold_search` check refuses; then
+the false-pass rate stays at alpha (docs/DESIGN.md, "The threshold"). Without the record, or
+with `offline_table="small"`, the test runs on ModelRegistered.paired (the small model
+everywhere), which no threshold choice can flatter. The evidence names the table and always
+carries the raw table's test too.
+
+A refusal says what would help: when the small model alone trails the frontier on the holdout by
+more than UNDERFIT_GAP, more holdout would not show non-inferiority; the reason says the model
+underfits and what the trainer tried (metrics_json.fit: epochs run of the maximum, early stop,
+best validation accuracy, learning rate) instead of how many more examples the test would need.
 
 Extraction tasks (metrics_json.kind == "extraction"): request-level correctness is every field
 right, which can hide a field the small model gets wrong more often than the frontier (it may be
@@ -71,6 +81,10 @@ Status = Literal["pass", "fail", "pending", "n/a"]
 STATS_COUNTS = ("compared", "agreed", "kept", "kept_agreed", "reviewed", "small_correct_reviewed",
                 "frontier_correct_reviewed")
 TEST_NAME = "Tango score test, paired non-inferiority (one-sided)"
+REQUEST = "request"  # the request-level check of a threshold search step (fields: "field:<name>")
+# Small model alone this far below the frontier on the holdout: it underfits (5 points: far beyond
+# any margin the gate allows, so no holdout size would show non-inferiority of the model itself).
+UNDERFIT_GAP = 0.05
 
 
 # --- statistics ------------------------------------------------------------------------------
@@ -120,6 +134,44 @@ def lower_confidence_bound(b: float, c: float, n: float, alpha: float) -> float:
         else:
             lo = mid
     return hi
+
+
+def step_passes(tables: dict[str, dict[str, int]], margin: float, alpha: float) -> tuple[bool, float]:
+    """One step of the threshold search: it passes when every check's served table ("request", and
+    "field:<name>" for extraction) shows non-inferiority (an intersection-union test); returns
+    (passed, the largest p-value)."""
+    worst = 0.0
+    for table in tables.values():
+        n = sum(int(table[k]) for k in ("both_correct", "small_only", "frontier_only", "neither"))
+        worst = max(worst, score_p_value(int(table["small_only"]), int(table["frontier_only"]), n, margin))
+    return bool(tables) and worst < alpha, worst
+
+
+def replay(record: dict[str, Any], margin: float, alpha: float) -> tuple[Optional[float], Optional[str]]:
+    """The gate's side: re-run a published sequence with the gate's own margin and alpha.
+
+    Returns (the threshold the sequence reaches, None when no step passes; a reason the record
+    cannot be trusted, else None)."""
+    steps = record.get("steps")
+    if not isinstance(steps, list):
+        return None, "the threshold search has no steps"
+    reached: Optional[float] = None
+    previous = float("inf")
+    for step in steps:
+        try:
+            t, tables = float(step["threshold"]), step["tables"]
+            if not isinstance(tables, dict) or REQUEST not in tables:
+                return None, "a search step has no request table"
+            passed, _ = step_passes(tables, margin, alpha)
+        except (KeyError, TypeError, ValueError) as e:
+            return None, f"a search step is unreadable ({e})"
+        if t >= previous:
+            return None, "the search steps are not in descending threshold order"
+        previous = t
+        if not passed:
+            break
+        reached = t
+    return reached, None
 
 
 def mcnemar_exact_p(b: int, c: int) -> float:
@@ -252,9 +304,50 @@ def _metrics_json(model: ModelRegistered) -> dict[str, Any]:
     return metrics if isinstance(metrics, dict) else {}
 
 
+def threshold_search(model: ModelRegistered, settings: ControllerSettings) -> tuple[Optional[bool], str]:
+    """Does the published threshold stand on the trainer's search, replayed with the gate's margin
+    and alpha? (True / False / None when there is no record), and why."""
+    metrics = _metrics_json(model)
+    record = metrics.get("threshold_search")
+    if not isinstance(record, dict):
+        return None, "no threshold search record (metrics_json.threshold_search): the served table would be " \
+                     "flattered by the threshold's selection, so the small model's own table is tested"
+    reached, problem = replay(record, settings.margin, settings.alpha)
+    if problem:
+        return False, f"the threshold search record cannot be replayed: {problem}"
+    t = model.threshold
+    steps = [s for s in record["steps"] if isinstance(s, dict)]
+    if t is None:
+        return False, "the search found no threshold whose served answers pass"
+    at = next((s for s in steps if abs(float(s["threshold"]) - t) <= 1e-9), None)
+    if at is None:
+        return False, f"the published threshold {t:.4f} is not one of the searched candidates"
+    if reached is None or reached > t + 1e-9:
+        stop = "no candidate" if reached is None else f"{reached:.4f}"
+        return False, (f"replayed with margin {settings.margin:g} and alpha {settings.alpha:g}, the search stops at "
+                       f"{stop}, above the published threshold {t:.4f}")
+    served = metrics.get("paired_at_threshold")
+    if isinstance(served, dict) and served != at["tables"].get("request"):
+        return False, "paired_at_threshold is not the search's table at the published threshold"
+    missing = [f for f in extraction_fields(model) or [] if f"field:{f}" not in at["tables"]]
+    if missing:
+        return False, f"the search did not test field(s) {', '.join(missing)} at the published threshold"
+    n_steps = steps.index(at) + 1
+    return True, (f"threshold {t:.4f} is reached by the fixed-sequence search: its {n_steps} candidate(s) from the "
+                  f"highest down all pass (margin {settings.margin:g}, alpha {settings.alpha:g})")
+
+
+def served_counts(model: ModelRegistered, settings: ControllerSettings) -> bool:
+    """Whether the served tables are the ones tested: the setting says so, there is a threshold
+    (without one the served answer is the frontier's, which tells nothing about the model), and
+    the registration carries the search that chose it."""
+    return (settings.offline_table == "served" and model.threshold is not None
+            and threshold_search(model, settings)[0] is not None)
+
+
 def offline_table(model: ModelRegistered, settings: ControllerSettings) -> tuple[PairedCounts, str]:
     """The paired table the offline gate tests, and its name ("served" or "small")."""
-    if settings.offline_table == "served":
+    if served_counts(model, settings):
         served = _metrics_json(model).get("paired_at_threshold")
         if isinstance(served, dict):
             try:
@@ -281,8 +374,8 @@ def field_tables(model: ModelRegistered, settings: ControllerSettings) -> dict[s
     ("served" or "small"), None where the registration has no readable table for the field."""
     fields = extraction_fields(model) or []
     metrics = _metrics_json(model)
-    sources = ([("per_field_paired_at_threshold", "served")] if settings.offline_table == "served" else []) + \
-        [("per_field_paired", "small")]
+    served = served_counts(model, settings)
+    sources = ([("per_field_paired_at_threshold", "served")] if served else []) + [("per_field_paired", "small")]
     out: dict[str, tuple[Optional[PairedCounts], str]] = {}
     for name in fields:
         out[name] = (None, "none")
@@ -303,7 +396,13 @@ def evaluate_offline(model: ModelRegistered, incumbent: Optional[ModelRegistered
     """The offline gate for a newly registered version; `incumbent` is the model it would replace."""
     table, which = offline_table(model, settings)
     test = noninferiority_test(table, settings.margin, settings.alpha)
-    checks = [_holdout_check(test.n, settings), _threshold_check(model), _noninferiority_check(test, which)]
+    underfit = underfit_reason(model)
+    checks = [_holdout_check(test.n, settings), _threshold_check(model, underfit),
+              _noninferiority_check(test, which, underfit)]
+    searched, search_detail = threshold_search(model, settings)
+    if settings.offline_table == "served" and model.threshold is not None:
+        checks.append(Check("threshold_search", "pass" if searched else "n/a" if searched is None else "fail",
+                            search_detail))
     field_evidence: dict[str, Any] = {}
     for name, (field_table, field_which) in field_tables(model, settings).items():
         if field_table is None:
@@ -313,7 +412,7 @@ def evaluate_offline(model: ModelRegistered, incumbent: Optional[ModelRegistered
             field_evidence[name] = None
             continue
         field_test = noninferiority_test(field_table, settings.margin, settings.alpha)
-        checks.append(_field_check(name, field_test, field_which))
+        checks.append(_field_check(name, field_test, field_which, underfit))
         field_evidence[name] = field_test.as_evidence() | {"table": field_which, "counts": field_table.model_dump()}
     checks.append(_serving_check(model, incumbent, settings))
     evidence = {"statistics": test.as_evidence() | {"table": which}, "counts": table.model_dump(),
@@ -323,6 +422,9 @@ def evaluate_offline(model: ModelRegistered, incumbent: Optional[ModelRegistered
                 "incumbent": {"version": incumbent.version, **model_metrics(incumbent)} if incumbent else None}
     if field_evidence:
         evidence["fields"] = field_evidence
+    evidence["threshold_search"] = {"replayed": searched, "detail": search_detail}
+    if underfit:
+        evidence["underfit"] = underfit
     return GateResult("offline", model.task, model.version, tuple(checks), evidence)
 
 
@@ -334,17 +436,44 @@ def _holdout_check(n: int, settings: ControllerSettings) -> Check:
                  f"{settings.min_holdout} ({more} more)", more)
 
 
-def _threshold_check(model: ModelRegistered) -> Check:
+def underfit_reason(model: ModelRegistered) -> Optional[str]:
+    """When the small model alone is far below the frontier on the holdout: that it underfits, and
+    what the trainer tried (metrics_json.fit); None otherwise."""
+    gap = model.frontier_accuracy - model.small_accuracy
+    if gap <= UNDERFIT_GAP:
+        return None
+    text = (f"the small model underfits: holdout accuracy {model.small_accuracy:.1%} vs the frontier's "
+            f"{model.frontier_accuracy:.1%} ({100 * gap:.1f} points below, more than {100 * UNDERFIT_GAP:g})")
+    fit = _metrics_json(model).get("fit")
+    if isinstance(fit, dict):
+        tried = []
+        if isinstance(fit.get("epochs_run"), (int, float)) and isinstance(fit.get("epochs"), (int, float)):
+            stop = ", stopped early" if fit.get("stopped_early") else ", not stopped early"
+            tried.append(f"{fit['epochs_run']:g} of at most {fit['epochs']:g} epochs{stop}")
+        if isinstance(fit.get("best_validation_accuracy"), (int, float)):
+            tried.append(f"best validation accuracy {fit['best_validation_accuracy']:.1%}")
+        elif isinstance(fit.get("validation_accuracy"), (int, float)):
+            tried.append(f"validation accuracy {fit['validation_accuracy']:.1%}")
+        if isinstance(fit.get("learning_rate"), (int, float)):
+            tried.append(f"learning rate {fit['learning_rate']:g}")
+        if tried:
+            text += "; the trainer tried " + ", ".join(tried)
+    return text + ("; more gold holdout would not help: train longer or with a recipe suited to the task "
+                   "(more epochs, learning rate), or with more examples per label")
+
+
+def _threshold_check(model: ModelRegistered, underfit: Optional[str] = None) -> Check:
     t = model.threshold
     if t is None:
-        return Check("threshold", "fail", "no confidence threshold reaches the frontier's holdout accuracy")
+        detail = "no confidence threshold's served answers pass the non-inferiority test"
+        return Check("threshold", "fail", f"{detail} ({underfit})" if underfit else detail)
     if not 0.0 <= t <= 1.0:
         return Check("threshold", "fail", f"threshold {t} is outside [0, 1]")
     return Check("threshold", "pass", f"threshold {t:.4f} keeps {model.coverage:.1%} at "
                  f"{model.kept_accuracy:.1%} accuracy (frontier {model.frontier_accuracy:.1%})")
 
 
-def _noninferiority_check(t: NonInferiority, which: str = "small") -> Check:
+def _noninferiority_check(t: NonInferiority, which: str = "small", underfit: Optional[str] = None) -> Check:
     conf = f"{1 - t.alpha:.0%}"
     side = "small with fallback" if which == "served" else "small"
     figures = (f"{side} - frontier = {t.difference:+.4f} on {t.n} paired examples, {conf} lower bound "
@@ -354,16 +483,19 @@ def _noninferiority_check(t: NonInferiority, which: str = "small") -> Check:
     if t.shown:
         return Check("non_inferiority", "pass", "non-inferior: " + figures)
     if t.worse_beyond_margin:
-        return Check("non_inferiority", "fail", "worse than the frontier beyond the margin: " + figures)
+        tail = f"; {underfit}" if underfit else ""
+        return Check("non_inferiority", "fail", "worse than the frontier beyond the margin: " + figures + tail)
+    if underfit:
+        return Check("non_inferiority", "fail", "non-inferiority not shown: " + figures + f"; {underfit}")
     needed = t.examples_needed()
     more = needed - t.n if needed is not None else None
     tail = f"; at these rates about {more} more gold holdout examples would show it" if more else ""
     return Check("non_inferiority", "fail", "non-inferiority not shown: " + figures + tail, more)
 
 
-def _field_check(name: str, t: NonInferiority, which: str) -> Check:
+def _field_check(name: str, t: NonInferiority, which: str, underfit: Optional[str] = None) -> Check:
     """The request-level check's verdict on one field's table, its detail naming the field."""
-    check = _noninferiority_check(t, which)
+    check = _noninferiority_check(t, which, underfit)
     return Check(f"field:{name}", check.status, f"field {name}: {check.detail}", check.more_needed)
 
 

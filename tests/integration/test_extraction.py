@@ -32,7 +32,7 @@ from tests.support import decode_all, produce, read_topic
 from trainer.calibrate import softmax
 from trainer.extraction import serve
 from trainer.extraction.dataset_from_restaurant8k import build_restaurant8k_snapshot
-from trainer.extraction.pipeline import train_extraction_task
+from trainer.pipeline import train_extraction_task
 from trainer.extraction.triton_model import decode_fields, fields_json
 from trainer.publish import publish_model_registered
 from trainer.settings import TrainerSettings
@@ -156,6 +156,14 @@ async def test_a_tiny_fine_tune_learns_the_fields_and_triton_answers_like_the_tr
     assert metrics["kind"] == "extraction" and set(metrics["per_field"]) == set(FIELDS) == set(metrics["per_field_paired"])
     assert metrics["per_field"]["people"]["small"]["span_f1"] == pytest.approx(holdout["per_field"]["people"]["small"]["span_f1"])
     assert sum(metrics["paired_at_threshold"].values()) == metrics["holdout"]["n"] or metrics["gate_basis"] == "reviewed"
+    # the search tested the request and every field at each candidate; the gate replays it
+    from services.controller.gate import evaluate_offline
+    from services.controller.settings import ControllerSettings
+
+    steps = metrics["threshold_search"]["steps"]
+    assert steps and all(set(s["tables"]) == {"request"} | {f"field:{f}" for f in FIELDS} for s in steps)
+    checks = {c.name: c.status for c in evaluate_offline(event, None, ControllerSettings()).checks}
+    assert checks.get("threshold_search", "pass") == "pass", checks
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ model goes into the shared model repository under a uuid-suffixed name and is un
 deleted afterwards; ModelRegistered goes to this test's own namespaced models topic.
 """
 import asyncio
+import json
 import os
 import shutil
 import time
@@ -124,6 +125,18 @@ async def test_fine_tune_serves_in_triton_like_torch_and_registers(
     assert event.holdout_size == holdout["n"] and event.labels == run.report["labels"]
     assert event.artifact_uri == run.version_dir.resolve().as_uri()
     assert event.threshold is None or 0.0 < event.threshold <= 1.0
+    # the threshold is the trainer's fixed-sequence search of the gate's own test, which the gate replays
+    from services.controller.gate import evaluate_offline
+    from services.controller.settings import ControllerSettings
+
+    metrics = json.loads(event.metrics_json)
+    search = metrics["threshold_search"]
+    assert search["method"] == "fixed-sequence" and search["steps"] and search["threshold"] == event.threshold
+    assert [s["threshold"] for s in search["steps"]] == sorted((s["threshold"] for s in search["steps"]), reverse=True)
+    assert metrics["fit"]["epochs"] == 2 and 0.0 <= metrics["fit"]["validation_accuracy"] <= 1.0
+    assert 0.0 <= metrics["fit"]["best_validation_accuracy"] <= 1.0 and metrics["fit"]["epochs_run"] >= 1
+    checks = {c.name: c.status for c in evaluate_offline(event, None, ControllerSettings()).checks}
+    assert checks.get("threshold_search", "pass") == "pass", checks  # absent only when no threshold was found
 
 
 def _holdout_texts(var_dir: Path) -> list[str]:

@@ -145,7 +145,7 @@ def test_restaurant8k_snapshot_carries_the_simulators_answers(tmp_path, spec):
 
 
 def test_the_trainer_dispatches_on_the_kind_and_serves_the_extraction_outputs():
-    from trainer.extraction.pipeline import train_extraction_task
+    from trainer.pipeline import train_extraction_task
 
     assert train_for_kind("classification") is train_task
     assert train_for_kind("extraction") is train_extraction_task
@@ -157,7 +157,7 @@ def test_the_trainer_dispatches_on_the_kind_and_serves_the_extraction_outputs():
 
 
 def test_per_field_paired_tables_of_the_served_answer():
-    from trainer.extraction.pipeline import served_field_paired
+    from trainer.kinds.extraction import served_field_paired
 
     gold = [values_of(json.dumps(v), FIELDS) for v in ({"people": "2", "time": "7 pm"}, {"people": "4"}, {"time": "8"})]
     small = [values_of(json.dumps(v), FIELDS) for v in ({"people": "2", "time": "6 pm"}, {"people": "4"}, {"time": "9"})]

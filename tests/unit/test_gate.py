@@ -41,12 +41,25 @@ def checks_of(result) -> dict[str, str]:
     return {c.name: c.status for c in result.checks}
 
 
+SAME = {"both_correct": 450, "small_only": 0, "frontier_only": 0, "neither": 50}  # nothing kept yet: served = frontier
+
+
+def searched(request: dict, threshold: float = 0.62, fields: dict | None = None, first: dict | None = None) -> dict:
+    """metrics_json of a trainer's fixed-sequence search: a first candidate (0.9), then the published threshold."""
+    at = {"request": request} | {f"field:{k}": v for k, v in (fields or {}).items()}
+    top = {"request": first or SAME} | {f"field:{k}": SAME for k in (fields or {})}
+    return {"paired_at_threshold": request,
+            "threshold_search": {"method": "fixed-sequence", "steps": [{"threshold": 0.9, "tables": top},
+                                                                       {"threshold": threshold, "tables": at}]}}
+
+
 # --- offline ---------------------------------------------------------------------------------
 
 def test_a_better_model_passes_with_its_evidence():
     result = evaluate_offline(registered(), None, SETTINGS)
     assert result.passed, result.reason
-    assert checks_of(result) == {"holdout": "pass", "threshold": "pass", "non_inferiority": "pass", "serving": "n/a"}
+    assert checks_of(result) == {"holdout": "pass", "threshold": "pass", "non_inferiority": "pass", "serving": "n/a",
+                                 "threshold_search": "n/a"}  # no search record: the small model's own table
     ev = result.as_evidence()
     s = ev["statistics"]
     assert s["n"] == 500 and s["small_only"] == 30 and s["frontier_only"] == 12
@@ -81,7 +94,7 @@ def test_an_inconclusive_comparison_says_how_many_more_examples_would_show_it():
 def test_no_threshold_at_parity_is_refused():
     result = evaluate_offline(registered(threshold=None), None, SETTINGS)
     assert result.failed == ("threshold",)
-    assert "no confidence threshold reaches the frontier's holdout accuracy" in result.reason
+    assert "no confidence threshold's served answers pass the non-inferiority test" in result.reason
 
 
 def test_a_model_worse_than_the_serving_one_is_refused_even_when_non_inferior():
@@ -160,10 +173,11 @@ def test_shadow_without_a_threshold_cannot_cut_over():
 
 def test_the_served_table_decides_when_the_trainer_reports_it():
     served = {"both_correct": 420, "small_only": 4, "frontier_only": 2, "neither": 74}  # fallback hides most misses
-    model = registered(small_only=10, frontier_only=40, both=390, neither=60,
-                       metrics={"paired_at_threshold": served})
+    model = registered(small_only=10, frontier_only=40, both=390, neither=60, small_accuracy=0.84,
+                       metrics=searched(served))
     result = evaluate_offline(model, None, SETTINGS)
     assert result.passed, result.reason
+    assert checks_of(result)["threshold_search"] == "pass" and "2 candidate(s)" in result.reason
     assert result.evidence["statistics"]["table"] == "served" and result.evidence["counts"] == served
     assert "small with fallback - frontier = +0.0040" in result.reason
     assert result.evidence["small_table"]["difference"] < -0.05  # the stricter figure is kept as evidence
@@ -183,7 +197,7 @@ def extraction(tables: dict[str, dict] | None = None, served: dict[str, dict] | 
                "paired_at_threshold": {"both_correct": 400, "small_only": 30, "frontier_only": 12, "neither": 58},
                "per_field_paired": tables if tables is not None else {f: HOLDS for f in FIELDS}}
     if served is not None:
-        metrics["per_field_paired_at_threshold"] = served
+        metrics |= searched(metrics["paired_at_threshold"], fields=served) | {"per_field_paired_at_threshold": served}
     return registered(task="booking", labels=FIELDS, metrics=metrics, **kw)
 
 
@@ -210,7 +224,8 @@ def test_the_field_gate_tests_the_served_table_when_the_trainer_reports_it():
     worse = {"both_correct": 400, "small_only": 5, "frontier_only": 40, "neither": 55}
     served = {**{f: HOLDS for f in FIELDS}, "last_name": worse}
     result = evaluate_offline(extraction(served=served), None, SETTINGS)
-    assert result.failed == ("field:last_name",) and "small with fallback - frontier" in result.reason
+    assert result.failed == ("threshold_search", "field:last_name") and "small with fallback - frontier" in result.reason
+    assert "the search stops at 0.9000, above the published threshold 0.6200" in result.reason
     assert result.as_evidence()["fields"]["last_name"]["table"] == "served"
     small_only = evaluate_offline(extraction(served=served), None, ControllerSettings(offline_table="small"))
     assert small_only.passed, small_only.reason  # per_field_paired (small everywhere) holds
@@ -227,3 +242,56 @@ def test_an_inconclusive_or_missing_field_refuses_too():
 
 def test_classification_models_have_no_field_checks():
     assert not any(name.startswith("field:") for name in checks_of(evaluate_offline(registered(), None, SETTINGS)))
+
+
+# --- the threshold search's record and an underfit model's refusal ------------------------------
+
+def test_the_trainers_search_record_is_what_the_gate_replays():
+    import numpy as np
+
+    from trainer.threshold import REQUEST, search_threshold
+
+    rng = np.random.default_rng(3)
+    conf = rng.random(600)
+    frontier_ok = rng.random(600) < 0.9
+    small_ok = np.where(conf > 0.3, frontier_ok | (rng.random(600) < 0.5), rng.random(600) < 0.6)
+    choice = search_threshold(conf, {REQUEST: (small_ok, frontier_ok)}, SETTINGS.margin, SETTINGS.alpha)
+    assert choice.threshold is not None
+    metrics = {"paired_at_threshold": choice.steps[-2 if not choice.steps[-1].passed else -1].tables[REQUEST],
+               "threshold_search": choice.search_record()}
+    model = registered(threshold=choice.threshold, metrics=metrics)
+    result = evaluate_offline(model, None, SETTINGS)
+    assert checks_of(result)["threshold_search"] == "pass" and result.evidence["statistics"]["table"] == "served"
+    # a stricter gate than the trainer's search stops earlier: the published threshold is refused
+    strict = evaluate_offline(model, None, ControllerSettings(margin=0.0))
+    assert "threshold_search" in strict.failed and "above the published threshold" in strict.reason
+    # a threshold the search never tried, or a table that is not the search's, is refused
+    assert "not one of the searched candidates" in evaluate_offline(
+        registered(threshold=choice.threshold + 1e-3, metrics=metrics), None, SETTINGS).reason
+    other = metrics | {"paired_at_threshold": SAME}
+    assert "is not the search's table" in evaluate_offline(registered(threshold=choice.threshold, metrics=other),
+                                                           None, SETTINGS).reason
+
+
+def test_an_underfit_model_is_told_so_with_what_the_trainer_tried_not_to_gather_more_holdout():
+    fit = {"epochs": 3, "epochs_run": 3, "stopped_early": False, "validation_accuracy": 0.53,
+           "best_validation_accuracy": 0.54, "learning_rate": 5e-5}
+    # small alone 61 % vs frontier 92 %; no threshold passes
+    model = registered(both=290, small_only=15, frontier_only=170, neither=25, threshold=None, metrics={"fit": fit})
+    result = evaluate_offline(model, None, SETTINGS)
+    assert result.verdict == "refused"
+    assert "the small model underfits: holdout accuracy 61.0% vs the frontier's 92.0% (31.0 points below" in result.reason
+    assert "the trainer tried 3 of at most 3 epochs, not stopped early, best validation accuracy 54.0%" in result.reason
+    assert "more gold holdout examples would show it" not in result.reason
+    assert all(c.more_needed is None for c in result.checks if c.name != "holdout")
+    assert result.evidence["underfit"].startswith("the small model underfits")
+    # close to the frontier, an inconclusive test still says how much more holdout would show it
+    close = evaluate_offline(registered(both=270, small_only=14, frontier_only=16, neither=20), None, SETTINGS)
+    assert "underfits" not in close.reason and "more gold holdout examples would show it" in close.reason
+
+
+def test_without_a_threshold_the_model_itself_is_tested_not_the_frontier_against_itself():
+    metrics = searched(SAME, threshold=0.9) | {"threshold_search": {"steps": [{"threshold": 0.9, "tables": {
+        "request": {"both_correct": 300, "small_only": 0, "frontier_only": 20, "neither": 180}}}]}}
+    result = evaluate_offline(registered(threshold=None, metrics=metrics), None, SETTINGS)
+    assert result.evidence["statistics"]["table"] == "small" and set(result.failed) == {"threshold"}

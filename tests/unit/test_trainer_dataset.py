@@ -5,6 +5,7 @@ import numpy as np
 
 from services.common.settings import REPO_ROOT
 from trainer import calibrate, model_card
+from trainer.threshold import REQUEST, search_threshold
 from trainer.dataset_from_banking77 import build_banking77_snapshot
 from trainer.evaluate import confusion_matrix, evaluate_holdout
 from trainer.snapshot import load_snapshot
@@ -39,10 +40,11 @@ def test_model_card_writes_markdown_and_plots(tmp_path: Path) -> None:
     conf = rng.uniform(0.4, 1.0, 200)
     correct = np.array([p == g for p, g in zip(predicted, gold)])
     holdout = evaluate_holdout(labels, gold, gold, [True] * 200, predicted)
-    choice = calibrate.choose_threshold(conf, correct, 0.8)
+    frontier_ok = rng.random(200) < 0.8
+    choice = search_threshold(conf, {REQUEST: (correct, frontier_ok)}, 0.01, 0.05)
     report = {"task": "t", "version": 3, "triton_model": "m", "base_model": "b", "snapshot_id": "s", "device": "cpu",
               "timings": {"finetune_s": 1.0}, "frontier_source": "simulated", "holdout": holdout,
-              "threshold": choice.as_dict(), "temperature": 1.2, "validation_size": 20, "ece_before": 0.1,
+              "threshold": choice.as_dict(), "gate": {"basis": "all"}, "temperature": 1.2, "validation_size": 20, "ece_before": 0.1,
               "ece_after": 0.05, "export": {"exporter": "optimum"},
               "parity": {"max_abs_logit_delta": 1e-6, "argmax_agreement": 1.0},
               "quantization": {"summary": "not tried"}, "served_onnx": "fp32"}
@@ -51,5 +53,6 @@ def test_model_card_writes_markdown_and_plots(tmp_path: Path) -> None:
                                        labels, confusion_matrix(labels, gold, predicted))
     text = card.read_text()
     assert "# Model card: t version 3" in text and "gold = reviewed label for 200" in text
+    assert "pass the gate's non-inferiority test (margin 0.01, alpha 0.05) on 200 gold holdout items" in text
     for plot in model_card.PLOTS:
         assert (tmp_path / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

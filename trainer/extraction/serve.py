@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from trainer.calibrate import CoverageCurve, ReliabilityBin
-from trainer.triton_repo import MAX_BATCH_SIZE, TritonError
+from trainer.triton_repo import TritonError, infer_texts
 
 MODEL_PY = Path(__file__).with_name("triton_model.py")
 EXTRACTION_FILES = ("model.py", "model.onnx", "tokenizer.json", "labels.json", "fields.json", "calibration.json",
@@ -23,24 +23,8 @@ EXTRACTION_OUTPUTS = (("LABEL", "TYPE_STRING", "1"), ("CONFIDENCE", "TYPE_FP32",
 
 
 def extract(url: str, name: str, version: int | str | None, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Triton's (JSON labels, confidences [n], field confidences [n, n_fields]), in batches of 64."""
-    import tritonclient.http as httpclient
-
-    client = httpclient.InferenceServerClient(url=url)
-    labels, confidences, fields = [], [], []
-    try:
-        for start in range(0, len(texts), MAX_BATCH_SIZE):
-            chunk = texts[start:start + MAX_BATCH_SIZE]
-            text = httpclient.InferInput("TEXT", [len(chunk), 1], "BYTES")
-            text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in chunk], dtype=np.object_))
-            outputs = [httpclient.InferRequestedOutput(n) for n, _, _ in EXTRACTION_OUTPUTS]
-            result = client.infer(name, [text], model_version=str(version or ""), outputs=outputs)
-            labels.extend(v.decode("utf-8") for v in result.as_numpy("LABEL").reshape(-1))
-            confidences.append(result.as_numpy("CONFIDENCE").reshape(-1))
-            fields.append(result.as_numpy("FIELD_CONFIDENCE"))
-    finally:
-        client.close()
-    return labels, np.concatenate(confidences), np.concatenate(fields)
+    """Triton's (JSON labels, confidences [n], field confidences [n, n_fields])."""
+    return infer_texts(url, name, version, texts, "FIELD_CONFIDENCE")
 
 
 def verify_extraction(url: str, name: str, version: int, texts: list[str], expected_labels: list[str],
@@ -65,7 +49,7 @@ def extraction_model_card(run_dir: Path, report: dict[str, Any], curve: Coverage
     from trainer.model_card import plot_coverage_accuracy, plot_reliability
 
     h, threshold = report["holdout"], report["threshold"]
-    plot_coverage_accuracy(run_dir / "coverage_accuracy.png", curve, threshold["target_accuracy"],
+    plot_coverage_accuracy(run_dir / "coverage_accuracy.png", curve, threshold["frontier_accuracy"],
                            threshold["threshold"])
     plot_reliability(run_dir / "reliability.png", before, after, report["ece_before"], report["ece_after"])
     rows = [f"| {name} | {v['small']['span_f1']:.3f} | {v['frontier']['span_f1']:.3f} | {v['small']['exact_match']:.3f} "
@@ -89,8 +73,10 @@ def extraction_model_card(run_dir: Path, report: dict[str, Any], curve: Coverage
         f"A field's confidence is its least sure token decision; the request's is its least confident field. "
         f"Temperature {report['temperature']:.3f} (ECE {report['ece_before']:.4f} -> {report['ece_after']:.4f}). "
         f"Threshold {threshold['threshold']} keeps {threshold['coverage']:.1%} of requests at exact match "
-        f"{threshold['kept_accuracy']:.4f} (target {threshold['target_accuracy']:.4f}); gate basis "
-        f"{report['gate']['basis']}.", "",
+        f"{threshold['kept_accuracy']:.4f}; served (small at or above it, frontier below) {threshold['served_accuracy']:.4f} "
+        f"vs the frontier's {threshold['frontier_accuracy']:.4f} on the gate basis ({report['gate']['basis']}), "
+        f"the lowest candidate threshold whose served answers pass the gate's test on the request and every field "
+        f"(fixed-sequence search).", "",
         "![coverage](coverage_accuracy.png) ![reliability](reliability.png)", "",
         f"Export: {report['export']['exporter']}, parity max |Δlogit| {report['parity']['max_abs_logit_delta']:.2e}; "
         f"served ONNX {report['served_onnx']}.",
