@@ -9,7 +9,7 @@ TRITON := deploy/local/triton/triton.sh
 
 TASK ?= banking77
 
-.PHONY: browser help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
+.PHONY: browser tools help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36mmake %-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,7 +30,11 @@ browser: node_modules/.package-lock.json ## Chromium (Debian) + playwright-core 
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "WARNING: chromium not installed: tests/e2e/test_review_browser.py will skip"
 
-up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics
+tools: ## kcat (Debian) for the consumer-guide tests
+	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
+	  || { echo "ERROR: kcat could not be installed (apt-get install kcat)"; exit 1; }
+
+up: venv ## start Kafka and Triton on 127.0.0.1, ensure the topics (and their schemas, when GRADUATE_SCHEMA_REGISTRY_URL is set)
 	bash $(KAFKA) start
 	bash $(TRITON) start
 	$(VENV)/bin/graduate topics ensure
@@ -51,7 +55,7 @@ logs: ## tail the Kafka and Triton logs
 topics: venv ## show the topics and their policies
 	$(VENV)/bin/graduate topics list
 
-test: venv browser ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
+test: venv browser tools ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
 	bash deploy/local/run-tests.sh tests
 
 test-unit: venv ## unit tests only (no services)

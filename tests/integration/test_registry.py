@@ -1,0 +1,96 @@
+"""Registry mode against a real Confluent-API schema registry named by GRADUATE_SCHEMA_REGISTRY_URL
+(none runs on this project's machines: docs/CONSUMERS.md says what was tried). Every topic's
+records, written in the Confluent wire format, are read back by Confluent's own deserializer and
+by kcat; the registry refuses an incompatible schema change."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import uuid
+
+import pytest
+
+from services.common.catalog import CATALOG, DISAGREEMENTS, topic_name
+from services.common.codec import Codec
+from services.common.registry import RegistryClient, RegistryConfig, SchemaRefused, schema_text
+from tests.integration.test_consumer_guide import examples_for, snippet
+from tests.support import produce
+
+pytestmark = pytest.mark.integration
+
+REGISTRY_URL = os.environ.get("GRADUATE_SCHEMA_REGISTRY_URL")
+if not REGISTRY_URL:
+    pytest.skip("GRADUATE_SCHEMA_REGISTRY_URL is not set and no schema registry can run on this machine "
+                "(docs/CONSUMERS.md, 'Where no registry could run here')", allow_module_level=True)
+
+
+@pytest.fixture
+def config() -> RegistryConfig:
+    return RegistryConfig(REGISTRY_URL, os.environ.get("GRADUATE_SCHEMA_REGISTRY_USERNAME"),
+                          os.environ.get("GRADUATE_SCHEMA_REGISTRY_PASSWORD"))
+
+
+@pytest.fixture
+async def written(kafka_settings, namespace, topics, config):
+    codec = Codec(registry=config, namespace=namespace)
+    ids = await codec.register_schemas(compatibility="BACKWARD_TRANSITIVE")
+    for spec in CATALOG:
+        await produce(kafka_settings, codec, topic_name(spec, namespace),
+                      [(f"k{i}", e) for i, e in enumerate(examples_for(spec))])
+    return namespace, ids
+
+
+async def test_every_subject_is_registered_with_its_compatibility(written, config):
+    namespace, ids = written
+    async with RegistryClient(config) as client:
+        subjects = set(await client.subjects())
+        for spec in CATALOG:
+            subject = f"{topic_name(spec, namespace)}-value"
+            assert subject in subjects
+            assert await client.compatibility(subject) == "BACKWARD_TRANSITIVE"
+            text = json.loads(await client.schema_text(ids[subject]))
+            assert text.get("doc") and text["name"] == spec.value.__name__  # the full text, docs kept
+
+
+async def test_confluent_deserializer_reads_every_topic(kafka_settings, written):
+    pytest.importorskip("confluent_kafka.schema_registry.avro",
+                        reason="confluent-kafka's [avro,schemaregistry] extras are not installed")
+    namespace, _ = written
+    for spec in CATALOG:
+        expected = examples_for(spec)
+        scope = {"BOOTSTRAP": kafka_settings.bootstrap, "TOPIC": topic_name(spec, namespace),
+                 "EXPECTED": len(expected), "REGISTRY_URL": REGISTRY_URL}
+        exec(snippet("confluent-kafka-registry"), scope)
+        got = sorted((spec.value.model_validate(r) for r in scope["records"]), key=repr)
+        assert got == sorted(expected, key=repr), spec.name
+
+
+async def test_kcat_decodes_every_topic_with_the_registry(kafka_settings, written):
+    kcat = shutil.which("kcat")
+    assert kcat, "kcat is not installed: `make tools` installs it"
+    version = subprocess.run([kcat, "-V"], capture_output=True, text=True, timeout=10).stdout
+    if "Avro" not in version:
+        pytest.skip(f"this kcat lacks Avro/Schema-Registry support ({version.splitlines()[3].strip()})")
+    namespace, _ = written
+    for spec in CATALOG:
+        out = subprocess.run([kcat, "-b", kafka_settings.bootstrap, "-C", "-t", topic_name(spec, namespace),
+                              "-o", "beginning", "-e", "-q", "-s", "value=avro", "-r", REGISTRY_URL, "-f", "%s\n"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+        values = [json.loads(line) for line in out.splitlines() if line.strip()]
+        assert len(values) == len(examples_for(spec)), spec.name
+
+
+async def test_the_registry_refuses_an_incompatible_change(config):
+    subject = f"t{uuid.uuid4().hex[:10]}.graduate.disagreements-value"
+    current = json.loads(Codec().schema_for(DISAGREEMENTS.value).text)
+    breaking = {**current, "fields": current["fields"] + [{"name": "severity", "type": "int"}]}  # no default
+    compatible = {**current, "fields": current["fields"] + [{"name": "severity", "type": "int", "default": 0}]}
+    async with RegistryClient(config) as client:
+        await client.register(subject, schema_text(current))
+        await client.set_compatibility(subject, "BACKWARD_TRANSITIVE")
+        assert not await client.is_compatible(subject, schema_text(breaking))
+        with pytest.raises(SchemaRefused):
+            await client.register(subject, schema_text(breaking))
+        assert await client.register(subject, schema_text(compatible)) > 0
