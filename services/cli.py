@@ -104,14 +104,14 @@ def _register_schemas(settings: CommonSettings, quiet: bool = False) -> None:
     from services.common.codec import Codec
     from services.common.registry import RegistryError
 
+    codec = Codec.from_settings(settings)
     try:
-        ids = asyncio.run(Codec.from_settings(settings).register_schemas(
-            compatibility=settings.schema_registry_compatibility))
+        ids = asyncio.run(codec.register_schemas(compatibility=settings.schema_registry_compatibility))
     except RegistryError as exc:
         console.print(f"[red]schema registry: {exc}[/red]")
         raise typer.Exit(1) from exc
     if not quiet:
-        console.print(f"registered {len(ids)} value subjects at {settings.schema_registry_url} "
+        console.print(f"registered {len(ids)} value subjects at {codec.registry.safe_url} "
                       f"({settings.schema_registry_compatibility}): "
                       + ", ".join(f"{s}={i}" for s, i in ids.items()))
 

@@ -154,7 +154,7 @@ class Codec:
             assert self.registry is not None
             text = reg.blocking_schema_text(self.registry, schema_id)
             if text is None:
-                raise CodecError(f"schema id {schema_id} is not in the registry at {self.registry.url}")
+                raise CodecError(f"schema id {schema_id} is not in the registry at {self.registry.safe_url}")
             try:
                 self._by_id[schema_id] = _from_text(text, f"registry:{schema_id}")
             except Exception as exc:  # fastavro raises several kinds on a bad schema

@@ -33,11 +33,16 @@ class SchemaRefused(RegistryError):
 class RegistryConfig:
     """Where the registry is and how to authenticate; library code gets this, never the environment."""
 
-    url: str
+    url: str = field(repr=False)
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     bearer_token: str | None = field(default=None, repr=False)
     timeout_s: float = 10.0
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without credentials, for messages and logs."""
+        return str(httpx.URL(self.url).copy_with(username=None, password=None))
 
     def client_args(self) -> dict[str, Any]:
         url = httpx.URL(self.url)
@@ -97,7 +102,7 @@ class RegistryClient:
         try:
             r = await self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise RegistryError(f"{what}: registry at {self.config.url} unreachable: {exc!r}") from exc
+            raise RegistryError(f"{what}: registry at {self.config.safe_url} unreachable: {exc!r}") from exc
         _raise_for(r, what)
         return r.json()
 
@@ -151,7 +156,7 @@ def blocking_register(config: RegistryConfig, subject: str, text: str) -> int:
             r = http.post(f"/subjects/{subject}/versions", json={"schema": text, "schemaType": "AVRO"},
                           headers={"Content-Type": CONTENT_TYPE})
         except httpx.HTTPError as exc:
-            raise RegistryError(f"registering {subject}: registry at {config.url} unreachable: {exc!r}") from exc
+            raise RegistryError(f"registering {subject}: registry at {config.safe_url} unreachable: {exc!r}") from exc
         _raise_for(r, f"registering {subject}")
         return int(r.json()["id"])
 
@@ -162,7 +167,7 @@ def blocking_schema_text(config: RegistryConfig, schema_id: int) -> str | None:
         try:
             r = http.get(f"/schemas/ids/{schema_id}")
         except httpx.HTTPError as exc:
-            raise RegistryError(f"fetching schema id {schema_id}: registry at {config.url} unreachable: {exc!r}") from exc
+            raise RegistryError(f"fetching schema id {schema_id}: registry at {config.safe_url} unreachable: {exc!r}") from exc
         if r.status_code == 404:
             return None
         _raise_for(r, f"fetching schema id {schema_id}")

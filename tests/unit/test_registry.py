@@ -145,3 +145,15 @@ def test_consumer_guide_topic_table_matches_the_catalog():
                           else "-" if s.retention_ms is None else f"{s.retention_ms // 86_400_000} days")
         assert (key, value, int(partitions), policy, retention) == (
             s.key, s.value.avro_name, s.partitions, s.cleanup_policy, want_retention), s.name
+
+
+async def test_credentials_in_the_url_stay_out_of_errors_and_reprs():
+    def down(request):
+        raise httpx.ConnectError("connection refused", request=request)
+
+    config = RegistryConfig("http://ana:hunter2@registry:8081")
+    assert "hunter2" not in repr(config) and config.safe_url == "http://registry:8081"
+    async with RegistryClient(config, transport=httpx.MockTransport(down)) as client:
+        with pytest.raises(RegistryError) as info:
+            await client.subjects()
+    assert "hunter2" not in str(info.value)
