@@ -42,6 +42,14 @@ def _text(key: bytes | None) -> str | None:
     return None if key is None else key.decode("utf-8", "backslashreplace")
 
 
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, bytes):  # dead letters carry raw keys and payloads, often not UTF-8
+        return v.decode("utf-8", "backslashreplace")
+    if isinstance(v, datetime):
+        return v.isoformat()
+    raise TypeError(f"{type(v).__name__} is not JSON serialisable")
+
+
 def find_topic(name: str, namespace: str = "") -> TopicSpec:
     """A catalog topic by its full name, its name without ``graduate.``, or its contract's name."""
     for spec in CATALOG:
@@ -57,7 +65,7 @@ def decode_record(codec: Codec, spec: TopicSpec, partition: int, offset: int, ti
     if raw is None:
         return TailedRecord(partition, offset, timestamp_ms, key, None, None)  # a compaction tombstone
     try:
-        value = codec.decode(raw, spec.value).model_dump(mode="json")
+        value = json.loads(json.dumps(codec.decode(raw, spec.value).model_dump(), default=_jsonable))
         return TailedRecord(partition, offset, timestamp_ms, key, value, None)
     except CodecError as exc:
         return TailedRecord(partition, offset, timestamp_ms, key, None, str(exc))

@@ -104,6 +104,11 @@ async def test_topics_tail_prints_every_record_decoded(kafka_settings, written):
                           timeout=120, check=True).stdout
     assert '"mode": "small"' in text and "gate passed" in text
 
+    dead = subprocess.run(cli + ["deadletter", "--json"], env=env, capture_output=True, text=True,
+                          timeout=120, check=True).stdout
+    letter = json.loads(dead)["value"]  # its payload is not UTF-8: shown escaped, not a crash
+    assert letter["payload"] == "\x00\\xff" and letter["reason"] == "unknown schema fingerprint"
+
     bad = subprocess.run(cli + ["no.such.topic"], env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "not a catalog topic" in bad.stdout + bad.stderr
 
