@@ -144,9 +144,20 @@ class RegistryClient:
         return list(await self._call("GET", "/subjects", "listing subjects"))
 
 
-def schema_text(raw: dict[str, Any]) -> str:
-    """The full schema as registered: every attribute kept (defaults, docs, logical types)."""
-    return json.dumps(raw, separators=(",", ":"))
+def schema_text(raw: Any) -> str:
+    """The full schema as registered: every attribute kept (defaults, docs, logical types).
+
+    Compact JSON with ``{`` and ``}`` inside strings written as ``\\u007b``/``\\u007d`` (the same
+    JSON to any parser): Apicurio Registry 2.1 cannot tell the type of a schema holding the
+    string ``"{}"`` (ModelRegistered.metrics_json's default) and refuses it otherwise.
+    """
+    if isinstance(raw, str):
+        return json.dumps(raw).replace("{", "\\u007b").replace("}", "\\u007d")
+    if isinstance(raw, dict):
+        return "{" + ",".join(f"{schema_text(k)}:{schema_text(v)}" for k, v in raw.items()) + "}"
+    if isinstance(raw, list):
+        return "[" + ",".join(schema_text(v) for v in raw) + "]"
+    return json.dumps(raw)
 
 
 def blocking_register(config: RegistryConfig, subject: str, text: str) -> int:
