@@ -1,5 +1,5 @@
-"""Registry mode against a real Confluent-API schema registry named by GRADUATE_SCHEMA_REGISTRY_URL
-(none runs on this project's machines: docs/CONSUMERS.md says what was tried). Every topic's
+"""Registry mode against a real Confluent-API schema registry: Apicurio Registry started by
+deploy/local/apicurio/apicurio.sh (or the one GRADUATE_SCHEMA_REGISTRY_URL names). Every topic's
 records, written in the Confluent wire format, are read back by Confluent's own deserializer and
 by kcat; the registry refuses an incompatible schema change."""
 from __future__ import annotations
@@ -15,20 +15,33 @@ import pytest
 from services.common.catalog import CATALOG, DISAGREEMENTS, topic_name
 from services.common.codec import Codec
 from services.common.registry import RegistryClient, RegistryConfig, SchemaRefused, schema_text
+from services.common.settings import REPO_ROOT
 from tests.integration.test_consumer_guide import examples_for, snippet
 from tests.support import produce
 
 pytestmark = pytest.mark.integration
 
-REGISTRY_URL = os.environ.get("GRADUATE_SCHEMA_REGISTRY_URL")
-if not REGISTRY_URL:
-    pytest.skip("GRADUATE_SCHEMA_REGISTRY_URL is not set and no schema registry can run on this machine "
-                "(docs/CONSUMERS.md, 'Where no registry could run here')", allow_module_level=True)
+APICURIO = REPO_ROOT / "deploy" / "local" / "apicurio" / "apicurio.sh"
+
+
+@pytest.fixture(scope="module")
+def registry_url():
+    """The registry the environment names, else a local Apicurio Registry for this module."""
+    if os.environ.get("GRADUATE_SCHEMA_REGISTRY_URL"):
+        yield os.environ["GRADUATE_SCHEMA_REGISTRY_URL"]
+        return
+    was_running = subprocess.run(["bash", str(APICURIO), "status"], capture_output=True).returncode == 0
+    subprocess.run(["bash", str(APICURIO), "start"], check=True, timeout=900)
+    try:
+        yield subprocess.run(["bash", str(APICURIO), "url"], capture_output=True, text=True, check=True).stdout.strip()
+    finally:
+        if not was_running:
+            subprocess.run(["bash", str(APICURIO), "stop"], check=True, timeout=120)
 
 
 @pytest.fixture
-def config() -> RegistryConfig:
-    return RegistryConfig(REGISTRY_URL, os.environ.get("GRADUATE_SCHEMA_REGISTRY_USERNAME"),
+def config(registry_url) -> RegistryConfig:
+    return RegistryConfig(registry_url, os.environ.get("GRADUATE_SCHEMA_REGISTRY_USERNAME"),
                           os.environ.get("GRADUATE_SCHEMA_REGISTRY_PASSWORD"))
 
 
@@ -54,20 +67,18 @@ async def test_every_subject_is_registered_with_its_compatibility(written, confi
             assert text.get("doc") and text["name"] == spec.value.__name__  # the full text, docs kept
 
 
-async def test_confluent_deserializer_reads_every_topic(kafka_settings, written):
-    pytest.importorskip("confluent_kafka.schema_registry.avro",
-                        reason="confluent-kafka's [avro,schemaregistry] extras are not installed")
+async def test_confluent_deserializer_reads_every_topic(kafka_settings, written, registry_url):
     namespace, _ = written
     for spec in CATALOG:
         expected = examples_for(spec)
         scope = {"BOOTSTRAP": kafka_settings.bootstrap, "TOPIC": topic_name(spec, namespace),
-                 "EXPECTED": len(expected), "REGISTRY_URL": REGISTRY_URL}
+                 "EXPECTED": len(expected), "REGISTRY_URL": registry_url}
         exec(snippet("confluent-kafka-registry"), scope)
         got = sorted((spec.value.model_validate(r) for r in scope["records"]), key=repr)
         assert got == sorted(expected, key=repr), spec.name
 
 
-async def test_kcat_decodes_every_topic_with_the_registry(kafka_settings, written):
+async def test_kcat_decodes_every_topic_with_the_registry(kafka_settings, written, registry_url):
     kcat = shutil.which("kcat")
     assert kcat, "kcat is not installed: `make tools` installs it"
     version = subprocess.run([kcat, "-V"], capture_output=True, text=True, timeout=10).stdout
@@ -76,7 +87,7 @@ async def test_kcat_decodes_every_topic_with_the_registry(kafka_settings, writte
     namespace, _ = written
     for spec in CATALOG:
         out = subprocess.run([kcat, "-b", kafka_settings.bootstrap, "-C", "-t", topic_name(spec, namespace),
-                              "-o", "beginning", "-e", "-q", "-s", "value=avro", "-r", REGISTRY_URL, "-f", "%s\n"],
+                              "-o", "beginning", "-e", "-q", "-s", "value=avro", "-r", registry_url, "-f", "%s\n"],
                              capture_output=True, text=True, timeout=60, check=True).stdout
         values = [json.loads(line) for line in out.splitlines() if line.strip()]
         assert len(values) == len(examples_for(spec)), spec.name
