@@ -6,6 +6,7 @@ VENV := .venv
 export GRADUATE_VAR_DIR ?= $(CURDIR)/var
 KAFKA := deploy/local/kafka/kafka.sh
 TRITON := deploy/local/triton/triton.sh
+REGISTRY := deploy/local/apicurio/apicurio.sh
 
 TASK ?= banking77
 
@@ -30,23 +31,27 @@ browser: node_modules/.package-lock.json ## Chromium (Debian) + playwright-core 
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "WARNING: chromium not installed: tests/e2e/test_review_browser.py will skip"
 
-tools: ## kcat (Debian) for the consumer-guide tests
+tools: ## kcat (Debian) and Apicurio Registry (built from Maven Central) for the topic-reader tests
 	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
 	  || { echo "ERROR: kcat could not be installed (apt-get install kcat)"; exit 1; }
+	bash $(REGISTRY) fetch
 
-up: venv ## start Kafka and Triton on 127.0.0.1, ensure the topics (and their schemas, when GRADUATE_SCHEMA_REGISTRY_URL is set)
+up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics; registry mode (GRADUATE_SCHEMA_REGISTRY_URL set): Apicurio too, schemas registered
 	bash $(KAFKA) start
 	bash $(TRITON) start
+	@if [ -n "$$GRADUATE_SCHEMA_REGISTRY_URL" ]; then bash $(REGISTRY) start; fi
 	$(VENV)/bin/graduate topics ensure
 
 down: ## stop everything `make up`, the demo or the tests started
 	-bash deploy/local/stop-services.sh
 	-bash $(TRITON) stop
+	-bash $(REGISTRY) stop
 	-bash $(KAFKA) stop
 
 status: ## what is running
 	-bash $(KAFKA) status
 	-bash $(TRITON) status
+	-bash $(REGISTRY) status
 
 logs: ## tail the Kafka and Triton logs
 	-bash $(KAFKA) logs

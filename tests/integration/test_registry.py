@@ -12,7 +12,7 @@ import uuid
 
 import pytest
 
-from services.common.catalog import CATALOG, DISAGREEMENTS, topic_name
+from services.common.catalog import CATALOG, DISAGREEMENTS, MODELS, topic_name
 from services.common.codec import Codec
 from services.common.registry import RegistryClient, RegistryConfig, SchemaRefused, schema_text
 from services.common.settings import REPO_ROOT
@@ -105,3 +105,18 @@ async def test_the_registry_refuses_an_incompatible_change(config):
         with pytest.raises(SchemaRefused):
             await client.register(subject, schema_text(breaking))
         assert await client.register(subject, schema_text(compatible)) > 0
+
+
+async def test_topics_tail_decodes_registry_records(kafka_settings, written, registry_url):
+    """A fresh process knows no ids: it fetches each writer schema from the registry by id."""
+    import sys
+
+    namespace, _ = written
+    env = {**os.environ, "GRADUATE_KAFKA_BOOTSTRAP": kafka_settings.bootstrap, "GRADUATE_TOPIC_NAMESPACE": namespace,
+           "GRADUATE_SCHEMA_REGISTRY_URL": registry_url}
+    out = subprocess.run([sys.executable, "-m", "services.cli", "topics", "tail", "models", "--json"], env=env,
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert lines and all(r["error"] is None for r in lines)
+    got = sorted((MODELS.value.model_validate(r["value"]) for r in lines), key=repr)
+    assert got == sorted(examples_for(MODELS), key=repr)
