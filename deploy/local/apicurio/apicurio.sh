@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Runs Apicurio Registry (in-memory storage) on 127.0.0.1 for the codec's registry mode; its
+# Runs Apicurio Registry (H2 storage in the var dir) on 127.0.0.1 for the codec's registry mode; its
 # Confluent-compatible API is http://127.0.0.1:PORT/apis/ccompat/v6. No Docker, no tarball:
 # Maven builds the server from its published jar (io.apicurio:apicurio-registry-app) with
 # Quarkus's plugin, into a cache outside the clone (~/.m2 + ~/.cache). See README.md here.
 #
-#   apicurio.sh fetch|start|stop|status|url|logs
+#   apicurio.sh fetch|start|stop|status|url|logs|clean
 #
 # Environment:
 #   GRADUATE_SCHEMA_REGISTRY_PORT   HTTP port (default: GRADUATE_KAFKA_PORT + 5, i.e. 9097)
@@ -106,8 +106,14 @@ cmd_start() {
   cmd_fetch
   local started=$SECONDS
   # setsid: the registry outlives the shell that started it; 9>&- keeps the lock to us.
+  # H2 in a file under the var dir (the app's default is in memory): schema ids survive a
+  # restart, so records written in registry mode stay readable.
+  mkdir -p "$APICURIO_VAR/h2"
+  REGISTRY_DATASOURCE_URL="jdbc:h2:file:$APICURIO_VAR/h2/registry" \
   setsid "$JAVA" -Xmx384m -Xms64m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 "$MARKER" \
     -Dquarkus.http.host=127.0.0.1 -Dquarkus.http.port="$PORT" \
+    -D%prod.quarkus.datasource.jdbc.initial-size=2 -D%prod.quarkus.datasource.jdbc.min-size=2 \
+    -D%prod.quarkus.datasource.jdbc.max-size=20 \
     -jar "$(runner)" </dev/null >"$LOG" 2>&1 9>&- &
   pid=$!
   echo "$pid" >"$PID_FILE"
@@ -168,6 +174,7 @@ case ${1:-} in
   status) cmd_status ;;
   url) echo "$URL" ;;
   logs) tail -n "${2:-100}" "$LOG" ;;
+  clean) cmd_stop; rm -rf "$APICURIO_VAR/h2"; say "deleted every subject ($APICURIO_VAR/h2)" ;;
   -h|--help|help) usage ;;
   *) usage >&2; exit 2 ;;
 esac
