@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,10 +27,12 @@ class TailedRecord:
     key: bytes | None
     value: dict[str, Any] | None  # the decoded record, JSON-ready
     error: str | None  # why it could not be decoded
+    headers: dict[str, str | None] = field(default_factory=dict)  # e.g. a dead letter's reason
 
     def as_json(self) -> str:
         return json.dumps({"partition": self.partition, "offset": self.offset, "timestamp": self.timestamp_ms,
-                           "key": _text(self.key), "value": self.value, "error": self.error})
+                           "key": _text(self.key), "headers": self.headers, "value": self.value,
+                           "error": self.error})
 
     def as_line(self) -> str:
         ts = datetime.fromtimestamp(self.timestamp_ms / 1000, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
@@ -61,14 +63,15 @@ def find_topic(name: str, namespace: str = "") -> TopicSpec:
 
 
 def decode_record(codec: Codec, spec: TopicSpec, partition: int, offset: int, timestamp_ms: int,
-                  key: bytes | None, raw: bytes | None) -> TailedRecord:
+                  key: bytes | None, raw: bytes | None, headers: Any = ()) -> TailedRecord:
+    meta = {name: None if v is None else _text(bytes(v)) for name, v in headers or ()}
     if raw is None:
-        return TailedRecord(partition, offset, timestamp_ms, key, None, None)  # a compaction tombstone
+        return TailedRecord(partition, offset, timestamp_ms, key, None, None, meta)  # a compaction tombstone
     try:
         value = json.loads(json.dumps(codec.decode(raw, spec.value).model_dump(), default=_jsonable))
-        return TailedRecord(partition, offset, timestamp_ms, key, value, None)
+        return TailedRecord(partition, offset, timestamp_ms, key, value, None, meta)
     except CodecError as exc:
-        return TailedRecord(partition, offset, timestamp_ms, key, None, str(exc))
+        return TailedRecord(partition, offset, timestamp_ms, key, None, str(exc), meta)
 
 
 async def tail(kafka: KafkaSettings, spec: TopicSpec, codec: Codec, namespace: str = "", *,
@@ -90,7 +93,7 @@ async def tail(kafka: KafkaSettings, spec: TopicSpec, codec: Codec, namespace: s
             batches = await consumer.getmany(timeout_ms=500)
             for tp, messages in batches.items():
                 for m in messages:
-                    yield decode_record(codec, spec, m.partition, m.offset, m.timestamp, m.key, m.value)
+                    yield decode_record(codec, spec, m.partition, m.offset, m.timestamp, m.key, m.value, m.headers)
             for tp in list(pending):
                 if await consumer.position(tp) >= ends[tp]:
                     pending.discard(tp)

@@ -119,7 +119,8 @@ async def test_topics_tail_shows_undecodable_records_with_the_reason(kafka_setti
     producer = make_producer(kafka_settings)
     await producer.start()
     try:
-        await producer.send_and_wait(topic_name(DISAGREEMENTS, written), b"\xc3\x01" + b"\x00" * 8 + b"x", key=b"bad")
+        await producer.send_and_wait(topic_name(DISAGREEMENTS, written), b"\xc3\x01" + b"\x00" * 8 + b"x", key=b"bad",
+                                     headers=[("source", b"a test")])
     finally:
         await producer.stop()
     env = {**os.environ, "GRADUATE_KAFKA_BOOTSTRAP": kafka_settings.bootstrap, "GRADUATE_TOPIC_NAMESPACE": written}
@@ -127,3 +128,4 @@ async def test_topics_tail_shows_undecodable_records_with_the_reason(kafka_setti
                          env=env, capture_output=True, text=True, timeout=120, check=True).stdout
     bad = [json.loads(line) for line in out.splitlines() if json.loads(line)["key"] == "bad"]
     assert len(bad) == 1 and "unknown schema fingerprint" in bad[0]["error"]
+    assert bad[0]["headers"] == {"source": "a test"}
