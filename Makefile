@@ -31,10 +31,12 @@ browser: node_modules/.package-lock.json ## Chromium (Debian) + playwright-core 
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "WARNING: chromium not installed: tests/e2e/test_review_browser.py will skip"
 
-tools: ## kcat (Debian) and Apicurio Registry (built from Maven Central) for the topic-reader tests
+tools: ## kcat (Debian), Apicurio Registry (built from Maven Central), pyspark (.venv-readers) for the topic-reader tests
 	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
 	  || { echo "ERROR: kcat could not be installed (apt-get install kcat)"; exit 1; }
 	bash $(REGISTRY) fetch
+	@test -x .venv-readers/bin/python || uv venv -q -p $(PY) .venv-readers
+	uv pip install -q -p .venv-readers/bin/python -r tests/readers/requirements.txt
 
 up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics; registry mode (GRADUATE_SCHEMA_REGISTRY_URL set): Apicurio too, schemas registered
 	bash $(KAFKA) start
