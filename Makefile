@@ -7,6 +7,8 @@ export GRADUATE_VAR_DIR ?= $(CURDIR)/var
 KAFKA := deploy/local/kafka/kafka.sh
 TRITON := deploy/local/triton/triton.sh
 REGISTRY := deploy/local/apicurio/apicurio.sh
+# Flink's Kafka connector and Confluent Avro format for the consumer guide's Flink SQL test (~/.m2)
+FLINK_JARS := org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2 org.apache.flink:flink-sql-avro-confluent-registry:2.2.0
 
 TASK ?= banking77
 
@@ -31,12 +33,14 @@ browser: node_modules/.package-lock.json ## Chromium (Debian) + playwright-core 
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "WARNING: chromium not installed: tests/e2e/test_review_browser.py will skip"
 
-tools: ## kcat (Debian), Apicurio Registry (built from Maven Central), pyspark (.venv-readers) for the topic-reader tests
+tools: ## kcat (Debian), Apicurio Registry (Maven Central), pyspark + pyflink (.venv-readers) for the topic-reader tests
 	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
 	  || { echo "ERROR: kcat could not be installed (apt-get install kcat)"; exit 1; }
 	bash $(REGISTRY) fetch
 	@test -x .venv-readers/bin/python || uv venv -q -p $(PY) .venv-readers
-	uv pip install -q -p .venv-readers/bin/python -r tests/readers/requirements.txt
+	uv pip sync -q -p .venv-readers/bin/python tests/readers/requirements.txt
+	@for a in $(FLINK_JARS); do mvn -q -B dependency:get -Dartifact=$$a -Dtransitive=false >/dev/null \
+	  || { echo "ERROR: mvn could not fetch $$a"; exit 1; }; done
 
 up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics; registry mode (GRADUATE_SCHEMA_REGISTRY_URL set): Apicurio too, schemas registered
 	bash $(KAFKA) start

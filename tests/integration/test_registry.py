@@ -1,7 +1,8 @@
 """Registry mode against a real Confluent-API schema registry: Apicurio Registry started by
 deploy/local/apicurio/apicurio.sh (or the one GRADUATE_SCHEMA_REGISTRY_URL names). Every topic's
-records, written in the Confluent wire format, are read back by Confluent's own deserializer and
-by kcat; the registry refuses an incompatible schema change."""
+records, written in the Confluent wire format, are read back by Confluent's own deserializer,
+Flink SQL's avro-confluent format, `graduate topics tail` and kcat (where built with Avro); the
+registry refuses an incompatible schema change."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,7 @@ import os
 import shutil
 import subprocess
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +18,7 @@ from services.common.catalog import CATALOG, DISAGREEMENTS, MODELS, topic_name
 from services.common.codec import Codec
 from services.common.registry import RegistryClient, RegistryConfig, SchemaRefused, schema_text
 from services.common.settings import REPO_ROOT
-from tests.integration.test_consumer_guide import examples_for, snippet
+from tests.integration.test_consumer_guide import GUIDE, examples_for, snippet
 from tests.support import produce
 
 pytestmark = pytest.mark.integration
@@ -120,3 +122,45 @@ async def test_topics_tail_decodes_registry_records(kafka_settings, written, reg
     assert lines and all(r["error"] is None for r in lines)
     got = sorted((MODELS.value.model_validate(r["value"]) for r in lines), key=repr)
     assert got == sorted(examples_for(MODELS), key=repr)
+
+
+# Runs inside .venv-readers: the guide's Flink SQL with this test's addresses, then a bounded query.
+FLINK_DRIVER = '''
+import json, os, re, sys
+from pyflink.table import EnvironmentSettings, TableEnvironment
+guide, bootstrap, topic, registry, jars = sys.argv[1:6]
+text = open(guide).read()
+sql = re.search(r"<!-- snippet: flink-sql -->\\n```sql\\n(.*?)```", text, re.S).group(1)
+sql = (sql.replace("'graduate.disagreements'", f"'{topic}'").replace("localhost:9092", bootstrap)
+       .replace("http://localhost:9097/apis/ccompat/v6", registry))
+env = TableEnvironment.create(EnvironmentSettings.in_streaming_mode())
+env.get_config().set("pipeline.jars", jars)
+env.get_config().set("parallelism.default", "1")
+env.execute_sql(sql)
+with env.execute_sql("SELECT call_id, task, small_output, confidence, ts, differing_fields FROM disagreements").collect() as rows:
+    for r in rows:
+        print("ROW " + json.dumps(list(r), default=str), flush=True)
+'''
+
+
+@pytest.mark.slow
+async def test_flink_sql_snippet_reads_disagreements_through_the_registry(kafka_settings, written, registry_url,
+                                                                          tmp_path):
+    python = REPO_ROOT / ".venv-readers" / "bin" / "python"
+    m2 = Path.home() / ".m2" / "repository" / "org" / "apache" / "flink"
+    jars = [m2 / "flink-sql-connector-kafka" / "5.0.0-2.2" / "flink-sql-connector-kafka-5.0.0-2.2.jar",
+            m2 / "flink-sql-avro-confluent-registry" / "2.2.0" / "flink-sql-avro-confluent-registry-2.2.0.jar"]
+    missing = [str(p) for p in [python, *jars] if not p.exists()]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}: `make tools` installs PyFlink and fetches Flink's jars")
+    namespace, _ = written
+    driver = tmp_path / "flink_driver.py"
+    driver.write_text(FLINK_DRIVER)
+    run = subprocess.run([str(python), str(driver), str(GUIDE), kafka_settings.bootstrap,
+                          topic_name(DISAGREEMENTS, namespace), registry_url, ";".join(f"file://{j}" for j in jars)],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = sorted(json.loads(line[4:]) for line in run.stdout.splitlines() if line.startswith("ROW "))
+    want = sorted([e.call_id, e.task, e.small_output, e.confidence, e.ts.strftime("%Y-%m-%d %H:%M:%S"),
+                   e.differing_fields] for e in examples_for(DISAGREEMENTS))
+    assert [r[:4] + [r[4][:19]] + r[5:] for r in rows] == want
