@@ -27,6 +27,7 @@ from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 from services.common import registry as reg
 from services.common.catalog import CATALOG
 from services.common.contracts import ALL_CONTRACTS, Contract
+from services.common.settings import CommonSettings
 
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -101,7 +102,7 @@ class Codec:
         self._by_id: dict[int, KnownSchema] = {}
 
     @classmethod
-    def from_settings(cls, settings: Any, root: Path | None = None) -> Codec:
+    def from_settings(cls, settings: CommonSettings, root: Path | None = None) -> Codec:
         """The codec a service's CommonSettings ask for (registry, auth, topic namespace)."""
         secret = lambda v: v.get_secret_value() if v is not None else None  # noqa: E731
         config = None

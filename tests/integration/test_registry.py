@@ -164,3 +164,23 @@ async def test_flink_sql_snippet_reads_disagreements_through_the_registry(kafka_
     want = sorted([e.call_id, e.task, e.small_output, e.confidence, e.ts.strftime("%Y-%m-%d %H:%M:%S"),
                    e.differing_fields] for e in examples_for(DISAGREEMENTS))
     assert [r[:4] + [r[4][:19]] + r[5:] for r in rows] == want
+
+
+async def test_the_registry_accepts_every_released_schema_then_the_current_one(config):
+    """The guard for schema changes: a change to schemas/*.avsc that breaks BACKWARD_TRANSITIVE
+    compatibility with any release under schemas/released/ is refused by the registry, here."""
+    from services.common.codec import schemas_dir
+
+    run = uuid.uuid4().hex[:10]
+    codec = Codec()
+    async with RegistryClient(config) as client:
+        for spec in CATALOG:
+            name = spec.value.__name__
+            subject = f"t{run}.{spec.name}-value"
+            released = sorted(schemas_dir().glob(f"released/*/{name}.avsc"), key=lambda p: p.parent.name)
+            assert released, f"{name} was never released"
+            await client.register(subject, schema_text(json.loads(released[0].read_text())))
+            await client.set_compatibility(subject, "BACKWARD_TRANSITIVE")
+            for path in released[1:]:
+                await client.register(subject, schema_text(json.loads(path.read_text())))
+            await client.register(subject, codec.schema_for(spec.value).text)  # raises SchemaRefused if broken
