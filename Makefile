@@ -6,10 +6,13 @@ VENV := .venv
 export GRADUATE_VAR_DIR ?= $(CURDIR)/var
 KAFKA := deploy/local/kafka/kafka.sh
 TRITON := deploy/local/triton/triton.sh
+REGISTRY := deploy/local/apicurio/apicurio.sh
+# Flink's Kafka connector and Confluent Avro format for the consumer guide's Flink SQL test (~/.m2)
+FLINK_JARS := org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2 org.apache.flink:flink-sql-avro-confluent-registry:2.2.0
 
 TASK ?= banking77
 
-.PHONY: browser help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
+.PHONY: browser tools help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36mmake %-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -30,19 +33,31 @@ browser: node_modules/.package-lock.json ## Chromium (Debian) + playwright-core 
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "WARNING: chromium not installed: tests/e2e/test_review_browser.py will skip"
 
-up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics
+tools: ## kcat (Debian), Apicurio Registry (Maven Central), pyspark + pyflink (.venv-readers) for the topic-reader tests
+	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
+	  || { echo "ERROR: kcat could not be installed (apt-get install kcat)"; exit 1; }
+	bash $(REGISTRY) fetch
+	@test -x .venv-readers/bin/python || uv venv -q -p $(PY) .venv-readers
+	uv pip sync -q -p .venv-readers/bin/python tests/readers/requirements.txt
+	@for a in $(FLINK_JARS); do mvn -q -B dependency:get -Dartifact=$$a -Dtransitive=false >/dev/null \
+	  || { echo "ERROR: mvn could not fetch $$a"; exit 1; }; done
+
+up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics; registry mode (GRADUATE_SCHEMA_REGISTRY_URL set): Apicurio too, schemas registered
 	bash $(KAFKA) start
 	bash $(TRITON) start
+	@if [ -n "$$GRADUATE_SCHEMA_REGISTRY_URL" ]; then bash $(REGISTRY) start; fi
 	$(VENV)/bin/graduate topics ensure
 
 down: ## stop everything `make up`, the demo or the tests started
 	-bash deploy/local/stop-services.sh
 	-bash $(TRITON) stop
+	-bash $(REGISTRY) stop
 	-bash $(KAFKA) stop
 
 status: ## what is running
 	-bash $(KAFKA) status
 	-bash $(TRITON) status
+	-bash $(REGISTRY) status
 
 logs: ## tail the Kafka and Triton logs
 	-bash $(KAFKA) logs
@@ -51,7 +66,7 @@ logs: ## tail the Kafka and Triton logs
 topics: venv ## show the topics and their policies
 	$(VENV)/bin/graduate topics list
 
-test: venv browser ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
+test: venv browser tools ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
 	bash deploy/local/run-tests.sh tests
 
 test-unit: venv ## unit tests only (no services)

@@ -68,6 +68,8 @@ def topics_ensure(as_json: bool = typer.Option(False, "--json", help="print JSON
     """Create missing topics with the catalog's configs; exit 1 when an existing topic drifts."""
     settings = load_settings(CommonSettings)
     states = asyncio.run(ensure_topics(settings.kafka, settings.topic_namespace))
+    if settings.schema_registry_url:
+        _register_schemas(settings, quiet=as_json)
     if as_json:
         print(json.dumps([{"topic": s.name, "created": s.created, "partitions": s.partitions,
                            "config": {k: s.config.get(k) for k in s.spec.config()}, "drift": s.drift}
@@ -96,6 +98,67 @@ def topics_list() -> None:
             await admin.close()
 
     _print_states(asyncio.run(run()))
+
+
+def _register_schemas(settings: CommonSettings, quiet: bool = False) -> None:
+    from services.common.codec import Codec
+    from services.common.registry import RegistryError
+
+    codec = Codec.from_settings(settings)
+    try:
+        ids = asyncio.run(codec.register_schemas(compatibility=settings.schema_registry_compatibility))
+    except RegistryError as exc:
+        console.print(f"[red]schema registry: {exc}[/red]")
+        raise typer.Exit(1) from exc
+    if not quiet:
+        console.print(f"registered {len(ids)} value subjects at {codec.registry.safe_url} "
+                      f"({settings.schema_registry_compatibility}): "
+                      + ", ".join(f"{s}={i}" for s, i in ids.items()))
+
+
+@topics_app.command("schemas")
+def topics_schemas() -> None:
+    """Register every topic's value schema under <topic>-value (registry mode only)."""
+    settings = load_settings(CommonSettings)
+    if not settings.schema_registry_url:
+        console.print("GRADUATE_SCHEMA_REGISTRY_URL is not set: single-object encoding, nothing to register")
+        raise typer.Exit(2)
+    _register_schemas(settings)
+
+
+@topics_app.command("tail")
+def topics_tail(topic: str = typer.Argument(..., help="e.g. disagreements or graduate.calls.captured"),
+                as_json: bool = typer.Option(False, "--json", help="one JSON object per line"),
+                last: int = typer.Option(10, "--last", "-n", min=0, help="records per partition to start with"),
+                follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new records")) -> None:
+    """Print a topic's latest records, decoded (either encoding); commits nothing."""
+    from services.common.codec import Codec
+    from services.common.tail import find_topic, tail
+
+    settings = load_settings(CommonSettings)
+    try:
+        spec = find_topic(topic, settings.topic_namespace)
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(2) from exc
+
+    async def run() -> int:
+        n = 0
+        async for record in tail(settings.kafka, spec, Codec.from_settings(settings), settings.topic_namespace,
+                                 last=last, follow=follow):
+            print(record.as_json() if as_json else record.as_line(), flush=True)
+            n += 1
+        return n
+
+    try:
+        n = asyncio.run(run())
+    except KeyError as exc:
+        console.print(f"[red]{exc.args[0]}[/red]")
+        raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        return
+    if not as_json:
+        console.print(f"[dim]{n} records from {topic_name(spec, settings.topic_namespace)}[/dim]", highlight=False)
 
 
 @topics_app.command("catalog")

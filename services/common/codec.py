@@ -2,8 +2,13 @@
 
 Default: Avro single-object encoding (``C3 01`` + the writer schema's CRC-64-AVRO fingerprint,
 little-endian + the body), so no schema registry is needed. Readers resolve old writer schemas
-(kept under ``schemas/released/``) to the current reader schema. When a Confluent schema registry
-URL is given, the Confluent wire format (``00`` + 4-byte schema id + body) is used instead.
+(kept under ``schemas/released/``) to the current reader schema.
+
+Registry mode (a Confluent-API schema registry configured): the Confluent wire format (``00`` +
+4-byte big-endian schema id + body), the full schema text registered under ``<topic>-value``, so
+kcat, Confluent's deserializers, Spark and Flink read the topics as they are. Async code registers
+every subject once at start (``await codec.register_schemas()``); a sync ``encode``/``decode``
+that meets an id it has not cached yet makes one blocking call, then never again.
 """
 from __future__ import annotations
 
@@ -17,10 +22,12 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import fastavro
-import httpx
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
 
+from services.common import registry as reg
+from services.common.catalog import CATALOG
 from services.common.contracts import ALL_CONTRACTS, Contract
+from services.common.settings import CommonSettings
 
 SINGLE_OBJECT_MARKER = b"\xc3\x01"
 CONFLUENT_MAGIC = b"\x00"
@@ -42,6 +49,7 @@ class KnownSchema:
     version: str  # "current" or the released folder's name
     parsed: Any
     fingerprint: bytes
+    text: str  # the full schema JSON (defaults, docs, logical types kept), as a registry stores it
 
 
 def _fingerprint(parsed: Any) -> bytes:
@@ -50,9 +58,13 @@ def _fingerprint(parsed: Any) -> bytes:
 
 
 def _load(path: Path, version: str) -> KnownSchema:
-    raw = json.loads(path.read_text())
+    return _from_text(path.read_text(), version)
+
+
+def _from_text(text: str, version: str) -> KnownSchema:
+    raw = json.loads(text)
     parsed = parse_schema(raw, named_schemas={})
-    return KnownSchema(parsed["name"], version, parsed, _fingerprint(parsed))
+    return KnownSchema(parsed["name"], version, parsed, _fingerprint(parsed), reg.schema_text(raw))
 
 
 @lru_cache(maxsize=4)
@@ -75,14 +87,80 @@ def _to_record(model: Contract) -> dict[str, Any]:
 
 
 class Codec:
-    """Encodes contracts to bytes and back; one instance per process is enough."""
+    """Encodes contracts to bytes and back; one instance per process is enough.
 
-    def __init__(self, registry_url: str | None = None, root: Path | None = None) -> None:
+    ``registry_url`` (or ``registry``, with auth) switches to the Confluent wire format; subjects
+    are ``<namespace><topic>-value`` for every catalog topic that carries a contract.
+    """
+
+    def __init__(self, registry_url: str | None = None, root: Path | None = None, *,
+                 registry: reg.RegistryConfig | None = None, namespace: str = "") -> None:
         self.current, self.by_fingerprint = load_schemas(root)
-        self.registry = _Registry(registry_url) if registry_url else None
+        self.registry = registry or (reg.RegistryConfig(registry_url) if registry_url else None)
+        self.namespace = namespace
+        self._ids: dict[str, int] = {}  # full Avro name -> id of its current schema
+        self._by_id: dict[int, KnownSchema] = {}
+
+    @classmethod
+    def from_settings(cls, settings: CommonSettings, root: Path | None = None) -> Codec:
+        """The codec a service's CommonSettings ask for (registry, auth, topic namespace)."""
+        secret = lambda v: v.get_secret_value() if v is not None else None  # noqa: E731
+        config = None
+        if settings.schema_registry_url:
+            config = reg.RegistryConfig(settings.schema_registry_url, settings.schema_registry_username,
+                                        secret(settings.schema_registry_password),
+                                        secret(settings.schema_registry_token))
+        return cls(root=root, registry=config, namespace=settings.topic_namespace)
+
+    async def register_schemas(self, client: reg.RegistryClient | None = None,
+                               compatibility: str = "BACKWARD_TRANSITIVE") -> dict[str, int]:
+        """Register every topic's current value schema under ``<topic>-value`` and set each
+        subject's compatibility level; returns the ids by subject. Raises SchemaRefused when the
+        registry holds an earlier version this one is not compatible with."""
+        if self.registry is None:
+            raise CodecError("no schema registry configured: single-object encoding needs no registration")
+        own = client is None
+        client = client or reg.RegistryClient(self.registry)
+        try:
+            ids = {}
+            for spec in CATALOG:
+                schema = self.schema_for(spec.value)
+                subject = reg.value_subject(spec, self.namespace)
+                ids[subject] = await client.register(subject, schema.text)
+                await client.set_compatibility(subject, compatibility)
+                self._ids.setdefault(schema.full_name, ids[subject])
+                self._by_id[ids[subject]] = schema
+            return ids
+        finally:
+            if own:
+                await client.aclose()
 
     def schema_for(self, model: type[Contract] | Contract) -> KnownSchema:
         return self.current[model.avro_name]
+
+    def _schema_id(self, schema: KnownSchema, subject: str | None) -> int:
+        if schema.full_name not in self._ids:
+            assert self.registry is not None
+            subjects = [subject] if subject else reg.subjects_for(schema.full_name, self.namespace)
+            if not subjects:
+                raise CodecError(f"no topic of the catalog carries {schema.full_name}: no subject to register it under")
+            for name in subjects:
+                schema_id = reg.blocking_register(self.registry, name, schema.text)
+                self._ids.setdefault(schema.full_name, schema_id)
+                self._by_id[schema_id] = schema
+        return self._ids[schema.full_name]
+
+    def _registry_schema(self, schema_id: int) -> KnownSchema:
+        if schema_id not in self._by_id:
+            assert self.registry is not None
+            text = reg.blocking_schema_text(self.registry, schema_id)
+            if text is None:
+                raise CodecError(f"schema id {schema_id} is not in the registry at {self.registry.safe_url}")
+            try:
+                self._by_id[schema_id] = _from_text(text, f"registry:{schema_id}")
+            except Exception as exc:  # fastavro raises several kinds on a bad schema
+                raise CodecError(f"schema id {schema_id} is not a usable Avro schema: {exc}") from exc
+        return self._by_id[schema_id]
 
     def encode(self, model: Contract, *, subject: str | None = None) -> bytes:
         schema = self.schema_for(model)
@@ -92,8 +170,7 @@ class Codec:
         except (ValueError, TypeError) as exc:
             raise CodecError(f"cannot encode {schema.full_name}: {exc}") from exc
         if self.registry is not None:
-            schema_id = self.registry.id_for(subject or schema.full_name, schema)
-            return CONFLUENT_MAGIC + struct.pack(">I", schema_id) + buf.getvalue()
+            return CONFLUENT_MAGIC + struct.pack(">I", self._schema_id(schema, subject)) + buf.getvalue()
         return SINGLE_OBJECT_MARKER + schema.fingerprint + buf.getvalue()
 
     def writer_schema(self, data: bytes) -> tuple[KnownSchema, int]:
@@ -108,8 +185,10 @@ class Codec:
             return known, 10
         if data[:1] == CONFLUENT_MAGIC and self.registry is not None and len(data) >= 5:
             (schema_id,) = struct.unpack(">I", data[1:5])
-            return self.registry.schema_by_id(schema_id), 5
-        raise CodecError(f"not Avro single-object encoding: starts with {data[:2].hex() or 'nothing'}, expected c301")
+            return self._registry_schema(schema_id), 5
+        hint = " or 00 + schema id (Confluent wire format)" if self.registry is not None else ""
+        raise CodecError(f"not Avro single-object encoding: starts with {data[:2].hex() or 'nothing'}, "
+                         f"expected c301{hint}")
 
     def decode(self, data: bytes, model: type[T]) -> T:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -132,32 +211,3 @@ class Codec:
             return model.model_validate(record)
         except ValueError as exc:
             raise CodecError(f"{reader.full_name} does not validate: {exc}") from exc
-
-
-class _Registry:
-    """The few Confluent schema registry calls the codec needs, cached."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url.rstrip("/")
-        self._ids: dict[tuple[str, bytes], int] = {}
-        self._by_id: dict[int, KnownSchema] = {}
-
-    def id_for(self, subject: str, schema: KnownSchema) -> int:
-        key = (subject, schema.fingerprint)
-        if key not in self._ids:
-            body = {"schema": to_parsing_canonical_form(schema.parsed)}
-            r = httpx.post(f"{self.url}/subjects/{subject}/versions", json=body, timeout=10)
-            r.raise_for_status()
-            self._ids[key] = r.json()["id"]
-            self._by_id[self._ids[key]] = schema
-        return self._ids[key]
-
-    def schema_by_id(self, schema_id: int) -> KnownSchema:
-        if schema_id not in self._by_id:
-            r = httpx.get(f"{self.url}/schemas/ids/{schema_id}", timeout=10)
-            if r.status_code == 404:
-                raise CodecError(f"schema id {schema_id} is not in the registry at {self.url}")
-            r.raise_for_status()
-            parsed = parse_schema(json.loads(r.json()["schema"]), named_schemas={})
-            self._by_id[schema_id] = KnownSchema(parsed["name"], f"registry:{schema_id}", parsed, _fingerprint(parsed))
-        return self._by_id[schema_id]

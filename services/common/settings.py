@@ -105,7 +105,13 @@ class CommonSettings(BaseSettings):
 
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     topic_namespace: str = Field("", description="prefix for every topic name (tests, tenants)")
-    schema_registry_url: Optional[str] = None
+    schema_registry_url: Optional[str] = Field(None, description="Confluent-API schema registry: the "
+                                               "Confluent wire format instead of single-object encoding")
+    schema_registry_username: Optional[str] = None
+    schema_registry_password: Optional[SecretStr] = None
+    schema_registry_token: Optional[SecretStr] = Field(None, description="bearer token instead of basic auth")
+    schema_registry_compatibility: Literal["BACKWARD", "BACKWARD_TRANSITIVE", "FORWARD", "FORWARD_TRANSITIVE",
+                                           "FULL", "FULL_TRANSITIVE", "NONE"] = "BACKWARD_TRANSITIVE"
     var_dir: Path = REPO_ROOT / "var"
     tasks_file: Path = REPO_ROOT / "config" / "tasks.yaml"
     model_repository: Path = REPO_ROOT / "var" / "model-repository"
