@@ -9,7 +9,7 @@ TRITON := deploy/local/triton/triton.sh
 
 TASK ?= banking77
 
-.PHONY: browser help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
+.PHONY: browser validators help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36mmake %-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,6 +29,9 @@ node_modules/.package-lock.json: package.json package-lock.json
 browser: node_modules/.package-lock.json ## Chromium (Debian) + playwright-core (npm) for the browser test
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "WARNING: chromium not installed: tests/e2e/test_review_browser.py will skip"
+
+validators: venv ## kubeconform (+ Kubernetes/KEDA/Prometheus-operator schemas), composecheck, promtool, in ~/.cache/graduate/tools
+	bash deploy/local/validators.sh
 
 up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics
 	bash $(KAFKA) start
@@ -51,10 +54,10 @@ logs: ## tail the Kafka and Triton logs
 topics: venv ## show the topics and their policies
 	$(VENV)/bin/graduate topics list
 
-test: venv browser ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
+test: venv browser validators ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
 	bash deploy/local/run-tests.sh tests
 
-test-unit: venv ## unit tests only (no services)
+test-unit: venv validators ## unit tests only (no services)
 	$(VENV)/bin/python -m pytest -q tests/unit
 
 test-reliability: venv ## the fault-injection suite against real services

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.validate import tool
+
 ROOT = Path(__file__).resolve().parents[2]
 BASE = ROOT / "docker-compose.yml"
 GPU = ROOT / "docker-compose.gpu.yml"
@@ -18,14 +20,16 @@ ENV_FILE = ROOT / "deploy" / "compose.env"
 WORKERS = ("profiler", "curator", "shadow", "judge", "controller", "trainer")
 
 
-def _compose_available() -> bool:
-    if not shutil.which("docker"):
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True, check=False).returncode == 0
+def _compose_command() -> list[str] | None:
+    """`docker compose` where the plugin is installed, else composecheck (compose-go, make validators)."""
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True,
+                                                 check=False).returncode == 0:
+        return ["docker", "compose"]
+    return [composecheck] if (composecheck := tool("composecheck")) else None
 
 
-needs_compose = pytest.mark.skipif(not _compose_available(),
-                                   reason="the docker client with its compose plugin is not installed here")
+needs_compose = pytest.mark.skipif(_compose_command() is None, reason="neither the docker compose plugin nor "
+                                   "composecheck is installed here (make validators)")
 
 
 def _env_file() -> dict[str, str]:
@@ -34,13 +38,15 @@ def _env_file() -> dict[str, str]:
 
 
 def _config(*files: Path, env: dict[str, str] | None = None, profiles: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    args = ["docker", "compose", "--env-file", str(ENV_FILE)]
+    args = [*_compose_command(), "--env-file", str(ENV_FILE)]
     for f in files:
         args += ["-f", str(f)]
     for p in profiles:
         args += ["--profile", p]
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("GRADUATE_", "COMPOSE_"))}
-    return subprocess.run([*args, "config"], check=False, capture_output=True, text=True, cwd=ROOT, timeout=60,
+    if args[0] == "docker":
+        args.append("config")
+    return subprocess.run(args, check=False, capture_output=True, text=True, cwd=ROOT, timeout=60,
                           env={**clean, **(env or {})})
 
 
@@ -75,6 +81,15 @@ def test_real_frontier_overlay_fails_fast_without_its_settings():
     services = yaml.safe_load(ok.stdout)["services"]
     assert "frontier-sim" not in services  # only with --profile simulator
     assert services["router"]["environment"]["GRADUATE_FRONTIER_BASE_URL"] == "https://frontier.invalid/v1"
+
+
+@needs_compose
+def test_compose_validator_refuses_a_misspelt_field(tmp_path):
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(BASE.read_text().replace("healthcheck:", "healthchek:", 1))
+    out = _config(broken)
+    assert out.returncode != 0
+    assert "healthchek" in out.stderr
 
 
 def test_startup_order_is_gated_by_health_and_topics():

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
+
+from deploy.validate import tool
 
 OBS = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 DASHBOARD = OBS / "grafana" / "dashboards" / "graduate.json"
@@ -126,19 +127,20 @@ def test_prometheus_configs_load_the_alerts_and_scrape_every_service():
     assert k8s["scrape_configs"][0]["kubernetes_sd_configs"] == [{"role": "pod"}]
 
 
-needs_promtool = pytest.mark.skipif(not shutil.which("promtool"), reason="promtool is not installed here "
-                                    "(Debian: apt-get install prometheus); the YAML checks above still ran")
+PROMTOOL = tool("promtool")
+needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not installed here (make validators "
+                                    "unpacks it from Debian's prometheus package); the YAML checks above still ran")
 
 
 @needs_promtool
 def test_promtool_accepts_rules_and_config():
     for args in (["check", "rules", "alerts.yml"], ["check", "config", "prometheus.yml"]):
-        out = subprocess.run(["promtool", *args], check=False, capture_output=True, text=True, cwd=OBS, timeout=60)
+        out = subprocess.run([PROMTOOL, *args], check=False, capture_output=True, text=True, cwd=OBS, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
 
 
 @needs_promtool
 def test_alerts_fire_on_synthetic_series():
-    out = subprocess.run(["promtool", "test", "rules", "alerts_test.yml"], check=False, capture_output=True,
+    out = subprocess.run([PROMTOOL, "test", "rules", "alerts_test.yml"], check=False, capture_output=True,
                          text=True, cwd=OBS, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
