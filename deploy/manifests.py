@@ -82,13 +82,15 @@ def worker_deployment(worker: WorkerSpec, *, image: str = DEFAULT_IMAGE) -> dict
         # faust's web server binds loopback unless told otherwise; probes and Prometheus come from outside
         container["env"] = [{"name": "GRADUATE_WORKER_WEB_HOST", "value": "0.0.0.0"}]
         container["ports"] = [{"name": "web", "containerPort": WEB_PORT}]
-        container["readinessProbe"] = {"httpGet": {"path": "/", "port": "web"}, "periodSeconds": 10,
+        # ready: partitions assigned and every state restored; live: records waiting are being
+        # handled (services/common/probes.py). /livez counts a restoring worker as live, so the
+        # startup probe only waits for the web server (up before the state is read back).
+        container["readinessProbe"] = {"httpGet": {"path": "/readyz", "port": "web"}, "periodSeconds": 10,
                                        "failureThreshold": 3}
-        container["livenessProbe"] = {"httpGet": {"path": "/", "port": "web"}, "periodSeconds": 20,
-                                      "failureThreshold": 6}
-        # faust opens its web server only after table recovery, which may take many minutes
-        container["startupProbe"] = {"httpGet": {"path": "/", "port": "web"}, "periodSeconds": 10,
-                                     "failureThreshold": 180}
+        container["livenessProbe"] = {"httpGet": {"path": "/livez", "port": "web"}, "periodSeconds": 20,
+                                      "failureThreshold": 3}
+        container["startupProbe"] = {"httpGet": {"path": "/livez", "port": "web"}, "periodSeconds": 10,
+                                     "failureThreshold": 60}
     volumes: list[dict] = [{"name": "var", "emptyDir": {}}]
     pod: dict = {
         "serviceAccountName": "graduate",
