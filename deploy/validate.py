@@ -66,8 +66,12 @@ def load_docs(path: Path) -> list[dict]:
 
 @cache
 def crd_schema(api_version: str, kind: str) -> dict | None:
-    path = CRD_SCHEMAS / f"{api_version.replace('/', '_')}_{kind.lower()}.json"
-    return json.loads(path.read_text()) if path.exists() else None
+    """The hand-written schema (Strimzi), else the one `make validators` made from the operator's CRD."""
+    name = f"{api_version.replace('/', '_')}_{kind.lower()}.json"
+    for folder in (CRD_SCHEMAS, tools_dir() / "crd-schemas"):
+        if (folder / name).exists():
+            return json.loads((folder / name).read_text())
+    return None
 
 
 def validate_manifest(doc: dict, k8s_version: str = K8S_VERSIONS[-1]) -> None:
