@@ -55,10 +55,10 @@ def kafka_topic(spec: TopicSpec, *, cluster: str = DEFAULT_CLUSTER, replicas: in
 
 
 def gpu_image(image: str) -> str:
-    """The GPU build of an image: `graduate:T` -> `graduate-gpu:T` (a name of its own, so a
-    kustomize `images:` entry can retag one variant without the other)."""
+    """The trainer's GPU image (torch, onnxruntime-gpu): `graduate:T` -> `graduate-trainer-gpu:T`
+    (a name of its own, so a kustomize `images:` entry can point it elsewhere than the slim one)."""
     name, sep, tag = image.rpartition(":") if ":" in image.rsplit("/", 1)[-1] else (image, "", "")
-    return f"{name}-gpu{sep}{tag}"
+    return f"{name}-trainer-gpu{sep}{tag}"
 
 
 def _labels(worker: WorkerSpec) -> dict[str, str]:

@@ -57,7 +57,8 @@ def test_compose_accepts_base_and_gpu_overlay():
     services = yaml.safe_load(out.stdout)["services"]
     devices = services["triton"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices[0]["capabilities"] == ["gpu"]
-    assert services["trainer"]["build"]["args"]["VARIANT"] == "gpu"
+    assert services["trainer"]["build"]["args"] | {"PYTHON_DIGEST": ""} == {"IMAGE": "trainer", "VARIANT": "gpu",
+                                                                          "PYTHON_DIGEST": ""}
     assert services["triton"]["build"]["args"]["ONNXRUNTIME"] == "onnxruntime-gpu"
 
 
@@ -123,30 +124,6 @@ def test_compose_defaults_match_the_env_file():
         for var, default in re.findall(r"\$\{([A-Z_]+):-([^}]*)\}", path.read_text()):
             assert var in env, f"{path.name}: {var} is not in {ENV_FILE.name}"
             assert env[var] == default, f"{path.name}: {var} defaults to {default!r}, {ENV_FILE.name} says {env[var]!r}"
-
-
-def test_dockerfile_one_non_root_image_with_cpu_and_gpu_variants():
-    text = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim$", text, re.MULTILINE)
-    assert re.search(r"^ARG VARIANT=cpu$", text, re.MULTILINE)
-    assert "onnxruntime-gpu==${ONNXRUNTIME_GPU_VERSION}" in text
-    gpu_pin = re.search(r"^ARG ONNXRUNTIME_GPU_VERSION=(\S+)$", text, re.MULTILINE).group(1)
-    overlay = yaml.safe_load(GPU.read_text())["services"]["triton"]["build"]["args"]
-    assert overlay["ONNXRUNTIME_VERSION"] == gpu_pin  # graduate and Triton run the same onnxruntime-gpu
-    assert re.search(r'^ENTRYPOINT \["graduate"\]$', text, re.MULTILINE)
-    users = re.findall(r"^USER (\S+)$", text, re.MULTILINE)
-    assert users and users[-1].split(":")[0] not in ("root", "0")
-    ignored = (ROOT / ".dockerignore").read_text().split()
-    for needed in ("schemas", "config", "data"):
-        assert needed not in ignored  # COPY . . brings them in
-    assert ".venv" in ignored and "var" in ignored
-
-
-def test_dockerfile_installs_from_the_lock():
-    text = (ROOT / "Dockerfile").read_text()
-    assert "requirements.lock" in text
-    lock = (ROOT / "requirements.lock").read_text()
-    assert re.search(r"^onnxruntime==", lock, re.MULTILINE), "the GPU variant takes onnxruntime's pinned version"
 
 
 def test_image_requirements_swap_onnxruntime_for_the_gpu_variant():

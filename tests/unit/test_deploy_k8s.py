@@ -176,6 +176,21 @@ def test_keda_dials_the_bootstrap_the_pods_use(overlay):
 
 
 @needs_kustomize
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.name for p in OVERLAYS])
+def test_overlays_name_every_image_in_full(overlay):
+    images = set()
+    for doc in built(overlay):
+        pod = doc.get("spec", {}).get("template", {}).get("spec") or \
+            doc.get("spec", {}).get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec") or {}
+        for c in pod.get("containers", []) + pod.get("initContainers", []):
+            images.add(c["image"])
+    assert images
+    for image in images:
+        registry = image.split("/", 1)[0]
+        assert "/" in image and ("." in registry or ":" in registry), f"{overlay.name}: {image} names no registry"
+
+
+@needs_kustomize
 def test_dev_overlay_asks_for_no_gpu_and_prod_does():
     def gpus(docs):
         return [d["metadata"]["name"] for d in docs if "nvidia.com/gpu" in str(d.get("spec"))]
