@@ -133,6 +133,45 @@ def worker_deployment(worker: WorkerSpec, *, image: str = DEFAULT_IMAGE) -> dict
     }
 
 
+def lag_trigger(worker: WorkerSpec, bootstrap: str, namespace: str) -> dict:
+    """KEDA's Kafka trigger on the consumer-group lag of the worker's input topic."""
+    return {
+        "type": "kafka",
+        "metadata": {
+            "bootstrapServers": bootstrap,
+            "consumerGroup": f"{namespace}{worker.group_id}",  # faust prefixes the app id too
+            "topic": topic_name(worker.input, namespace),
+            "lagThreshold": str(worker.lag_threshold),
+            "activationLagThreshold": "0",
+            "offsetResetPolicy": "earliest",  # faust's default: a new group reads from the start
+            "allowIdleConsumers": "false",
+        },
+    }
+
+
+def scaled_job(worker: WorkerSpec, *, image: str = DEFAULT_IMAGE, bootstrap: str = DEFAULT_BOOTSTRAP,
+               namespace: str = "") -> dict:
+    """KEDA ScaledJob: a Job per pending request, whose pod exits once the topic is drained."""
+    template = worker_deployment(worker, image=image)["spec"]["template"]
+    template["spec"]["restartPolicy"] = "Never"
+    template["spec"]["containers"][0]["args"].append("--exit-when-drained")
+    return {
+        "apiVersion": KEDA_API,
+        "kind": "ScaledJob",
+        "metadata": {"name": f"graduate-{worker.name}", "labels": _labels(worker)},
+        "spec": {
+            "jobTargetRef": {"backoffLimit": 2, "activeDeadlineSeconds": 6 * 3600, "template": template},
+            "pollingInterval": 15,
+            "successfulJobsHistoryLimit": 3,
+            "failedJobsHistoryLimit": 5,
+            # a consumer group never uses more consumers than its topic has partitions
+            "maxReplicaCount": worker.replica_cap,
+            "scalingStrategy": {"strategy": "default"},  # running Jobs count against the lag
+            "triggers": [lag_trigger(worker, bootstrap, namespace)],
+        },
+    }
+
+
 def scaled_object(worker: WorkerSpec, *, bootstrap: str = DEFAULT_BOOTSTRAP, namespace: str = "") -> dict:
     """KEDA ScaledObject on the consumer-group lag of the worker's input topic."""
     return {
@@ -146,18 +185,7 @@ def scaled_object(worker: WorkerSpec, *, bootstrap: str = DEFAULT_BOOTSTRAP, nam
             "minReplicaCount": worker.min_replicas,
             # a consumer group never uses more consumers than its topic has partitions
             "maxReplicaCount": worker.replica_cap,
-            "triggers": [{
-                "type": "kafka",
-                "metadata": {
-                    "bootstrapServers": bootstrap,
-                    "consumerGroup": f"{namespace}{worker.group_id}",  # faust prefixes the app id too
-                    "topic": topic_name(worker.input, namespace),
-                    "lagThreshold": str(worker.lag_threshold),
-                    "activationLagThreshold": "0",
-                    "offsetResetPolicy": "earliest",  # faust's default: a new group reads from the start
-                    "allowIdleConsumers": "false",
-                },
-            }],
+            "triggers": [lag_trigger(worker, bootstrap, namespace)],
         },
     }
 
@@ -198,8 +226,11 @@ def render_topics(*, cluster: str = DEFAULT_CLUSTER, replicas: int = DEFAULT_REP
 
 def render_workers(*, image: str = DEFAULT_IMAGE, bootstrap: str = DEFAULT_BOOTSTRAP,
                    namespace: str = "") -> dict[str, str]:
-    """File name -> content: a Deployment and a ScaledObject per worker, and their kustomization."""
-    files = {f"{w.name}.yaml": dump([worker_deployment(w, image=image),
+    """File name -> content: a Deployment and a ScaledObject per worker (a ScaledJob for a job
+    worker: the trainer), and their kustomization."""
+    files = {f"{w.name}.yaml": dump([scaled_job(w, image=image, bootstrap=bootstrap, namespace=namespace)]
+                                    if w.job else
+                                    [worker_deployment(w, image=image),
                                      scaled_object(w, bootstrap=bootstrap, namespace=namespace)], "manifests")
              for w in WORKERS}
     files["kustomization.yaml"] = kustomization(sorted(files), "manifests")

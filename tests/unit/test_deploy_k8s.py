@@ -75,13 +75,13 @@ def test_scaled_objects_never_exceed_the_partitions_they_consume():
     found = 0
     for path in (BASE / "workers").glob("*.yaml"):
         for doc in load_docs(path):
-            if doc["kind"] != "ScaledObject":
+            if doc["kind"] not in ("ScaledObject", "ScaledJob"):
                 continue
             found += 1
             trigger = doc["spec"]["triggers"][0]["metadata"]
             spec = spec_for(trigger["topic"])
             assert doc["spec"]["maxReplicaCount"] <= spec.partitions, doc["metadata"]["name"]
-            assert doc["spec"]["minReplicaCount"] <= doc["spec"]["maxReplicaCount"]
+            assert doc["spec"].get("minReplicaCount", 0) <= doc["spec"]["maxReplicaCount"]
             assert trigger["consumerGroup"] == doc["metadata"]["name"]  # graduate-<worker>
     assert found == len(WORKERS)
 
@@ -159,7 +159,7 @@ def test_overlay_builds_and_every_object_validates(overlay):
             # prometheus-k8s.yml keeps pods by this label
             assert template["metadata"]["labels"]["app.kubernetes.io/part-of"] == "graduate"
     kinds = {d["kind"] for d in docs}
-    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ScaledObject", "KafkaTopic", "Kafka",
+    assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ScaledObject", "ScaledJob", "KafkaTopic", "Kafka",
             "Job", "CronJob", "ConfigMap", "PersistentVolumeClaim"} <= kinds
 
 
@@ -171,7 +171,7 @@ def test_keda_dials_the_bootstrap_the_pods_use(overlay):
     settings = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("graduate-settings"))
     bootstrap = settings["data"]["GRADUATE_KAFKA_BOOTSTRAP"]
     assert f".{namespace}.svc:" in bootstrap  # KEDA resolves it from its own namespace
-    scaled = [d for d in docs if d["kind"] == "ScaledObject"]
+    scaled = [d for d in docs if d["kind"] in ("ScaledObject", "ScaledJob")]
     assert scaled and all(d["spec"]["triggers"][0]["metadata"]["bootstrapServers"] == bootstrap for d in scaled)
 
 
@@ -198,6 +198,16 @@ def test_dev_overlay_asks_for_no_gpu_and_prod_does():
     prod = {o.name: o for o in OVERLAYS}["prod"]
     assert gpus(built(dev)) == []
     assert set(gpus(built(prod))) >= {"graduate-triton", "graduate-trainer", "graduate-train"}
+
+
+def test_the_trainer_is_a_job_per_request_that_exits_when_drained():
+    job = manifests.scaled_job(next(w for w in WORKERS if w.name == "trainer"))
+    pod = job["spec"]["jobTargetRef"]["template"]["spec"]
+    assert job["kind"] == "ScaledJob" and pod["restartPolicy"] == "Never"
+    assert pod["containers"][0]["args"] == ["worker", "trainer", "--web-port", "6066", "--exit-when-drained"]
+    assert job["spec"]["maxReplicaCount"] == 1 and job["spec"]["triggers"][0]["metadata"]["lagThreshold"] == "1"
+    kinds = {d["kind"] for d in load_docs(BASE / "workers" / "trainer.yaml")}
+    assert kinds == {"ScaledJob"}  # no Deployment left holding a GPU
 
 
 @needs_kustomize
