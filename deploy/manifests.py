@@ -78,8 +78,9 @@ def worker_deployment(worker: WorkerSpec, *, image: str = DEFAULT_IMAGE) -> dict
                     {"secretRef": {"name": "graduate-secrets", "optional": True}}],
         "resources": {"requests": {"cpu": worker.cpu, "memory": worker.memory},
                       "limits": {"memory": worker.memory}},
-        "volumeMounts": [{"name": "var", "mountPath": "/var/lib/graduate"}],
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "var", "mountPath": "/var/lib/graduate"}, {"name": "tmp", "mountPath": "/tmp"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"]}},
     }
     if worker.web:
         # faust's web server binds loopback unless told otherwise; probes and Prometheus come from outside
@@ -94,7 +95,7 @@ def worker_deployment(worker: WorkerSpec, *, image: str = DEFAULT_IMAGE) -> dict
                                       "failureThreshold": 3}
         container["startupProbe"] = {"httpGet": {"path": "/livez", "port": "web"}, "periodSeconds": 10,
                                      "failureThreshold": 60}
-    volumes: list[dict] = [{"name": "var", "emptyDir": {}}]
+    volumes: list[dict] = [{"name": "var", "emptyDir": {}}, {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}]
     pod: dict = {
         "serviceAccountName": "graduate",
         "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
@@ -102,6 +103,7 @@ def worker_deployment(worker: WorkerSpec, *, image: str = DEFAULT_IMAGE) -> dict
         # faust never consumes a topic that was missing when it started: wait for all of them
         "initContainers": [{"name": "wait-topics", "image": image, "args": ["deploy", "wait-topics"],
                             "envFrom": container["envFrom"],
+                            "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                             "securityContext": container["securityContext"]}],
         "containers": [container],
         "volumes": volumes,
@@ -131,6 +133,14 @@ def worker_deployment(worker: WorkerSpec, *, image: str = DEFAULT_IMAGE) -> dict
             "template": {"metadata": template_meta, "spec": pod},
         },
     }
+
+
+def disruption_budget(worker: WorkerSpec) -> dict:
+    """A drain takes one replica of a worker at a time (its partitions move to the others)."""
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": {"name": f"graduate-{worker.name}", "labels": _labels(worker)},
+            "spec": {"maxUnavailable": 1,
+                     "selector": {"matchLabels": {"app.kubernetes.io/name": f"graduate-{worker.name}"}}}}
 
 
 def lag_trigger(worker: WorkerSpec, bootstrap: str, namespace: str) -> dict:
@@ -226,12 +236,13 @@ def render_topics(*, cluster: str = DEFAULT_CLUSTER, replicas: int = DEFAULT_REP
 
 def render_workers(*, image: str = DEFAULT_IMAGE, bootstrap: str = DEFAULT_BOOTSTRAP,
                    namespace: str = "") -> dict[str, str]:
-    """File name -> content: a Deployment and a ScaledObject per worker (a ScaledJob for a job
-    worker: the trainer), and their kustomization."""
+    """File name -> content: a Deployment, a ScaledObject and a PodDisruptionBudget per worker (a
+    ScaledJob for a job worker: the trainer), and their kustomization."""
     files = {f"{w.name}.yaml": dump([scaled_job(w, image=image, bootstrap=bootstrap, namespace=namespace)]
                                     if w.job else
                                     [worker_deployment(w, image=image),
-                                     scaled_object(w, bootstrap=bootstrap, namespace=namespace)], "manifests")
+                                     scaled_object(w, bootstrap=bootstrap, namespace=namespace),
+                                     disruption_budget(w)], "manifests")
              for w in WORKERS}
     files["kustomization.yaml"] = kustomization(sorted(files), "manifests")
     return files

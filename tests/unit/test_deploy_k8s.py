@@ -222,3 +222,48 @@ def test_router_takes_the_frontier_from_the_secret_in_prod_and_the_simulator_in_
         ref = prod[name]["valueFrom"]["secretKeyRef"]
         assert ref == {"name": "graduate-secrets", "key": name}  # required: no `optional`
     assert dev["GRADUATE_FRONTIER_BASE_URL"]["value"] == "http://graduate-frontier-sim:8090/v1"
+
+
+def _pod_specs(docs: list[dict]):
+    """(kind/name, pod spec) of every object that makes pods."""
+    for d in docs:
+        spec = d.get("spec", {})
+        pod = (spec.get("template", {}).get("spec") or spec.get("jobTemplate", {}).get("spec", {})
+               .get("template", {}).get("spec") or spec.get("jobTargetRef", {}).get("template", {}).get("spec"))
+        if pod:
+            yield f"{d['kind']}/{d['metadata']['name']}", pod
+
+
+@needs_kustomize
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.name for p in OVERLAYS])
+def test_every_pod_meets_the_restricted_profile_with_a_read_only_root(overlay):
+    docs = built(overlay)
+    namespace = next(d for d in docs if d["kind"] == "Namespace")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    found = 0
+    for name, pod in _pod_specs(docs):
+        found += 1
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        for c in pod["containers"] + pod.get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], (name, c["name"])
+            assert sc["readOnlyRootFilesystem"] is True, (name, c["name"])
+            assert "/tmp" in {m["mountPath"] for m in c.get("volumeMounts", [])}, (name, c["name"])
+    assert found >= 8
+
+
+@needs_kustomize
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.name for p in OVERLAYS])
+def test_long_running_pods_have_a_disruption_budget_and_ingress_is_denied_by_default(overlay):
+    docs = built(overlay)
+    budgets = [d["spec"]["selector"]["matchLabels"] for d in docs if d["kind"] == "PodDisruptionBudget"]
+    for d in docs:
+        if d["kind"] == "Deployment" and d["metadata"]["name"] != "graduate-frontier-sim":
+            labels = d["spec"]["template"]["metadata"]["labels"]
+            assert any(sel.items() <= labels.items() for sel in budgets), d["metadata"]["name"]
+    policies = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "NetworkPolicy"}
+    deny = policies["graduate-default-deny-ingress"]
+    assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
+    triton_from = policies["graduate-triton"]["ingress"][0]["from"]
+    assert triton_from == [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "graduate"}}}]
