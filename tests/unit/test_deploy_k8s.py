@@ -160,7 +160,7 @@ def test_overlay_builds_and_every_object_validates(overlay):
             assert template["metadata"]["labels"]["app.kubernetes.io/part-of"] == "graduate"
     kinds = {d["kind"] for d in docs}
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "ScaledObject", "ScaledJob", "KafkaTopic", "Kafka",
-            "Job", "CronJob", "ConfigMap", "PersistentVolumeClaim"} <= kinds
+            "CronJob", "PodDisruptionBudget", "NetworkPolicy", "PodMonitor", "PrometheusRule", "ConfigMap", "PersistentVolumeClaim"} <= kinds
 
 
 @needs_kustomize
@@ -267,3 +267,48 @@ def test_long_running_pods_have_a_disruption_budget_and_ingress_is_denied_by_def
     assert deny["podSelector"] == {} and deny["policyTypes"] == ["Ingress"] and "ingress" not in deny
     triton_from = policies["graduate-triton"]["ingress"][0]["from"]
     assert triton_from == [{"podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "graduate"}}}]
+
+
+@needs_kustomize
+@pytest.mark.parametrize("overlay", OVERLAYS, ids=[p.name for p in OVERLAYS])
+def test_the_topics_step_can_be_applied_again_at_any_time(overlay):
+    """Topics are declarative KafkaTopics; the check of them runs in each pod's init container.
+    No one-shot Job, whose template an apply within its TTL could not change."""
+    docs = built(overlay)
+    assert not [d for d in docs if d["kind"] == "Job"]
+    for name, pod in _pod_specs(docs):
+        if name.startswith(("Deployment/graduate-router", "Deployment/graduate-profiler", "ScaledJob/")):
+            assert pod["initContainers"][0]["args"][:2] == ["deploy", "wait-topics"], name
+
+
+@needs_kustomize
+def test_prod_speaks_tls_and_scram_to_kafka_and_keda_authenticates_dev_stays_plain():
+    prod = built({o.name: o for o in OVERLAYS}["prod"])
+    kafka = next(d for d in prod if d["kind"] == "Kafka")
+    assert kafka["spec"]["kafka"]["listeners"] == [{"name": "tls", "port": 9093, "type": "internal", "tls": True,
+                                                   "authentication": {"type": "scram-sha-512"}}]
+    user = next(d for d in prod if d["kind"] == "KafkaUser")
+    assert user["spec"]["authentication"]["type"] == "scram-sha-512"
+    settings = next(d for d in prod if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("graduate-settings"))
+    assert settings["data"]["GRADUATE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert settings["data"]["GRADUATE_KAFKA_BOOTSTRAP"].endswith(":9093")
+    auth = next(d for d in prod if d["kind"] == "TriggerAuthentication")
+    assert {r["parameter"] for r in auth["spec"]["secretTargetRef"]} == {"password", "ca"}
+    for d in prod:
+        if d["kind"] in ("ScaledObject", "ScaledJob"):
+            assert d["spec"]["triggers"][0]["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    clients = 0
+    for name, pod in _pod_specs(prod):
+        if name in ("Deployment/graduate-triton",):
+            continue
+        clients += 1
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes["kafka-ca"]["secret"]["secretName"] == "graduate-cluster-ca-cert", name
+        for c in pod["containers"] + pod.get("initContainers", []):
+            env = {e["name"]: e for e in c.get("env", [])}
+            ref = env["GRADUATE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
+            assert ref == {"name": user["metadata"]["name"], "key": "password"}, (name, c["name"])
+            assert "/etc/graduate/kafka-ca" in {m["mountPath"] for m in c["volumeMounts"]}, (name, c["name"])
+    assert clients == 8  # router, 5 workers, the trainer's ScaledJob, the training CronJob
+    dev = built({o.name: o for o in OVERLAYS}["dev"])
+    assert not [d for d in dev if d["kind"] in ("KafkaUser", "TriggerAuthentication")]
