@@ -60,6 +60,8 @@ def test_compose_accepts_base_and_gpu_overlay():
     assert services["trainer"]["build"]["args"] | {"PYTHON_DIGEST": ""} == {"IMAGE": "trainer", "VARIANT": "gpu",
                                                                           "PYTHON_DIGEST": ""}
     assert services["triton"]["build"]["args"]["ONNXRUNTIME"] == "onnxruntime-gpu"
+    for name in ("trainer", "train"):  # lays models out for the GPU (trainer/triton_repo.py)
+        assert services[name]["environment"]["GRADUATE_TRAIN_DEVICE"] == "cuda"
 
 
 @needs_compose

@@ -199,6 +199,11 @@ def test_dev_overlay_asks_for_no_gpu_and_prod_does():
     assert gpus(built(dev)) == []
     assert set(gpus(built(prod))) >= {"graduate-triton", "graduate-trainer", "graduate-train"}
 
+    def settings(docs):
+        return next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("graduate-settings"))
+    assert settings(built(prod))["data"]["GRADUATE_TRAIN_DEVICE"] == "cuda"  # the GPU layout of the repository
+    assert "GRADUATE_TRAIN_DEVICE" not in settings(built(dev))["data"]
+
 
 def test_the_trainer_is_a_job_per_request_that_exits_when_drained():
     job = manifests.scaled_job(next(w for w in WORKERS if w.name == "trainer"))
