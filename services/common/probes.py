@@ -4,8 +4,11 @@ Why it exists: faust's web root answers as soon as the web server is up — whil
 is still being read back, with no partition assigned, or with the consumer stuck — so a probe on
 it always passes. These say what the orchestrator needs to know:
 
-- ready: the worker holds a partition assignment and every state it serves from is restored
-  (its state tables read back, the routing topic replayed: each app registers what it waits for);
+- ready: the worker holds its assignment — the group's last rebalance gave it one and no
+  rebalance is under way; the set may be empty (a replica beyond the partition count, or a
+  surge pod during a rolling update at full scale, must not block the rollout) — and every
+  state it serves from is restored (state tables read back, the routing topic replayed: each app
+  registers what it waits for);
 - live: the consumer loop made progress recently — an event or batch was handled within
   `stall_after_s`, or there was nothing to handle (no lag on the assigned partitions). A worker
   that is not ready counts as live (readiness keeps traffic away; the startup probe bounds a
@@ -19,9 +22,9 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 
-def not_ready_reasons(assigned_partitions: int, checks: dict[str, bool]) -> list[str]:
+def not_ready_reasons(assignment_held: bool, checks: dict[str, bool]) -> list[str]:
     """Why the worker is not ready; empty when it is."""
-    reasons = [] if assigned_partitions > 0 else ["no partition assigned"]
+    reasons = [] if assignment_held else ["no assignment held (joining the group or rebalancing)"]
     return reasons + [f"{name} not restored" for name, ok in sorted(checks.items()) if not ok]
 
 
@@ -42,6 +45,7 @@ class Health:
     stall_after_s: float
     checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
     progress_at: float = field(default_factory=time.monotonic)
+    assignment_held: bool = False  # set on partitions assigned, cleared on partitions revoked
 
     def require(self, name: str, is_ready: Callable[[], bool]) -> None:
         """Readiness waits for `is_ready()` (e.g. a state read back, a topic replayed)."""
@@ -51,9 +55,9 @@ class Health:
         """An event or batch was handled, or the worker found nothing left to handle."""
         self.progress_at = time.monotonic()
 
-    def readiness(self, assigned_partitions: int) -> list[str]:
-        return not_ready_reasons(assigned_partitions, {n: bool(check()) for n, check in self.checks.items()})
+    def readiness(self) -> list[str]:
+        return not_ready_reasons(self.assignment_held, {n: bool(check()) for n, check in self.checks.items()})
 
-    def liveness(self, assigned_partitions: int, lag: int) -> Optional[str]:
-        ready = not self.readiness(assigned_partitions)
+    def liveness(self, lag: int) -> Optional[str]:
+        ready = not self.readiness()
         return stalled_reason(time.monotonic(), self.progress_at, lag, self.stall_after_s, ready)

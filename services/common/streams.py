@@ -48,7 +48,7 @@ Contract of the wrappers:
 - state writes must happen on the event loop inside the handler, inside `for_partition` (each_event
   sets it); push CPU-heavy work to `asyncio.to_thread`. Worker state is NOT a faust table (see
   StateTable: faust's table recovery skipped source events after a SIGKILL).
-- probes (services/common/probes.py): GET /readyz (200 once a partition is assigned and every
+- probes (services/common/probes.py): GET /readyz (200 once an assignment is held and every
   state the app registered with `health(app).require(...)` is restored; state tables register
   themselves) and GET /livez (503 when records wait and nothing was handled for
   GRADUATE_WORKER_STALL_AFTER_S); both answer JSON with the reasons.
@@ -253,13 +253,22 @@ def make_app(name: str, settings: WorkerSettings, *, partitions: int = catalog.C
 
     @app.page("/readyz")
     async def readyz(web, request):  # noqa: ARG001
-        reasons = health(app).readiness(len(assigned_partitions(app)))
-        return web.json({"ready": not reasons, "reasons": reasons}, status=503 if reasons else 200)
+        reasons = health(app).readiness()
+        return web.json({"ready": not reasons, "reasons": reasons, "partitions": len(assigned_partitions(app))},
+                        status=503 if reasons else 200)
 
     @app.page("/livez")
     async def livez(web, request):  # noqa: ARG001
-        stalled = health(app).liveness(len(assigned_partitions(app)), sum(consumer_lag(app).values()))
+        stalled = health(app).liveness(sum(consumer_lag(app).values()))
         return web.json({"live": stalled is None, "reason": stalled}, status=503 if stalled else 200)
+
+    @app.on_partitions_revoked.connect
+    async def assignment_lost(sender, revoked, **kwargs) -> None:  # noqa: ARG001
+        health(app).assignment_held = False
+
+    @app.on_partitions_assigned.connect
+    async def assignment_held(sender, assigned, **kwargs) -> None:  # noqa: ARG001
+        health(app).assignment_held = True
 
     @app.timer(settings.worker_lag_interval_s)
     async def measure_lag() -> None:

@@ -37,7 +37,7 @@ async def test_a_stuck_handler_fails_liveness_and_readiness_holds(topics, app_to
     try:
         await wait_for(lambda: probe(worker, "/readyz")[0] == 200, 120, "the worker to be ready", worker)
         status, body = probe(worker, "/readyz")
-        assert body == {"ready": True, "reasons": []}
+        assert body == {"ready": True, "reasons": [], "partitions": 12}  # the only member of its group
         assert probe(worker, "/livez") == (200, {"live": True, "reason": None})
 
         await produce_to_partition(kafka_settings, codec, captured, calls)  # calls[2] is held, 3 wait behind it

@@ -175,6 +175,7 @@ def test_prometheus_configs_load_the_alerts_and_scrape_every_service():
     assert set(re.findall(r'absent\(up\{job="([^"]+)"\}\)', absent["expr"])) == set(jobs)
     k8s = yaml.safe_load((OBS / "prometheus-k8s.yml").read_text())
     assert k8s["scrape_configs"][0]["kubernetes_sd_configs"] == [{"role": "pod"}]
+    assert [j["job_name"] for j in k8s["scrape_configs"]] == ["graduate-pods", "graduate-kafka-exporter"]
 
 
 PROMTOOL = tool("promtool")
@@ -184,7 +185,8 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not in
 
 @needs_promtool
 def test_promtool_accepts_rules_and_config():
-    for args in (["check", "rules", "alerts.yml"], ["check", "config", "prometheus.yml"]):
+    for args in (["check", "rules", "alerts.yml"], ["check", "config", "prometheus.yml"],
+                 ["check", "config", "prometheus-k8s.yml"]):
         out = subprocess.run([PROMTOOL, *args], check=False, capture_output=True, text=True, cwd=OBS, timeout=60)
         assert out.returncode == 0, out.stdout + out.stderr
 
