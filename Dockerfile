@@ -39,7 +39,7 @@ COPY . .
 # A wheel, not an editable install. The code reads schemas/, config/ and data/ from the folder
 # above its packages (REPO_ROOT in services/common/settings.py): site-packages here.
 RUN set -eux; \
-    /opt/venv/bin/pip wheel --no-deps --no-build-isolation -w /tmp/wheels . ; \
+    /opt/venv/bin/pip wheel --no-deps -w /tmp/wheels . ; \
     /opt/venv/bin/pip install --no-deps /tmp/wheels/graduate-*.whl; \
     site=$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
     cp -r schemas config data "$site/"; \
