@@ -12,7 +12,7 @@ FLINK_JARS := org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2 org.apache.fl
 
 TASK ?= banking77
 
-.PHONY: browser tools help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
+.PHONY: browser tools validators help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36mmake %-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -32,6 +32,9 @@ node_modules/.package-lock.json: package.json package-lock.json
 browser: node_modules/.package-lock.json ## Chromium (Debian) + playwright-core (npm) for the browser test
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
 	  || echo "WARNING: chromium not installed: tests/e2e/test_review_browser.py will skip"
+
+validators: venv ## kubeconform (+ Kubernetes/KEDA/Prometheus-operator schemas), composecheck, promtool, in ~/.cache/graduate/tools
+	bash deploy/local/validators.sh
 
 tools: ## kcat (Debian), Apicurio Registry (Maven Central), pyspark + pyflink (.venv-readers) for the topic-reader tests
 	@command -v kcat >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kcat >/dev/null; } \
@@ -66,10 +69,10 @@ logs: ## tail the Kafka and Triton logs
 topics: venv ## show the topics and their policies
 	$(VENV)/bin/graduate topics list
 
-test: venv browser tools ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
+test: venv browser tools validators ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
 	bash deploy/local/run-tests.sh tests
 
-test-unit: venv ## unit tests only (no services)
+test-unit: venv validators ## unit tests only (no services)
 	$(VENV)/bin/python -m pytest -q tests/unit
 
 test-reliability: venv ## the fault-injection suite against real services

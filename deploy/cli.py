@@ -53,6 +53,15 @@ def worker_manifests(
     _write(manifests.render_workers(image=image, bootstrap=bootstrap, namespace=topic_namespace), out, check)
 
 
+@deploy_app.command("rules")
+def alert_rules(
+    out: Path = typer.Option(K8S_BASE / "monitoring", help="folder for prometheusrule.yaml"),
+    check: bool = typer.Option(False, "--check", help="write nothing; exit 1 when the file is stale"),
+) -> None:
+    """Write deploy/observability/alerts.yml as a PrometheusRule (Prometheus operator)."""
+    _write(manifests.render_rules(), out, check)
+
+
 @deploy_app.command("wait-topics")
 def wait_topics(timeout: float = typer.Option(600, help="seconds to wait for every topic")) -> None:
     """Wait until every catalog topic exists (Strimzi creates them); exit 1 on timeout or drift."""

@@ -1,6 +1,6 @@
 """Print the requirements the graduate image installs: pyproject's dependencies plus the extras
-named in $EXTRAS, without onnxruntime for VARIANT=gpu (onnxruntime-gpu replaces it). Run by the
-Dockerfile before the code is copied, so it reads only pyproject.toml and needs nothing installed.
+named in $EXTRAS, without onnxruntime for VARIANT=gpu (onnxruntime-gpu replaces it). Run by
+deploy/docker/lock.sh to make the GPU trainer image's lock; reads only pyproject.toml.
 """
 from __future__ import annotations
 

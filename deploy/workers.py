@@ -33,6 +33,7 @@ class WorkerSpec:
     cooldown_s: int = 300
     volumes: tuple[str, ...] = ()  # shared claims it mounts, names of VOLUMES
     web: bool = True  # a faust web server on WEB_PORT (/metrics, health); the trainer has none
+    job: bool = False  # a KEDA ScaledJob (one Job per pending request) instead of a Deployment
 
     @property
     def group_id(self) -> str:
@@ -46,8 +47,8 @@ class WorkerSpec:
 
 # The controller keeps timers (fallback-rate watch) and the trainer trains for minutes inside one
 # event, so neither scales on throughput the way the others do. The trainer (an aiokafka consumer,
-# not a faust app, so no web port) idles at zero on a GPU node until a retrain request arrives:
-# lag 1 wakes it, and it commits the offset only when the run is done, so it stays up meanwhile.
+# not a faust app, so no web port) is a KEDA ScaledJob: lag 1 starts a Job on a GPU node, which
+# trains, commits, and exits once the topic is drained (--exit-when-drained), freeing the GPU.
 WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("profiler", catalog.CALLS_CAPTURED, lag_threshold=2000, min_replicas=1, max_replicas=12,
                cpu="500m", memory="512Mi"),
@@ -60,8 +61,8 @@ WORKERS: tuple[WorkerSpec, ...] = (
     WorkerSpec("controller", catalog.ROUTER_OUTCOMES, lag_threshold=5000, min_replicas=1, max_replicas=4,
                cpu="500m", memory="512Mi"),
     WorkerSpec("trainer", catalog.RETRAIN_REQUESTS, lag_threshold=1, min_replicas=0, max_replicas=1,
-               cpu="4", memory="16Gi", gpu=True, cooldown_s=900, volumes=("datasets", "model-repository"),
-               web=False),
+               cpu="4", memory="16Gi", gpu=True, volumes=("datasets", "model-repository"),
+               web=False, job=True),
 )
 
 

@@ -7,6 +7,19 @@ Layout (what the router and the shadow processor rely on):
 Versions are integers; graduate's model_version is str(version). Every version in the folder
 is served (version_policy all), so a candidate in shadow and the version serving in small mode
 answer side by side.
+
+Two layouts, both written by `lay_out_version` (install_version picks one from `gpu`):
+- "cpu" (above): the Python backend runs tokenizer and onnxruntime in one process, one instance.
+- "gpu": the ONNX graph goes to its own model `<model>_onnx` on Triton's onnxruntime backend
+  (platform onnxruntime_onnx, ONNX_GPU_INSTANCES instances per GPU, dynamic batching with
+  preferred sizes), and `<model>` is a Python-backend front (trainer/triton_model_gpu.py:
+  tokenise, BLS call to `<model>_onnx` at the same version, calibrate) with FRONT_INSTANCES CPU
+  instances. Both keep the newest two versions loaded (version_policy latest 2): the candidate in
+  shadow and the version in small mode.
+    <repository>/<model>/config.pbtxt, <version>/{model.py, tokenizer.json, labels.json,
+                                                  calibration.json, version.json}
+    <repository>/<model>_onnx/config.pbtxt, <version>/model.onnx
+  Callers see the same model name, input and outputs in both layouts.
 """
 from __future__ import annotations
 
@@ -19,6 +32,12 @@ from typing import Any
 import numpy as np
 
 MODEL_PY = Path(__file__).with_name("triton_model.py")
+GPU_MODEL_PY = Path(__file__).with_name("triton_model_gpu.py")
+LAYOUTS = ("cpu", "gpu")
+ONNX_SUFFIX = "_onnx"
+ONNX_GPU_INSTANCES = 2  # onnxruntime instances per GPU: one runs while the next batch is formed
+FRONT_INSTANCES = 4  # tokenising Python processes (CPU) feeding the GPU
+PREFERRED_BATCHES = (16, 32, 64)
 VERSION_FILES = ("model.py", "model.onnx", "tokenizer.json", "labels.json", "calibration.json", "version.json")
 MAX_BATCH_SIZE = 64
 
@@ -38,6 +57,37 @@ output [
 {outputs}
 ]
 instance_group [ {{ kind: {kind} count: 1 }} ]
+"""
+
+
+GPU_FRONT_PBTXT = """\
+name: "{name}"
+backend: "python"
+max_batch_size: {max_batch}
+dynamic_batching {{ max_queue_delay_microseconds: 500 }}
+version_policy: {{ latest {{ num_versions: 2 }} }}
+input [
+  {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }}
+]
+output [
+{outputs}
+]
+instance_group [ {{ kind: KIND_CPU count: {instances} }} ]
+"""
+
+ONNX_PBTXT = """\
+name: "{name}"
+platform: "onnxruntime_onnx"
+max_batch_size: {max_batch}
+version_policy: {{ latest {{ num_versions: 2 }} }}
+input [
+{inputs}
+]
+output [
+  {{ name: "{output}" data_type: TYPE_FP32 dims: [ {n_labels} ] }}
+]
+instance_group [ {{ kind: KIND_GPU count: {instances} }} ]
+dynamic_batching {{ preferred_batch_size: [ {preferred} ] max_queue_delay_microseconds: 1000 }}
 """
 
 
@@ -77,10 +127,45 @@ def existing_versions(model_dir: Path) -> list[int]:
     return sorted(int(p.name) for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def gpu_front_pbtxt(name: str, outputs: tuple[tuple[str, str, str], ...] = CLASSIFICATION_OUTPUTS) -> str:
+    lines = ",\n".join(f'  {{ name: "{o}" data_type: {t} dims: [ {d} ] }}' for o, t, d in outputs)
+    return GPU_FRONT_PBTXT.format(name=name, max_batch=MAX_BATCH_SIZE, outputs=lines, instances=FRONT_INSTANCES)
+
+
+def onnx_pbtxt(name: str, inputs: list[str], output: str, n_labels: int) -> str:
+    lines = ",\n".join(f'  {{ name: "{i}" data_type: TYPE_INT64 dims: [ -1 ] }}' for i in inputs)
+    return ONNX_PBTXT.format(name=name, max_batch=MAX_BATCH_SIZE, inputs=lines, output=output, n_labels=n_labels,
+                             instances=ONNX_GPU_INSTANCES, preferred=", ".join(map(str, PREFERRED_BATCHES)))
+
+
+def onnx_signature(onnx_file: Path) -> tuple[list[str], str]:
+    """(graph input names, first output name) of an ONNX file, weights not loaded."""
+    import onnx
+
+    graph = onnx.load(str(onnx_file), load_external_data=False).graph
+    initializers = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name not in initializers], graph.output[0].name
+
+
 def install_version(stage: Path, repository: Path, name: str, gpu: bool = False,
                     files: tuple[str, ...] = VERSION_FILES,
                     outputs: tuple[tuple[str, str, str], ...] = CLASSIFICATION_OUTPUTS) -> tuple[int, Path]:
-    """Copy a staged version into the repository under the next free integer version."""
+    """Copy a staged version into the repository under the next free integer version: the "gpu"
+    layout for a classifier on a GPU, else the Python backend (on the GPU for other task kinds)."""
+    layout = "gpu" if gpu and outputs == CLASSIFICATION_OUTPUTS and files == VERSION_FILES else "cpu"
+    return lay_out_version(stage, repository, name, layout, files=files, outputs=outputs, python_on_gpu=gpu)
+
+
+def lay_out_version(stage: Path, repository: Path, name: str, layout: str = "cpu", *,
+                    files: tuple[str, ...] = VERSION_FILES,
+                    outputs: tuple[tuple[str, str, str], ...] = CLASSIFICATION_OUTPUTS,
+                    python_on_gpu: bool = False) -> tuple[int, Path]:
+    """Lay a staged version out in the repository for `layout` ("cpu" or "gpu", module docstring)
+    under the next free integer version; returns (version, the front model's version folder)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+    if layout == "gpu":
+        return _lay_out_gpu(stage, repository, name)
     model_dir = repository / name
     model_dir.mkdir(parents=True, exist_ok=True)
     version = (existing_versions(model_dir) or [0])[-1] + 1
@@ -93,10 +178,41 @@ def install_version(stage: Path, repository: Path, name: str, gpu: bool = False,
             version += 1
     for file in files:
         shutil.copyfile(stage / file, target / file)
-    _write_atomic(model_dir / "config.pbtxt", config_pbtxt(name, gpu, outputs))
+    _write_atomic(model_dir / "config.pbtxt", config_pbtxt(name, python_on_gpu, outputs))
     version_json = json.loads((target / "version.json").read_text())
     _write_atomic(target / "version.json", json.dumps(version_json | {"version": version}, indent=2,
                                                       sort_keys=True) + "\n")
+    return version, target
+
+
+def _claim_version(model_dir: Path, other: Path) -> int:
+    """The next integer free in both folders, claimed by creating it in `model_dir`."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    version = max((existing_versions(model_dir) or [0])[-1], (existing_versions(other) or [0])[-1]) + 1
+    while True:
+        try:
+            (model_dir / str(version)).mkdir()  # a concurrent trainer moves on to the next one
+            return version
+        except FileExistsError:
+            version += 1
+
+
+def _lay_out_gpu(stage: Path, repository: Path, name: str) -> tuple[int, Path]:
+    front_dir, onnx_dir = repository / name, repository / f"{name}{ONNX_SUFFIX}"
+    version = _claim_version(front_dir, onnx_dir)
+    inputs, output = onnx_signature(stage / "model.onnx")
+    labels = json.loads((stage / "labels.json").read_text())
+    (onnx_dir / str(version)).mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(stage / "model.onnx", onnx_dir / str(version) / "model.onnx")
+    _write_atomic(onnx_dir / "config.pbtxt", onnx_pbtxt(f"{name}{ONNX_SUFFIX}", inputs, output, len(labels)))
+    target = front_dir / str(version)
+    shutil.copyfile(GPU_MODEL_PY, target / "model.py")
+    for file in ("tokenizer.json", "labels.json", "calibration.json"):
+        shutil.copyfile(stage / file, target / file)
+    meta = json.loads((stage / "version.json").read_text())
+    _write_atomic(target / "version.json", json.dumps(meta | {"version": version, "layout": "gpu", "onnx_inputs": inputs,
+                                                              "onnx_output": output}, indent=2, sort_keys=True) + "\n")
+    _write_atomic(front_dir / "config.pbtxt", gpu_front_pbtxt(name))
     return version, target
 
 
@@ -108,6 +224,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def remove_version(repository: Path, name: str, version: int) -> None:
     shutil.rmtree(repository / name / str(version), ignore_errors=True)
+    shutil.rmtree(repository / f"{name}{ONNX_SUFFIX}" / str(version), ignore_errors=True)
 
 
 def load_model(url: str, name: str, version: int | None, timeout_s: float) -> float:
@@ -119,6 +236,9 @@ def load_model(url: str, name: str, version: int | None, timeout_s: float) -> fl
     client = httpclient.InferenceServerClient(url=url, network_timeout=timeout_s, connection_timeout=10)
     try:
         try:
+            # the GPU layout's graph first: the front calls it by BLS, which loads nothing itself
+            if any(m.get("name") == f"{name}{ONNX_SUFFIX}" for m in client.get_model_repository_index()):
+                client.load_model(f"{name}{ONNX_SUFFIX}")
             client.load_model(name)
         except InferenceServerException as exc:
             raise TritonError(f"Triton at {url} failed to load {name}: {exc}") from None

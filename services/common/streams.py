@@ -51,6 +51,10 @@ Contract of the wrappers:
 - state writes must happen on the event loop inside the handler, inside `for_partition` (each_event
   sets it); push CPU-heavy work to `asyncio.to_thread`. Worker state is NOT a faust table (see
   StateTable: faust's table recovery skipped source events after a SIGKILL).
+- probes (services/common/probes.py): GET /readyz (200 once an assignment is held and every
+  state the app registered with `health(app).require(...)` is restored; state tables register
+  themselves) and GET /livez (503 when records wait and nothing was handled for
+  GRADUATE_WORKER_STALL_AFTER_S); both answer JSON with the reasons.
 - metrics (prometheus_client, GET /metrics on the worker's web port):
   graduate_processor_processed_total{processor}, graduate_processor_failed_total{processor},
   graduate_processor_deadletter_total{processor}, graduate_processor_lag{processor,topic},
@@ -95,6 +99,7 @@ from services.common.catalog import TopicSpec, topic_name
 from services.common.codec import Codec, CodecError
 from services.common.contracts import Contract, DeadLetter
 from services.common.kafka import dead_letter, dead_letter_payload_limit
+from services.common.probes import Health
 from services.common.settings import CommonSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -122,6 +127,8 @@ class WorkerSettings(CommonSettings):
     worker_log_level: str = "info"
     worker_lag_interval_s: float = 5.0
     worker_commit_interval_s: float = 2.8
+    worker_stall_after_s: float = Field(300.0, description="/livez fails when records wait and nothing was "
+                                        "handled for this long")
 
 
 @dataclass(frozen=True)
@@ -168,6 +175,7 @@ class Plumbing:
     specs: dict[str, TopicSpec] = field(default_factory=dict)
     internal: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)  # name -> (partitions, config)
     states: list = field(default_factory=list)  # StateTable
+    health: Health = field(default_factory=lambda: Health(stall_after_s=300.0))
 
     def topic(self, app: faust.App, spec: TopicSpec) -> Any:
         name = topic_name(spec, self.settings.topic_namespace)
@@ -203,6 +211,11 @@ def plumbing(app: faust.App) -> Plumbing:
     return app._graduate  # type: ignore[attr-defined]
 
 
+def health(app: faust.App) -> Health:
+    """The app's probe state: `health(app).require("routing", follower.ready.is_set)`."""
+    return plumbing(app).health
+
+
 def make_app(name: str, settings: WorkerSettings, *, partitions: int = catalog.CALLS_CAPTURED.partitions,
              codec: Codec | None = None) -> faust.App:
     """A faust app set up the way faust is safe to run (see shared/notes/faust.md)."""
@@ -235,22 +248,47 @@ def make_app(name: str, settings: WorkerSettings, *, partitions: int = catalog.C
         web_port=settings.worker_web_port,
         datadir=str(datadir),
     )
-    app._graduate = Plumbing(name, settings, codec or Codec(settings.schema_registry_url))  # type: ignore[attr-defined]
+    app._graduate = Plumbing(name, settings, codec or Codec(settings.schema_registry_url),  # type: ignore[attr-defined]
+                             health=Health(stall_after_s=settings.worker_stall_after_s))
 
     @app.page("/metrics")
     async def metrics(web, request):  # noqa: ARG001
         return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    @app.page("/readyz")
+    async def readyz(web, request):  # noqa: ARG001
+        reasons = health(app).readiness()
+        return web.json({"ready": not reasons, "reasons": reasons, "partitions": len(assigned_partitions(app))},
+                        status=503 if reasons else 200)
+
+    @app.page("/livez")
+    async def livez(web, request):  # noqa: ARG001
+        stalled = health(app).liveness(sum(consumer_lag(app).values()))
+        return web.json({"live": stalled is None, "reason": stalled}, status=503 if stalled else 200)
+
+    @app.on_partitions_revoked.connect
+    async def assignment_lost(sender, revoked, **kwargs) -> None:  # noqa: ARG001
+        health(app).assignment_held = False
+
+    @app.on_partitions_assigned.connect
+    async def assignment_held(sender, assigned, **kwargs) -> None:  # noqa: ARG001
+        health(app).assignment_held = True
+
     @app.timer(settings.worker_lag_interval_s)
     async def measure_lag() -> None:
-        for topic, lag in consumer_lag(app).items():
-            LAG.labels(name, topic).set(lag)
+        lag = consumer_lag(app)
+        for topic, behind in lag.items():
+            LAG.labels(name, topic).set(behind)
+        if not any(lag.values()):
+            health(app).progressed()  # caught up: nothing to handle is progress too
 
     return app
 
 
 def consumer_lag(app: faust.App) -> dict[str, int]:
-    """Messages between what this worker has read and the end, per source topic (assigned partitions)."""
+    """Records between this worker's committed offsets and the end, per source topic (the partitions
+    it owns): the group's lag as the broker sees it. Records already fetched into faust's buffers
+    but not handled count, so a stuck handler shows as lag (and fails /livez)."""
     plumb = plumbing(app)
     consumer = app.consumer
     lag = {t: 0 for t in plumb.sources}
@@ -264,9 +302,18 @@ def consumer_lag(app: faust.App) -> dict[str, int]:
         end = consumer.highwater(tp)
         if end is None:
             continue
-        read = consumer._read_offset.get(tp)
-        lag[tp.topic] += max(0, end - (read + 1 if read is not None else 0))
+        committed = consumer._committed_offset.get(tp)
+        lag[tp.topic] += max(0, end - (committed or 0))
     return lag
+
+
+def assigned_partitions(app: faust.App) -> set:
+    """Every partition of a source topic this worker owns now (empty before the first assignment)."""
+    sources = plumbing(app).sources
+    try:
+        return {tp for tp in app.consumer.assignment() if tp.topic in sources}
+    except Exception:  # not started yet
+        return set()
 
 
 def active_partitions(app: faust.App, topic: str) -> set[int]:
@@ -520,6 +567,7 @@ def each_event(app: faust.App, topic: Any, model: Model, *, name: str | None = N
                 await deliver(app, outcome, meta, event.value)
                 await changelog_written(written)
                 PROCESSING_SECONDS.labels(label).observe(time.perf_counter() - started)
+                plumb.health.progressed()
                 await manual.ack(event)  # deliberately not in a finally: a cancelled event stays unacked
 
         app.agent(topic, name=name or f"{label}.{handler.__name__}", concurrency=1)(agent)
@@ -562,6 +610,7 @@ def each_batch(app: faust.App, topic: Any, model: Model, *, size: int, within: f
                 await changelog_written(written)
                 PROCESSED.labels(label).inc(len(batch) - len(failures))
                 PROCESSING_SECONDS.labels(label).observe(time.perf_counter() - started)
+                plumb.health.progressed()
                 for event in events:  # only now, and not in a finally: a cancelled batch stays unacked
                     await stream.ack(event)
 
@@ -643,6 +692,7 @@ class StateTable:
         self.ready = asyncio.Event()
         self.generation = 0
         plumbing(app).states.append(self)
+        plumbing(app).health.require(f"state {name}", self.ready.is_set)
         app.on_partitions_assigned.connect(self._on_assigned)
         app.on_partitions_revoked.connect(self._on_revoked)
 

@@ -14,7 +14,7 @@ import logging
 from services.common import catalog
 from services.common.contracts import CapturedCall, ModelRegistered, RouterOutcome, RoutingDecision, ShadowStats
 from services.common.settings import load_settings
-from services.common.streams import Emit, Meta, WorkerSettings, each_event, make_app, plumbing, source_topic
+from services.common.streams import Emit, Meta, WorkerSettings, each_event, health, make_app, plumbing, source_topic
 from services.controller.control import Controller, Effects
 from services.controller.settings import ControllerSettings
 from services.controller.store import Replayed, emits_of, replay_state
@@ -31,6 +31,7 @@ decisions = source_topic(app, catalog.ROUTING_DECISIONS, namespace)
 outcomes = source_topic(app, catalog.ROUTER_OUTCOMES, namespace)
 captured = source_topic(app, catalog.CALLS_CAPTURED, namespace)
 ready = asyncio.Event()
+health(app).require("routing, models and stats replay", ready.is_set)
 replayed = Replayed()
 
 

@@ -20,13 +20,13 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from services.common import catalog
 from services.common.contracts import ReviewedLabel, ShadowResult
 from services.common.settings import load_settings
-from services.common.streams import Emit, Meta, WorkerSettings, each_event, internal_topic, make_app, plumbing, \
-    send_dead_letter, send_emits, source_topic
+from services.common.streams import Emit, Meta, WorkerSettings, each_event, health, internal_topic, make_app, \
+    plumbing, send_dead_letter, send_emits, source_topic
 from services.judge.logic import Group, JudgeState, disagreement_of
 from services.judge.settings import JudgeSettings
 from services.judge.store import StateStore, encode_record
@@ -45,6 +45,8 @@ by_task = internal_topic(app, "by-task", partitions=judge.partitions)
 state_topic = internal_topic(app, "state", partitions=judge.partitions, config={"cleanup.policy": "compact"})
 store = StateStore(settings.kafka, state_topic.get_topic_name())
 JUDGED = Counter("graduate_judge_events", "events the judge applied", ["kind", "outcome"])
+AGREEMENT = Gauge("graduate_judge_agreement", "share of shadow answers that agree with the gold label "
+                  "(reviewed, else frontier), per task and model version", ["task", "model_version"])
 
 
 @dataclass
@@ -61,6 +63,8 @@ class Judge:
 routing = RoutingFollower(settings.kafka, codec, settings.topic_namespace,
                           on_poison=lambda meta, raw, exc: send_dead_letter(app, meta, raw, exc))
 current = Judge(JudgeState(threshold_of=routing.state.threshold_for))
+health(app).require("routing replay", routing.ready.is_set)
+health(app).require("judge state", current.ready.is_set)
 
 
 def thresholds_changed() -> None:
@@ -146,8 +150,11 @@ async def judge_one(value: ShadowResult | ReviewedLabel, meta: Meta) -> None:
 
 
 async def publish(groups) -> None:
-    await send_emits(app, [Emit(catalog.SHADOW_STATS, f"{task}/{version}", current.state.stats((task, version)))
-                           for task, version in sorted(groups)])
+    stats = [current.state.stats(group) for group in sorted(groups)]
+    await send_emits(app, [Emit(catalog.SHADOW_STATS, f"{s.task}/{s.model_version}", s) for s in stats])
+    for s in stats:
+        if s.compared:
+            AGREEMENT.labels(s.task, s.model_version).set(s.agreed / s.compared)
 
 
 @app.timer(judge.stats_interval_s)

@@ -20,8 +20,8 @@ from services.common import catalog
 from services.common.contracts import CapturedCall
 from services.common.settings import load_settings
 from services.common.tasks import load_tasks
-from services.common.streams import (Emit, Item, WorkerSettings, each_batch, make_app, plumbing, send_dead_letter,
-                                     source_topic)
+from services.common.streams import (Emit, Item, WorkerSettings, each_batch, health, make_app, plumbing,
+                                     send_dead_letter, source_topic)
 from services.common.triton import SmallModelClient
 from services.common.routing_state import RoutingFollower
 from services.shadow.runner import ShadowRunner
@@ -37,6 +37,7 @@ codec = plumbing(app).codec
 captured = source_topic(app, catalog.CALLS_CAPTURED, settings.topic_namespace)
 routing = RoutingFollower(settings.kafka, codec, settings.topic_namespace,
                           on_poison=lambda meta, raw, exc: send_dead_letter(app, meta, raw, exc))
+health(app).require("routing replay", routing.ready.is_set)
 try:  # extraction tasks' field names, for models whose registration the worker has not seen
     routing.state.task_fields = {name: tuple(f.name for f in spec.fields)
                                  for name, spec in load_tasks(settings.tasks_file).tasks.items()

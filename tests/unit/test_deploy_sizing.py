@@ -64,6 +64,6 @@ def test_cli_sizing_and_check(tmp_path):
 
 
 def test_gpu_image_names():
-    assert manifests.gpu_image("graduate:0.1.0") == "graduate-gpu:0.1.0"
-    assert manifests.gpu_image("reg.example:5000/graduate:1") == "reg.example:5000/graduate-gpu:1"
-    assert manifests.gpu_image("reg.example:5000/graduate") == "reg.example:5000/graduate-gpu"
+    assert manifests.gpu_image("graduate:0.1.0") == "graduate-trainer-gpu:0.1.0"
+    assert manifests.gpu_image("reg.example:5000/graduate:1") == "reg.example:5000/graduate-trainer-gpu:1"
+    assert manifests.gpu_image("reg.example:5000/graduate") == "reg.example:5000/graduate-trainer-gpu"
