@@ -1,9 +1,11 @@
-"""The controller worker (faust): the gate, the cutover, the fallback-rate watch, the demotion.
+"""The controller worker (faust): graduations started, the gate, the cutover, the watch, the demotion.
 
 `graduate worker controller`. At start it replays the compacted routing topic, the history,
 the models and the judge's stats into a `Controller` (control.py); every handler waits for that,
 then decodes, asks the controller, and sends the decisions (routing topic + history), refusals
-(history) and retrain requests it returns. Run ONE controller per namespace: a task's window
+(history) and retrain requests it returns. Every `look_interval_s` it reads the captured and
+reviewed topics for tasks that have no model asked for yet (graduation.py) and exports how many
+reviewed holdout items each still needs (graduate_reviews_needed). Run ONE controller per namespace: a task's window
 spans every partition of the router outcomes, and decisions need a single writer.
 """
 from __future__ import annotations
@@ -11,18 +13,30 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from prometheus_client import Gauge
+
 from services.common import catalog
-from services.common.contracts import CapturedCall, ModelRegistered, RouterOutcome, RoutingDecision, ShadowStats
+from services.common.contracts import (CapturedCall, ModelRegistered, RetrainRequest, RouterOutcome, RoutingDecision,
+                                       ShadowStats)
 from services.common.settings import load_settings
-from services.common.streams import Emit, Meta, WorkerSettings, each_event, make_app, plumbing, source_topic
+from services.common.streams import (Emit, Meta, WorkerSettings, each_event, make_app, plumbing, send_emits,
+                                     source_topic)
+from services.common.tasks import load_tasks
 from services.controller.control import Controller, Effects
 from services.controller.settings import ControllerSettings
-from services.controller.store import Replayed, emits_of, replay_state
+from services.controller.store import Replayed, emits_of, read_signals, replay_state
+from services.curator.settings import CuratorSettings
+from services.profiler.settings import ProfilerSettings
 
 log = logging.getLogger("graduate.controller")
 
 settings: WorkerSettings = load_settings(WorkerSettings)
-controller = Controller(load_settings(ControllerSettings))
+control_settings: ControllerSettings = load_settings(ControllerSettings)
+specs = {name: spec for name, spec in load_tasks(settings.tasks_file).tasks.items() if spec.graduatable}
+controller = Controller(control_settings, {name: spec.graduation for name, spec in specs.items()})
+holdout_fraction = load_settings(CuratorSettings).holdout_fraction
+profiler = load_settings(ProfilerSettings)
+REVIEWS_NEEDED = Gauge("graduate_reviews_needed", "reviewed holdout items the gate still needs", ["task"])
 app = make_app("controller", settings)
 namespace = settings.topic_namespace
 models = source_topic(app, catalog.MODELS, namespace)
@@ -30,6 +44,7 @@ shadow_stats = source_topic(app, catalog.SHADOW_STATS, namespace)
 decisions = source_topic(app, catalog.ROUTING_DECISIONS, namespace)
 outcomes = source_topic(app, catalog.ROUTER_OUTCOMES, namespace)
 captured = source_topic(app, catalog.CALLS_CAPTURED, namespace)
+requests = source_topic(app, catalog.RETRAIN_REQUESTS, namespace)
 ready = asyncio.Event()
 replayed = Replayed()
 
@@ -88,6 +103,39 @@ async def watch_sampled(call: CapturedCall, meta: Meta) -> list[Emit]:
     return send(controller.on_captured(call))
 
 
+@each_event(app, requests, RetrainRequest)
+async def follow_request(request: RetrainRequest, meta: Meta) -> list[Emit]:
+    await ready.wait()
+    if meta.offset < replayed.ends.get(meta.topic, 0):
+        return []
+    return send(controller.on_request(request))
+
+
+@app.timer(control_settings.look_interval_s)
+async def look_at_tasks() -> None:
+    """Read the data of the tasks still waiting for a first model; start or mark their graduation."""
+    if not ready.is_set():
+        return
+    waiting = {t: s for t, s in specs.items() if controller.needs_look(t)}
+    if not waiting:
+        return
+    try:
+        signals = await read_signals(settings, plumbing(app).codec, waiting, profiler, holdout_fraction,
+                                     control_settings.min_holdout)
+    except Exception:
+        log.exception("controller: reading the captured and reviewed topics failed; next look in %ss",
+                      control_settings.look_interval_s)
+        return
+    for signal in signals:
+        REVIEWS_NEEDED.labels(signal.task).set(signal.readiness.reviews_needed)
+        await send_emits(app, send(controller.on_signal(signal)))
+
+
 @app.page("/controller/state/")
 async def state_view(web, request):  # noqa: ARG001
-    return web.json({t: d.model_dump(mode="json") for t in controller.tasks() if (d := controller.current(t))})
+    out = {}
+    for t in sorted(set(controller.tasks()) | set(specs)):
+        d, g, signal = controller.current(t), controller.graduation(t), controller.signals.get(t)
+        out[t] = {"decision": d.model_dump(mode="json") if d else None, "graduation": g.state, "reason": g.reason,
+                  "reviews_needed": signal.readiness.reviews_needed if signal else None}
+    return web.json(out)

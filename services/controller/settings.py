@@ -44,6 +44,9 @@ class ControllerSettings(BaseSettings):
                                    description="mean confidence this far below the episode's first window is a breach")
     low_confidence_reason: str = Field("low_confidence",
                                        description="RouterOutcome.fallback_reason of a threshold fallback")
+    # starting graduations
+    look_interval_s: float = Field(30.0, gt=0, description="how often the controller reads the captured and reviewed "
+                                   "topics to see whether a task on the frontier is ready to graduate")
     # CLI
     status_outcomes_per_partition: int = Field(2000, ge=1,
                                                description="router outcomes `graduate status` reads per partition")
