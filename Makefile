@@ -9,7 +9,7 @@ TRITON := deploy/local/triton/triton.sh
 
 TASK ?= banking77
 
-.PHONY: browser help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
+.PHONY: browser help venv up run down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36mmake %-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,6 +34,9 @@ up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics
 	bash $(KAFKA) start
 	bash $(TRITON) start
 	$(VENV)/bin/graduate topics ensure
+
+run: venv ## the whole product in the foreground (Kafka, Triton, router, review page, workers, trainer); Ctrl-C stops it
+	$(VENV)/bin/graduate up
 
 down: ## stop everything `make up`, the demo or the tests started
 	-bash deploy/local/stop-services.sh

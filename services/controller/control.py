@@ -263,6 +263,9 @@ class Controller:
         """A retrain request read back (ours or a person's approval): the task is training."""
         self.read_request(request)
         now = self.graduation(request.task)
+        if request.requested_by == self.settings.decided_by:  # ours: its decision or note already says so
+            self.noted_states[request.task] = now.state
+            return Effects()
         evidence = {"gate": "graduation", "state": now.state, "retrain_request_id": request.request_id,
                     "kind": request.kind}
         return self._note_state(request.task, now, evidence, Effects())

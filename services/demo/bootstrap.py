@@ -14,7 +14,7 @@ from typing import Mapping
 
 from services.common.settings import REPO_ROOT, KafkaSettings
 from services.demo.settings import DemoSettings
-from services.demo.stack import Stack, http_ok
+from services.stack import Stack, http_ok
 
 WORKERS = ("profiler", "curator", "shadow", "judge", "controller")
 

@@ -51,7 +51,7 @@ from services.demo.extraction_traffic import ExtractionPlan, plan_extraction_tra
 from services.demo.narrate import Narrator, StoryEnded, run_until_signalled
 from services.demo.observe import TopicWatch
 from services.demo.replay import CallResult, make_client
-from services.demo.stack import GRADUATE, Stack, StackError, tail
+from services.stack import GRADUATE, Stack, StackError, tail
 from services.demo.traffic import PlannedCall
 from services.router.keys import create_key
 from trainer.extraction import evaluate as ev

@@ -21,7 +21,7 @@ from services.common.contracts import RoutingDecision
 from services.demo import steps
 from services.demo.collect import evidence
 from services.demo.replay import CallResult, replay
-from services.demo.stack import alive
+from services.stack import alive
 from services.demo.traffic import PlannedCall
 
 

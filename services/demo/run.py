@@ -36,7 +36,7 @@ from services.demo.bootstrap import start_services, wire
 from services.demo.observe import TopicWatch
 from services.demo.replay import CallResult, make_client
 from services.demo.settings import DemoSettings
-from services.demo.stack import Stack, StackError
+from services.stack import Stack, StackError
 from services.demo.narrate import run_until_signalled
 from services.demo.story import Story, StoryEnded
 from services.demo.traffic import PlannedCall, plan_traffic

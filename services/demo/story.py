@@ -31,7 +31,7 @@ from services.demo.narrate import Narrator, StoryEnded  # noqa: F401  (StoryEnde
 from services.demo.observe import TopicWatch
 from services.demo.replay import CallResult
 from services.demo.settings import DemoSettings
-from services.demo.stack import GRADUATE, Stack, StackError, tail
+from services.stack import GRADUATE, Stack, StackError, tail
 from services.demo.traffic import PlannedCall, TrafficPlan
 
 

@@ -1,6 +1,7 @@
-"""The demo's processes: Kafka and Triton through deploy/local/*.sh, every graduate service as
-its own process with a pid file under <var>/run (the convention deploy/local/stop-services.sh
-follows), and stopping all of it again — on success, on failure and on Ctrl-C.
+"""Local processes of graduate (`graduate up` and the demo): Kafka and Triton through
+deploy/local/*.sh, every graduate service as its own process with a pid file under <var>/run (the
+convention deploy/local/stop-services.sh follows), and stopping all of it again — on success, on
+failure and on Ctrl-C.
 
 Kafka and Triton are started only when no external one is named (GRADUATE_KAFKA_BOOTSTRAP,
 GRADUATE_TRITON_URL) and none of ours already runs; whatever the demo did not start it leaves running.
