@@ -159,8 +159,11 @@ async def test_gate_shadow_small_drift_retrain_and_the_audit_trail(kafka_setting
         ("frontier", "override", "override", "ana")]
     status = graduate(env, "status", "--json")
     assert status.returncode == 0, status.stderr
-    row = json.loads(status.stdout)[0]
-    assert row["task"] == TASK and row["mode"] == "frontier" and row["last_decision"]["decided_by"] == "ana"
+    rows = {r["task"]: r for r in json.loads(status.stdout)}
+    row = rows[TASK]
+    assert row["mode"] == "frontier" and row["last_decision"]["decided_by"] == "ana"
+    configured = rows["banking77-intent"]  # every graduatable task of config/tasks.yaml has a row and a state
+    assert configured["graduation"] == "frontier" and configured["reviews_needed"] == 300
     assert row["fallback_n"] == 180
     shown = graduate(env, "route", "show", TASK, "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["reason"] == "incident 42"
