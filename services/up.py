@@ -30,8 +30,9 @@ def status_line(task: str, state: dict[str, Any]) -> str:
     mode, version = decision.get("mode", "frontier"), decision.get("model_version")
     needed = state.get("reviews_needed")
     more = f", {needed} more reviews needed" if needed else ""
-    return (f"{task}: {mode}{f' ({version})' if version else ''} · {state.get('graduation', '?')}{more} · "
-            f"{state.get('reason', '')}")
+    graduation = state.get("graduation", "?")
+    stage = "" if graduation == mode else f" · {graduation}"
+    return f"{task}: {mode}{f' ({version})' if version else ''}{stage}{more} · {state.get('reason', '')}"
 
 
 def external(environ: dict[str, str]) -> tuple[bool, bool]:
@@ -42,7 +43,7 @@ def external(environ: dict[str, str]) -> tuple[bool, bool]:
 
 
 def start(stack: Stack, env: dict[str, str], *, simulator: bool, sim_port: int, router_port: int, review_port: int,
-          first_worker_port: int, timeout_s: float) -> dict[str, int]:
+          first_worker_port: int, timeout_s: float, sim_args: tuple[str, ...] = ()) -> dict[str, int]:
     """Every process of the product; the workers' web ports by name."""
     external_kafka, external_triton = external(env)
     stack.start_backbone(external_kafka, external_triton)
@@ -53,7 +54,7 @@ def start(stack: Stack, env: dict[str, str], *, simulator: bool, sim_port: int, 
     ports = {name: first_worker_port + i for i, name in enumerate(WORKERS)}
     probes = []
     if simulator:
-        sim = stack.spawn("frontier-sim", ["frontier-sim", "--port", str(sim_port), "--log-level", "warning"])
+        sim = stack.spawn("frontier-sim", ["frontier-sim", "--port", str(sim_port), *sim_args, "--log-level", "warning"])
         probes.append((sim, f"http://127.0.0.1:{sim_port}/healthz"))
     for name, port in ports.items():
         worker = stack.spawn(f"worker-{name}", ["worker", name, "--web-port", str(port), "--datadir",
@@ -90,6 +91,9 @@ def up(simulator: Optional[bool] = typer.Option(None, "--simulator/--no-simulato
                                                 help="serve the frontier simulator (default: unless "
                                                      "GRADUATE_FRONTIER_BASE_URL names a real frontier)"),
        sim_port: int = typer.Option(8090, help="the simulator's port"),
+       sim_data: list[Path] = typer.Option([], "--sim-data", help="the simulator also answers from this labelled "
+                                           "folder (text,category CSVs); pair with --sim-task, repeatable"),
+       sim_task: list[str] = typer.Option([], "--sim-task", help="the task the matching --sim-data labels"),
        router_port: int = typer.Option(8080, help="the router's port (point your OpenAI client here)"),
        review_port: int = typer.Option(8070, help="the review page's port"),
        first_worker_port: int = typer.Option(6070, help="the workers' web ports start here (/metrics)"),
@@ -99,6 +103,9 @@ def up(simulator: Optional[bool] = typer.Option(None, "--simulator/--no-simulato
     env = dict(os.environ)
     env.setdefault("GRADUATE_VAR_DIR", str(REPO_ROOT / "var"))
     env.setdefault("GRADUATE_KAFKA_BOOTSTRAP", f"127.0.0.1:{env.get('GRADUATE_KAFKA_PORT', '9092')}")
+    if len(sim_data) != len(sim_task):
+        raise typer.BadParameter(f"{len(sim_data)} --sim-data and {len(sim_task)} --sim-task: one task per folder")
+    sim_args = tuple(a for d, t in zip(sim_data, sim_task) for a in ("--data", str(d.resolve()), "--task", t))
     if simulator is None:
         simulator = not env.get("GRADUATE_FRONTIER_BASE_URL")
     if simulator:
@@ -108,7 +115,8 @@ def up(simulator: Optional[bool] = typer.Option(None, "--simulator/--no-simulato
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         ports = start(stack, env, simulator=simulator, sim_port=sim_port, router_port=router_port,
-                      review_port=review_port, first_worker_port=first_worker_port, timeout_s=start_timeout_s)
+                      review_port=review_port, first_worker_port=first_worker_port, timeout_s=start_timeout_s,
+                      sim_args=sim_args)
         print(f"graduate is up: router http://127.0.0.1:{router_port}/v1 (OpenAI-compatible), review page "
               f"http://127.0.0.1:{review_port}, frontier {env['GRADUATE_FRONTIER_BASE_URL']}"
               f"{' (SIMULATED)' if simulator else ''}; logs in {stack.log_dir}; Ctrl-C stops everything", flush=True)

@@ -5,7 +5,7 @@ from services.up import external, status_line
 def test_a_status_line_says_mode_model_graduation_reviews_and_why():
     line = status_line("intent", {"decision": {"mode": "shadow", "model_version": "3"}, "graduation": "shadow",
                                   "reason": "offline gate passed", "reviews_needed": 0})
-    assert line == "intent: shadow (3) · shadow · offline gate passed"
+    assert line == "intent: shadow (3) · offline gate passed"
     waiting = status_line("hwu64", {"decision": None, "graduation": "collecting_reviews", "reviews_needed": 120,
                                     "reason": "recommended by the profiler"})
     assert waiting.startswith("hwu64: frontier · collecting_reviews, 120 more reviews needed ·")
