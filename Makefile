@@ -63,7 +63,7 @@ test-unit: venv ## unit tests only (no services)
 test-reliability: venv ## the fault-injection suite against real services
 	bash deploy/local/run-tests.sh tests/reliability
 
-demo: venv ## the whole graduation loop on Banking77 (writes demo-report/); TASK=restaurant8k: the extraction task
+demo: venv ## the graduation loop run by the product (demo-report/facts.json); TASK=banking77|hwu64|restaurant8k
 	TASK=$(TASK) bash deploy/local/demo.sh
 
 bench: venv ## run the benchmarks (bench/results/*.json, bench/RESULTS.md)
