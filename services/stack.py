@@ -64,7 +64,7 @@ class Stack:
         """Start Kafka and Triton unless external ones are named or ours already run."""
         for script, external, what in ((KAFKA_SH, external_kafka, "Kafka"), (TRITON_SH, external_triton, "Triton")):
             if external:
-                self.say(f"{what}: using the external one named in the environment")
+                self.say(f"{what}: using the one named in the environment or already running (left running)")
                 continue
             if self._script(script, "status", check=False).returncode == 0:
                 self.say(f"{what}: already running (left running afterwards)")

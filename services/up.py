@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import httpx
 import typer
@@ -35,17 +36,30 @@ def status_line(task: str, state: dict[str, Any]) -> str:
     return f"{task}: {mode}{f' ({version})' if version else ''}{stage}{more} · {state.get('reason', '')}"
 
 
-def external(environ: dict[str, str]) -> tuple[bool, bool]:
-    """Whether Kafka and Triton are someone else's: named in the environment and not our own ports."""
+def external(environ: dict[str, str], listening: Callable[[str], bool]) -> tuple[bool, bool]:
+    """Whether Kafka and Triton are someone else's — named in the environment as another address, or
+    already answering on ours (another run's, `make up`'s): then they are neither started nor stopped."""
     ours = f"127.0.0.1:{environ.get('GRADUATE_KAFKA_PORT', '9092')}"
-    kafka = environ.get("GRADUATE_KAFKA_BOOTSTRAP")
-    return bool(kafka and kafka != ours), bool(environ.get("GRADUATE_TRITON_URL"))
+    kafka = environ.get("GRADUATE_KAFKA_BOOTSTRAP") or ours
+    triton = environ.get("GRADUATE_TRITON_HTTP_URL") or f"127.0.0.1:{environ.get('GRADUATE_TRITON_HTTP_PORT', '8000')}"
+    return (kafka != ours or listening(kafka),
+            bool(environ.get("GRADUATE_TRITON_URL")) or listening(triton))
+
+
+def listening(address: str) -> bool:
+    """Whether something accepts TCP connections at host:port (the first of a comma-separated list)."""
+    host, _, port = address.split(",")[0].split("://")[-1].rstrip("/").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except (OSError, ValueError):
+        return False
 
 
 def start(stack: Stack, env: dict[str, str], *, simulator: bool, sim_port: int, router_port: int, review_port: int,
           first_worker_port: int, timeout_s: float, sim_args: tuple[str, ...] = ()) -> dict[str, int]:
     """Every process of the product; the workers' web ports by name."""
-    external_kafka, external_triton = external(env)
+    external_kafka, external_triton = external(env, listening)
     stack.start_backbone(external_kafka, external_triton)
     subprocess.run([str(GRADUATE), "topics", "ensure"], env=env, cwd=REPO_ROOT, check=True,
                    stdout=subprocess.DEVNULL)

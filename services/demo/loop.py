@@ -207,9 +207,10 @@ async def review(product: Product, key: str, task: str, gold: dict[str, str]) ->
     async with httpx.AsyncClient(base_url=product.review, headers=headers, timeout=60) as http:
         for _ in range(200):
             queue = (await http.get(f"/api/tasks/{task}/queue", params={"limit": 200})).json()
-            items = [i for i in queue["items"] if i["input"] in gold and i["review"] is None]
-            if queue.get("reviews_needed") == 0 or not items:
-                say(f"  reviewed {reviewed} items; the gate needs {queue.get('reviews_needed')} more")
+            needed = queue.get("reviews_needed")
+            items = [i for i in queue["items"] if i["input"] in gold and i["review"] is None][:needed]
+            if needed == 0 or not items:
+                say(f"  reviewed {reviewed} items; the gate needs {needed} more")
                 return reviewed
             for item in items:
                 r = await http.post(f"/api/tasks/{task}/reviews",
