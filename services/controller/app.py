@@ -5,7 +5,8 @@ the models and the judge's stats into a `Controller` (control.py); every handler
 then decodes, asks the controller, and sends the decisions (routing topic + history), refusals
 (history) and retrain requests it returns. Every `look_interval_s` it reads the captured and
 reviewed topics for tasks that have no model asked for yet (graduation.py) and exports how many
-reviewed holdout items each still needs (graduate_reviews_needed). Run ONE controller per namespace: a task's window
+reviewed holdout items each still needs (graduate_reviews_needed). A retrain request the trainer
+dead-letters (a snapshot the gate could not use) takes the task out of `training` again. Run ONE controller per namespace: a task's window
 spans every partition of the router outcomes, and decisions need a single writer.
 """
 from __future__ import annotations
@@ -16,15 +17,15 @@ import logging
 from prometheus_client import Gauge
 
 from services.common import catalog
-from services.common.contracts import (CapturedCall, ModelRegistered, RetrainRequest, RouterOutcome, RoutingDecision,
-                                       ShadowStats)
+from services.common.contracts import (CapturedCall, DeadLetter, ModelRegistered, RetrainRequest, RouterOutcome,
+                                       RoutingDecision, ShadowStats)
 from services.common.settings import load_settings
 from services.common.streams import (Emit, Meta, WorkerSettings, each_event, make_app, plumbing, send_emits,
                                      source_topic)
 from services.common.tasks import load_tasks
 from services.controller.control import Controller, Effects
 from services.controller.settings import ControllerSettings
-from services.controller.store import Replayed, emits_of, read_signals, replay_state
+from services.controller.store import Replayed, emits_of, read_signals, replay_state, trainer_refusal
 from services.curator.settings import CuratorSettings
 from services.profiler.settings import ProfilerSettings
 
@@ -45,6 +46,7 @@ decisions = source_topic(app, catalog.ROUTING_DECISIONS, namespace)
 outcomes = source_topic(app, catalog.ROUTER_OUTCOMES, namespace)
 captured = source_topic(app, catalog.CALLS_CAPTURED, namespace)
 requests = source_topic(app, catalog.RETRAIN_REQUESTS, namespace)
+letters = source_topic(app, catalog.DEADLETTER, namespace)
 ready = asyncio.Event()
 replayed = Replayed()
 
@@ -58,7 +60,7 @@ async def replay() -> None:
         except Exception:
             log.exception("controller: replay of the routing, models and stats topics failed; retrying")
             await asyncio.sleep(2.0)
-    replayed.ends, replayed.undecodable = done.ends, done.undecodable
+    replayed.ends, replayed.undecodable, replayed.letter_ends = done.ends, done.undecodable, done.letter_ends
     log.info("controller: replayed %s (%d undecodable); tasks: %s", done.ends, done.undecodable,
              {t: controller.current(t).mode for t in controller.tasks() if controller.current(t)})
     ready.set()
@@ -109,6 +111,16 @@ async def follow_request(request: RetrainRequest, meta: Meta) -> list[Emit]:
     if meta.offset < replayed.ends.get(meta.topic, 0):
         return []
     return send(controller.on_request(request))
+
+
+@each_event(app, letters, DeadLetter)
+async def follow_refusal(letter: DeadLetter, meta: Meta) -> list[Emit]:
+    """A retrain request the trainer refused: the task leaves `training`, the history says why."""
+    await ready.wait()
+    refused = trainer_refusal(letter, plumbing(app).codec, namespace)
+    if refused is None or meta.offset < replayed.letter_ends.get(meta.partition, 0):
+        return []
+    return send(controller.on_refusal(*refused))
 
 
 @app.timer(control_settings.look_interval_s)

@@ -57,6 +57,7 @@ class Controller:
         self.signals: dict[str, Signal] = {}  # the newest look at each task's data
         self.noted_states: dict[str, str] = {}  # the graduation state last written on the history
         self.first_request_reviews: dict[str, int] = {}  # reviewed holdout items when a first model was asked for
+        self.refused_requests: dict[str, str] = {}  # request_id -> why the trainer would not train on it
         self.routed: dict[str, RoutingDecision] = {}
         self.unread: dict[str, list[RoutingDecision]] = {}  # ours, sent, not yet read back
         self.models: dict[tuple[str, str], ModelRegistered] = {}
@@ -234,7 +235,10 @@ class Controller:
     def graduation(self, task: str, now=None) -> Step:
         """Where the task stands on its way to (and after) graduation, and why."""
         current = self.current(task)
-        pending = pending_request(self.requests.get(task), self.latest_model(task), now or utcnow())
+        request = self.requests.get(task)
+        if request is not None and request.request_id in self.refused_requests:
+            request = None  # answered: the trainer refused it (the dead letter says why)
+        pending = pending_request(request, self.latest_model(task), now or utcnow())
         return step(self.policies.get(task, "approve"), current, self.signals.get(task), pending,
                     self.first_request_reviews.get(task), demoted=evidence_of(current).get("gate") == "watch"
                     if current else False)
@@ -269,6 +273,19 @@ class Controller:
         evidence = {"gate": "graduation", "state": now.state, "retrain_request_id": request.request_id,
                     "kind": request.kind}
         return self._note_state(request.task, now, evidence, Effects())
+
+    def read_refusal(self, request: RetrainRequest, reason: str) -> None:
+        """The trainer dead-lettered `request` (a snapshot the gate could not use, a failed run)."""
+        self.refused_requests[request.request_id] = reason
+
+    def on_refusal(self, request: RetrainRequest, reason: str) -> Effects:
+        """The trainer refused a request: the task leaves `training`, and the history says why."""
+        self.read_refusal(request, reason)
+        now = self.graduation(request.task)
+        evidence = {"gate": "graduation", "state": now.state, "refused_request_id": request.request_id,
+                    "trainer": reason}
+        step_now = Step(now.state, f"the trainer refused the {request.kind} request: {reason}; {now.reason}")
+        return self._note_state(request.task, step_now, evidence, Effects())
 
     def _note_state(self, task: str, now: Step, evidence: dict[str, Any], effects: Effects) -> Effects:
         if self.noted_states.get(task) != now.state:

@@ -12,7 +12,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from services.common import catalog
 from services.common.catalog import topic_name
 from services.common.codec import Codec
-from services.common.contracts import ModelRegistered, RetrainRequest, RouterOutcome, RoutingDecision, ShadowStats
+from services.common.contracts import (DeadLetter, ModelRegistered, RetrainRequest, RouterOutcome, RoutingDecision,
+                                       ShadowStats)
 from services.common.kafka import make_producer
 from services.common.settings import CommonSettings, KafkaSettings
 from services.common.streams import Emit, replay_topic
@@ -37,6 +38,7 @@ class Replayed:
 
     ends: dict[str, int] = field(default_factory=dict)  # topic -> next offset (single-partition topics)
     undecodable: int = 0
+    letter_ends: dict[int, int] = field(default_factory=dict)  # dead-letter partition -> next offset
 
 
 async def replay_state(controller: Controller, kafka: KafkaSettings, codec: Codec, namespace: str) -> Replayed:
@@ -52,7 +54,23 @@ async def replay_state(controller: Controller, kafka: KafkaSettings, codec: Code
             read(item.value)
         out.ends[replay.topic] = max((end for _, end in replay.offsets.values()), default=0)
         out.undecodable += len(replay.undecodable)
+    letters = await replay_topic(kafka, codec, catalog.DEADLETTER, namespace, DeadLetter)
+    for item in letters.records:
+        refused = trainer_refusal(item.value, codec, namespace)
+        if refused is not None:
+            controller.read_refusal(*refused)
+    out.letter_ends = {p: end for p, (_, end) in letters.offsets.items()}
     return out
+
+
+def trainer_refusal(letter: DeadLetter, codec: Codec, namespace: str) -> tuple[RetrainRequest, str] | None:
+    """The retrain request a trainer's dead letter refused, and why; None for any other dead letter."""
+    if letter.processor != "trainer" or letter.source_topic != topic_name(catalog.RETRAIN_REQUESTS, namespace):
+        return None
+    try:
+        return codec.decode(letter.payload, RetrainRequest), letter.reason
+    except ValueError:
+        return None
 
 
 async def read_signals(settings: CommonSettings, codec: Codec, specs: dict[str, TaskSpec], profiler,

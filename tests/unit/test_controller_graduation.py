@@ -76,3 +76,24 @@ def test_off_never_asks_and_a_restart_remembers_what_was_asked():
     restarted.read_request(stale)  # unanswered for days: refused or lost; not retried on the same reviews
     assert not restarted.on_signal(signal(300)).retrains
     assert restarted.graduation("intent").state == "ready"
+
+
+def test_a_request_the_trainer_refused_takes_the_task_out_of_training(codec):
+    from services.common.kafka import dead_letter
+    from services.controller.store import trainer_refusal
+
+    c = Controller(SETTINGS, {"intent": "approve"})
+    c.on_signal(signal(120))
+    approval = RetrainRequest(task="intent", kind="first", reason="approved by ana", requested_by="ana")
+    c.on_request(approval)
+    assert c.graduation("intent").state == "training"
+    letter = dead_letter("ns.graduate.retrain.requests", 0, 3, "trainer",
+                         ValueError("too few reviewed holdout items: 120, the gate needs 300 (180 more)"),
+                         b"intent", codec.encode(approval))
+    request, reason = trainer_refusal(letter, codec, "ns.")
+    assert request == approval and trainer_refusal(letter, codec, "other.") is None
+    effects = c.on_refusal(request, reason)
+    (note,) = effects.refusals
+    assert c.graduation("intent").state == "collecting_reviews" and not effects.retrains
+    assert note.reason.startswith("graduation collecting_reviews: the trainer refused the first request: too few")
+    assert evidence_of(note)["refused_request_id"] == approval.request_id
