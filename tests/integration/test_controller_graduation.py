@@ -4,6 +4,7 @@ A task of this test's own tasks file; captured calls and reviews in its own name
 profiler's thresholds set low as an operator would for a small task. The worker must first note
 that reviews are missing (with how many), then — once they are published — ask the trainer for the
 first model (kind first) exactly once, and note it on the routing history; `graduate status` says so.
+When the trainer refuses that request, the task leaves `training` and the history gives the reason.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from services.common.catalog import topic_name
 from services.common.contracts import CapturedCall, RetrainRequest, ReviewedLabel, RoutingDecision, utcnow
 from services.common.normalize import split_of
 from tests.integration.test_controller import ControllerWorker, env, graduate  # noqa: F401 - env is a fixture
+from services.common.kafka import dead_letter
 from tests.support import decode_all, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -75,5 +77,14 @@ async def test_auto_asks_for_the_first_model_once_the_reviews_are_in(tmp_path, e
         row = {r["task"]: r for r in json.loads(status.stdout)}[TASK]
         assert row["graduation"] == "training" and row["mode"] == "frontier"
         assert len(decode_all(codec, await read_topic(kafka_settings, requests, min_count=1), RetrainRequest)) == 1
+
+        # the trainer refuses it (as trainer/service.py dead-letters it): the task leaves `training`, saying why
+        letter = dead_letter(requests, 0, 0, "trainer", ValueError("snapshot s of tickets is not trained on: 2 "
+                                                                   "holdout labels without a training example"),
+                             TASK.encode(), codec.encode(request))
+        await produce(kafka_settings, codec, topic_name(catalog.DEADLETTER, namespace), [(TASK, letter)])
+        notes = decode_all(codec, await read_topic(kafka_settings, history, min_count=3, timeout=60), RoutingDecision)
+        assert notes[-1].reason.startswith("graduation ready: the trainer refused the first request: snapshot s"), \
+            worker.tail()
     finally:
         worker.stop()
