@@ -128,6 +128,7 @@ async def look_at_tasks() -> None:
     """Read the data of the tasks still waiting for a first model; start or mark their graduation."""
     if not ready.is_set():
         return
+    await send_emits(app, send(controller.on_schedule()))
     waiting = {t: s for t, s in specs.items() if controller.needs_look(t)}
     if not waiting:
         return

@@ -274,6 +274,24 @@ class Controller:
                     "kind": request.kind}
         return self._note_state(request.task, now, evidence, Effects())
 
+    def on_schedule(self, now=None) -> Effects:
+        """A retrain (kind schedule) for each task in small mode whose model is older than retrain_every_h."""
+        every, now = self.settings.retrain_every_h, now or utcnow()
+        effects = Effects()
+        for task in self.tasks() if every else []:
+            current, model = self.current(task), self.latest_model(task)
+            if current is None or current.mode != "small" or model is None or self.graduation(task, now).state != "small":
+                continue
+            if (now - model.ts).total_seconds() < every * 3600 or self.policies.get(task) == "off":
+                continue
+            request = RetrainRequest(task=task, kind="schedule", requested_by=self.settings.decided_by,
+                                     reason=f"scheduled: model {model.version} is older than {every:g} h",
+                                     serving_version=current.model_version, ts=now)
+            self.read_request(request)
+            self.noted_states[task] = "training"
+            effects.retrains.append(request)
+        return effects
+
     def read_refusal(self, request: RetrainRequest, reason: str) -> None:
         """The trainer dead-lettered `request` (a snapshot the gate could not use, a failed run)."""
         self.refused_requests[request.request_id] = reason

@@ -97,3 +97,18 @@ def test_a_request_the_trainer_refused_takes_the_task_out_of_training(codec):
     assert c.graduation("intent").state == "collecting_reviews" and not effects.retrains
     assert note.reason.startswith("graduation collecting_reviews: the trainer refused the first request: too few")
     assert evidence_of(note)["refused_request_id"] == approval.request_id
+
+
+def test_a_schedule_asks_for_a_retrain_of_an_old_model_once():
+    from tests.unit.test_controller import cut_over
+
+    never = Controller(SETTINGS)
+    cut_over(never)
+    assert not never.on_schedule(utcnow() + timedelta(days=365))  # no schedule configured
+    c = Controller(ControllerSettings(retrain_every_h=24))
+    cut_over(c)
+    assert not c.on_schedule(utcnow() + timedelta(hours=1))  # young enough
+    (request,) = c.on_schedule(utcnow() + timedelta(hours=25)).retrains
+    assert (request.kind, request.serving_version, request.task) == ("schedule", "v1", "intent")
+    assert c.graduation("intent", utcnow() + timedelta(hours=25)).state == "training"
+    assert not c.on_schedule(utcnow() + timedelta(hours=26))  # pending: asked once
