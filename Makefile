@@ -12,7 +12,7 @@ FLINK_JARS := org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2 org.apache.fl
 
 TASK ?= banking77
 
-.PHONY: browser tools validators help venv up down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
+.PHONY: browser tools validators help venv up run down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36mmake %-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -51,6 +51,9 @@ up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics; registry 
 	@if [ -n "$$GRADUATE_SCHEMA_REGISTRY_URL" ]; then bash $(REGISTRY) start; fi
 	$(VENV)/bin/graduate topics ensure
 
+run: venv ## the whole product in the foreground (Kafka, Triton, router, review page, workers, trainer); Ctrl-C stops it
+	$(VENV)/bin/graduate up
+
 down: ## stop everything `make up`, the demo or the tests started
 	-bash deploy/local/stop-services.sh
 	-bash $(TRITON) stop
@@ -78,7 +81,7 @@ test-unit: venv validators ## unit tests only (no services)
 test-reliability: venv ## the fault-injection suite against real services
 	bash deploy/local/run-tests.sh tests/reliability
 
-demo: venv ## the whole graduation loop on Banking77 (writes demo-report/); TASK=restaurant8k: the extraction task
+demo: venv ## the graduation loop run by the product (demo-report/facts.json); TASK=banking77|hwu64|restaurant8k
 	TASK=$(TASK) bash deploy/local/demo.sh
 
 bench: venv ## run the benchmarks (bench/results/*.json, bench/RESULTS.md)

@@ -56,7 +56,7 @@ from services.common.kafka import delete_topics, ensure_topics  # noqa: E402
 from services.common.settings import CommonSettings  # noqa: E402
 from services.common.tasks import load_tasks  # noqa: E402
 from services.common.triton import SmallModelClient  # noqa: E402
-from services.demo import extraction_figures as xf  # noqa: E402
+import extraction_figures as xf  # noqa: E402 - bench/ is on sys.path
 from services.router.keys import create_key  # noqa: E402
 from tests.support import produce  # noqa: E402
 from trainer import triton_repo  # noqa: E402

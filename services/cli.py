@@ -36,6 +36,7 @@ COMMAND_MODULES = (
     "trainer.cli",
     "deploy.cli",
     "services.demo.cli",
+    "services.up",
 )
 
 

@@ -1,5 +1,10 @@
-"""The trainer worker: a retrain request in, a new served model version and ModelRegistered out.
+"""The trainer worker: a retrain request in, a fresh snapshot, a new served model version and ModelRegistered out.
 
+Every request is answered on data the worker reads itself: it takes a snapshot of the captured
+and reviewed topics through the curator's dataset code (what `graduate dataset snapshot` runs),
+trains on that snapshot id, and the ModelRegistered it publishes names it. A snapshot that lacks
+what the gate needs (too few reviewed holdout items, holdout labels without a training example)
+is not trained on: the request goes to the dead-letter topic with that reason.
 Training takes minutes, so this is a plain aiokafka consumer (not a stream agent): requests
 that arrive together are coalesced to one run per task, the run happens in a thread while the
 consumer keeps heartbeating, and the offset is committed after the run. A request that cannot be
@@ -21,7 +26,8 @@ from services.common.catalog import RETRAIN_REQUESTS, topic_name
 from services.common.codec import Codec, CodecError
 from services.common.contracts import RetrainRequest, utcnow
 from services.common.kafka import dead_letter, make_producer, send_dead_letter
-from services.common.tasks import load_tasks
+from services.common.tasks import TaskSpec, load_tasks
+from services.curator.readiness import readiness_of_manifest
 from trainer.settings import TrainerSettings
 
 log = logging.getLogger("graduate.trainer")
@@ -40,13 +46,30 @@ def requests_to_run(requests: list[RetrainRequest], now=None) -> list[RetrainReq
     return list(newest.values())
 
 
+class NotReady(ValueError):
+    """The fresh snapshot lacks what the gate needs; the message says what."""
+
+
 async def run(settings: Optional[TrainerSettings] = None, *, stop: Optional[asyncio.Event] = None,
-              train: Optional[Callable] = None) -> None:
-    """Consume retrain requests until cancelled (or `stop` is set)."""
+              train: Optional[Callable] = None, holdout_fraction: Optional[float] = None,
+              min_reviewed_holdout: Optional[int] = None) -> None:
+    """Consume retrain requests until cancelled (or `stop` is set).
+
+    `holdout_fraction` is the curator's split (GRADUATE_CURATOR_HOLDOUT_FRACTION by default) and
+    `min_reviewed_holdout` the gate's minimum (GRADUATE_CONTROLLER_MIN_HOLDOUT by default), so a
+    snapshot is cut and judged as the curator and the gate would.
+    """
+    from services.common.settings import load_settings
+    from services.controller.settings import ControllerSettings
+    from services.curator.settings import CuratorSettings
     from trainer.pipeline import train_for_kind
     from trainer.publish import publish_model_registered
 
     settings = settings or TrainerSettings()
+    if holdout_fraction is None:
+        holdout_fraction = load_settings(CuratorSettings).holdout_fraction
+    if min_reviewed_holdout is None:
+        min_reviewed_holdout = load_settings(ControllerSettings).min_holdout
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     codec = Codec(settings.schema_registry_url)
@@ -78,9 +101,10 @@ async def run(settings: Optional[TrainerSettings] = None, *, stop: Optional[asyn
                                                dead_letter(msg.topic, msg.partition, msg.offset, PROCESSOR, exc,
                                                            msg.key, msg.value))
             for request in requests_to_run(requests):
-                run_for = train or train_for_kind(tasks.get(request.task).kind)
-                await _train_one(settings, request, origin[request.request_id], run_for, codec, producer,
-                                 publish_model_registered)
+                spec = tasks.get(request.task)
+                run_for = train or train_for_kind(spec.kind)
+                await _train_one(settings, request, spec, origin[request.request_id], run_for, codec, producer,
+                                 publish_model_registered, holdout_fraction, min_reviewed_holdout)
             if batches:
                 await consumer.commit()
     finally:
@@ -88,14 +112,35 @@ async def run(settings: Optional[TrainerSettings] = None, *, stop: Optional[asyn
         await producer.stop()
 
 
-async def _train_one(settings, request: RetrainRequest, msg, train, codec, producer, publish) -> None:
-    log.info("trainer: retraining %s (request %s: %s)", request.task, request.request_id, request.reason)
+async def fresh_snapshot(settings: TrainerSettings, spec: TaskSpec, codec: Codec, holdout_fraction: float,
+                         min_reviewed_holdout: int) -> str:
+    """Take a snapshot of the topics as they are now; its id, or NotReady with what the gate lacks."""
+    from services.curator.snapshot import take_snapshot
+
+    folder, manifest = await take_snapshot(settings, spec, holdout_fraction, codec=codec,
+                                           datasets_dir=settings.datasets_dir)
+    ready = readiness_of_manifest(manifest, spec.kind, min_reviewed_holdout)
+    log.info("trainer: snapshot %s of %s: %s", manifest["snapshot_id"], spec.name, ready.reason)
+    if not ready.ready:
+        raise NotReady(f"snapshot {manifest['snapshot_id']} of {spec.name} is not trained on: {ready.reason}")
+    return manifest["snapshot_id"]
+
+
+async def _train_one(settings, request: RetrainRequest, spec: TaskSpec, msg, train, codec, producer, publish,
+                     holdout_fraction: float, min_reviewed_holdout: int) -> None:
+    log.info("trainer: %s model for %s (request %s: %s)", request.kind, request.task, request.request_id,
+             request.reason)
     try:
-        result = await asyncio.to_thread(train, settings, request.task, "latest")
+        snapshot_id = await fresh_snapshot(settings, spec, codec, holdout_fraction, min_reviewed_holdout)
+        result = await asyncio.to_thread(train, settings, request.task, snapshot_id)
         if settings.publish and result.event is not None:
             event = result.event.model_copy(update={"retrain_request_id": request.request_id})
             await publish(settings, event, codec)
         log.info("trainer: %s version %s registered", request.task, result.version)
+    except NotReady as exc:
+        log.warning("trainer: %s", exc)
+        await send_dead_letter(producer, codec, settings.topic_namespace,
+                               dead_letter(msg.topic, msg.partition, msg.offset, PROCESSOR, exc, msg.key, msg.value))
     except Exception as exc:  # noqa: BLE001 - a failed run is reported, never crashes the worker
         log.exception("trainer: run for %s failed", request.task)
         await send_dead_letter(producer, codec, settings.topic_namespace,

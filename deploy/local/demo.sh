@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# `make demo`: the whole graduation loop on Banking77 (services/demo/run.py), leaving demo-report/;
-# `make demo TASK=restaurant8k`: the extraction task (services/demo/extraction.py).
-# The Python entry starts Kafka and Triton (unless GRADUATE_KAFKA_BOOTSTRAP / GRADUATE_TRITON_URL name
-# external ones), the simulator, the router and the workers, and stops all of it at the end, also on
-# failure or Ctrl-C. Should it be killed outright, the trap below still stops every process with a
+# `make demo [TASK=banking77|hwu64|restaurant8k]`: the graduation loop run by the product itself
+# (services/demo/loop.py), leaving demo-report/facts.json. The Python entry starts the product with
+# `graduate up` (Kafka and Triton unless external ones are named, the simulator, the router, the
+# review page, every worker and the trainer) and stops all of it at the end, also on failure or Ctrl-C. Should it be killed outright, the trap below still stops every process with a
 # pid file under $GRADUATE_VAR_DIR/run (the demo's own), and Kafka and Triton if the demo owned them.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -21,12 +20,8 @@ last_resort() {
   fi
 }
 trap last_resort EXIT
-case "${TASK:-banking77}" in
-  banking77|banking77-intent) entry=services.demo.run ;;
-  restaurant8k|restaurant8k-booking) entry=services.demo.extraction ;;
-  *) echo "demo.sh: unknown TASK=${TASK} (banking77 or restaurant8k)" >&2; exit 2 ;;
-esac
-.venv/bin/python -m "$entry" "$@" &
+export GRADUATE_DEMO_SCENARIO=${TASK:-banking77}   # banking77, hwu64 or restaurant8k
+.venv/bin/python -m services.demo.loop "$@" &
 demo=$!
 # Ctrl-C reaches the Python entry directly (same process group); a TERM sent to this script is passed
 # on. The entry stops everything on the first signal and ignores the next ones, so wait for it.

@@ -50,7 +50,7 @@ ROUTING_HISTORY = TopicSpec("graduate.routing.history", "task", c.RoutingDecisio
 ROUTER_OUTCOMES = TopicSpec("graduate.router.outcomes", "call_id", c.RouterOutcome, 12, "delete", 30 * DAY_MS,
                             "router", "controller, profiler")
 RETRAIN_REQUESTS = TopicSpec("graduate.retrain.requests", "task", c.RetrainRequest, 1, "delete", 30 * DAY_MS,
-                             "controller", "trainer")
+                             "controller, CLI (graduate approve), review page", "trainer, controller")
 SHADOW_STATS = TopicSpec("graduate.shadow.stats", "task/version", c.ShadowStats, 1, "compact", None,
                          "judge", "controller, CLI")
 DEADLETTER = TopicSpec("graduate.deadletter", "original key", c.DeadLetter, 3, "delete", 30 * DAY_MS,

@@ -15,6 +15,7 @@ Mode = Literal["frontier", "shadow", "small"]
 ServedBy = Literal["small", "frontier", "fallback"]
 CaptureSource = Literal["frontier", "fallback", "sampled"]
 ReviewVerdict = Literal["label", "not_in_label_set", "skip"]
+RetrainKind = Literal["first", "drift", "schedule", "manual"]
 
 
 def utcnow() -> datetime:
@@ -192,6 +193,7 @@ class RetrainRequest(Contract):
     requested_by: str
     ts: datetime = Field(default_factory=utcnow)
     serving_version: Optional[str] = None
+    kind: RetrainKind = "drift"
 
 
 class ShadowStats(Contract):

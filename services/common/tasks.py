@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 TaskKind = Literal["classification", "extraction", "freeform"]
+Graduation = Literal["auto", "approve", "off"]  # who starts a task's first training: the controller, a person, none
 
 
 class ParseFailure(ValueError):
@@ -72,6 +73,7 @@ class TaskSpec(BaseModel):
     system_prompt: str = ""
     prices: Prices = Field(default_factory=Prices)
     redaction: RedactionSpec = Field(default_factory=RedactionSpec)
+    graduation: Graduation = "approve"
 
     @model_validator(mode="after")
     def _kind_needs(self) -> "TaskSpec":

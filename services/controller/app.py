@@ -1,9 +1,12 @@
-"""The controller worker (faust): the gate, the cutover, the fallback-rate watch, the demotion.
+"""The controller worker (faust): graduations started, the gate, the cutover, the watch, the demotion.
 
 `graduate worker controller`. At start it replays the compacted routing topic, the history,
 the models and the judge's stats into a `Controller` (control.py); every handler waits for that,
 then decodes, asks the controller, and sends the decisions (routing topic + history), refusals
-(history) and retrain requests it returns. Run ONE controller per namespace: a task's window
+(history) and retrain requests it returns. Every `look_interval_s` it reads the captured and
+reviewed topics for tasks that have no model asked for yet (graduation.py) and exports how many
+reviewed holdout items each still needs (graduate_reviews_needed). A retrain request the trainer
+dead-letters (a snapshot the gate could not use) takes the task out of `training` again. Run ONE controller per namespace: a task's window
 spans every partition of the router outcomes, and decisions need a single writer.
 """
 from __future__ import annotations
@@ -11,18 +14,30 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from prometheus_client import Gauge
+
 from services.common import catalog
-from services.common.contracts import CapturedCall, ModelRegistered, RouterOutcome, RoutingDecision, ShadowStats
+from services.common.contracts import (CapturedCall, DeadLetter, ModelRegistered, RetrainRequest, RouterOutcome,
+                                       RoutingDecision, ShadowStats)
 from services.common.settings import load_settings
-from services.common.streams import Emit, Meta, WorkerSettings, each_event, health, make_app, plumbing, source_topic
+from services.common.streams import (Emit, Meta, WorkerSettings, each_event, health, make_app, plumbing, send_emits,
+                                     source_topic)
+from services.common.tasks import load_tasks
 from services.controller.control import Controller, Effects
 from services.controller.settings import ControllerSettings
-from services.controller.store import Replayed, emits_of, replay_state
+from services.controller.store import Replayed, emits_of, read_signals, replay_state, trainer_refusal
+from services.curator.settings import CuratorSettings
+from services.profiler.settings import ProfilerSettings
 
 log = logging.getLogger("graduate.controller")
 
 settings: WorkerSettings = load_settings(WorkerSettings)
-controller = Controller(load_settings(ControllerSettings))
+control_settings: ControllerSettings = load_settings(ControllerSettings)
+specs = {name: spec for name, spec in load_tasks(settings.tasks_file).tasks.items() if spec.graduatable}
+controller = Controller(control_settings, {name: spec.graduation for name, spec in specs.items()})
+holdout_fraction = load_settings(CuratorSettings).holdout_fraction
+profiler = load_settings(ProfilerSettings)
+REVIEWS_NEEDED = Gauge("graduate_reviews_needed", "reviewed holdout items the gate still needs", ["task"])
 app = make_app("controller", settings)
 namespace = settings.topic_namespace
 models = source_topic(app, catalog.MODELS, namespace)
@@ -30,6 +45,8 @@ shadow_stats = source_topic(app, catalog.SHADOW_STATS, namespace)
 decisions = source_topic(app, catalog.ROUTING_DECISIONS, namespace)
 outcomes = source_topic(app, catalog.ROUTER_OUTCOMES, namespace)
 captured = source_topic(app, catalog.CALLS_CAPTURED, namespace)
+requests = source_topic(app, catalog.RETRAIN_REQUESTS, namespace)
+letters = source_topic(app, catalog.DEADLETTER, namespace)
 ready = asyncio.Event()
 health(app).require("routing, models and stats replay", ready.is_set)
 replayed = Replayed()
@@ -44,7 +61,7 @@ async def replay() -> None:
         except Exception:
             log.exception("controller: replay of the routing, models and stats topics failed; retrying")
             await asyncio.sleep(2.0)
-    replayed.ends, replayed.undecodable = done.ends, done.undecodable
+    replayed.ends, replayed.undecodable, replayed.letter_ends = done.ends, done.undecodable, done.letter_ends
     log.info("controller: replayed %s (%d undecodable); tasks: %s", done.ends, done.undecodable,
              {t: controller.current(t).mode for t in controller.tasks() if controller.current(t)})
     ready.set()
@@ -89,6 +106,50 @@ async def watch_sampled(call: CapturedCall, meta: Meta) -> list[Emit]:
     return send(controller.on_captured(call))
 
 
+@each_event(app, requests, RetrainRequest)
+async def follow_request(request: RetrainRequest, meta: Meta) -> list[Emit]:
+    await ready.wait()
+    if meta.offset < replayed.ends.get(meta.topic, 0):
+        return []
+    return send(controller.on_request(request))
+
+
+@each_event(app, letters, DeadLetter)
+async def follow_refusal(letter: DeadLetter, meta: Meta) -> list[Emit]:
+    """A retrain request the trainer refused: the task leaves `training`, the history says why."""
+    await ready.wait()
+    refused = trainer_refusal(letter, plumbing(app).codec, namespace)
+    if refused is None or meta.offset < replayed.letter_ends.get(meta.partition, 0):
+        return []
+    return send(controller.on_refusal(*refused))
+
+
+@app.timer(control_settings.look_interval_s)
+async def look_at_tasks() -> None:
+    """Read the data of the tasks still waiting for a first model; start or mark their graduation."""
+    if not ready.is_set():
+        return
+    await send_emits(app, send(controller.on_schedule()))
+    waiting = {t: s for t, s in specs.items() if controller.needs_look(t)}
+    if not waiting:
+        return
+    try:
+        signals = await read_signals(settings, plumbing(app).codec, waiting, profiler, holdout_fraction,
+                                     control_settings.min_holdout)
+    except Exception:
+        log.exception("controller: reading the captured and reviewed topics failed; next look in %ss",
+                      control_settings.look_interval_s)
+        return
+    for signal in signals:
+        REVIEWS_NEEDED.labels(signal.task).set(signal.readiness.reviews_needed)
+        await send_emits(app, send(controller.on_signal(signal)))
+
+
 @app.page("/controller/state/")
 async def state_view(web, request):  # noqa: ARG001
-    return web.json({t: d.model_dump(mode="json") for t in controller.tasks() if (d := controller.current(t))})
+    out = {}
+    for t in sorted(set(controller.tasks()) | set(specs)):
+        d, g, signal = controller.current(t), controller.graduation(t), controller.signals.get(t)
+        out[t] = {"decision": d.model_dump(mode="json") if d else None, "graduation": g.state, "reason": g.reason,
+                  "reviews_needed": signal.readiness.reviews_needed if signal else None}
+    return web.json(out)

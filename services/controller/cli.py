@@ -1,4 +1,4 @@
-"""Controller commands: `graduate status`, `graduate route show|history|set`, `graduate gate`.
+"""Controller commands: `graduate status`, `graduate approve`, `graduate route show|history|set`, `graduate gate`.
 
 They read the topics directly (the compacted routing topic, the history, the models, the judge's
 stats, recent router outcomes); `route set` writes a person's decision to the routing topic and
@@ -33,12 +33,28 @@ def _context():
     return common, load_settings(ControllerSettings), Codec(common.schema_registry_url)
 
 
-async def _load(common, settings, codec):
-    from services.controller.control import Controller
-    from services.controller.store import replay_state
+def _specs(common) -> dict:
+    from services.common.tasks import load_tasks
 
-    controller = Controller(settings)
+    return {n: s for n, s in load_tasks(common.tasks_file).tasks.items() if s.graduatable}
+
+
+async def _load(common, settings, codec, *, look: bool = False):
+    """The controller's state from the topics; with `look`, also each waiting task's data (as the worker sees it)."""
+    from services.common.settings import load_settings
+    from services.controller.control import Controller
+    from services.controller.store import read_signals, replay_state
+    from services.curator.settings import CuratorSettings
+    from services.profiler.settings import ProfilerSettings
+
+    specs = _specs(common)
+    controller = Controller(settings, {n: s.graduation for n, s in specs.items()})
     await replay_state(controller, common.kafka, codec, common.topic_namespace)
+    waiting = {t: s for t, s in specs.items() if controller.needs_look(t)}
+    if look and waiting:
+        for signal in await read_signals(common, codec, waiting, load_settings(ProfilerSettings),
+                                         load_settings(CuratorSettings).holdout_fraction, settings.min_holdout):
+            controller.signals[signal.task] = signal
     return controller
 
 
@@ -76,8 +92,11 @@ def status_rows(controller, history: list[RoutingDecision], outcomes: list[Route
         rate, n = observed_fallback(outcomes, task, controller.settings.low_confidence_reason)
         latest = last.get(task, current)
         ev = _evidence(latest) if latest else {}
+        graduation, signal = controller.graduation(task), controller.signals.get(task)
         rows.append({
             "task": task, "mode": current.mode if current else "frontier",
+            "graduation": graduation.state, "graduation_reason": graduation.reason,
+            "reviews_needed": signal.readiness.reviews_needed if signal else None,
             "model_version": current.model_version if current else None,
             "threshold": current.threshold if current else None,
             "fallback_rate": rate, "fallback_n": n,
@@ -111,7 +130,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="print JSON instea
     common, settings, codec = _context()
 
     async def run():
-        controller = await _load(common, settings, codec)
+        controller = await _load(common, settings, codec, look=True)
         history = await read_history(common.kafka, codec, common.topic_namespace)
         outcomes = await read_outcomes(common.kafka, codec, common.topic_namespace,
                                        settings.status_outcomes_per_partition)
@@ -122,19 +141,52 @@ def status(as_json: bool = typer.Option(False, "--json", help="print JSON instea
         print(json.dumps(rows, indent=2))
         return
     table = Table(title="graduate status", show_lines=True)
-    for col in ("task", "mode", "model", "threshold", "fallback (observed / predicted, n)", "last decision"):
+    for col in ("task", "mode", "graduation", "model", "threshold", "fallback (observed / predicted, n)",
+                "last decision"):
         table.add_column(col, overflow="fold")
     for r in rows:
         last = r["last_decision"]
         why = "-" if last is None else (f"{last['ts'][:19]} by {last['decided_by']} "
                                         f"[{last['gate'] or '-'}/{last['verdict'] or '-'}]: {last['reason']}")
-        table.add_row(escape(r["task"]), r["mode"], escape(r["model_version"] or "-"), _fmt(r["threshold"], 4),
+        needed = f" ({r['reviews_needed']} more reviews)" if r["reviews_needed"] else ""
+        table.add_row(escape(r["task"]), r["mode"], escape(f"{r['graduation']}{needed}: {r['graduation_reason']}"),
+                      escape(r["model_version"] or "-"), _fmt(r["threshold"], 4),
                       f"{_fmt(r['fallback_rate'])} / {_fmt(r['predicted_fallback_rate'])}, {r['fallback_n']}",
                       escape(why))
     if not rows:
         console.print("no task has a routing decision or a registered model yet")
     else:
         console.print(table)
+
+
+def approve(task: str, reason: str = typer.Option("", "--reason", help="why (kept with the request)")) -> None:
+    """Start TASK's graduation (or a retrain) now: the trainer takes a fresh snapshot and trains on it."""
+    from services.common.contracts import RetrainRequest
+    from services.controller.control import Effects
+    from services.controller.store import publish
+
+    common, settings, codec = _context()
+    try:
+        policy = _specs(common)[task].graduation
+    except KeyError:
+        console.print(f"[red]refused:[/red] {escape(task)} is not a graduatable task of {common.tasks_file}")
+        raise typer.Exit(2)
+    if policy == "off":
+        console.print(f"[red]refused:[/red] {escape(task)} has graduation: off in {common.tasks_file}")
+        raise typer.Exit(2)
+    request = approval(task, _user(), reason, asyncio.run(_load(common, settings, codec)))
+    asyncio.run(publish(common.kafka, codec, common.topic_namespace, Effects(retrains=[request])))
+    console.print(f"{escape(task)}: {request.kind} model requested ({request.request_id}); the trainer takes a "
+                  "fresh snapshot and dead-letters the request with the reason if the gate could not use it")
+
+
+def approval(task: str, user: str, reason: str, controller) -> "RetrainRequest":
+    """A person's request: the first model of a task that has none, else a manual retrain (pure)."""
+    from services.common.contracts import RetrainRequest
+
+    kind = "manual" if controller.latest_model(task) else "first"
+    why = reason.strip() or f"approved by {user}"
+    return RetrainRequest(task=task, kind=kind, reason=why, requested_by=user)
 
 
 @route_app.command("show")
@@ -243,5 +295,6 @@ def gate(task: str,
 
 def register(app: typer.Typer) -> None:
     app.command("status")(status)
+    app.command("approve")(approve)
     app.command("gate")(gate)
     app.add_typer(route_app, name="route")

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from services.common.contracts import (CapturedCall, Mode, ModelRegistered, RetrainRequest, RouterOutcome,
-                                       RoutingDecision, ShadowStats)
+                                       RoutingDecision, ShadowStats, utcnow)
 from services.controller.gate import GateResult, evaluate_offline, evaluate_shadow, stats_counts
+from services.controller.graduation import Policy, Signal, Step, pending_request, step
 from services.controller.settings import ControllerSettings
 from services.controller.watch import Window, assess, observe_outcome, observe_sampled, promise_of, same_output
 
@@ -49,8 +50,14 @@ def dumps(evidence: dict[str, Any]) -> str:
 
 
 class Controller:
-    def __init__(self, settings: ControllerSettings) -> None:
+    def __init__(self, settings: ControllerSettings, policies: Optional[dict[str, Policy]] = None) -> None:
         self.settings = settings
+        self.policies: dict[str, Policy] = dict(policies or {})  # graduation per task (config/tasks.yaml)
+        self.requests: dict[str, RetrainRequest] = {}  # the newest retrain request per task
+        self.signals: dict[str, Signal] = {}  # the newest look at each task's data
+        self.noted_states: dict[str, str] = {}  # the graduation state last written on the history
+        self.first_request_reviews: dict[str, int] = {}  # reviewed holdout items when a first model was asked for
+        self.refused_requests: dict[str, str] = {}  # request_id -> why the trainer would not train on it
         self.routed: dict[str, RoutingDecision] = {}
         self.unread: dict[str, list[RoutingDecision]] = {}  # ours, sent, not yet read back
         self.models: dict[tuple[str, str], ModelRegistered] = {}
@@ -83,6 +90,16 @@ class Controller:
             self.offline_verdicts.add((decision.task, str(ev["candidate"])))
         if ev.get("gate") == "shadow" and ev.get("verdict") == "refused":
             self.noted_refusals.add((str(ev.get("episode")), str(ev.get("signature"))))
+        if ev.get("gate") == "graduation" and ev.get("state"):
+            self.noted_states[decision.task] = str(ev["state"])
+            if ev.get("requested") and isinstance(ev.get("reviewed_holdout"), int):
+                self.first_request_reviews[decision.task] = ev["reviewed_holdout"]
+
+    def read_request(self, request: RetrainRequest) -> None:
+        """A record of the retrain requests topic (the controller's own, a person's approval)."""
+        held = self.requests.get(request.task)
+        if held is None or request.ts >= held.ts:
+            self.requests[request.task] = request
 
     def read_model(self, model: ModelRegistered) -> None:
         self.models[(model.task, model.version)] = model
@@ -91,7 +108,8 @@ class Controller:
         self.stats[(stats.task, stats.model_version)] = stats
 
     def tasks(self) -> list[str]:
-        return sorted(set(self.routed) | set(self.unread) | {t for t, _ in self.models})
+        return sorted(set(self.routed) | set(self.unread) | {t for t, _ in self.models} | set(self.signals)
+                      | set(self.requests) | set(self.policies))
 
     def latest_model(self, task: str) -> Optional[ModelRegistered]:
         mine = [m for (t, _), m in self.models.items() if t == task]
@@ -211,6 +229,88 @@ class Controller:
             decided_by=self.settings.decided_by, predicted_fallback_rate=current.predicted_fallback_rate,
             triton_model=current.triton_model)
         return Effects(decisions=[self._decide(demotion)], retrains=[request])
+
+    # --- starting a graduation --------------------------------------------------------------
+
+    def graduation(self, task: str, now=None) -> Step:
+        """Where the task stands on its way to (and after) graduation, and why."""
+        current = self.current(task)
+        request = self.requests.get(task)
+        if request is not None and request.request_id in self.refused_requests:
+            request = None  # answered: the trainer refused it (the dead letter says why)
+        pending = pending_request(request, self.latest_model(task), now or utcnow())
+        return step(self.policies.get(task, "approve"), current, self.signals.get(task), pending,
+                    self.first_request_reviews.get(task), demoted=evidence_of(current).get("gate") == "watch"
+                    if current else False)
+
+    def needs_look(self, task: str) -> bool:
+        """Whether the periodic look at the data can change this task's graduation (no model asked for yet)."""
+        return self.graduation(task).state in ("frontier", "collecting_reviews", "ready")
+
+    def on_signal(self, signal: Signal) -> Effects:
+        """The periodic look at a task's data: note a changed state; in `auto`, ask for the first model."""
+        self.signals[signal.task] = signal
+        now = self.graduation(signal.task)
+        effects = Effects()
+        evidence = {"gate": "graduation", "state": now.state, "policy": self.policies.get(signal.task, "approve"),
+                    "recommended": signal.recommended, **signal.readiness.as_dict()}
+        if now.request:
+            request = RetrainRequest(task=signal.task, kind="first", reason=now.reason, evidence=dumps(evidence),
+                                     requested_by=self.settings.decided_by)
+            self.read_request(request)
+            self.first_request_reviews[signal.task] = signal.readiness.reviewed_holdout
+            effects.retrains.append(request)
+            evidence |= {"requested": True, "retrain_request_id": request.request_id}
+        return self._note_state(signal.task, now, evidence, effects)
+
+    def on_request(self, request: RetrainRequest) -> Effects:
+        """A retrain request read back (ours or a person's approval): the task is training."""
+        self.read_request(request)
+        now = self.graduation(request.task)
+        if request.requested_by == self.settings.decided_by:  # ours: its decision or note already says so
+            self.noted_states[request.task] = now.state
+            return Effects()
+        evidence = {"gate": "graduation", "state": now.state, "retrain_request_id": request.request_id,
+                    "kind": request.kind}
+        return self._note_state(request.task, now, evidence, Effects())
+
+    def on_schedule(self, now=None) -> Effects:
+        """A retrain (kind schedule) for each task in small mode whose model is older than retrain_every_h."""
+        every, now = self.settings.retrain_every_h, now or utcnow()
+        effects = Effects()
+        for task in self.tasks() if every else []:
+            current, model = self.current(task), self.latest_model(task)
+            if current is None or current.mode != "small" or model is None or self.graduation(task, now).state != "small":
+                continue
+            if (now - model.ts).total_seconds() < every * 3600 or self.policies.get(task) == "off":
+                continue
+            request = RetrainRequest(task=task, kind="schedule", requested_by=self.settings.decided_by,
+                                     reason=f"scheduled: model {model.version} is older than {every:g} h",
+                                     serving_version=current.model_version, ts=now)
+            self.read_request(request)
+            self.noted_states[task] = "training"
+            effects.retrains.append(request)
+        return effects
+
+    def read_refusal(self, request: RetrainRequest, reason: str) -> None:
+        """The trainer dead-lettered `request` (a snapshot the gate could not use, a failed run)."""
+        self.refused_requests[request.request_id] = reason
+
+    def on_refusal(self, request: RetrainRequest, reason: str) -> Effects:
+        """The trainer refused a request: the task leaves `training`, and the history says why."""
+        self.read_refusal(request, reason)
+        now = self.graduation(request.task)
+        evidence = {"gate": "graduation", "state": now.state, "refused_request_id": request.request_id,
+                    "trainer": reason}
+        step_now = Step(now.state, f"the trainer refused the {request.kind} request: {reason}; {now.reason}")
+        return self._note_state(request.task, step_now, evidence, Effects())
+
+    def _note_state(self, task: str, now: Step, evidence: dict[str, Any], effects: Effects) -> Effects:
+        if self.noted_states.get(task) != now.state:
+            self.noted_states[task] = now.state
+            note = self._refusal(task, now.reason, evidence)
+            effects.refusals.append(note.model_copy(update={"reason": f"graduation {now.state}: {now.reason}"}))
+        return effects
 
     # --- records ----------------------------------------------------------------------------
 

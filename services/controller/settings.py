@@ -4,7 +4,7 @@ Every figure a decision depends on lives here, so the evidence of a decision can
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Optional
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +44,11 @@ class ControllerSettings(BaseSettings):
                                    description="mean confidence this far below the episode's first window is a breach")
     low_confidence_reason: str = Field("low_confidence",
                                        description="RouterOutcome.fallback_reason of a threshold fallback")
+    # starting graduations
+    look_interval_s: float = Field(30.0, gt=0, description="how often the controller reads the captured and reviewed "
+                                   "topics to see whether a task on the frontier is ready to graduate")
+    retrain_every_h: Optional[float] = Field(None, gt=0, description="ask for a retrain (kind schedule) of a task "
+                                             "in small mode whose model is older than this; default: never")
     # CLI
     status_outcomes_per_partition: int = Field(2000, ge=1,
                                                description="router outcomes `graduate status` reads per partition")

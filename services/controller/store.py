@@ -12,11 +12,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from services.common import catalog
 from services.common.catalog import topic_name
 from services.common.codec import Codec
-from services.common.contracts import ModelRegistered, RouterOutcome, RoutingDecision, ShadowStats
+from services.common.contracts import (DeadLetter, ModelRegistered, RetrainRequest, RouterOutcome, RoutingDecision,
+                                       ShadowStats)
 from services.common.kafka import make_producer
-from services.common.settings import KafkaSettings
+from services.common.settings import CommonSettings, KafkaSettings
 from services.common.streams import Emit, replay_topic
+from services.common.tasks import TaskSpec
 from services.controller.control import Controller, Effects
+from services.controller.graduation import Signal
 
 
 def emits_of(effects: Effects) -> list[Emit]:
@@ -35,6 +38,7 @@ class Replayed:
 
     ends: dict[str, int] = field(default_factory=dict)  # topic -> next offset (single-partition topics)
     undecodable: int = 0
+    letter_ends: dict[int, int] = field(default_factory=dict)  # dead-letter partition -> next offset
 
 
 async def replay_state(controller: Controller, kafka: KafkaSettings, codec: Codec, namespace: str) -> Replayed:
@@ -43,12 +47,49 @@ async def replay_state(controller: Controller, kafka: KafkaSettings, codec: Code
     for spec, model, read in ((catalog.ROUTING_HISTORY, RoutingDecision, controller.read_history),
                               (catalog.ROUTING_DECISIONS, RoutingDecision, controller.read_decision),
                               (catalog.MODELS, ModelRegistered, controller.read_model),
-                              (catalog.SHADOW_STATS, ShadowStats, controller.read_stats)):
+                              (catalog.SHADOW_STATS, ShadowStats, controller.read_stats),
+                              (catalog.RETRAIN_REQUESTS, RetrainRequest, controller.read_request)):
         replay = await replay_topic(kafka, codec, spec, namespace, model)
         for item in replay.records:
             read(item.value)
         out.ends[replay.topic] = max((end for _, end in replay.offsets.values()), default=0)
         out.undecodable += len(replay.undecodable)
+    letters = await replay_topic(kafka, codec, catalog.DEADLETTER, namespace, DeadLetter)
+    for item in letters.records:
+        refused = trainer_refusal(item.value, codec, namespace)
+        if refused is not None:
+            controller.read_refusal(*refused)
+    out.letter_ends = {p: end for p, (_, end) in letters.offsets.items()}
+    return out
+
+
+def trainer_refusal(letter: DeadLetter, codec: Codec, namespace: str) -> tuple[RetrainRequest, str] | None:
+    """The retrain request a trainer's dead letter refused, and why; None for any other dead letter."""
+    if letter.processor != "trainer" or letter.source_topic != topic_name(catalog.RETRAIN_REQUESTS, namespace):
+        return None
+    try:
+        return codec.decode(letter.payload, RetrainRequest), letter.reason
+    except ValueError:
+        return None
+
+
+async def read_signals(settings: CommonSettings, codec: Codec, specs: dict[str, TaskSpec], profiler,
+                       holdout_fraction: float, min_reviewed_holdout: int) -> list[Signal]:
+    """A look at the data of `specs`' tasks: the profiler's verdict (as `graduate candidates`) and the
+    reviewed holdout (as the curator's snapshot would count it)."""
+    from services.curator.readiness import readiness_of_dataset
+    from services.curator.snapshot import curate_sources, read_sources
+    from services.profiler.report import compute_candidates
+
+    candidates = {c.task: c for c in await compute_candidates(settings, profiler, codec)}
+    data = await read_sources(settings, codec)
+    out = []
+    for task, spec in sorted(specs.items()):
+        candidate = candidates.get(task)
+        dataset = curate_sources(spec, data, holdout_fraction)
+        out.append(Signal(task, candidate is not None and candidate.recommendation == "graduate",
+                          candidate.failing if candidate else ("no captured calls",),
+                          readiness_of_dataset(dataset, spec.kind, min_reviewed_holdout)))
     return out
 
 

@@ -1,1 +1,1 @@
-"""The demo: the whole graduation loop on Banking77, end to end, with a report (`make demo`)."""
+"""The demo: a user of the product — one runner (loop.py) and a scenario per data set (`make demo TASK=…`)."""

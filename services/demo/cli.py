@@ -1,4 +1,4 @@
-"""`graduate demo`: the whole graduation loop on Banking77 (what `make demo` runs after its set-up)."""
+"""`graduate demo`: the graduation loop on a scenario (what `make demo` runs after its set-up)."""
 from __future__ import annotations
 
 import typer
@@ -7,7 +7,7 @@ import typer
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo() -> None:
-        """Run the demo against this machine's Kafka and Triton (started if absent); settings: GRADUATE_DEMO_*."""
-        from services.demo.run import main
+        """Start the product, send traffic, review, approve, narrate; settings: GRADUATE_DEMO_* (SCENARIO)."""
+        from services.demo.loop import main
 
         main()

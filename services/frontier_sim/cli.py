@@ -35,6 +35,10 @@ def register(app: typer.Typer) -> None:
         malformed_rate: Optional[float] = typer.Option(None, help="share of unparseable answers "
                                                                   "[GRADUATE_SIM_MALFORMED_RATE, 0.003]"),
         data_dir: Optional[Path] = typer.Option(None, help="train.csv/test.csv folder [GRADUATE_SIM_DATA_DIR]"),
+        data: list[Path] = typer.Option([], "--data", help="a labelled CSV folder (text,category) of your own; "
+                                        "pair each with --task, repeat for several tasks"),
+        task: list[str] = typer.Option([], "--task", help="the classification task of config/tasks.yaml that the "
+                                       "matching --data labels"),
         fault_500: Optional[float] = typer.Option(None, "--fault-500", help="share of requests answered 500"),
         fault_429: Optional[float] = typer.Option(None, "--fault-429", help="share answered 429 (Retry-After: 1)"),
         fault_timeout: Optional[float] = typer.Option(None, "--fault-timeout",
@@ -52,6 +56,10 @@ def register(app: typer.Typer) -> None:
         overrides = {"host": host, "port": port, "accuracy": accuracy, "seed": seed, "malformed_rate": malformed_rate,
                      "data_dir": data_dir, "fault_rate_500": fault_500, "fault_rate_429": fault_429,
                      "fault_rate_timeout": fault_timeout, "fault_rate_garbage": fault_garbage}
+        if len(data) != len(task):
+            raise typer.BadParameter(f"{len(data)} --data and {len(task)} --task: give one task per data folder")
+        if data:
+            overrides["more_data"] = dict(zip(task, data))
         if latency_ms is not None:
             overrides["latency_min_ms"], overrides["latency_max_ms"] = parse_latency_ms(latency_ms)
         settings = load_settings(SimSettings, **{k: v for k, v in overrides.items() if v is not None})

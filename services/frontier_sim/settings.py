@@ -41,6 +41,8 @@ class SimSettings(BaseSettings):
     confusable_labels: int = Field(4, ge=1, description="how many similar labels an error may land on")
     data_dir: Path = REPO_ROOT / "data" / "banking77"
     data_task: str = Field("banking77-intent", description="the classification task the data set labels")
+    more_data: dict[str, Path] = Field(default_factory=dict, description="more classification tasks to answer: "
+                                       "task name -> folder with train.csv/test.csv (text,category)")
     model_name: str = "graduate-frontier-sim"
     extraction_task: str = Field("restaurant8k-booking", description="the extraction task the span data labels")
     extraction_data_dir: Path = REPO_ROOT / "data" / "restaurant8k"

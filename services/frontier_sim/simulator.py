@@ -252,7 +252,8 @@ class Simulator:
             "malformed_rate": s.malformed_rate,
             "latency_ms": {"min": s.latency_min_ms, "max": s.latency_max_ms},
             "seed": s.seed,
-            "labelled_tasks": {name: str(s.extraction_data_dir if isinstance(o, ExtractionOracle) else s.data_dir)
+            "labelled_tasks": {name: str(s.extraction_data_dir if isinstance(o, ExtractionOracle)
+                                         else s.more_data.get(name, s.data_dir))
                                for name, o in self.oracles.items()},
             "extraction": {name: tally.summary(self.oracles[name].error_rates)
                            for name, tally in sorted(t.extraction.items())},
@@ -265,7 +266,8 @@ class Simulator:
                     if t.graded else "not measured yet (no graded answers)")
         classified = sorted(n for n, o in self.oracles.items() if isinstance(o, ClassificationOracle))
         text = (f"This is a SIMULATED frontier model ({s.model_name}), not a real LLM: it answers "
-                f"{', '.join(classified)} from the labelled data in {s.data_dir} with a configured "
+                f"{', '.join(classified)} from the labelled data in "
+                f"{', '.join(str(p) for p in [s.data_dir, *s.more_data.values()])} with a configured "
                 f"accuracy of {100 * s.accuracy:.1f} % (realised {realised}), errs on confusable labels, "
                 f"and sleeps {s.latency_min_ms:g}-{s.latency_max_ms:g} ms per answer.")
         for name, oracle in sorted(self.oracles.items()):
@@ -297,14 +299,15 @@ def build_simulator(settings: SimSettings, tasks: TaskRegistry) -> Simulator:
     """Load the labelled data and precompute the oracles; ValueError names what is wrong.
 
     The extraction oracle is built when the registry has the extraction task and its data is there."""
-    spec = tasks.get(settings.data_task)
-    if spec.kind != "classification":
-        raise ValueError(f"GRADUATE_SIM_DATA_TASK: task {spec.name} is {spec.kind}, not classification")
-    oracle = ClassificationOracle(spec.name, spec.answers, in_scope(read_examples(settings.data_dir), spec),
-                                  accuracy=settings.accuracy, seed=settings.seed,
-                                  malformed_rate=settings.malformed_rate,
-                                  confusable_labels=settings.confusable_labels)
-    oracles: dict[str, Oracle] = {spec.name: oracle}
+    oracles: dict[str, Oracle] = {}
+    for name, folder in ({settings.data_task: settings.data_dir} | settings.more_data).items():
+        spec = tasks.get(name)
+        if spec.kind != "classification":
+            raise ValueError(f"simulated data for task {spec.name}: it is {spec.kind}, not classification")
+        oracles[name] = ClassificationOracle(spec.name, spec.answers, in_scope(read_examples(folder), spec),
+                                             accuracy=settings.accuracy, seed=settings.seed,
+                                             malformed_rate=settings.malformed_rate,
+                                             confusable_labels=settings.confusable_labels)
     extraction = tasks.tasks.get(settings.extraction_task)
     if extraction is not None and settings.extraction_data_dir.is_dir():
         oracles[extraction.name] = build_extraction_oracle(settings, extraction)

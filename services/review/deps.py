@@ -33,6 +33,11 @@ class ReviewState:
     is_ready: Callable[[], bool]
     follower_status: Callable[[], dict]
 
+    def reviews_needed(self, task: str) -> int:
+        """Reviewed holdout items the gate still needs before this task can graduate."""
+        reviewed = sum(1 for e in self.view.dataset(task).examples if e.split == "holdout" and e.reviewed)
+        return max(0, self.settings.controller.min_holdout - reviewed)
+
     def queue(self, task: str, limit: Optional[int] = None):
         curator = self.settings.curator
         return self.view.queue(task, limit=limit or curator.review_limit, low_confidence=curator.review_low_confidence)

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, Optional, Protocol
 
-from services.common.contracts import ReviewedLabel, ReviewVerdict
+from services.common.contracts import RetrainRequest, ReviewedLabel, ReviewVerdict
 from services.common.tasks import ParseFailure, TaskSpec
 from services.review.view import ReviewView
 
@@ -32,6 +32,9 @@ class ReviewRefused(ValueError):
 class Publisher(Protocol):
     async def publish(self, review: ReviewedLabel) -> tuple[int, int]:
         """Send the review keyed by call_id; the (partition, offset) it was written at."""
+
+    async def request_model(self, request: RetrainRequest) -> None:
+        """Send a person's approval of a graduation (a retrain request keyed by task)."""
 
 
 def checked_label(task: TaskSpec, label: Optional[str]) -> str:

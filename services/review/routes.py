@@ -12,6 +12,7 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from services.common.contracts import RetrainRequest
 from services.common.tasks import TaskSpec
 from services.judge.logic import differing_fields
 from services.review.auth import COOKIE, AuthError, Reviewer, check_csrf, reviewer_key, safe_next
@@ -81,7 +82,8 @@ def task_rows(state: ReviewState, reviewer: Reviewer) -> list[dict]:
         decision = state.view.task(name).decision
         rows.append({"task": name, "kind": spec.kind, "mode": decision.mode if decision else "frontier",
                      "model_version": decision.model_version if decision else None,
-                     "queue": len(state.queue(name)), "reviewed": state.view.review_counts(name)["total"]})
+                     "queue": len(state.queue(name)), "reviewed": state.view.review_counts(name)["total"],
+                     "reviews_needed": state.reviews_needed(name)})
     return rows
 
 
@@ -102,6 +104,7 @@ def task_page(request: Request, state: StateDep, reviewer: ReviewerDep, task: Ta
     return render(
         request, "task.html", state, reviewer, task=task, decision=decision, t=t,
         queue_length=len(state.queue(task.name)), counts=view.review_counts(task.name),
+        reviews_needed=state.reviews_needed(task.name),
         holdout_inputs=len(view.dataset(task.name).examples), distribution=distribution,
         distribution_max=max([1] + [max(r["frontier"], r["gold"]) for r in distribution]),
         agreement=time_chart(view.agreement_series(task.name)),
@@ -244,7 +247,7 @@ def api_tasks(state: StateDep, reviewer: ReviewerDep) -> list[dict]:
 
 @api.get("/tasks/{task}/queue")
 def api_queue(state: StateDep, task: TaskDep, limit: Annotated[Optional[int], Query(ge=1, le=1000)] = None) -> dict:
-    return {"task": task.name, "ready": state.is_ready(),
+    return {"task": task.name, "ready": state.is_ready(), "reviews_needed": state.reviews_needed(task.name),
             "items": [item_json(i) for i in state.queue(task.name, limit)]}
 
 
@@ -266,11 +269,37 @@ async def api_review(state: StateDep, reviewer: ReviewerDep, task: TaskDep, body
     return review.model_dump(mode="json")
 
 
+@api.post("/tasks/{task}/approve")
+async def api_approve(state: StateDep, reviewer: ReviewerDep, task: TaskDep) -> dict:
+    """A person starts the task's graduation (or a retrain): the trainer takes a fresh snapshot."""
+    return (await approve_task(state, reviewer, task)).model_dump(mode="json")
+
+
+@pages.post("/tasks/{task}/approve")
+async def approve_form(state: StateDep, reviewer: ReviewerDep, task: TaskDep,
+                       csrf: Annotated[str, Form()] = "") -> Response:
+    check_csrf(reviewer, csrf)
+    await approve_task(state, reviewer, task)
+    return RedirectResponse(f"/tasks/{quote(task.name)}", status_code=303)
+
+
+async def approve_task(state: ReviewState, reviewer: Reviewer, task: TaskSpec) -> RetrainRequest:
+    if task.graduation == "off":
+        raise PageError(409, f"task {task.name} has graduation: off in the task config")
+    kind = "manual" if state.view.task(task.name).decision and state.view.task(task.name).decision.model_version \
+        else "first"
+    request = RetrainRequest(task=task.name, kind=kind, reason=f"approved by {reviewer.name} on the review page",
+                             requested_by=reviewer.name)
+    await state.publisher.request_model(request)
+    return request
+
+
 @api.get("/tasks/{task}/summary")
 def api_summary(state: StateDep, task: TaskDep) -> dict:
     view, decision = state.view, state.view.task(task.name).decision
     return {"task": task.name, "mode": decision.mode if decision else "frontier",
             "model_version": decision.model_version if decision else None,
             "threshold": decision.threshold if decision else None, "queue": len(state.queue(task.name)),
+            "reviews_needed": state.reviews_needed(task.name),
             "reviewed": view.review_counts(task.name), "holdout_inputs": len(view.dataset(task.name).examples),
             "frontier_labels": dict(view.task(task.name).frontier_labels.most_common())}

@@ -10,6 +10,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from services.common.settings import CommonSettings
+from services.controller.settings import ControllerSettings
 from services.curator.settings import CuratorSettings
 
 
@@ -32,6 +33,7 @@ class ReviewSettings(BaseSettings):
     note_max_chars: int = Field(2000, ge=1)
     common: CommonSettings = Field(default_factory=CommonSettings)
     curator: CuratorSettings = Field(default_factory=CuratorSettings)
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)  # the gate's minimum reviewed holdout
 
     @property
     def keys_file(self) -> Path:

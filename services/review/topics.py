@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 
 from services.common import follow
-from services.common.catalog import LABELS_REVIEWED, TopicSpec, topic_name
+from services.common.catalog import LABELS_REVIEWED, RETRAIN_REQUESTS, TopicSpec, topic_name
 from services.common.codec import Codec, CodecError
-from services.common.contracts import ReviewedLabel
+from services.common.contracts import RetrainRequest, ReviewedLabel
 from services.common.kafka import make_producer
 from services.common.settings import KafkaSettings
 from services.review.view import ReviewView
@@ -25,10 +25,12 @@ MISSING_RECHECK_S = 5.0
 
 
 class KafkaPublisher:
-    """An idempotent producer (acks=all) of ReviewedLabel records keyed by call_id."""
+    """An idempotent producer (acks=all) of ReviewedLabel records keyed by call_id, and of a
+    person's approval of a graduation (a RetrainRequest keyed by task)."""
 
     def __init__(self, kafka: KafkaSettings, namespace: str, codec: Codec) -> None:
         self.topic = topic_name(LABELS_REVIEWED, namespace)
+        self.requests_topic = topic_name(RETRAIN_REQUESTS, namespace)
         self.codec = codec
         self.producer = make_producer(kafka, client_id=f"{kafka.client_id}-review")
 
@@ -41,6 +43,9 @@ class KafkaPublisher:
     async def publish(self, review: ReviewedLabel) -> tuple[int, int]:
         meta = await self.producer.send_and_wait(self.topic, self.codec.encode(review), key=review.call_id.encode())
         return meta.partition, meta.offset
+
+    async def request_model(self, request: RetrainRequest) -> None:
+        await self.producer.send_and_wait(self.requests_topic, self.codec.encode(request), key=request.task.encode())
 
 
 class TopicFollower(follow.TopicFollower):

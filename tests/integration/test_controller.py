@@ -39,7 +39,9 @@ def free_port() -> int:
 def env(namespace, kafka_settings, tmp_path) -> dict[str, str]:
     return {**os.environ, "GRADUATE_TOPIC_NAMESPACE": namespace, "GRADUATE_KAFKA_BOOTSTRAP": kafka_settings.bootstrap,
             "GRADUATE_VAR_DIR": str(tmp_path), "GRADUATE_WORKER_COMMIT_INTERVAL_S": "1.0",
-            "GRADUATE_CONTROLLER_MIN_WINDOW": "40", "GRADUATE_CONTROLLER_WINDOW_SIZE": "80", "USER": "ana"}
+            "GRADUATE_CONTROLLER_MIN_WINDOW": "40", "GRADUATE_CONTROLLER_WINDOW_SIZE": "80", "USER": "ana",
+            # the configured tasks' graduation notes would interleave with this test's audit trail
+            "GRADUATE_CONTROLLER_LOOK_INTERVAL_S": "3600"}
 
 
 class ControllerWorker:
@@ -159,8 +161,11 @@ async def test_gate_shadow_small_drift_retrain_and_the_audit_trail(kafka_setting
         ("frontier", "override", "override", "ana")]
     status = graduate(env, "status", "--json")
     assert status.returncode == 0, status.stderr
-    row = json.loads(status.stdout)[0]
-    assert row["task"] == TASK and row["mode"] == "frontier" and row["last_decision"]["decided_by"] == "ana"
+    rows = {r["task"]: r for r in json.loads(status.stdout)}
+    row = rows[TASK]
+    assert row["mode"] == "frontier" and row["last_decision"]["decided_by"] == "ana"
+    configured = rows["banking77-intent"]  # every graduatable task of config/tasks.yaml has a row and a state
+    assert configured["graduation"] == "frontier" and configured["reviews_needed"] == 300
     assert row["fallback_n"] == 180
     shown = graduate(env, "route", "show", TASK, "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["reason"] == "incident 42"

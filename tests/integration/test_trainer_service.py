@@ -1,14 +1,17 @@
-"""The trainer worker on the real Kafka: retrain requests in, ModelRegistered and dead letters out.
+"""The trainer worker on the real Kafka: retrain requests in, its own snapshot, ModelRegistered and dead letters out.
 
 The training run itself is replaced by a function returning a ready event (the pipeline has its
-own integration test against Triton); Kafka, the codec and the worker's loop are the real ones.
+own integration test against Triton); Kafka, the codec, the curator's snapshot code and the
+worker's loop are the real ones.
 """
 import asyncio
+import json
 from pathlib import Path
 
 import pytest
 
-from services.common.contracts import DeadLetter, ModelRegistered, PairedCounts, RetrainRequest
+from services.common.contracts import (CapturedCall, DeadLetter, ModelRegistered, PairedCounts, RetrainRequest,
+                                       ReviewedLabel)
 from tests.support import decode_all, produce, read_topic
 from trainer.pipeline import TrainRun
 from trainer.service import run
@@ -17,6 +20,7 @@ from trainer.settings import TrainerSettings
 pytestmark = pytest.mark.integration
 
 TASK = "banking77-intent"
+LABELS = ("card_arrival", "lost_or_stolen_card")
 
 
 def registered(version: int) -> ModelRegistered:
@@ -26,17 +30,63 @@ def registered(version: int) -> ModelRegistered:
                            coverage=0.8, artifact_uri="file:///m/1", triton_model=TASK)
 
 
-async def test_worker_trains_on_request_and_dead_letters_the_rest(
+def captured(i: int) -> CapturedCall:
+    label = LABELS[i % 2]
+    return CapturedCall(call_id=f"c{i}", task=TASK, input=f"customer message number {i} about {label}",
+                        output_raw=label, output=label, latency_ms=400.0)
+
+
+async def test_worker_snapshots_the_topics_itself_and_refuses_without_reviews(
         tmp_path: Path, topics, namespace, kafka_settings, codec, group_id) -> None:
+    """Calls without reviews: refused with the reason; with reviews: trained on its own fresh snapshot."""
     calls: list[tuple[str, str]] = []
 
     def fake_train(settings, task, snapshot_ref):
         calls.append((task, snapshot_ref))
-        return TrainRun({}, registered(len(calls)), tmp_path, len(calls), tmp_path, tmp_path / "card.md")
+        event = registered(len(calls)).model_copy(update={"snapshot_id": snapshot_ref})
+        return TrainRun({}, event, tmp_path, len(calls), tmp_path, tmp_path / "card.md")
 
+    settings = TrainerSettings(var_dir=tmp_path, kafka=kafka_settings, topic_namespace=namespace,
+                               consumer_group=group_id)
+    requests = topics["graduate.retrain.requests"]
+    history = [captured(i) for i in range(40)]
+    await produce(kafka_settings, codec, topics["graduate.calls.captured"], [(c.call_id, c) for c in history])
+    await produce(kafka_settings, codec, requests, [
+        (TASK, RetrainRequest(task=TASK, reason="first", kind="first", requested_by="controller"))])
+    letters = await _serve(settings, kafka_settings, topics["graduate.deadletter"], 1, fake_train)
+    (refusal,) = decode_all(codec, letters, DeadLetter)
+    assert "too few reviewed holdout items: 0, the gate needs 5" in refusal.reason and calls == []
+
+    reviews = [ReviewedLabel(call_id=c.call_id, task=TASK, label=c.output, reviewer="r") for c in history]
+    await produce(kafka_settings, codec, topics["graduate.labels.reviewed"], [(r.call_id, r) for r in reviews])
+    await produce(kafka_settings, codec, requests, [
+        (TASK, wanted := RetrainRequest(task=TASK, reason="approved", kind="manual", requested_by="me"))])
+    models = await _serve(settings, kafka_settings, topics["graduate.models"], 1, fake_train)
+
+    (event,) = decode_all(codec, models, ModelRegistered)
+    ((task, snapshot_id),) = calls
+    folder = tmp_path / "datasets" / TASK / snapshot_id
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert task == TASK and manifest["snapshot_id"] == snapshot_id == event.snapshot_id
+    assert manifest["reviewed"]["holdout"] >= 5 and manifest["counts"]["train"] + manifest["counts"]["holdout"] == 40
+    assert event.retrain_request_id == wanted.request_id  # the registration names the request it answers
+
+
+async def _serve(settings, kafka_settings, topic: str, count: int, train) -> list:
+    """Run the worker until `topic` holds `count` records."""
+    stop = asyncio.Event()
+    worker = asyncio.create_task(run(settings, stop=stop, train=train, holdout_fraction=0.5, min_reviewed_holdout=5))
+    try:
+        return await read_topic(kafka_settings, topic, min_count=count, timeout=60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(worker, 30)
+
+
+async def test_worker_dead_letters_what_it_cannot_train(
+        tmp_path: Path, topics, namespace, kafka_settings, codec, group_id) -> None:
     requests = topics["graduate.retrain.requests"]
     await produce(kafka_settings, codec, requests, [
-        (TASK, wanted := RetrainRequest(task=TASK, reason="drift", requested_by="controller")),
         ("nope", RetrainRequest(task="no-such-task", reason="drift", requested_by="controller")),
         ("draft-reply", RetrainRequest(task="draft-reply", reason="drift", requested_by="controller")),
     ])
@@ -44,18 +94,13 @@ async def test_worker_trains_on_request_and_dead_letters_the_rest(
     settings = TrainerSettings(var_dir=tmp_path, kafka=kafka_settings, topic_namespace=namespace,
                                consumer_group=group_id)
     stop = asyncio.Event()
-    worker = asyncio.create_task(run(settings, stop=stop, train=fake_train))
+    worker = asyncio.create_task(run(settings, stop=stop, train=lambda *a: None, holdout_fraction=0.5,
+                                     min_reviewed_holdout=5))
     try:
-        models = await read_topic(kafka_settings, topics["graduate.models"], min_count=1, timeout=60)
         letters = await read_topic(kafka_settings, topics["graduate.deadletter"], min_count=3, timeout=60)
     finally:
         stop.set()
         await asyncio.wait_for(worker, 30)
-
-    assert calls == [(TASK, "latest")]
-    (event,) = decode_all(codec, models, ModelRegistered)
-    assert (event.task, event.version) == (TASK, "1") and models[0].key == f"{TASK}/1".encode()
-    assert event.retrain_request_id == wanted.request_id  # the registration names the request it answers
     reasons = sorted(letter.reason for letter in decode_all(codec, letters, DeadLetter))
     assert len(reasons) == 3
     assert any("unknown task 'no-such-task'" in r for r in reasons)

@@ -144,6 +144,27 @@ def test_the_json_api_lists_the_queue_and_takes_reviews(world):
     assert summary["reviewed"]["total"] == 1 and summary["mode"] == "frontier"
 
 
+def test_the_page_says_how_many_reviews_the_gate_needs_and_approves_a_graduation(world):
+    client, publisher = world["client"], world["publisher"]
+    reviewed = sum(1 for e in world["view"].dataset("intent").examples if e.reviewed)
+    needed = ReviewSettings().controller.min_holdout - reviewed
+    assert client.get("/api/tasks/intent/queue", headers=bearer(world)).json()["reviews_needed"] == needed > 0
+    assert client.get("/api/tasks/intent/summary", headers=bearer(world)).json()["reviews_needed"] == needed
+    assert client.post("/api/tasks/draft/approve", headers=bearer(world)).status_code == 404  # freeform: not graduated
+    r = client.post("/api/tasks/intent/approve", headers=bearer(world))
+    assert r.status_code == 200 and r.json()["kind"] == "first" and r.json()["requested_by"] == "ana"
+    [request] = publisher.requests
+    assert request.task == "intent" and "review page" in request.reason
+    sign_in(world)
+    page = client
+    html = page.get("/tasks/intent").text
+    assert f"{needed} more reviewed holdout items" in html and 'id="approve"' in html
+    stale = page.post("/tasks/intent/approve", data={"csrf": "wrong"}, follow_redirects=False)
+    assert stale.status_code == 403 and len(publisher.requests) == 1
+    ok = page.post("/tasks/intent/approve", data={"csrf": csrf_of(html)}, follow_redirects=False)
+    assert ok.status_code == 303 and len(publisher.requests) == 2
+
+
 def test_the_task_page_shows_routing_charts_disagreements_and_history_escaped(world):
     view = world["view"]
     view.apply(catalog.ROUTING_DECISIONS, decision(reason=f"cut over {SCRIPT}"), key="intent")

@@ -74,6 +74,10 @@ def queue_ids(view: ReviewView, limit: int = 50) -> list[str]:
 class FakePublisher:
     def __init__(self) -> None:
         self.sent: list[ReviewedLabel] = []
+        self.requests: list = []
+
+    async def request_model(self, request) -> None:
+        self.requests.append(request)
 
     async def publish(self, r: ReviewedLabel) -> tuple[int, int]:
         self.sent.append(r)

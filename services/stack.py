@@ -1,6 +1,7 @@
-"""The demo's processes: Kafka and Triton through deploy/local/*.sh, every graduate service as
-its own process with a pid file under <var>/run (the convention deploy/local/stop-services.sh
-follows), and stopping all of it again — on success, on failure and on Ctrl-C.
+"""Local processes of graduate (`graduate up` and the demo): Kafka and Triton through
+deploy/local/*.sh, every graduate service as its own process with a pid file under <var>/run (the
+convention deploy/local/stop-services.sh follows), and stopping all of it again — on success, on
+failure and on Ctrl-C.
 
 Kafka and Triton are started only when no external one is named (GRADUATE_KAFKA_BOOTSTRAP,
 GRADUATE_TRITON_URL) and none of ours already runs; whatever the demo did not start it leaves running.
@@ -63,7 +64,7 @@ class Stack:
         """Start Kafka and Triton unless external ones are named or ours already run."""
         for script, external, what in ((KAFKA_SH, external_kafka, "Kafka"), (TRITON_SH, external_triton, "Triton")):
             if external:
-                self.say(f"{what}: using the external one named in the environment")
+                self.say(f"{what}: using the one named in the environment or already running (left running)")
                 continue
             if self._script(script, "status", check=False).returncode == 0:
                 self.say(f"{what}: already running (left running afterwards)")
