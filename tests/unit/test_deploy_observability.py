@@ -166,7 +166,7 @@ def test_prometheus_configs_load_the_alerts_and_scrape_every_service():
     assert compose["rule_files"] == ["alerts.yml"]
     jobs = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
             for job in compose["scrape_configs"]}
-    assert jobs["graduate-router"] == ["router:8080"] and jobs["graduate-triton"] == ["triton:8002"]
+    assert jobs["graduate-router"] == ["router:9464"] and jobs["graduate-triton"] == ["triton:8002"]
     assert jobs["graduate-kafka-exporter"] == ["kafka-exporter:9308"]
     for w in ("profiler", "curator", "shadow", "judge", "controller"):
         assert jobs[f"graduate-{w}"] == [f"{w}:6066"]
