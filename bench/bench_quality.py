@@ -70,11 +70,8 @@ def graduate(args: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 
 def run_task(name: str, oos_share: float, var_dir: Path) -> dict:
-    from services.common.contracts import ModelRegistered
-    from services.controller.gate import evaluate_offline
-    from services.controller.settings import ControllerSettings
-
     task, kind = TASKS[name]
+    var_dir.mkdir(parents=True, exist_ok=True)
     env = clean_env(var_dir)
     reviewed_share = min(1.0, REVIEWED_TARGET / holdout_size(name))
     if kind == "classification":
@@ -85,8 +82,26 @@ def run_task(name: str, oos_share: float, var_dir: Path) -> dict:
         snap_s, snap_path = graduate(["snapshot-restaurant8k", "--task", task, "--data-dir", str(data_dir(name)),
                                       "--reviewed-share", f"{reviewed_share:.4f}"], env)
     train_s, version_dir = graduate(["train", "--task", task, "--no-load", "--no-publish"], env)
+    (var_dir / "bench_run.json").write_text(json.dumps({"snapshot_s": snap_s, "train_wall_s": train_s,
+                                                         "snapshot": snap_path, "version_dir": version_dir}))
+    return summarise(name, var_dir)
+
+
+def summarise(name: str, var_dir: Path) -> dict:
+    """The figures of one task's run folder (what `run_task` made, or a kept one: --from-runs)."""
+    from services.common.contracts import ModelRegistered
+    from services.controller.gate import evaluate_offline
+    from services.controller.settings import ControllerSettings
+
+    task, kind = TASKS[name]
+    run = json.loads((var_dir / "bench_run.json").read_text()) if (var_dir / "bench_run.json").exists() else {}
     run_dir = max((var_dir / "trainer" / "runs" / task).iterdir(), key=lambda p: p.stat().st_mtime)
     metrics = json.loads((run_dir / "metrics.json").read_text())
+    snap_path = run.get("snapshot") or str(max((var_dir / "datasets" / task).iterdir(), key=lambda p: p.stat().st_mtime))
+    version_dir = run.get("version_dir") or str(max((p for p in (var_dir / "model-repository" / task).iterdir()
+                                                    if p.is_dir()), key=lambda p: int(p.name)))
+    train_s = run.get("train_wall_s")
+    snap_s = run.get("snapshot_s", 0.0)
     event = ModelRegistered.model_validate_json((run_dir / "model_registered.json").read_text())
     gate = evaluate_offline(event, None, ControllerSettings())
     gate_view = metrics.get("gate", {})
@@ -95,7 +110,9 @@ def run_task(name: str, oos_share: float, var_dir: Path) -> dict:
     ro = holdout.get("reviewed_only", {})
     result = {
         "task": task, "kind": kind, "snapshot": Path(snap_path).name, "snapshot_s": round(snap_s, 1),
-        "train_wall_s": round(train_s, 1), "phases_s": metrics.get("timings"),
+        "train_wall_s": round(train_s, 1) if train_s is not None else None,
+        "train_phases_sum_s": round(sum((metrics.get("timings") or {}).values()), 1),
+        "phases_s": metrics.get("timings"),
         "train_size": metrics.get("train_size"), "validation_size": metrics.get("validation_size"),
         "holdout_reviewed": ro.get("n", holdout.get("gold_reviewed")), "gate_basis": gate_view.get("basis"),
         "small_alone_accuracy_reviewed": ro.get("small_accuracy"),
@@ -115,7 +132,30 @@ def run_task(name: str, oos_share: float, var_dir: Path) -> dict:
     }
     if kind == "classification":
         result["out_of_scope"] = out_of_scope_served(name, task, Path(version_dir), event.threshold, snap_path)
+        result["in_scope"] = in_scope_view(Path(version_dir), event.threshold, snap_path)
     return result
+
+
+def in_scope_view(version_dir: Path, threshold, snap_path: str) -> dict:
+    """On the reviewed holdout items whose gold is one of the task's labels (out-of-scope ones are
+    the fallback's by design): coverage, served accuracy and the frontier's, the small model alone."""
+    import numpy as np
+
+    from trainer.snapshot import load_snapshot
+    from trainer.triton_model import TextClassifier
+
+    snap = load_snapshot(Path(snap_path))
+    rows = [i for i, (r, y) in enumerate(zip(snap.holdout.reviewed, snap.holdout.label)) if r and y in set(snap.labels)]
+    texts = [snap.holdout.input[i] for i in rows]
+    gold = np.array([snap.holdout.label[i] for i in rows])
+    frontier_ok = np.array([snap.holdout.frontier_label[i] for i in rows]) == gold
+    labels, conf, _ = TextClassifier(version_dir).classify(texts)
+    small_ok = np.array(labels) == gold
+    kept = conf >= threshold if threshold is not None else np.zeros(len(rows), dtype=bool)
+    served_ok = np.where(kept, small_ok, frontier_ok)
+    return {"n": len(rows), "coverage": float(kept.mean()), "served_accuracy": float(served_ok.mean()),
+            "frontier_accuracy": float(frontier_ok.mean()), "small_alone_accuracy": float(small_ok.mean()),
+            "kept_accuracy": float(small_ok[kept].mean()) if kept.any() else None}
 
 
 def _coverage(metrics: dict, gate_view: dict) -> float:
@@ -165,7 +205,7 @@ def plot(results: list[dict], path: Path) -> None:
             ax.axhline(r["frontier_accuracy_reviewed"], color="grey", ls="--", label="simulated frontier (reviewed)")
         if r.get("coverage") is not None and r.get("served_accuracy_at_threshold") is not None:
             ax.scatter([r["coverage"]], [r["served_accuracy_at_threshold"]], color="red", zorder=3,
-                       label=f"served at threshold {r['threshold']}")
+                       label=f"served (small + fallback) at threshold {r['threshold']:.3f}")
         ax.set_title(f"{r['task']} — gate {r['gate']['verdict']}")
         ax.set_xlabel("coverage (share served by the small model)")
         ax.set_ylabel("accuracy")
@@ -173,35 +213,78 @@ def plot(results: list[dict], path: Path) -> None:
         ax.set_ylim(0.7, 1.0)
         ax.grid(alpha=0.3)
         ax.legend(loc="lower left", fontsize=8)
-    fig.suptitle("Defaults only: coverage–accuracy on the holdout (frontier = graduate's SIMULATOR at 92 %)")
+    fig.suptitle("Defaults only: coverage–accuracy on the holdout\n(frontier = graduate's SIMULATOR at 92 %)",
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def headline(results: list[dict]) -> list[dict]:
+    out = []
+    for r in results:
+        scope = r.get("in_scope") or {}
+        out.append({"name": f"{r['task']}: gate", "value": r["gate"]["verdict"]})
+        if scope:
+            out.append({"name": f"{r['task']}: in-scope coverage / served vs frontier accuracy",
+                        "value": f"{scope['coverage']:.3f} / {scope['served_accuracy']:.3f} vs "
+                                 f"{scope['frontier_accuracy']:.3f}", "goal": "coverage >= 0.95, served >= frontier"})
+        oos = (r.get("out_of_scope") or {})
+        if oos.get("seen"):
+            out.append({"name": f"{r['task']}: out-of-scope served (seen / never seen intents)",
+                        "value": f"{oos['seen']['served_share']:.3f} / {oos['unseen']['served_share']:.3f}",
+                        "goal": "<= 0.05"})
+        out.append({"name": f"{r['task']}: training wall time (s)", "value": r.get("train_wall_s"), "goal": "<= 600"})
+    return out
+
+
+def table(results: list[dict]) -> dict[str, dict]:
+    rows = {}
+    for r in results:
+        scope, oos = r.get("in_scope") or {}, r.get("out_of_scope") or {}
+        rows[r["task"]] = {
+            "small_alone_reviewed": r.get("small_alone_accuracy_reviewed"),
+            "frontier_reviewed": r.get("frontier_accuracy_reviewed"),
+            "served_at_threshold": r.get("served_accuracy_at_threshold"), "coverage": r.get("coverage"),
+            "in_scope_coverage": scope.get("coverage"), "in_scope_served": scope.get("served_accuracy"),
+            "in_scope_frontier": scope.get("frontier_accuracy"),
+            "oos_served_seen": (oos.get("seen") or {}).get("served_share"),
+            "oos_served_unseen": (oos.get("unseen") or {}).get("served_share"),
+            "gate": r["gate"]["verdict"], "threshold": r.get("threshold"), "train_wall_s": r.get("train_wall_s"),
+            "epochs_run": (r.get("finetune") or {}).get("epochs_run"),
+            "stopped_by": (r.get("finetune") or {}).get("stopped_by")}
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="banking77,hwu64,restaurant8k")
     parser.add_argument("--out-of-scope-share", type=float, default=0.1)
-    parser.add_argument("--keep", action="store_true", help="keep the temporary var folder")
+    parser.add_argument("--keep", type=Path, help="keep each task's run folder under this folder")
+    parser.add_argument("--from-runs", type=Path, help="recompute the results from kept run folders (no training)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="graduate-quality-") as tmp:
+        root = args.from_runs or args.keep or Path(tmp)
         for name in args.tasks.split(","):
             print(f"== {name}", flush=True)
-            results.append(run_task(name, args.out_of_scope_share, Path(tmp) / name))
+            results.append(summarise(name, root / name) if args.from_runs else
+                           run_task(name, args.out_of_scope_share, root / name))
             print(json.dumps({k: results[-1].get(k) for k in ("task", "small_alone_accuracy_reviewed",
-                  "frontier_accuracy_reviewed", "served_accuracy_at_threshold", "coverage", "train_wall_s")}), flush=True)
-        if args.keep:
-            subprocess.run(["cp", "-r", tmp, str(ROOT / "var" / "quality-run")], check=False)
+                  "frontier_accuracy_reviewed", "served_accuracy_at_threshold", "coverage", "train_wall_s",
+                  "in_scope")}), flush=True)
     for r in results:
         r.pop("version_dir", None)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    out = {"bench": "quality", "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-           "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+    out = {"benchmark": "quality with the defaults only: snapshot -> train -> threshold -> gate",
+           "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "host": f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})",
            "notes": "Defaults only (no GRADUATE_TRAIN_* set). Frontier = graduate's SIMULATOR at 92 % (not a real "
                     "LLM). Gold = the data sets' own labels on the reviewed holdout (the official test split, never "
-                    "tuned on). Wall times on a shared 2-core machine.",
-           "tasks": results}
+                    f"tuned on; about {REVIEWED_TARGET} items reviewed per task). Intent tasks: "
+                    f"{args.out_of_scope_share:.0%} of the intents taken out of the label set (half seen in train "
+                    "as the frontier's 'other', half never seen); 'in scope' figures leave their inputs out, "
+                    "the gate's are on all reviewed items. Wall times on a shared 2-core machine.",
+           "headline": headline(results), "results": table(results), "plot": "quality.png", "tasks": results}
     (RESULTS / "quality.json").write_text(json.dumps(out, indent=2, default=str) + "\n")
     plot(results, RESULTS / "quality.png")
     print(f"wrote {RESULTS / 'quality.json'} and quality.png")
