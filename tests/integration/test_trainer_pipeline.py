@@ -91,14 +91,14 @@ async def test_fine_tune_serves_in_triton_like_torch_and_registers(
     assert {p.name for p in run.version_dir.iterdir()} >= set(triton_repo.VERSION_FILES)
 
     # Triton answers every holdout text like the torch model (calibrated probabilities)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    from trainer.finetune import predict_logits
+    from trainer.finetune import is_pooled, load_pooled, predict_logits
 
     texts = (await asyncio.to_thread(_holdout_texts, tmp_path))
     hf = run.run_dir / "hf"
-    torch_logits = predict_logits(AutoModelForSequenceClassification.from_pretrained(hf),
-                                  AutoTokenizer.from_pretrained(hf), texts, settings.max_length, "cpu")
+    assert is_pooled(hf)  # the mean-pooled classifier with its prototype-initialised head
+    torch_logits = predict_logits(load_pooled(hf), AutoTokenizer.from_pretrained(hf), texts, settings.max_length, "cpu")
     torch_probs = softmax(torch_logits, run.report["temperature"])
     labels, confidences, probs = triton_repo.classify(triton_url, model_name, run.version, texts)
     labels_torch = [run.report["labels"][i] for i in torch_probs.argmax(1)]
