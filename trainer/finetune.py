@@ -192,36 +192,36 @@ def num_labels(model) -> int:
     return int(getattr(model, "num_labels", None) or model.config.num_labels)
 
 
-@torch.no_grad()
-def predict_logits(model, tokenizer, texts: list[str], max_length: int, device: torch.device | str,
-                   batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Logits [n, n_labels] as float32, computed in length-sorted batches."""
+def _batched(forward, tokenizer, texts: list[str], max_length: int, device: torch.device | str, width: int,
+             batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """forward(batch) for every text, in length-sorted batches, as float32 rows [n, width] in input order."""
     device = torch.device(device)
-    model.eval()
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    out = np.zeros((len(texts), num_labels(model)), dtype=np.float32)
+    out = np.zeros((len(texts), width), dtype=np.float32)
     order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
     for start in range(0, len(order), batch_size):
         rows = order[start:start + batch_size]
         batch = {k: v.to(device) for k, v in collate(ids, rows, tokenizer.pad_token_id).items()}
-        out[rows] = _logits(model(**batch)).float().cpu().numpy()
+        out[rows] = forward(batch).float().cpu().numpy()
     return out
+
+
+@torch.no_grad()
+def predict_logits(model, tokenizer, texts: list[str], max_length: int, device: torch.device | str,
+                   batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Logits [n, n_labels] as float32, computed in length-sorted batches."""
+    model.eval()
+    return _batched(lambda batch: _logits(model(**batch)), tokenizer, texts, max_length, device, num_labels(model),
+                    batch_size)
 
 
 @torch.no_grad()
 def embed_texts(model: PooledClassifier, tokenizer, texts: list[str], max_length: int, device: torch.device | str,
                 batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """Normalised sentence embeddings [n, hidden] (the space the head and the prototypes live in)."""
-    device = torch.device(device)
     model.eval()
-    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    out = np.zeros((len(texts), model.head.in_features), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-    for start in range(0, len(order), batch_size):
-        rows = order[start:start + batch_size]
-        batch = {k: v.to(device) for k, v in collate(ids, rows, tokenizer.pad_token_id).items()}
-        out[rows] = model.embed(**batch).float().cpu().numpy()
-    return out
+    return _batched(lambda batch: model.embed(**batch), tokenizer, texts, max_length, device, model.head.in_features,
+                    batch_size)
 
 
 def init_head_from_prototypes(model: PooledClassifier, tokenizer, texts: list[str], labels: list[int],
@@ -233,12 +233,11 @@ def init_head_from_prototypes(model: PooledClassifier, tokenizer, texts: list[st
         by_label.setdefault(y, []).append(i)
     rows = [r for y, idx in sorted(by_label.items())
             for r in (idx if len(idx) <= PROTOTYPE_EXAMPLES else rng.choice(idx, PROTOTYPE_EXAMPLES, replace=False))]
-    emb = embed_texts(model, tokenizer, [texts[r] for r in rows], max_length, device)
+    emb = torch.from_numpy(embed_texts(model, tokenizer, [texts[r] for r in rows], max_length, device))
+    row_labels = torch.tensor([labels[r] for r in rows])
     weight = torch.zeros_like(model.head.weight)
     for y in by_label:
-        picked = [k for k, r in enumerate(rows) if labels[r] == y]
-        proto = torch.from_numpy(emb[picked].mean(0))
-        weight[y] = PROTOTYPE_SCALE * torch.nn.functional.normalize(proto, dim=0)
+        weight[y] = PROTOTYPE_SCALE * torch.nn.functional.normalize(emb[row_labels == y].mean(0), dim=0)
     with torch.no_grad():
         model.head.weight.copy_(weight)
         model.head.bias.zero_()
@@ -395,21 +394,27 @@ def _fit_to_budget(plan: _Plan, step: int, train_seconds: float, eval_cost: floa
         plan.total = max(step + 1, affordable)
 
 
-def finetune(train_texts: list[str], train_labels: list[int], val_texts: list[str], val_labels: list[int],
-             labels: list[str], *, recipe: Recipe, base_model: Optional[Path], seed: int, device: str = "auto",
-             threads: Optional[int] = None, console: Optional[Console] = None) -> FineTuned:
-    """Fine-tune the encoder and its prototype-initialised head; returns the best state."""
+def prepare(device: str, threads: Optional[int], seed: int) -> tuple[torch.device, Any, bool]:
+    """(device, autocast context, whether the loop should tune the thread count) for a fine-tune."""
     dev = pick_device(device)
     if threads:
         torch.set_num_threads(threads)
     seed_everything(seed, dev)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    return dev, autocast, dev.type == "cpu" and not threads
+
+
+def finetune(train_texts: list[str], train_labels: list[int], val_texts: list[str], val_labels: list[int],
+             labels: list[str], *, recipe: Recipe, base_model: Optional[Path], seed: int, device: str = "auto",
+             threads: Optional[int] = None, console: Optional[Console] = None) -> FineTuned:
+    """Fine-tune the encoder and its prototype-initialised head; returns the best state."""
+    dev, autocast, tune_threads = prepare(device, threads, seed)
     tokenizer, model = load_base(base_model or default_base_model(), labels)
     model.to(dev)
     ids = tokenizer(train_texts, truncation=True, max_length=recipe.max_length)["input_ids"]
     if recipe.head_init == "prototypes":
         init_head_from_prototypes(model, tokenizer, train_texts, train_labels, recipe.max_length, dev, seed)
     targets = torch.tensor(train_labels)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def step_loss(rows: list[int]) -> torch.Tensor:
         batch = {k: v.to(dev) for k, v in collate(ids, rows, tokenizer.pad_token_id).items()}
@@ -423,7 +428,7 @@ def finetune(train_texts: list[str], train_labels: list[int], val_texts: list[st
     result = FineTuned(model, tokenizer, labels, dev.type, recipe.max_length, recipe)
     return train_loop(model, lengths=[len(x) for x in ids], step_loss=step_loss, validate=validate, recipe=recipe,
                       seed=seed, head_prefix="head.", result=result, label="fine-tune", console=console,
-                      tune_threads=dev.type == "cpu" and not threads)
+                      tune_threads=tune_threads)
 
 
 def _validation_loss(model, tokenizer, texts, labels, max_length, device) -> tuple[float, float]:

@@ -16,7 +16,7 @@ import torch
 from rich.console import Console
 
 from trainer.extraction.dataset import IGNORE
-from trainer.finetune import PREDICT_BATCH, FineTuned, collate, default_base_model, pick_device, seed_everything, train_loop
+from trainer.finetune import PREDICT_BATCH, FineTuned, collate, default_base_model, prepare, train_loop
 from trainer.recipe import Recipe
 
 
@@ -72,13 +72,9 @@ def finetune_tokens(train_ids: list[list[int]], train_tags: list[list[int]], val
                     seed: int, device: str = "auto", threads: Optional[int] = None,
                     console: Optional[Console] = None) -> FineTuned:
     """Train the token head and the encoder (the shared loop); returns the best state."""
-    dev = pick_device(device)
-    if threads:
-        torch.set_num_threads(threads)
-    seed_everything(seed, dev)
+    dev, autocast, tune_threads = prepare(device, threads, seed)
     tokenizer, model = load_token_base(base_model or default_base_model(), tags)
     model.to(dev)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
 
     def step_loss(rows: list[int]) -> torch.Tensor:
         batch = {k: v.to(dev) for k, v in collate(train_ids, rows, tokenizer.pad_token_id).items()}
@@ -94,4 +90,4 @@ def finetune_tokens(train_ids: list[list[int]], train_tags: list[list[int]], val
     result = FineTuned(model, tokenizer, tags, dev.type, recipe.max_length, recipe)
     return train_loop(model, lengths=[len(x) for x in train_ids], step_loss=step_loss, validate=validate,
                       recipe=recipe, seed=seed, head_prefix="classifier.", result=result,
-                      label="fine-tune (tokens)", console=console, tune_threads=dev.type == "cpu" and not threads)
+                      label="fine-tune (tokens)", console=console, tune_threads=tune_threads)
