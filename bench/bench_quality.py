@@ -104,6 +104,7 @@ def summarise(name: str, var_dir: Path) -> dict:
     snap_s = run.get("snapshot_s", 0.0)
     event = ModelRegistered.model_validate_json((run_dir / "model_registered.json").read_text())
     gate = evaluate_offline(event, None, ControllerSettings())
+    gate_evidence = gate.as_evidence()
     gate_view = metrics.get("gate", {})
     paired = gate_view.get("paired_at_threshold", {})
     holdout = metrics["holdout"]
@@ -118,12 +119,10 @@ def summarise(name: str, var_dir: Path) -> dict:
         "small_alone_accuracy_reviewed": ro.get("small_accuracy"),
         "frontier_accuracy_reviewed": ro.get("frontier_accuracy"),
         "served_accuracy_at_threshold": gate_view.get("served_accuracy"),
-        "threshold": event.threshold, "coverage": metrics["threshold"].get("coverage")
-        if event.threshold is None else _coverage(metrics, gate_view),
+        "threshold": event.threshold, "coverage": gate_view.get("coverage", metrics["threshold"].get("coverage")),
         "paired_at_threshold": paired,
         "gate": {"verdict": gate.verdict, "reason": gate.reason,
-                 "statistics": gate.as_evidence().get("statistics"),
-                 "checks": gate.as_evidence().get("checks")},
+                 "statistics": gate_evidence.get("statistics"), "checks": gate_evidence.get("checks")},
         "recipe": (metrics.get("finetune") or {}).get("recipe"),
         "finetune": {k: (metrics.get("finetune") or {}).get(k) for k in
                      ("epochs_run", "stopped_by", "best_val_accuracy", "examples_per_s", "seconds")},
@@ -156,10 +155,6 @@ def in_scope_view(version_dir: Path, threshold, snap_path: str) -> dict:
     return {"n": len(rows), "coverage": float(kept.mean()), "served_accuracy": float(served_ok.mean()),
             "frontier_accuracy": float(frontier_ok.mean()), "small_alone_accuracy": float(small_ok.mean()),
             "kept_accuracy": float(small_ok[kept].mean()) if kept.any() else None}
-
-
-def _coverage(metrics: dict, gate_view: dict) -> float:
-    return gate_view.get("coverage", metrics["threshold"].get("coverage"))
 
 
 def out_of_scope_served(name: str, task: str, version_dir: Path, threshold, snap_path: str) -> dict:
