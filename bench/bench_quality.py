@@ -25,9 +25,9 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -41,6 +41,8 @@ TASKS = {"banking77": ("banking77-intent", "classification"), "hwu64": ("hwu64-i
          "restaurant8k": ("restaurant8k-booking", "extraction")}
 REVIEWED_TARGET = 1000  # holdout items a team reviews per task (the gate's evidence)
 RESULTS = ROOT / "bench" / "results"
+# Where the run folders stay (bench_ood_scores.py reads them); --keep names another.
+KEPT_RUNS = Path(os.environ.get("GRADUATE_VAR_DIR") or ROOT / "var") / "bench" / "quality-runs"
 
 
 def data_dir(name: str) -> Path:
@@ -71,7 +73,8 @@ def graduate(args: list[str], env: dict[str, str]) -> tuple[float, str]:
 
 def run_task(name: str, oos_share: float, var_dir: Path) -> dict:
     task, kind = TASKS[name]
-    var_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(var_dir, ignore_errors=True)  # one run per task folder: readers take the only one there
+    var_dir.mkdir(parents=True)
     env = clean_env(var_dir)
     reviewed_share = min(1.0, REVIEWED_TARGET / holdout_size(name))
     if kind == "classification":
@@ -254,19 +257,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default="banking77,hwu64,restaurant8k")
     parser.add_argument("--out-of-scope-share", type=float, default=0.1)
-    parser.add_argument("--keep", type=Path, help="keep each task's run folder under this folder")
+    parser.add_argument("--keep", type=Path, default=KEPT_RUNS,
+                        help="keep each task's run folder under this folder (default %(default)s)")
     parser.add_argument("--from-runs", type=Path, help="recompute the results from kept run folders (no training)")
     args = parser.parse_args()
     results = []
-    with tempfile.TemporaryDirectory(prefix="graduate-quality-") as tmp:
-        root = args.from_runs or args.keep or Path(tmp)
-        for name in args.tasks.split(","):
-            print(f"== {name}", flush=True)
-            results.append(summarise(name, root / name) if args.from_runs else
-                           run_task(name, args.out_of_scope_share, root / name))
-            print(json.dumps({k: results[-1].get(k) for k in ("task", "small_alone_accuracy_reviewed",
-                  "frontier_accuracy_reviewed", "served_accuracy_at_threshold", "coverage", "train_wall_s",
-                  "in_scope")}), flush=True)
+    root = args.from_runs or args.keep
+    for name in args.tasks.split(","):
+        print(f"== {name}", flush=True)
+        results.append(summarise(name, root / name) if args.from_runs else
+                       run_task(name, args.out_of_scope_share, root / name))
+        print(json.dumps({k: results[-1].get(k) for k in ("task", "small_alone_accuracy_reviewed",
+              "frontier_accuracy_reviewed", "served_accuracy_at_threshold", "coverage", "train_wall_s",
+              "in_scope")}), flush=True)
     for r in results:
         r.pop("version_dir", None)
     RESULTS.mkdir(parents=True, exist_ok=True)

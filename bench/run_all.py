@@ -38,7 +38,8 @@ TIMEOUT_S = float(os.environ.get("GRADUATE_BENCH_TIMEOUT_S", "1800"))
 
 
 def discover(only: set[str] | None) -> list[Path]:
-    scripts = sorted(BENCH.glob("bench_*.py"))
+    # bench_ood_scores reads the runs bench_quality keeps: it goes after it
+    scripts = sorted(BENCH.glob("bench_*.py"), key=lambda s: (s.stem == "bench_ood_scores", s.name))
     return [s for s in scripts if only is None or s.stem.removeprefix("bench_") in only]
 
 
