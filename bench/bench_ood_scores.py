@@ -151,7 +151,8 @@ def main() -> None:
            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "notes": "torch fp32 of the kept models (the served one may be int8); frontier = the SIMULATOR; "
                     "coverage and served shares on the reviewed holdout at the gate's own threshold search",
-           "tasks": results}
+           "scores": {f"{task}: {name}": {k: round(v, 3) for k, v in r.items()}
+                      for task, by_score in results.items() for name, r in by_score.items()}}
     path = ROOT / "bench" / "results" / "ood_scores.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     for task, r in results.items():
