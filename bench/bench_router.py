@@ -1,7 +1,7 @@
 """Router latency and Triton throughput with a REAL fine-tuned MiniLM, side by side in one run.
 
     .venv/bin/python bench/bench_router.py [--small-n 300] [--frontier-n 128] [--concurrency 16]
-                                           [--throughput-n 640] [--profile-s 20]
+                                           [--throughput-n 640] [--profile-s 15]
 
 Needs Kafka and Triton (`make up`). The small model is all-MiniLM-L6-v2 fine-tuned by the product's
 trainer on a Banking77 slice (bench/router_model.py: trained once, cached under var/bench), served
@@ -307,38 +307,52 @@ async def decide(common: CommonSettings, namespace: str, model: str, url: str, k
 
 
 # -- the profile -------------------------------------------------------------------------------
-# Where a router's CPU goes, by the innermost frame that names a known part (order matters: first match).
+# Where a router's CPU goes. A stack counts for the capture when any frame is the capture's (its
+# sender thread); else for the innermost frame that names a part; the event loop only when nothing
+# else does. A stack whose leaf waits in epoll is idle (py-spy --nonblocking cannot always tell).
+CAPTURE = ("capture (sender thread: build, encode, aiokafka)",
+           ("services/capture/", "aiokafka", "fastavro", "services/common/codec"))
 PROFILE_PARTS = (
-    ("capture (sender thread: encode, aiokafka)", ("services/capture/", "aiokafka", "fastavro", "services/common/codec")),
-    ("Triton gRPC client", ("tritonclient", "grpc", "services/common/triton")),
+    ("Triton gRPC client", ("tritonclient", "grpc/", "services/common/triton")),
     ("API keys", ("services/router/keys",)),
     ("RouterOutcome and metrics", ("outcome_of", "prometheus_client", "services/router/metrics")),
     ("route logic", ("services/router/logic", "services/router/routes", "services/router/deps",
                      "services/common/redaction")),
     ("middleware and response (FastAPI/Starlette)", ("starlette", "fastapi", "services/router/app")),
     ("JSON and pydantic", ("json/", "pydantic")),
-    ("uvicorn and HTTP parsing", ("uvicorn", "h11", "httptools")),
-    ("asyncio event loop", ("asyncio/",)),
+    ("uvicorn and HTTP (parse, socket write)", ("uvicorn", "h11", "httptools")),
 )
+EVENT_LOOP = ("asyncio event loop", ("asyncio/", "selectors"))
+IDLE_LEAVES = ("EpollSelector.select", "select (selectors")
+
+
+def part_of(frames: list[str]) -> str:
+    if any(m in f for f in frames for m in CAPTURE[1]):
+        return CAPTURE[0]
+    for frame in reversed(frames):
+        for name, marks in PROFILE_PARTS:
+            if any(m in frame for m in marks):
+                return name
+    return EVENT_LOOP[0] if any(m in f for f in frames for m in EVENT_LOOP[1]) else "other"
 
 
 def profile_shares(raw: Path) -> dict:
-    """Shares of the sampled (active) stacks per part, from py-spy's raw (collapsed) output."""
+    """Shares of the busy (not idle) samples per part, from py-spy's raw (collapsed) output."""
     totals: dict[str, int] = {}
+    idle = 0
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         frames = stack.split(";")
-        part = "other"
-        for frame in reversed(frames):
-            hit = next((name for name, marks in PROFILE_PARTS if any(m in frame for m in marks)), None)
-            if hit:
-                part = hit
-                break
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += int(count)
+            continue
+        part = part_of(frames)
         totals[part] = totals.get(part, 0) + int(count)
     n = sum(totals.values()) or 1
-    return {"samples": n, "shares": {k: round(v / n, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}
+    return {"samples": n + idle, "busy_samples": n, "idle_samples": idle,
+            "shares": {k: round(v / n, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}
 
 
 async def profile_router(workdir: Path, namespace: str, key: str, common: CommonSettings, sim_url: str,
@@ -381,7 +395,8 @@ async def main() -> None:
     parser.add_argument("--frontier-n", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--throughput-n", type=int, default=640)
-    parser.add_argument("--profile-s", type=float, default=0, help="py-spy the router this long (0: no profile)")
+    parser.add_argument("--profile-s", type=float, default=15,
+                        help="py-spy the router this long (0: no profile; skipped without py-spy in the venv)")
     args = parser.parse_args()
 
     common = CommonSettings()
