@@ -158,7 +158,7 @@ def estimated_frontier_cost(task: TaskSpec, text: str, observed_mean: float | No
     """What the frontier would have cost for this request: the task's observed mean, else a token estimate."""
     if observed_mean is not None:
         return observed_mean
-    prompt_tokens = (len(task.prompt()) + len(text)) // CHARS_PER_TOKEN + 8
+    prompt_tokens = (task.prompt_chars + len(text)) // CHARS_PER_TOKEN + 8
     return task.prices.cost(prompt_tokens, EXPECTED_COMPLETION_TOKENS)
 
 
