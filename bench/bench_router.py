@@ -18,6 +18,8 @@ simulator and routers as real processes:
 - throughput, per variant: Triton with 8 concurrent gRPC clients (one text per request, so Triton's
   dynamic batcher forms the batches) against in-process onnxruntime on batches of 32 (the same
   TextClassifier Triton runs: tokenizer, graph, calibration, same threads);
+- Triton's queue delay: the int8 model under the trainer's config (no delay) and under a 500 us
+  delay, a lone request one at a time and 8 clients;
 - with --profile-s: py-spy samples the small-path router under load and the active CPU is split by
   where it goes (needs py-spy in the venv: `uv pip install py-spy`).
 Writes bench/results/router.json with p50/p95/p99 per path, the throughputs, the profile and the
@@ -237,6 +239,20 @@ async def triton_throughput(grpc_url: str, model: str, texts: list[str], clients
     return {"texts": len(texts), "clients": clients, "wall_s": round(wall, 3), "texts_per_s": round(len(texts) / wall, 1)}
 
 
+async def queue_delay_effect(grpc_url: str, ours: str, delayed: str, n: int, blocks: int = 6) -> dict:
+    """The same int8 model under the trainer's config (no queue delay) and under a 500 us delay (the
+    config before): a lone request's latency, one at a time in interleaved blocks."""
+    texts = banking77_texts(n, offset=2000)
+    for model in (ours, delayed):
+        await direct_triton(grpc_url, model, banking77_texts(WARMUP))
+    lone: dict[str, list[float]] = {ours: [], delayed: []}
+    per = max(1, n // blocks)
+    for b in range(blocks):
+        for model in (ours, delayed):
+            lone[model] += await direct_triton(grpc_url, model, texts[b * per:(b + 1) * per])
+    return {"lone_request_delay_0us": percentiles(lone[ours]), "lone_request_delay_500us": percentiles(lone[delayed])}
+
+
 def in_process_throughput(staged: Path, texts: list[str], batch: int = 32) -> dict:
     """Texts per second through the classifier Triton runs, in this process, `batch` texts per call."""
     from trainer.triton_model import TextClassifier
@@ -405,16 +421,20 @@ async def main() -> None:
     namespace = f"bench{uuid.uuid4().hex[:8]}."
     suffix = uuid.uuid4().hex[:6]
     models = {v: f"bench-router-{suffix}-{v}" for v in staged}
+    delayed = f"bench-router-{suffix}-int8-delay500"
     workdir = Path(tempfile.mkdtemp(prefix="graduate-bench-router-"))
     key = create_key(workdir / "keys.json", "bench")
     await ensure_topics(common.kafka, namespace)
     results: dict = {}
     throughput: dict = {}
+    queue_delay: dict = {}
     profile: dict = {}
     try:
         for variant, model in models.items():
             router_model.install(staged[variant], common.model_repository, model)
             load_model(common.triton_http_url, model)
+        router_model.install(staged["int8"], common.model_repository, delayed, queue_delay_us=500)
+        load_model(common.triton_http_url, delayed)
         texts = banking77_texts(args.frontier_n)
         # Frontier path first (no routing decision yet = frontier mode): capture on, then off.
         results["frontier_capture_on"] = await bench_frontier(workdir, namespace, key, common, True, texts,
@@ -442,11 +462,15 @@ async def main() -> None:
                                                                                 tp_texts)
             throughput[f"in_process_batch32_{variant}"] = await asyncio.to_thread(in_process_throughput,
                                                                                   staged[variant], tp_texts)
+        queue_delay = await queue_delay_effect(common.triton_grpc_url, models["int8"], delayed, args.small_n)
+        queue_delay["triton_8_clients_delay_0us"] = throughput["triton_8_clients_int8"]
+        queue_delay["triton_8_clients_delay_500us"] = await triton_throughput(common.triton_grpc_url, delayed,
+                                                                              tp_texts)
         if args.profile_s > 0:
             profile = await profile_router(workdir, namespace, key, common, sim_url, args.profile_s)
         sim.stop()
     finally:
-        for model in models.values():
+        for model in (*models.values(), delayed):
             unload_and_remove(common.triton_http_url, common.model_repository, model)
         await delete_topics(common.kafka, [topic_name(s, namespace) for s in CATALOG])
         shutil.rmtree(workdir, ignore_errors=True)
@@ -464,6 +488,11 @@ async def main() -> None:
         ratios[f"triton_8_clients_over_in_process_batch32_ratio_{v}"] = round(
             throughput[f"triton_8_clients_{v}"]["texts_per_s"] / throughput[f"in_process_batch32_{v}"]["texts_per_s"],
             3)
+    ratios["lone_request_delay_0_over_500us_p50_ratio_int8"] = round(
+        queue_delay["lone_request_delay_0us"]["p50_ms"] / queue_delay["lone_request_delay_500us"]["p50_ms"], 3)
+    ratios["triton_8_clients_delay_0_over_500us_ratio_int8"] = round(
+        queue_delay["triton_8_clients_delay_0us"]["texts_per_s"]
+        / queue_delay["triton_8_clients_delay_500us"]["texts_per_s"], 3)
     ratios["capture_on_over_off_p50_ratio"] = round(on["p50_ms"] / off["p50_ms"], 4)
     ratios["capture_on_over_off_p95_ratio"] = round(on["p95_ms"] / off["p95_ms"], 4)
     goals = {"router_small_over_direct_triton_p50_ratio_fp32": ("<=", 1.3),
@@ -492,6 +521,7 @@ async def main() -> None:
                    "throughput_n": args.throughput_n, "warmup": WARMUP, "model": trained},
         "results": results,
         "throughput": throughput,
+        "triton_queue_delay": queue_delay,
         "ratios": ratios,
         "headline": headline,
     }

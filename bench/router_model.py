@@ -78,14 +78,19 @@ def train_and_stage(root: Path, model_repository: Path, triton_http_url: str) ->
         shutil.rmtree(work, ignore_errors=True)
 
 
-def install(staged: Path, repository: Path, name: str) -> None:
+def install(staged: Path, repository: Path, name: str, queue_delay_us: int | None = None) -> None:
     """Lay the staged version out as <repository>/<name>/1 with the trainer's own config.pbtxt and the
-    trainer's current model.py."""
+    trainer's current model.py (`queue_delay_us`: another dynamic-batching delay, for comparison)."""
     from trainer import triton_repo
 
     shutil.rmtree(repository / name, ignore_errors=True)
     shutil.copyfile(triton_repo.MODEL_PY, staged / "model.py")
     triton_repo.lay_out_version(staged, repository, name, "cpu")
+    if queue_delay_us is not None:
+        config = repository / name / "config.pbtxt"
+        ours = f"max_queue_delay_microseconds: {triton_repo.QUEUE_DELAY_US} "
+        assert ours in config.read_text(), config.read_text()
+        config.write_text(config.read_text().replace(ours, f"max_queue_delay_microseconds: {queue_delay_us} "))
 
 
 if __name__ == "__main__":
