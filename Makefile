@@ -84,7 +84,7 @@ test-reliability: venv ## the fault-injection suite against real services
 demo: venv ## the graduation loop run by the product (demo-report/facts.json); TASK=banking77|hwu64|restaurant8k
 	TASK=$(TASK) bash deploy/local/demo.sh
 
-bench: venv ## run the benchmarks (bench/results/*.json, bench/RESULTS.md)
+bench: venv ## run the benchmarks (bench/results/*.json, bench/RESULTS.md; results not re-measured marked STALE); starts, and stops, only the services not already running
 	bash deploy/local/run-bench.sh
 
 clean: down ## stop and delete local state (var/)

@@ -1,19 +1,30 @@
-"""Router latency, measured side by side in one run on loopback (a bounded load, not a stress test).
+"""Router latency and Triton throughput with a REAL fine-tuned MiniLM, side by side in one run.
 
     .venv/bin/python bench/bench_router.py [--small-n 300] [--frontier-n 128] [--concurrency 16]
+                                           [--throughput-n 640] [--profile-s 15]
 
-Needs Kafka and Triton (`make up`). Starts the simulator and two routers as real processes:
-- small path: POST /v1/tasks/{task}/predict with the task in small mode (keyword model in the real
-  Triton, every answer confident), one request at a time, against direct Triton gRPC calls with
-  the same client the router uses (SmallModelClient) and against a do-nothing FastAPI endpoint
-  (the floor of any HTTP hop from this client), in interleaved blocks;
-- frontier path: the simulator at 400–900 ms (SIMULATED frontier, not a real LLM), N requests at a
-  bounded concurrency, through a router with capture on and one with capture off. Each run gets a
-  fresh simulator with the same seed and the same warm-up, so both draw the same multiset of
-  upstream latencies: the difference between the two is the router's own overhead.
-Writes bench/results/router.json with p50/p95/p99 per path and the ratios:
-small/frontier p95 (goal <= 1/40), router small / direct Triton p50 (goal <= 1.3), capture on/off
-p50 and p95 (goal <= 1.01).
+Needs Kafka and Triton (`make up`). The small model is all-MiniLM-L6-v2 fine-tuned by the product's
+trainer on a Banking77 slice (bench/router_model.py: trained once, cached under var/bench), served
+by the real Triton with the trainer's own config.pbtxt, as fp32 and as dynamic int8. Starts the
+simulator and routers as real processes:
+- small path, per variant: POST /v1/tasks/{task}/predict with the task in small mode (threshold 0:
+  every answer served small), one request at a time on Banking77 test texts, against direct Triton
+  gRPC calls with the client the router uses (SmallModelClient) and a do-nothing FastAPI endpoint
+  (the floor of any HTTP hop), in interleaved blocks;
+- frontier path: the simulator at its default latency (400-900 ms; a SIMULATED frontier, not a real
+  LLM), N requests at a bounded concurrency, through a router with capture on and one with capture
+  off; each gets a fresh simulator with the same seed and warm-up, so both draw the same upstream
+  latencies and the difference is the router's own overhead;
+- throughput, per variant: Triton with 8 concurrent gRPC clients (one text per request, so Triton's
+  dynamic batcher forms the batches) against in-process onnxruntime on batches of 32 (the same
+  TextClassifier Triton runs: tokenizer, graph, calibration, same threads);
+- Triton's queue delay: the int8 model under the trainer's config (no delay) and under a 500 us
+  delay, a lone request one at a time and 8 clients;
+- with --profile-s: py-spy samples the small-path router under load and the active CPU is split by
+  where it goes (needs py-spy in the venv: `uv pip install py-spy`).
+Writes bench/results/router.json with p50/p95/p99 per path, the throughputs, the profile and the
+ratios against the goals: router small / direct Triton p50 <= 1.3 (fp32 and int8), small p95 /
+frontier p95 <= 1/60, capture on / off <= 1.01, Triton int8 (8 clients) / in-process batch 32 >= 0.8.
 """
 from __future__ import annotations
 
@@ -47,11 +58,15 @@ from services.common.settings import CommonSettings  # noqa: E402
 from services.common.triton import SmallModelClient  # noqa: E402
 from services.router.keys import create_key  # noqa: E402
 from tests.support import produce  # noqa: E402
-from tests.support_triton import load_model, unload_and_remove, write_keyword_model  # noqa: E402
+from tests.support_triton import load_model, unload_and_remove  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+import router_model  # noqa: E402
 
 TASK = "banking77-intent"
 RESULTS = ROOT / "bench" / "results" / "router.json"
 WARMUP = 16
+SIM_LATENCY = "400-900"  # the simulator's default (GRADUATE_SIM_LATENCY_MIN_MS/MAX_MS)
 GRADUATE = [str(Path(sys.executable).with_name("graduate"))]
 
 
@@ -61,10 +76,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def banking77_texts(n: int) -> list[str]:
+def banking77_texts(n: int, offset: int = 0) -> list[str]:
     with open(ROOT / "data" / "banking77" / "test.csv", newline="") as f:
         rows = [r["text"] for r in csv.DictReader(f)]
-    return [rows[i % len(rows)] for i in range(n)]
+    return [rows[(offset + i) % len(rows)] for i in range(n)]
 
 
 def percentiles(samples_ms: list[float], errors: int = 0) -> dict:
@@ -78,12 +93,13 @@ def percentiles(samples_ms: list[float], errors: int = 0) -> dict:
 
 
 class Process:
-    """A `graduate ...` server process, waited for and stopped."""
+    """A `graduate ...` server process (under `prefix`, e.g. py-spy, if given), waited for and stopped."""
 
-    def __init__(self, args: list[str], env: dict[str, str], health: str, log: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], health: str, log: Path,
+                 prefix: list[str] | None = None) -> None:
         self.health, self.log = health, log
         with open(log, "w") as out:
-            self.proc = subprocess.Popen([*GRADUATE, *args], env={**os.environ, **env}, stdout=out,
+            self.proc = subprocess.Popen([*(prefix or []), *GRADUATE, *args], env={**os.environ, **env}, stdout=out,
                                          stderr=subprocess.STDOUT)
 
     def wait(self, timeout: float = 120.0) -> "Process":
@@ -116,7 +132,7 @@ def simulator(workdir: Path, name: str, latency: str) -> tuple[Process, str]:
 
 
 def router(workdir: Path, name: str, namespace: str, frontier_url: str, capture: bool,
-           common: CommonSettings) -> tuple[Process, str]:
+           common: CommonSettings, prefix: list[str] | None = None) -> tuple[Process, str]:
     port = free_port()
     env = {"GRADUATE_TOPIC_NAMESPACE": namespace, "GRADUATE_VAR_DIR": str(workdir / name),
            "GRADUATE_KAFKA_BOOTSTRAP": common.kafka.bootstrap, "GRADUATE_TRITON_GRPC_URL": common.triton_grpc_url,
@@ -125,7 +141,7 @@ def router(workdir: Path, name: str, namespace: str, frontier_url: str, capture:
            "GRADUATE_ROUTER_SMALL_SAMPLE_RATE": "0", "GRADUATE_FRONTIER_MAX_CONNECTIONS": "256",
            "GRADUATE_ROUTER_METRICS_PORT": str(free_port())}
     p = Process(["serve", "router", "--port", str(port), "--log-level", "warning"], env,
-                f"http://127.0.0.1:{port}/readyz", workdir / f"{name}.log")
+                f"http://127.0.0.1:{port}/readyz", workdir / f"{name}.log", prefix)
     return p.wait(), f"http://127.0.0.1:{port}"
 
 
@@ -201,12 +217,62 @@ async def direct_triton(grpc_url: str, model: str, texts: list[str]) -> list[flo
     return latencies
 
 
+async def triton_throughput(grpc_url: str, model: str, texts: list[str], clients: int = 8) -> dict:
+    """Texts per second through Triton with `clients` concurrent gRPC clients, one text per request."""
+    pool = [SmallModelClient(grpc_url, timeout_s=30) for _ in range(clients)]
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    try:
+        for c in pool:  # warm every channel
+            await c.classify(model, "1", texts[:1])
+        for t in texts:
+            queue.put_nowait(t)
+
+        async def one(client: SmallModelClient) -> None:
+            while not queue.empty():
+                await client.classify(model, "1", [queue.get_nowait()])
+        started = time.perf_counter()
+        await asyncio.gather(*(one(c) for c in pool))
+        wall = time.perf_counter() - started
+    finally:
+        for c in pool:
+            await c.close()
+    return {"texts": len(texts), "clients": clients, "wall_s": round(wall, 3), "texts_per_s": round(len(texts) / wall, 1)}
+
+
+async def queue_delay_effect(grpc_url: str, ours: str, delayed: str, n: int, blocks: int = 6) -> dict:
+    """The same int8 model under the trainer's config (no queue delay) and under a 500 us delay (the
+    config before): a lone request's latency, one at a time in interleaved blocks."""
+    texts = banking77_texts(n, offset=2000)
+    for model in (ours, delayed):
+        await direct_triton(grpc_url, model, banking77_texts(WARMUP))
+    lone: dict[str, list[float]] = {ours: [], delayed: []}
+    per = max(1, n // blocks)
+    for b in range(blocks):
+        for model in (ours, delayed):
+            lone[model] += await direct_triton(grpc_url, model, texts[b * per:(b + 1) * per])
+    return {"lone_request_delay_0us": percentiles(lone[ours]), "lone_request_delay_500us": percentiles(lone[delayed])}
+
+
+def in_process_throughput(staged: Path, texts: list[str], batch: int = 32) -> dict:
+    """Texts per second through the classifier Triton runs, in this process, `batch` texts per call."""
+    from trainer.triton_model import TextClassifier
+
+    classifier = TextClassifier(staged)
+    classifier.logits(texts[:batch])  # warm
+    started = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        classifier.logits(texts[i:i + batch])
+    wall = time.perf_counter() - started
+    return {"texts": len(texts), "batch": batch, "wall_s": round(wall, 3), "texts_per_s": round(len(texts) / wall, 1)}
+
+
+
 async def bench_small(url: str, hop_url: str, key: str, grpc_url: str, model: str, n: int, blocks: int = 6) -> dict:
     """Router small path, direct Triton and a do-nothing HTTP hop, one request at a time, interleaved blocks."""
-    texts = [f"my card did not arrive ({i})" for i in range(n)]
-    await load(url, key, texts[:WARMUP], 1, expect="small")
-    await load(hop_url, key, texts[:WARMUP], 1)
-    await direct_triton(grpc_url, model, texts[:WARMUP])
+    texts = banking77_texts(n, offset=WARMUP)
+    await load(url, key, banking77_texts(WARMUP), 1, expect="small")
+    await load(hop_url, key, banking77_texts(WARMUP), 1)
+    await direct_triton(grpc_url, model, banking77_texts(WARMUP))
     routed, inside, direct, hop, errors = [], [], [], [], 0
     per = max(1, n // blocks)
     for b in range(blocks):
@@ -223,7 +289,7 @@ async def bench_small(url: str, hop_url: str, key: str, grpc_url: str, model: st
 async def bench_frontier(workdir: Path, namespace: str, key: str, common: CommonSettings, capture: bool,
                          texts: list[str], concurrency: int) -> dict:
     name = "capture_on" if capture else "capture_off"
-    sim, sim_url = simulator(workdir, f"sim-{name}", "400-900")
+    sim, sim_url = simulator(workdir, f"sim-{name}", SIM_LATENCY)
     rt, url = router(workdir, f"router-{name}", namespace, sim_url, capture, common)
     try:
         await load(url, key, banking77_texts(WARMUP), concurrency)  # same warm-up, same simulator draws
@@ -237,82 +303,234 @@ async def bench_frontier(workdir: Path, namespace: str, key: str, common: Common
         sim.stop()
 
 
+async def decide(common: CommonSettings, namespace: str, model: str, url: str, key: str) -> None:
+    """Put the task in small mode on `model` (threshold 0: every answer is served small) and wait
+    until the router follows the decision."""
+    decision = RoutingDecision(task=TASK, mode="small", model_version="1", threshold=0.0, triton_model=model,
+                               reason="benchmark", decided_by="bench")
+    await produce(common.kafka, Codec(), topic_name(ROUTING_DECISIONS, namespace), [(TASK, decision)])
+    if not url:
+        return
+    deadline = time.monotonic() + 60
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}) as client:
+        while time.monotonic() < deadline:
+            r = await client.post(f"/v1/tasks/{TASK}/predict", json={"input": "my card did not arrive"})
+            if r.status_code == 200 and r.json()["served_by"] == "small" and model in str(
+                    (await client.get("/v1/tasks")).json()):
+                return
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"the router did not follow the decision for {model}")
+
+
+# -- the profile -------------------------------------------------------------------------------
+# Where a router's CPU goes. A stack counts for the capture when any frame is the capture's (its
+# sender thread); else for the innermost frame that names a part; the event loop only when nothing
+# else does. A stack whose leaf waits in epoll is idle (py-spy --nonblocking cannot always tell).
+CAPTURE = ("capture (sender thread: build, encode, aiokafka)",
+           ("services/capture/", "aiokafka", "fastavro", "services/common/codec"))
+PROFILE_PARTS = (
+    ("Triton gRPC client", ("tritonclient", "grpc/", "services/common/triton")),
+    ("API keys", ("services/router/keys",)),
+    ("RouterOutcome and metrics", ("outcome_of", "prometheus_client", "services/router/metrics")),
+    ("route logic", ("services/router/logic", "services/router/routes", "services/router/deps",
+                     "services/common/redaction")),
+    ("middleware and response (FastAPI/Starlette)", ("starlette", "fastapi", "services/router/app")),
+    ("JSON and pydantic", ("json/", "pydantic")),
+    ("uvicorn and HTTP (parse, socket write)", ("uvicorn", "h11", "httptools")),
+)
+EVENT_LOOP = ("asyncio event loop", ("asyncio/", "selectors"))
+IDLE_LEAVES = ("EpollSelector.select", "select (selectors")
+
+
+def part_of(frames: list[str]) -> str:
+    if any(m in f for f in frames for m in CAPTURE[1]):
+        return CAPTURE[0]
+    for frame in reversed(frames):
+        for name, marks in PROFILE_PARTS:
+            if any(m in frame for m in marks):
+                return name
+    return EVENT_LOOP[0] if any(m in f for f in frames for m in EVENT_LOOP[1]) else "other"
+
+
+def profile_shares(raw: Path) -> dict:
+    """Shares of the busy (not idle) samples per part, from py-spy's raw (collapsed) output."""
+    totals: dict[str, int] = {}
+    idle = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        frames = stack.split(";")
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += int(count)
+            continue
+        part = part_of(frames)
+        totals[part] = totals.get(part, 0) + int(count)
+    n = sum(totals.values()) or 1
+    return {"samples": n + idle, "busy_samples": n, "idle_samples": idle,
+            "shares": {k: round(v / n, 3) for k, v in sorted(totals.items(), key=lambda kv: -kv[1])}}
+
+
+async def profile_router(workdir: Path, namespace: str, key: str, common: CommonSettings, sim_url: str,
+                         seconds: float) -> dict:
+    """py-spy (200 Hz, active samples only, every thread) on a small-path router under a
+    one-request-at-a-time load."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        return {"skipped": "py-spy is not in the venv (uv pip install py-spy)"}
+    raw = workdir / "router.profile.txt"
+    rt, url = router(workdir, "router-profile", namespace, sim_url, True, common)
+    try:
+        await load(url, key, banking77_texts(WARMUP), 1, expect="small")
+        spy = await asyncio.create_subprocess_exec(
+            str(py_spy), "record", "--pid", str(rt.proc.pid), "--rate", "200", "--duration", str(int(seconds)),
+            "--format", "raw", "--nonblocking", "--output", str(raw),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+        requests = 0
+        while spy.returncode is None:
+            await load(url, key, banking77_texts(50, offset=requests), 1, expect="small")
+            requests += 50
+            try:
+                await asyncio.wait_for(spy.wait(), 0.001)
+            except asyncio.TimeoutError:
+                pass
+        err = (await spy.stderr.read()).decode(errors="replace")
+    finally:
+        rt.stop()
+    if not raw.exists():
+        return {"skipped": f"py-spy wrote no profile: {err.strip()[-300:]}"}
+    kept = common.var_dir / "bench" / "router.profile.txt"  # the raw stacks, for a closer look (not a result)
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(raw, kept)
+    return {"requests": requests, "seconds": seconds, "raw_stacks": str(kept), **profile_shares(raw)}
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small-n", type=int, default=300)
     parser.add_argument("--frontier-n", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--throughput-n", type=int, default=640)
+    parser.add_argument("--profile-s", type=float, default=15,
+                        help="py-spy the router this long (0: no profile; skipped without py-spy in the venv)")
     args = parser.parse_args()
 
     common = CommonSettings()
+    staged = router_model.cached_models(common.var_dir, common.model_repository, common.triton_http_url)
+    trained = json.loads((router_model.cache_dir(common.var_dir) / "trained.json").read_text())
     namespace = f"bench{uuid.uuid4().hex[:8]}."
+    suffix = uuid.uuid4().hex[:6]
+    models = {v: f"bench-router-{suffix}-{v}" for v in staged}
+    delayed = f"bench-router-{suffix}-int8-delay500"
     workdir = Path(tempfile.mkdtemp(prefix="graduate-bench-router-"))
     key = create_key(workdir / "keys.json", "bench")
-    model = write_keyword_model(common.model_repository, {"arrive": "card_arrival"}, "card_linking")
     await ensure_topics(common.kafka, namespace)
     results: dict = {}
+    throughput: dict = {}
+    queue_delay: dict = {}
+    profile: dict = {}
     try:
-        load_model(common.triton_http_url, model)
+        for variant, model in models.items():
+            router_model.install(staged[variant], common.model_repository, model)
+            load_model(common.triton_http_url, model)
+        router_model.install(staged["int8"], common.model_repository, delayed, queue_delay_us=500)
+        load_model(common.triton_http_url, delayed)
         texts = banking77_texts(args.frontier_n)
         # Frontier path first (no routing decision yet = frontier mode): capture on, then off.
         results["frontier_capture_on"] = await bench_frontier(workdir, namespace, key, common, True, texts,
                                                               args.concurrency)
         results["frontier_capture_off"] = await bench_frontier(workdir, namespace, key, common, False, texts,
                                                                args.concurrency)
-        # Small path: the task in small mode on the keyword model (every answer confident).
-        decision = RoutingDecision(task=TASK, mode="small", model_version="1", threshold=0.5, triton_model=model,
-                                   reason="benchmark", decided_by="bench")
-        await produce(common.kafka, Codec(), topic_name(ROUTING_DECISIONS, namespace), [(TASK, decision)])
-        sim, sim_url = simulator(workdir, "sim-small", "400-900")  # only for fallbacks (none expected)
+        # Small path per variant, then Triton throughput against in-process batches.
+        await decide(common, namespace, models["fp32"], "", key)
+        sim, sim_url = simulator(workdir, "sim-small", SIM_LATENCY)  # only for fallbacks (none expected)
         rt, url = router(workdir, "router-small", namespace, sim_url, True, common)
         hop, hop_url = http_hop(workdir)
         try:
-            results.update(await bench_small(url, hop_url, key, common.triton_grpc_url, model, args.small_n))
+            for variant, model in models.items():
+                await decide(common, namespace, model, url, key)
+                for k, v in (await bench_small(url, hop_url, key, common.triton_grpc_url, model,
+                                               args.small_n)).items():
+                    results[f"{k}_{variant}"] = v
         finally:
             hop.terminate()
             hop.wait(10)
             rt.stop()
-            sim.stop()
+        tp_texts = banking77_texts(args.throughput_n, offset=1000)
+        for variant, model in models.items():
+            throughput[f"triton_8_clients_{variant}"] = await triton_throughput(common.triton_grpc_url, model,
+                                                                                tp_texts)
+            throughput[f"in_process_batch32_{variant}"] = await asyncio.to_thread(in_process_throughput,
+                                                                                  staged[variant], tp_texts)
+        queue_delay = await queue_delay_effect(common.triton_grpc_url, models["int8"], delayed, args.small_n)
+        queue_delay["triton_8_clients_delay_0us"] = throughput["triton_8_clients_int8"]
+        queue_delay["triton_8_clients_delay_500us"] = await triton_throughput(common.triton_grpc_url, delayed,
+                                                                              tp_texts)
+        if args.profile_s > 0:
+            profile = await profile_router(workdir, namespace, key, common, sim_url, args.profile_s)
+        sim.stop()
     finally:
-        unload_and_remove(common.triton_http_url, common.model_repository, model)
+        for model in (*models.values(), delayed):
+            unload_and_remove(common.triton_http_url, common.model_repository, model)
         await delete_topics(common.kafka, [topic_name(s, namespace) for s in CATALOG])
         shutil.rmtree(workdir, ignore_errors=True)
 
-    small, direct = results["router_small"], results["direct_triton"]
     on, off = results["frontier_capture_on"], results["frontier_capture_off"]
-    ratios = {
-        "small_over_frontier_p95_ratio": round(small["p95_ms"] / on["p95_ms"], 5),
-        "router_small_over_direct_triton_p50_ratio": round(small["p50_ms"] / direct["p50_ms"], 3),
-        "inside_route_over_direct_triton_p50_ratio": round(results["router_small_inside_route"]["p50_ms"]
-                                                           / direct["p50_ms"], 3),
-        "router_small_over_http_hop_plus_triton_p50_ratio": round(
-            small["p50_ms"] / (results["http_hop_floor"]["p50_ms"] + direct["p50_ms"]), 3),
-        "capture_on_over_off_p50_ratio": round(on["p50_ms"] / off["p50_ms"], 4),
-        "capture_on_over_off_p95_ratio": round(on["p95_ms"] / off["p95_ms"], 4),
-    }
+    ratios: dict = {}
+    for v in models:
+        small, direct = results[f"router_small_{v}"], results[f"direct_triton_{v}"]
+        ratios[f"router_small_over_direct_triton_p50_ratio_{v}"] = round(small["p50_ms"] / direct["p50_ms"], 3)
+        ratios[f"inside_route_over_direct_triton_p50_ratio_{v}"] = round(
+            results[f"router_small_inside_route_{v}"]["p50_ms"] / direct["p50_ms"], 3)
+        ratios[f"router_small_over_http_hop_plus_triton_p50_ratio_{v}"] = round(
+            small["p50_ms"] / (results[f"http_hop_floor_{v}"]["p50_ms"] + direct["p50_ms"]), 3)
+        ratios[f"small_over_frontier_p95_ratio_{v}"] = round(small["p95_ms"] / on["p95_ms"], 5)
+        ratios[f"triton_8_clients_over_in_process_batch32_ratio_{v}"] = round(
+            throughput[f"triton_8_clients_{v}"]["texts_per_s"] / throughput[f"in_process_batch32_{v}"]["texts_per_s"],
+            3)
+    ratios["lone_request_delay_0_over_500us_p50_ratio_int8"] = round(
+        queue_delay["lone_request_delay_0us"]["p50_ms"] / queue_delay["lone_request_delay_500us"]["p50_ms"], 3)
+    ratios["triton_8_clients_delay_0_over_500us_ratio_int8"] = round(
+        queue_delay["triton_8_clients_delay_0us"]["texts_per_s"]
+        / queue_delay["triton_8_clients_delay_500us"]["texts_per_s"], 3)
+    ratios["capture_on_over_off_p50_ratio"] = round(on["p50_ms"] / off["p50_ms"], 4)
+    ratios["capture_on_over_off_p95_ratio"] = round(on["p95_ms"] / off["p95_ms"], 4)
+    goals = {"router_small_over_direct_triton_p50_ratio_fp32": ("<=", 1.3),
+             "router_small_over_direct_triton_p50_ratio_int8": ("<=", 1.3),
+             "small_over_frontier_p95_ratio_fp32": ("<=", round(1 / 60, 5)),
+             "small_over_frontier_p95_ratio_int8": ("<=", round(1 / 60, 5)),
+             "capture_on_over_off_p50_ratio": ("<=", 1.01),
+             "triton_8_clients_over_in_process_batch32_ratio_int8": (">=", 0.8)}
+    headline = [{"name": name, "value": ratios[name], "goal": f"{op} {goal}",
+                 "met": ratios[name] <= goal if op == "<=" else ratios[name] >= goal}
+                for name, (op, goal) in goals.items()]
     report = {
-        "benchmark": "router latency: small path, frontier path, direct Triton, capture on/off",
+        "benchmark": "router latency with a real fine-tuned MiniLM (fp32, int8): small path, frontier path, "
+                     "direct Triton, capture on/off, Triton throughput",
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": f"{platform.node()} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the end)",
-        "notes": ("Frontier = graduate frontier-sim, a SIMULATED model (400-900 ms), not a real LLM. Small model = "
-                  "a keyword model (Triton Python backend, CPU). Small path and direct Triton: one request at a "
-                  f"time, {args.small_n} each, interleaved blocks; frontier path: {args.frontier_n} requests at "
-                  f"concurrency {args.concurrency}, a fresh simulator with seed 0 per run. Shared 2-core machine."),
+        "notes": (f"Frontier = graduate frontier-sim, a SIMULATED model ({SIM_LATENCY} ms, its default), not a real "
+                  f"LLM. Small model = all-MiniLM-L6-v2 fine-tuned by the product's trainer on a Banking77 slice "
+                  f"({trained['labels']} intents x {trained['per_label_train']} texts, max_length "
+                  f"{trained['max_length']}), served by the real Triton (Python backend, CPU, the trainer's "
+                  f"config.pbtxt) as fp32 and dynamic int8; inputs are Banking77 test texts. Small path and direct "
+                  f"Triton: one request at a time, {args.small_n} each, interleaved blocks; frontier path: "
+                  f"{args.frontier_n} requests at concurrency {args.concurrency}, a fresh simulator with seed 0 per "
+                  f"run; throughput: {args.throughput_n} texts. Shared 2-core machine."),
         "config": {"small_n": args.small_n, "frontier_n": args.frontier_n, "concurrency": args.concurrency,
-                   "warmup": WARMUP},
+                   "throughput_n": args.throughput_n, "warmup": WARMUP, "model": trained},
         "results": results,
+        "throughput": throughput,
+        "triton_queue_delay": queue_delay,
         "ratios": ratios,
-        "headline": [
-            {"name": "router small / frontier p95", "value": ratios["small_over_frontier_p95_ratio"],
-             "goal": "<= 0.025"},
-            {"name": "router small / direct Triton p50", "value": ratios["router_small_over_direct_triton_p50_ratio"],
-             "goal": "<= 1.3"},
-            {"name": "capture on / off p50", "value": ratios["capture_on_over_off_p50_ratio"], "goal": "<= 1.01"},
-        ],
+        "headline": headline,
     }
+    if profile:
+        report["profile"] = profile.get("shares", profile)
+        report["profile_samples"] = {k: v for k, v in profile.items() if k != "shares"}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps({"results": results, "ratios": ratios}, indent=2))
+    print(json.dumps({"results": results, "throughput": throughput, "ratios": ratios, "profile": profile}, indent=2))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ A results file is free-form JSON; the renderer knows these conventions:
 - an optional "headline": [{"name": …, "value": …, "goal": …}] goes to the summary as it is;
 - an optional "plot": "NAME.png" (a file beside the JSON in bench/results/) is shown as an image.
 
+A results file that this run did not rewrite (its benchmark was not run, failed, or timed out) is
+marked STALE in RESULTS.md, in the summary and in its section, with the time it was measured.
+
 bench_extraction.py (Restaurant-8k, small model vs the simulated frontier per field) is one of the
 benchmarks like any other; `--only extraction` runs it alone.
 """
@@ -134,26 +137,40 @@ def section(path: Path, data: Any) -> list[str]:
     return out + [""]
 
 
-def compose(runs: list[dict[str, Any]]) -> Path:
+def stale_note(path: Path, data: Any, since: float | None) -> str:
+    """'' for a results file written by this run; else why its figures are older than the run."""
+    if since is None or path.stat().st_mtime >= since:
+        return ""
+    when = data.get("when") if isinstance(data, dict) else None
+    when = when or datetime.fromtimestamp(path.stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
+    return f"STALE: not re-measured by this run (measured {when})"
+
+
+def compose(runs: list[dict[str, Any]], since: float | None = None) -> Path:
     files = sorted(p for p in RESULTS.glob("*.json"))
-    loaded = {}
+    loaded, stale = {}, {}
     for p in files:
         try:
             loaded[p] = json.loads(p.read_text())
         except json.JSONDecodeError as exc:
             loaded[p] = {"benchmark": "unreadable results file", "error": str(exc)}
+        stale[p] = stale_note(p, loaded[p], since)
     out = ["# Benchmark results", "",
            "Written by `make bench` (bench/run_all.py) from bench/results/*.json. Every ratio is measured side "
            "by side in one run of its benchmark; the machine is shared, so absolute figures are noisy.", ""]
     if runs:
         out += ["| benchmark script | how it ended | seconds |", "|---|---|---|"]
         out += [f"| {r['script']} | {r['status']} | {r['seconds']:,.0f} |" for r in runs] + [""]
-    summary = [row for p, d in loaded.items() if isinstance(d, dict) for row in summary_rows(p.stem, d)]
+    summary = [(a, b, c + (f" — {stale[p]}" if stale[p] else ""))
+               for p, d in loaded.items() if isinstance(d, dict) for a, b, c in summary_rows(p.stem, d)]
     if summary:
         out += ["## Summary: ratios and headline figures", "", "| results | figure | value |", "|---|---|---|"]
         out += [f"| {a} | {b} | {c} |" for a, b, c in summary] + [""]
     for p, d in loaded.items():
-        out += section(p, d)
+        lines = section(p, d)
+        if stale[p]:
+            lines[0] += f" — {stale[p]}"
+        out += lines
     out += [f"_composed {datetime.now(timezone.utc).isoformat(timespec='seconds')}_", ""]
     target = BENCH / "RESULTS.md"
     target.write_text("\n".join(out))
@@ -166,18 +183,20 @@ def main() -> int:
     parser.add_argument("--compose-only", action="store_true", help="only rebuild RESULTS.md from the JSON files")
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
-    runs = []
+    runs, since = [], None
     if not args.compose_only:
+        since = time.time()
         only = set(args.only.split(",")) if args.only else None
         scripts = discover(only)
         if not scripts:
             print("no benchmark scripts found (bench/bench_*.py)")
         runs = [run_one(s) for s in scripts]
         LOGS.mkdir(parents=True, exist_ok=True)
-        (LOGS / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+        (LOGS / "runs.json").write_text(json.dumps({"since": since, "runs": runs}, indent=2) + "\n")
     elif (LOGS / "runs.json").exists():
-        runs = json.loads((LOGS / "runs.json").read_text())
-    print(f"wrote {compose(runs).relative_to(ROOT)}")
+        last = json.loads((LOGS / "runs.json").read_text())
+        runs, since = (last.get("runs", []), last.get("since")) if isinstance(last, dict) else (last, None)
+    print(f"wrote {compose(runs, since).relative_to(ROOT)}")
     return 1 if any(r["status"] != "ok" for r in runs) else 0
 
 

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 CONFIG = """name: "{name}"
 backend: "python"
 max_batch_size: 64
-dynamic_batching {{ max_queue_delay_microseconds: 500 }}
+dynamic_batching {{ max_queue_delay_microseconds: 0 }}
 input [ {{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }} ]
 output [
   {{ name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] }},
@@ -67,12 +67,12 @@ class TritonPythonModel:
 
 
 def write_keyword_model(repository: Path, keywords: dict[str, str], default: str, name: str | None = None,
-                        version: int = 1) -> str:
-    """Write the model into a Triton repository; returns its name."""
+                        version: int = 1, config: str | None = None) -> str:
+    """Write the model into a Triton repository (with `config` as its config.pbtxt, if given); returns its name."""
     name = name or f"kw-{uuid.uuid4().hex[:8]}"
     folder = repository / name
     (folder / str(version)).mkdir(parents=True, exist_ok=True)
-    (folder / "config.pbtxt").write_text(CONFIG.format(name=name))
+    (folder / "config.pbtxt").write_text(config or CONFIG.format(name=name))
     (folder / str(version) / "model.py").write_text(MODEL_PY)
     labels = sorted(set(keywords.values()) | {default})
     (folder / str(version) / "keywords.json").write_text(json.dumps({"keywords": keywords, "default": default, "labels": labels}))

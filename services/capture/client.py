@@ -1,9 +1,12 @@
 """The capture client: hand a frontier call to Kafka without ever blocking or failing the caller.
 
-`record_call(...)` (any thread) and `await arecord_call(...)` put a CapturedCall on a bounded
-in-memory queue and return at once. A background thread with its own event loop owns an idempotent
-producer (acks=all). When Kafka is unreachable, records go to an on-disk spool and are replayed,
-in order, when it returns.
+`record_call(...)` (any thread) and `await arecord_call(...)` append a CapturedCall to a bounded
+in-memory outbox and return at once: no encoding and no socket write on the caller's path (not even
+an event-loop wake-up). A background thread with its own event loop takes the outbox every
+`linger_s` (or as soon as `batch_size` records wait), Avro-encodes the batch and hands it to an
+idempotent producer (acks=all). A value may be given as a zero-argument callable that builds the
+contract; it is called in that thread, so building it costs the caller nothing either. When Kafka
+is unreachable, records go to an on-disk spool and are replayed, in order, when it returns.
 
 Exactly one CapturedCall per call_id:
 - a call_id already recorded by this client is ignored (a bounded window of recent ids);
@@ -51,6 +54,9 @@ class CaptureSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="GRADUATE_CAPTURE_", extra="ignore", frozen=True)
 
     queue_size: int = Field(10_000, ge=1, description="records waiting for the sender; overflow goes to the spool")
+    linger_s: float = Field(0.05, gt=0, description="how often the sender takes the waiting records (one batch); "
+                            "capture is never waited on, so fewer, larger batches cost less CPU")
+    batch_size: int = Field(500, ge=1, description="this many waiting records wake the sender before linger_s")
     max_in_flight: int = Field(5_000, ge=1, description="records handed to the producer and not yet acknowledged")
     spool_dir: Optional[Path] = Field(None, description="default: <var_dir>/spool/<client name>")
     spool_max_bytes: int = Field(256 << 20, ge=1024)
@@ -117,9 +123,10 @@ class CaptureClient:
         self._lock = threading.Lock()
         self._seen: collections.OrderedDict[tuple[str, bytes], None] = collections.OrderedDict()
         self._stats = CaptureStats()
-        self._queued = 0
+        self._outbox: collections.deque = collections.deque()
+        self._accepting = False  # True while the sender thread takes the outbox (under _lock)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: asyncio.Queue | None = None
+        self._wake: asyncio.Event | None = None
         self._thread: threading.Thread | None = None
         self._stopping: asyncio.Event | None = None
         self._started = threading.Event()
@@ -139,21 +146,21 @@ class CaptureClient:
         """`record_call` for async code: never awaits the network, returns the call_id."""
         return self.record_call(call, **fields)
 
-    def publish(self, spec: TopicSpec, key: str | bytes | None, value: Contract, *, dedupe: bool = False) -> bool:
-        """Queue any catalog contract; False when `dedupe` and this key was already published here."""
+    def publish(self, spec: TopicSpec, key: str | bytes | None, value: Contract | Callable[[], Contract], *,
+                dedupe: bool = False) -> bool:
+        """Queue any catalog contract (or a callable that builds it, called in the sender thread);
+        False when `dedupe` and this key was already published here."""
         key_bytes = key.encode() if isinstance(key, str) else (key or b"")
         topic = topic_name(spec, self.namespace)
         if dedupe and not self._first_time(topic, key_bytes):
             return False
         item = (topic, key_bytes, value)
         with self._lock:  # the sender closes the hand-off under this lock: nothing slips past its last drain
-            if self._loop is not None and self._queued < self.settings.queue_size:
-                try:
-                    self._loop.call_soon_threadsafe(self._inbox.put_nowait, item)
-                    self._queued += 1
-                    return True
-                except RuntimeError:  # the sender thread died and its loop is closed: spool
-                    pass
+            if self._accepting and len(self._outbox) < self.settings.queue_size:
+                self._outbox.append(item)
+                if len(self._outbox) == self.settings.batch_size:  # a full batch: no need to wait for linger_s
+                    self._wake_sender()
+                return True
         record = self._encode(item)
         if record is not None:
             self._spool([record], reason="overflow")
@@ -162,7 +169,7 @@ class CaptureClient:
     def stats(self) -> CaptureStats:
         """A snapshot of the counters, queue and spool."""
         s = self._stats
-        return dataclasses.replace(s, queued=self._queued, spool_records=self.spool.pending_records,
+        return dataclasses.replace(s, queued=len(self._outbox), spool_records=self.spool.pending_records,
                                    spool_bytes=self.spool.pending_bytes, dropped=dict(s.dropped))
 
     def start(self) -> "CaptureClient":
@@ -184,6 +191,7 @@ class CaptureClient:
         if loop is not None and not loop.is_closed():
             try:
                 loop.call_soon_threadsafe(self._stopping.set)
+                loop.call_soon_threadsafe(self._wake.set)
             except RuntimeError:
                 pass
         thread.join()
@@ -221,13 +229,34 @@ class CaptureClient:
                 self._seen.popitem(last=False)
             return True
 
-    def _encode(self, item: tuple[str, bytes, Contract]) -> SpoolRecord | None:
+    def _wake_sender(self) -> None:
+        try:
+            self._loop.call_soon_threadsafe(self._wake.set)
+        except (AttributeError, RuntimeError):  # the sender is stopping; it drains the outbox at its end
+            pass
+
+    def _take(self, limit: int | None = None) -> list:
+        """The records waiting in the outbox, oldest first (at most `limit`)."""
+        with self._lock:
+            if limit is None or len(self._outbox) <= limit:
+                items, self._outbox = list(self._outbox), collections.deque()
+            else:
+                items = [self._outbox.popleft() for _ in range(limit)]
+        return items
+
+    def _encode(self, item: tuple[str, bytes, Contract | Callable[[], Contract]]) -> SpoolRecord | None:
         topic, key, value = item
         try:
+            if callable(value):  # built here, in the sender thread, not on the caller's path
+                value = value()
             return SpoolRecord(topic, key, self.codec.encode(value))
         except CodecError as exc:  # a contract that does not fit its schema: a bug, said loudly
             self._drop(1, "encode_error")
             log.error("capture %s: cannot encode %s for %s: %s; dropped", self.name, type(value).__name__, topic, exc)
+            return None
+        except Exception:  # a builder that failed: a bug, said loudly, never raised into the caller
+            self._drop(1, "build_error")
+            log.exception("capture %s: cannot build the record for %s (key %r); dropped", self.name, topic, key)
             return None
 
     def _spool(self, records: list[SpoolRecord], reason: str) -> None:
@@ -256,15 +285,19 @@ class CaptureClient:
             log.exception("capture %s: sender thread failed", self.name)
         finally:
             with self._lock:
+                self._accepting = False
                 self._loop = None
+            left = [r for r in (self._encode(item) for item in self._take()) if r is not None]
+            self._spool(left, reason="sender_stopped")  # a sender that failed leaves nothing behind
             self._stats.state = "stopped"
             self._started.set()
 
     async def _run(self) -> None:
         sender = Sender(self)
         with self._lock:
-            self._inbox = asyncio.Queue()
+            self._wake = asyncio.Event()
             self._stopping = asyncio.Event()
             self._loop = asyncio.get_running_loop()
+            self._accepting = True
         self._started.set()
         await sender.run()

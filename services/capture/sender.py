@@ -71,19 +71,18 @@ class Sender:
 
     # -- main loop -----------------------------------------------------------------------------
     async def run(self) -> None:
-        inbox, stopping = self.c._inbox, self.c._stopping
+        stopping = self.c._stopping
         try:
             while not stopping.is_set():
                 await self.connect()
-                batch = await self.take(inbox, 0.05)
+                batch = await self.take()
                 self.reap()
                 await self.route(batch)
                 await self.replay()
                 self.note_health(time.monotonic())
             with self.c._lock:  # no more hand-offs; later records go straight to the spool
-                self.c._loop = None
-            await asyncio.sleep(0)  # hand-offs scheduled before that run now
-            await self.route(self.drain(inbox))
+                self.c._accepting = False
+            await self.route(self.c._take())
             await self.settle()
         finally:
             await self.close_producer()
@@ -102,24 +101,22 @@ class Sender:
             return
         self.producer = producer
 
-    async def take(self, inbox: asyncio.Queue, timeout: float) -> list:
-        try:
-            first = await asyncio.wait_for(inbox.get(), timeout)
-        except asyncio.TimeoutError:
-            return []
-        return [first] + self.drain(inbox, 999)
-
-    def drain(self, inbox: asyncio.Queue, limit: int | None = None) -> list:
-        items = []
-        while not inbox.empty() and (limit is None or len(items) < limit):
-            items.append(inbox.get_nowait())
-        return items
+    async def take(self) -> list:
+        """The next batch: what waits in the outbox after at most linger_s (sooner when a batch is full).
+        The callers never wake this loop for a single record: it polls, so a request pays no socket write."""
+        wake = self.c._wake
+        if len(self.c._outbox) < self.s.batch_size:
+            try:
+                async with asyncio.timeout(self.s.linger_s):
+                    await wake.wait()
+            except TimeoutError:
+                pass
+        wake.clear()
+        return self.c._take(self.s.batch_size)
 
     async def route(self, items: list) -> None:
         if not items:
             return
-        with self.c._lock:
-            self.c._queued -= len(items)
         records = [r for r in (self.c._encode(item) for item in items) if r is not None]
         now = time.monotonic()
         for i, record in enumerate(records):
@@ -131,10 +128,10 @@ class Sender:
     async def send(self, record: SpoolRecord, replay_pos: SpoolPosition | None) -> bool:
         """Hand one record to the producer; False when it definitely was not taken."""
         try:
-            fut = await asyncio.wait_for(self.producer.send(record.topic, record.value, key=record.key,
-                                                            headers=self.headers_for(record)),
-                                         self.s.send_block_s)
-        except (KafkaError, asyncio.TimeoutError) as exc:
+            async with asyncio.timeout(self.s.send_block_s):  # no task per record, unlike wait_for on 3.11
+                fut = await self.producer.send(record.topic, record.value, key=record.key,
+                                               headers=self.headers_for(record))
+        except (KafkaError, TimeoutError) as exc:
             self.last_send_error = time.monotonic()
             log.debug("capture %s: send failed before the producer took the record: %r", self.c.name, exc)
             return False

@@ -5,6 +5,8 @@
 """
 from __future__ import annotations
 
+import functools
+
 import json
 import re
 from pathlib import Path
@@ -98,6 +100,11 @@ class TaskSpec(BaseModel):
 
     def prompt(self) -> str:
         return self.system_prompt.replace("{labels}", ", ".join(self.labels))
+
+    @functools.cached_property
+    def prompt_chars(self) -> int:
+        """len(prompt()), computed once (the router's per-request saved-cost estimate uses it)."""
+        return len(self.prompt())
 
     def extract_input(self, messages: list[dict[str, Any]]) -> str:
         """The model input from a chat request's messages; ValueError says what is missing."""

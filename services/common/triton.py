@@ -69,6 +69,7 @@ class SmallModelClient:
         self.timeout_s = timeout_s
         self._client = grpcclient.InferenceServerClient(grpc_url)
         self._outputs: dict[tuple[str, str], frozenset[str]] = {}
+        self._requested: dict[tuple[str, ...], list] = {}  # the requested outputs, built once per set
 
     async def model_outputs(self, model: str, version: str | None) -> frozenset[str]:
         """The output names a model version declares (its metadata, asked once and kept)."""
@@ -96,7 +97,7 @@ class SmallModelClient:
         try:
             result = await self._client.infer(
                 model, [text_input(texts)], model_version=version or "",
-                outputs=[grpcclient.InferRequestedOutput(o) for o in names],
+                outputs=self._requested_outputs(names),
                 client_timeout=self.timeout_s)
         except InferenceServerException as exc:
             raise TritonUnavailable(f"{exc.status() or 'error'}: {exc.message()}") from exc
@@ -106,6 +107,12 @@ class SmallModelClient:
         per_field = result.as_numpy(FIELD_CONFIDENCE) if FIELD_CONFIDENCE in names else None
         return answers_from(result.as_numpy("LABEL"), result.as_numpy("CONFIDENCE"), per_field,
                             tuple(fields or ())), elapsed
+
+    def _requested_outputs(self, names: tuple[str, ...]) -> list:
+        requested = self._requested.get(names)
+        if requested is None:
+            requested = self._requested[names] = [grpcclient.InferRequestedOutput(o) for o in names]
+        return requested
 
     async def ready(self, model: str | None = None, version: str | None = None) -> bool:
         try:

@@ -137,7 +137,7 @@ def create_app(settings: RouterSettings | None = None, *, tasks: TaskRegistry | 
             log.warning("API keys are OFF (GRADUATE_ROUTER_AUTH_DISABLED=true): anyone who reaches %s:%d may call",
                         settings.host, settings.port)
         else:
-            keys = KeyStore(settings.keys_file)
+            keys = KeyStore(settings.keys_file, settings.keys_check_s)
             if not len(keys):
                 log.warning("no API keys in %s: every request will be refused; create one with "
                             "`graduate keys create NAME`", settings.keys_file)

@@ -98,7 +98,7 @@ def keys_create(
         raise typer.BadParameter(str(exc), param_hint="NAME") from None
     typer.echo(key)
     typer.echo(f"stored the hash of key {name!r} ({role}, tasks {','.join(wanted)}) in {settings.keys_file}; "
-               "the key is not shown again", err=True)
+               f"the key is not shown again; a running router takes it within {settings.keys_check_s:g} s", err=True)
 
 
 @keys_app.command("list")

@@ -1,7 +1,8 @@
 """API keys: the router stores only their SHA-256, with a name, a role and the tasks each may use.
 
-`graduate keys create NAME` prints a new key once. The file (default var/keys.json) is re-read
-when it changes, so a new key works without a restart.
+`graduate keys create NAME` prints a new key once. The file (default var/keys.json) is checked at most
+every GRADUATE_ROUTER_KEYS_CHECK_S seconds (2) and re-read when it changed, so a new key works, and a
+removed one stops working, within that time and without a restart.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import threading
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,14 +73,23 @@ def create_key(path: Path, name: str, role: Role = "service", tasks: tuple[str, 
 
 
 class KeyStore:
-    """Looks presented keys up by hash; re-reads the file when its mtime changes (one stat per check)."""
+    """Looks presented keys up; costs a dict lookup per request once a key has been verified.
 
-    def __init__(self, path: Path, check_every_s: float = 0.0) -> None:
+    A key that verified is cached by its presented value (so it is hashed once, not per request); the
+    keys file is stat'ed at most every `check_every_s` seconds, and when it changed (mtime, size or
+    inode) it is re-read and the cache is emptied. A key removed from the file therefore stops working
+    within `check_every_s` of the file's replacement (the bound the router docs state). Keys that do
+    not verify are not cached (an attacker cannot grow the cache) and are hashed each time.
+    """
+
+    def __init__(self, path: Path, check_every_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = Path(path)
         self.check_every_s = check_every_s
+        self.clock = clock
         self._by_hash: dict[str, ApiKey] = {}
-        self._mtime: float | None = None
-        self._checked = 0.0
+        self._verified: dict[str, ApiKey] = {}
+        self._signature: tuple[int, int, int] | None = None
+        self._checked = clock()
         self._lock = threading.Lock()
         self._reload()
 
@@ -89,21 +99,28 @@ class KeyStore:
 
     def authenticate(self, presented: str) -> ApiKey | None:
         self._maybe_reload()
-        return self._by_hash.get(hash_key(presented))
+        key = self._verified.get(presented)
+        if key is None:
+            key = self._by_hash.get(hash_key(presented))
+            if key is not None:
+                self._verified[presented] = key
+        return key
 
     def _maybe_reload(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._checked >= self.check_every_s:
             self._checked = now
             self._reload()
 
     def _reload(self) -> None:
         try:
-            mtime = self.path.stat().st_mtime
+            st = self.path.stat()
+            signature = (st.st_mtime_ns, st.st_size, st.st_ino)
         except FileNotFoundError:
-            mtime = None
-        if mtime == self._mtime:
+            signature = None
+        if signature == self._signature:
             return
         with self._lock:
             self._by_hash = {k.sha256: k for k in read_keys(self.path).keys}
-            self._mtime = mtime
+            self._verified = {}
+            self._signature = signature

@@ -7,12 +7,13 @@ metrics) comes in through `Ports`, so unit tests pass fakes for exactly those.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from services.capture.client import CaptureStats
 from services.common.catalog import DEADLETTER, ROUTER_OUTCOMES, TopicSpec
@@ -39,7 +40,8 @@ class SmallModel(Protocol):
 
 class Capture(Protocol):
     def record_call(self, call: CapturedCall | None = None, /, **fields: Any) -> str: ...
-    def publish(self, spec: TopicSpec, key: str | bytes | None, value: Contract, *, dedupe: bool = False) -> bool: ...
+    def publish(self, spec: TopicSpec, key: str | bytes | None, value: Contract | Callable[[], Contract], *,
+                dedupe: bool = False) -> bool: ...
     def stats(self) -> CaptureStats: ...
 
 
@@ -156,7 +158,7 @@ def estimated_frontier_cost(task: TaskSpec, text: str, observed_mean: float | No
     """What the frontier would have cost for this request: the task's observed mean, else a token estimate."""
     if observed_mean is not None:
         return observed_mean
-    prompt_tokens = (len(task.prompt()) + len(text)) // CHARS_PER_TOKEN + 8
+    prompt_tokens = (task.prompt_chars + len(text)) // CHARS_PER_TOKEN + 8
     return task.prices.cost(prompt_tokens, EXPECTED_COMPLETION_TOKENS)
 
 
@@ -280,10 +282,10 @@ def record(served: Served, decision: RoutingDecision | None, ports: Ports, redac
     """The request's RouterOutcome and latency (path = served_by); never raises into the request.
     graduate_router_requests_total is counted for every response by the app's middleware."""
     ports.metrics.latency.labels(served.task, served.served_by).observe(served.latency_ms / 1000)
-    try:
-        outcome = outcome_of(served, decision, small_ms=small_ms, frontier_ms=frontier_ms, sampled=sampled,
-                             status_code=status_code, redactor=redactor)
-        ports.capture.publish(ROUTER_OUTCOMES, served.call_id, outcome)
+    try:  # built (and redacted, encoded) in the capture's sender thread, not on the request's path
+        ports.capture.publish(ROUTER_OUTCOMES, served.call_id, functools.partial(
+            outcome_of, served, decision, small_ms=small_ms, frontier_ms=frontier_ms, sampled=sampled,
+            status_code=status_code, redactor=redactor))
     except Exception:
         log.exception("router outcome of %s failed", served.call_id)
 

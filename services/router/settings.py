@@ -19,6 +19,8 @@ class RouterSettings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
     api_keys_file: Optional[Path] = Field(None, description="default: <GRADUATE_VAR_DIR>/keys.json")
+    keys_check_s: float = Field(2.0, ge=0, description="how often the keys file is checked for changes: a new or "
+                                "removed key takes effect within this many seconds")
     auth_disabled: bool = Field(False, description="serve without API keys (local experiments only; logged loudly)")
     max_body_bytes: Optional[int] = Field(None, ge=1024, description="larger request bodies are refused with "
                                           "413; default (and most): derived from GRADUATE_KAFKA_MAX_MESSAGE_BYTES")

@@ -378,8 +378,8 @@ async def test_frontier_failure_is_502_or_504_and_nothing_is_captured(start_rout
 # -- bad input ---------------------------------------------------------------------------------
 async def test_bad_input_is_a_clear_4xx_and_never_captured(start_router, api_key, kafka_settings, codec, namespace,
                                                             tmp_path):
-    router = start_router(max_body_bytes=4096)
-    other_key = create_key(tmp_path / "keys.json", "other", tasks=("draft-reply",))
+    other_key = create_key(tmp_path / "keys.json", "other", tasks=("draft-reply",))  # before the start: the
+    router = start_router(max_body_bytes=4096)  # keys file is checked every GRADUATE_ROUTER_KEYS_CHECK_S
     chat = {"model": "m", "messages": [{"role": "user", "content": CONFIDENT_TEXT}]}
     task = {"X-Graduate-Task": TASK, "Content-Type": "application/json"}
     cases = {

@@ -122,3 +122,49 @@ def test_dead_letters_get_reason_and_processor_headers_other_records_none(tmp_pa
     assert sender.headers_for(SpoolRecord(topic_name(ROUTER_OUTCOMES, "u."), b"c1", client.codec.encode(outcome))) is None
     assert sender.headers_for(SpoolRecord(topic_name(DEADLETTER, "u."), b"k", b"not avro")) is None
     client.stop()
+
+
+def test_records_are_handed_over_in_batches_without_a_wake_up_per_call(tmp_path):
+    client = make(tmp_path, batch_size=5, linger_s=0.05).start()
+    wakes = []
+    loop = client._loop
+    real = loop.call_soon_threadsafe
+    loop.call_soon_threadsafe = lambda *a, **kw: wakes.append(a) or real(*a, **kw)
+    for i in range(4):
+        client.record_call(**fields(i))
+    assert wakes == []  # below a batch: the sender takes them when linger_s has passed
+    client.record_call(**fields(4))
+    assert len(wakes) == 1  # a full batch wakes it once
+    deadline = time.monotonic() + 10
+    while client.stats().spool_records < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stats = client.stats()
+    client.stop()
+    assert stats.spool_records == 5 and stats.queued == 0
+
+
+def test_a_record_given_as_a_builder_is_built_in_the_sender_thread(tmp_path):
+    import threading
+
+    client = make(tmp_path).start()
+    built_in: list[str] = []
+
+    def outcome() -> RouterOutcome:
+        built_in.append(threading.current_thread().name)
+        return RouterOutcome(call_id="call-0001", task="t", mode="small", served_by="small", latency_ms=1.0)
+
+    def broken() -> RouterOutcome:
+        raise ValueError("a bug in a builder")
+
+    assert client.publish(ROUTER_OUTCOMES, "call-0001", outcome)
+    assert client.publish(ROUTER_OUTCOMES, "call-0002", broken)  # never raises into the caller
+    deadline = time.monotonic() + 10
+    while client.stats().spool_records < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.stop()
+    assert built_in == ["capture-unit"]
+    again = make(tmp_path)
+    [(record, _)] = again.spool.read(10)
+    again.stop()
+    assert record.key == b"call-0001"
+    assert client.stats().dropped == {"build_error": 1}

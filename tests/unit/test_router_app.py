@@ -202,3 +202,18 @@ def test_tasks_health_and_metrics(world):
     assert 'graduate_router_task_mode{mode="small",task="intent"} 1.0' in text
     assert 'graduate_router_predicted_fallback_rate{task="intent"} 0.12' in text
     assert "graduate_router_request_latency_seconds_bucket{" in text and 'path="small"' in text
+
+
+def test_middleware_is_plain_asgi_and_the_response_is_rendered_once(world, monkeypatch):
+    from starlette.middleware.base import BaseHTTPMiddleware
+    from starlette.responses import JSONResponse
+
+    app = world["app"]
+    assert app.user_middleware and not any(issubclass(m.cls, BaseHTTPMiddleware) for m in app.user_middleware)
+    rendered = []
+    real = JSONResponse.render
+    monkeypatch.setattr(JSONResponse, "render", lambda self, content: rendered.append(content) or real(self, content))
+    r = world["client"].post("/v1/tasks/intent/predict", json={"input": "where is my card?"},
+                             headers=auth(world["keys"]["all"]))
+    assert r.status_code == 200 and r.headers["x-graduate-served-by"] == "frontier"
+    assert len(rendered) == 1  # one body, encoded once; the middleware only appends headers

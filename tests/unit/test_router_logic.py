@@ -68,6 +68,8 @@ class FakeCapture:
         return call.call_id
 
     def publish(self, spec, key, value, *, dedupe: bool = False) -> bool:
+        if callable(value):  # as the real client does, in its sender thread
+            value = value()
         self.published.append((spec.name, key, value))
         return True
 

@@ -136,7 +136,7 @@ def test_triton_entry_point_answers_each_request_of_a_batch(version_dir: Path, p
 def test_config_is_the_contract() -> None:
     cpu, gpu = triton_repo.config_pbtxt("m-1"), triton_repo.config_pbtxt("m-1", gpu=True)
     for line in ('name: "m-1"', 'backend: "python"', "max_batch_size: 64",
-                 "dynamic_batching { max_queue_delay_microseconds: 500 }",
+                 "dynamic_batching { max_queue_delay_microseconds: 0 }",
                  '{ name: "TEXT" data_type: TYPE_STRING dims: [ 1 ] }',
                  '{ name: "LABEL" data_type: TYPE_STRING dims: [ 1 ] }',
                  '{ name: "CONFIDENCE" data_type: TYPE_FP32 dims: [ 1 ] }',

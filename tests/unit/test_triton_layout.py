@@ -60,6 +60,8 @@ def test_gpu_layout_puts_the_graph_on_the_onnxruntime_backend_behind_a_python_fr
     assert [(g.kind, g.count) for g in graph.instance_group] == [
         (model_config_pb2.ModelInstanceGroup.KIND_GPU, triton_repo.ONNX_GPU_INSTANCES)]
     assert list(graph.dynamic_batching.preferred_batch_size) == [16, 32, 64]
+    for cfg in (front, graph):  # no delay for a lone request; batches form from what queues under load
+        assert cfg.dynamic_batching.max_queue_delay_microseconds == 0
     assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
     assert [(o.name, list(o.dims)) for o in graph.output] == [("logits", [len(LABELS)])]
     for cfg in (front, graph):
