@@ -37,7 +37,10 @@ PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "xxx", "your-key", "sk-..
 SAID_TO_RETRY_STATUS = frozenset({429, 503})  # retried only when the provider also sends Retry-After
 PASSED_THROUGH_STATUS = frozenset({400, 404, 408, 409, 413, 422, 429})  # the caller's to see, as the provider said
 AUTH_STATUS = frozenset({401, 403})  # the provider refused the router's own key: the router's problem
-KEY_PROBLEM = re.compile(r"api[ _-]?key|invalid_api_key|authenticat|unauthori[sz]ed|credential", re.I)
+# a 400 about the router's key, not the request (no_db_connection: the LiteLLM proxy with no key store
+# answers a key it does not know so)
+KEY_PROBLEM = re.compile(r"api[ _-]?key|invalid_api_key|authenticat|unauthori[sz]ed|credential|no_db_connection",
+                         re.I)
 DEFAULT_RETRY_AFTER_S = 1.0  # what a 429 without any hint tells the caller
 
 

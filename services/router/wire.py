@@ -62,13 +62,16 @@ async def relay_events(relay: Relay, call_id: str, include_usage: bool) -> Async
     try:
         async with aclosing(relay.events()) as events:  # a caller who leaves closes the upstream stream too
             async for data, chunk in events:
-                choices = chunk.get("choices")
-                if not choices and chunk.get("usage") and not include_usage:
+                choices = chunk.get("choices") or []
+                finishing = any(c.get("finish_reason") for c in choices)
+                usage_only = bool(chunk.get("usage")) and not finishing and not any(
+                    (c.get("delta") or {}).get("content") for c in choices)
+                if usage_only and not include_usage:
                     continue
                 if held is not None:
                     yield event(held_data)
                     held = None
-                if not choices or any(c.get("finish_reason") for c in choices):
+                if usage_only or finishing or not choices:
                     held, held_data = chunk, data
                     continue
                 yield event(data)
