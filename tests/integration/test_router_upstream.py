@@ -138,8 +138,8 @@ async def test_upstream_errors_reach_the_sdk_as_the_provider_meant_them(start_ro
     failed = []
     for stream in (False, True):
         with pytest.raises(openai.RateLimitError) as limited:
-            await client.chat.completions.create(model="mock-rate-limited", messages=[{"role": "user", "content": INPUT}],
-                                                 stream=stream, extra_headers=task_header())
+            await client.chat.completions.create(model="mock-rate-limited", stream=stream, extra_headers=task_header(),
+                                                 messages=[{"role": "user", "content": INPUT}])
         r = limited.value.response
         assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1
         assert r.headers["x-graduate-served-by"] == "none" and limited.value.type == "rate_limit_error"
@@ -148,7 +148,7 @@ async def test_upstream_errors_reach_the_sdk_as_the_provider_meant_them(start_ro
                                                  stream=stream, extra_headers=task_header())
         assert broken.value.status_code == 500 and "mock internal server error" in broken.value.message
         assert broken.value.response.headers["x-graduate-served-by"] == "none"
-        failed += [limited.value.response.headers["x-graduate-call-id"], broken.value.response.headers["x-graduate-call-id"]]
+        failed += [e.value.response.headers["x-graduate-call-id"] for e in (limited, broken)]
     marker = (await client.chat.completions.create(model="mock-intent", messages=[{"role": "user", "content": INPUT}],
                                                    extra_headers=task_header())).graduate["call_id"]
     assert [c.call_id for c in await captured(kafka_settings, codec, namespace, min_count=1)] == [marker]
