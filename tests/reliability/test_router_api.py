@@ -5,8 +5,8 @@ hostile callers and a failing frontier:
   needs a key, /docs and /redoc are off); reviewer vs service roles (router and
   review page); no raw key in the router's log, even at debug level with the access log on;
 - schemathesis against the router's OpenAPI: no 5xx, every 4xx with a message;
-- the frontier answering 500, 429 with Retry-After, hanging, or with garbage: retries within the
-  budget, a clear 502/504, nothing captured as a label;
+- the frontier answering 500, 429 with Retry-After, hanging, or with garbage: the 429 retried within
+  the budget, each answered as the provider would (429, 500, 504, 502), nothing captured as a label;
 - a restarted router is ready only after it replayed the routing topic, and then serves in the last
   decided mode.
 """
