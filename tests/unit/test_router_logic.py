@@ -35,16 +35,17 @@ PRIVATE = TaskSpec(name="private", kind="classification", labels=LABELS,
                    redaction={"frontier_sees_original": False, "patterns": {"ticket": r"TCK-\d+"}})
 
 
-def stream_events(content: str, usage: bool = True, drop_after: int | None = None):
+def stream_events(content: str, usage: bool = True, drop_after: int | None = None, usage_in_choice: bool = False):
     """A provider's streamed answer: the content in 3-character chunks, finish_reason, usage; or a
     connection dropped after `drop_after` chunks."""
     head = {"id": "s1", "object": "chat.completion.chunk", "created": 1, "model": "frontier-1"}
     chunks = [{**head, "choices": [{"index": 0, "delta": {"content": content[i:i + 3]}, "finish_reason": None}]}
               for i in range(0, len(content), 3)]
     chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
-    if usage:
-        chunks.append({**head, "choices": [], "usage": {"prompt_tokens": 100, "completion_tokens": 4,
-                                                         "total_tokens": 104}})
+    if usage:  # OpenAI sends usage with no choices; the LiteLLM proxy with one empty choice
+        empty = [{"index": 0, "delta": {}}] if usage_in_choice else []
+        chunks.append({**head, "choices": empty, "usage": {"prompt_tokens": 100, "completion_tokens": 4,
+                                                            "total_tokens": 104}})
 
     async def body():
         for i, chunk in enumerate(chunks):
@@ -59,9 +60,9 @@ class FakeFrontier:
     """chat() answers at once; stream() is the real FrontierStream over a scripted event stream."""
 
     def __init__(self, content: str = "card_arrival", error: Exception | None = None, delay: float = 0.0,
-                 usage: bool = True, drop_after: int | None = None):
+                 usage: bool = True, drop_after: int | None = None, usage_in_choice: bool = False):
         self.content, self.error, self.delay = content, error, delay
-        self.usage, self.drop_after = usage, drop_after
+        self.usage, self.drop_after, self.usage_in_choice = usage, drop_after, usage_in_choice
         self.calls: list[tuple[dict, dict]] = []
         self.breaker = CircuitBreaker(5, 1.0)
 
@@ -70,7 +71,8 @@ class FakeFrontier:
         if self.error:
             raise self.error
         response = httpx.Response(200, headers={"content-type": "text/event-stream"},
-                                  content=stream_events(self.content, self.usage, self.drop_after))
+                                  content=stream_events(self.content, self.usage, self.drop_after,
+                                                       self.usage_in_choice))
         return FrontierStream(response, self.breaker, time.perf_counter(), 1, 30.0)
 
     async def chat(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> FrontierAnswer:
@@ -287,8 +289,9 @@ async def relayed(relay, include_usage: bool = False) -> list[dict]:
     return [json.loads(e[6:]) if e != b"data: [DONE]\n\n" else "[DONE]" for e in events]
 
 
-async def test_a_streamed_frontier_answer_is_relayed_then_captured_once_with_the_upstreams_usage():
-    p = ports()
+@pytest.mark.parametrize("usage_in_choice", [False, True])
+async def test_a_streamed_frontier_answer_is_relayed_then_captured_once_with_the_upstreams_usage(usage_in_choice):
+    p = ports(frontier=FakeFrontier(usage_in_choice=usage_in_choice))
     relay = await route(call(), None, p, stream=True)
     assert isinstance(relay, Relay) and relay.served_by == "frontier"
     assert p.capture.of(CapturedCall) == []  # nothing captured before the stream has ended
@@ -307,11 +310,13 @@ async def test_a_streamed_frontier_answer_is_relayed_then_captured_once_with_the
     assert outcome.status_code == 200 and outcome.frontier_latency_ms is not None
 
 
-async def test_a_streamed_fallback_carries_usage_when_asked_and_the_trailer_on_the_usage_chunk():
-    p = ports(small=FakeSmall(confidence=0.2))
+@pytest.mark.parametrize("usage_in_choice", [False, True])
+async def test_a_streamed_fallback_carries_usage_when_asked_and_the_trailer_on_the_usage_chunk(usage_in_choice):
+    p = ports(small=FakeSmall(confidence=0.2), frontier=FakeFrontier(usage_in_choice=usage_in_choice))
     relay = await route(call(), small(), p, stream=True)
     events = await relayed(relay, include_usage=True)
-    assert events[-2]["choices"] == [] and events[-2]["usage"]["prompt_tokens"] == 100
+    assert events[-2]["usage"]["prompt_tokens"] == 100 and not any(
+        c["delta"] for c in events[-2]["choices"])
     assert events[-2]["graduate"]["served_by"] == "fallback" and events[-2]["graduate"]["confidence"] == 0.2
     assert events[-3]["choices"][0]["finish_reason"] == "stop" and "graduate" not in events[-3]
     [captured] = p.capture.of(CapturedCall)
