@@ -7,10 +7,8 @@ answers (`chat`, `stream`), and a circuit breaker that stops calling a provider 
 Retries only where the request surely did not reach the provider (connection refused or not made)
 or where the provider said when to come back (429/503 with Retry-After), all within one wall-clock
 budget that the provider's own time counts against; a request whose connection dropped after it
-was sent is never sent again (it may have been billed). Failures raise `FrontierError` subclasses
-that carry the status and OpenAI error type the router answers with, as the provider would have
-(an upstream 429 stays a 429, a 5xx stays that 5xx), except the router's own misconfiguration
-(the provider refusing its key), which is a 502 that names the frontier.
+was sent is never sent again (it may have been billed). Failures raise the `FrontierError`
+subclasses of frontier_errors.py (imported from here too); streams are frontier_stream.py's.
 """
 from __future__ import annotations
 
@@ -22,26 +20,38 @@ import math
 import random
 import re
 import time
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Optional
+from typing import Any, Callable, Optional
 
 import httpx
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from services.common.frontier_sse import DONE, assemble, sse_data
+from services.common.frontier_errors import (  # noqa: F401 (the names callers import from here)
+    DEFAULT_RETRY_AFTER_S,
+    PASSED_THROUGH_STATUS,
+    FrontierAnswer,
+    FrontierAuthError,
+    FrontierBadResponse,
+    FrontierCircuitOpen,
+    FrontierDisconnected,
+    FrontierError,
+    FrontierTimeout,
+    FrontierUnreachable,
+    FrontierUpstreamError,
+    parse_completion,
+    read_error,
+)
+from services.common.frontier_stream import FrontierStream
 
 log = logging.getLogger(__name__)
 
 PLACEHOLDER_KEYS = frozenset({"changeme", "change-me", "xxx", "your-key", "sk-..."})
 SAID_TO_RETRY_STATUS = frozenset({429, 503})  # retried only when the provider also sends Retry-After
-PASSED_THROUGH_STATUS = frozenset({400, 404, 408, 409, 413, 422, 429})  # the caller's to see, as the provider said
 AUTH_STATUS = frozenset({401, 403})  # the provider refused the router's own key: the router's problem
 # a 400 about the router's key, not the request (no_db_connection: the LiteLLM proxy with no key store
 # answers a key it does not know so)
 KEY_PROBLEM = re.compile(r"api[ _-]?key|invalid_api_key|authenticat|unauthori[sz]ed|credential|no_db_connection",
                          re.I)
-DEFAULT_RETRY_AFTER_S = 1.0  # what a 429 without any hint tells the caller
 
 
 class FrontierSettings(BaseSettings):
@@ -78,93 +88,6 @@ class FrontierSettings(BaseSettings):
         if v is not None and v.get_secret_value().strip().lower() in PLACEHOLDER_KEYS:
             raise ValueError("is a placeholder; set a real key or leave it unset")
         return v
-
-
-class FrontierError(Exception):
-    """The frontier call failed. `status_code`, `error_type` (the OpenAI error `type`) and `code` are what
-    the router answers with; `retry_after` (seconds) becomes a Retry-After header where it is set."""
-
-    status_code = 502
-    error_type = "api_error"
-    code = "frontier_error"
-    counts_against_provider = True  # the circuit breaker counts it
-
-    def __init__(self, message: str, *, upstream_status: int | None = None, attempts: int = 1,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message)
-        self.upstream_status = upstream_status
-        self.attempts = attempts
-        self.retry_after = retry_after
-
-
-class FrontierUpstreamError(FrontierError):
-    """The provider answered with an error status; the router answers as the provider did: a 4xx about
-    the request or a 429 as that status, a 5xx as that 5xx (`server_error`), anything else as a 502."""
-
-    code = "frontier_upstream_error"
-
-    def __init__(self, message: str, *, upstream_status: int | None = None, attempts: int = 1,
-                 retry_after: float | None = None) -> None:
-        super().__init__(message, upstream_status=upstream_status, attempts=attempts, retry_after=retry_after)
-        status = upstream_status or 502
-        if status == 429:
-            self.status_code, self.error_type, self.code = 429, "rate_limit_error", "rate_limit_exceeded"
-            self.counts_against_provider = False  # the provider is fine; this caller is over its quota
-            self.retry_after = retry_after if retry_after is not None else DEFAULT_RETRY_AFTER_S
-        elif status in PASSED_THROUGH_STATUS:
-            self.status_code, self.error_type, self.code = status, "invalid_request_error", "frontier_rejected_request"
-            self.counts_against_provider = False
-        elif 500 <= status <= 599:
-            self.status_code, self.error_type = status, "server_error"
-
-
-class FrontierAuthError(FrontierError):
-    """The provider refused the router's own credentials (401/403, or a 400 about its key): a
-    misconfiguration of the router, never the caller's fault. A 502 that says so; the breaker counts it."""
-
-    code = "frontier_auth_error"
-
-
-class FrontierBadResponse(FrontierError):
-    """The provider answered 200 with something that is not a chat completion."""
-
-    code = "frontier_bad_response"
-
-
-class FrontierUnreachable(FrontierError):
-    """No connection to the provider could be made."""
-
-    code = "frontier_unreachable"
-
-
-class FrontierDisconnected(FrontierError):
-    """The connection dropped after the request was sent (or mid-stream): never retried."""
-
-    code = "frontier_disconnected"
-
-
-class FrontierTimeout(FrontierError):
-    status_code = 504
-    error_type = "timeout_error"
-    code = "frontier_timeout"
-
-
-class FrontierCircuitOpen(FrontierError):
-    status_code = 503
-    error_type = "server_error"
-    code = "frontier_circuit_open"
-
-
-@dataclass(frozen=True)
-class FrontierAnswer:
-    body: dict[str, Any]
-    content: str
-    model: str
-    latency_ms: float
-    prompt_tokens: int
-    completion_tokens: int
-    attempts: int
-    first_chunk_ms: float | None = None  # streamed answers: when the first chunk arrived
 
 
 class CircuitBreaker:
@@ -281,22 +204,6 @@ def backoff_s(attempt: int, base: float, cap: float, rng: random.Random) -> floa
     return rng.uniform(0.0, min(cap, base * (2 ** attempt)))
 
 
-def parse_completion(body: Any) -> tuple[str, str, int, int]:
-    """(content, model, prompt_tokens, completion_tokens) of a chat.completion; FrontierBadResponse if not one."""
-    try:
-        message = body["choices"][0]["message"]
-        content = message.get("content")
-        if content is None and message.get("refusal"):
-            content = message["refusal"]
-        if not isinstance(content, str):
-            raise TypeError("message.content is not text")
-        usage = body.get("usage") or {}
-        return (content, str(body.get("model") or ""), int(usage.get("prompt_tokens") or 0),
-                int(usage.get("completion_tokens") or 0))
-    except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-        raise FrontierBadResponse(f"frontier answered 200 with no chat completion: {exc}") from None
-
-
 class FrontierClient:
     """`await client.chat(payload)` → FrontierAnswer; `await client.stream(payload)` → an open
     FrontierStream; or a FrontierError subclass."""
@@ -329,7 +236,7 @@ class FrontierClient:
             try:
                 await resp.aread()
             except httpx.HTTPError as exc:
-                raise _read_error(exc, self.settings.timeout_s, attempts) from None
+                raise read_error(exc, self.settings.timeout_s, attempts) from None
             finally:
                 await resp.aclose()
             try:
@@ -348,7 +255,7 @@ class FrontierClient:
         return FrontierAnswer(body=body, content=text, model=model, latency_ms=(time.perf_counter() - start) * 1000,
                               prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, attempts=attempts)
 
-    async def stream(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> "FrontierStream":
+    async def stream(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> FrontierStream:
         """A streamed chat completion, open once the provider answered 200 with an event stream (errors
         before that are raised here, so the caller can still answer with a status); iterate it for the
         chunks as they arrive, and close it (`async with` does)."""
@@ -417,13 +324,13 @@ class FrontierClient:
             raise _Retryable(FrontierUnreachable(f"cannot reach the frontier at {s.base_url}: "
                                                  f"{type(exc).__name__}: {exc}", attempts=attempt)) from None
         except httpx.HTTPError as exc:
-            raise _read_error(exc, timeout.read, attempt) from None
+            raise read_error(exc, timeout.read, attempt) from None
         if resp.status_code == 200:
             return resp
         try:
             await resp.aread()
         except httpx.HTTPError as exc:
-            raise _read_error(exc, timeout.read, attempt) from None
+            raise read_error(exc, timeout.read, attempt) from None
         finally:
             await resp.aclose()
         raise self._status_error(resp, attempt)
@@ -442,111 +349,6 @@ class FrontierClient:
         if status in SAID_TO_RETRY_STATUS and said is not None:
             return _Retryable(error, said)
         return error
-
-
-class FrontierStream:
-    """An open streamed answer. `async for data, chunk in stream` gives each event's data as the
-    provider sent it (bytes, to pass on untouched) with its parsed chunk; after the last one,
-    `answer` is the whole answer assembled from the chunks (usage as the provider sent it).
-    A failure mid-stream raises FrontierError (never retried: the answer was under way)."""
-
-    def __init__(self, response: httpx.Response, breaker: CircuitBreaker, start: float, attempts: int,
-                 timeout_s: float) -> None:
-        self._resp = response
-        self._breaker = breaker
-        self._start = start
-        self._attempts = attempts
-        self._timeout_s = timeout_s
-        self._settled = False
-        self.answer: FrontierAnswer | None = None
-
-    async def __aenter__(self) -> "FrontierStream":
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        """Close the connection; a stream given up before its end (the caller left) neither succeeded nor
-        failed the provider."""
-        await self._resp.aclose()
-        self._settle(None)
-
-    async def __aiter__(self) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
-        chunks: list[dict[str, Any]] = []
-        first_ms: float | None = None
-        done = False
-        try:
-            async for data in sse_data(self._resp.aiter_lines()):
-                if data.strip() == DONE:
-                    done = True
-                    break
-                chunk = _chunk(data)
-                if first_ms is None:
-                    first_ms = (time.perf_counter() - self._start) * 1000
-                chunks.append(chunk)
-                yield data.encode(), chunk
-        except httpx.HTTPError as exc:
-            error = _read_error(exc, self._timeout_s, self._attempts, mid_stream=True)
-            self._settle(error)
-            raise error from None
-        except FrontierError as exc:
-            self._settle(exc)
-            raise
-        if not done and not any(c.get("finish_reason") for ch in chunks for c in ch.get("choices") or []):
-            error = FrontierDisconnected("the frontier's stream ended before its answer did (no finish_reason, "
-                                         "no [DONE])", attempts=self._attempts)
-            self._settle(error)
-            raise error
-        self.answer = _streamed_answer(chunks, self._start, first_ms, self._attempts)
-        self._settle(self.answer)
-
-    def _settle(self, outcome: FrontierAnswer | FrontierError | None) -> None:
-        if self._settled:
-            return
-        self._settled = True
-        if isinstance(outcome, FrontierAnswer):
-            self._breaker.record_success()
-        elif isinstance(outcome, FrontierError):
-            self._breaker.record_failure()
-        else:
-            self._breaker.release()
-
-
-def _chunk(data: str) -> dict[str, Any]:
-    try:
-        chunk = json.loads(data)
-    except json.JSONDecodeError:
-        raise FrontierBadResponse(f"frontier streamed an event that is not JSON: {data[:200]!r}") from None
-    if not isinstance(chunk, dict):
-        raise FrontierBadResponse(f"frontier streamed an event that is not a chunk: {data[:200]!r}")
-    if chunk.get("error"):
-        err = chunk["error"]
-        message = err.get("message") if isinstance(err, dict) else str(err)
-        raise FrontierUpstreamError(f"frontier failed mid-stream: {message}")
-    return chunk
-
-
-def _streamed_answer(chunks: list[dict[str, Any]], start: float, first_ms: float | None,
-                     attempts: int) -> FrontierAnswer:
-    body = assemble(chunks)
-    text, model, prompt_tokens, completion_tokens = parse_completion(body)
-    return FrontierAnswer(body=body, content=text, model=model, latency_ms=(time.perf_counter() - start) * 1000,
-                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, attempts=attempts,
-                          first_chunk_ms=first_ms)
-
-
-def _read_error(exc: httpx.HTTPError, read_timeout: float | None, attempt: int,
-                mid_stream: bool = False) -> FrontierError:
-    """An error after the request was sent: never retried (the provider may have run it)."""
-    where = "mid-stream" if mid_stream else "after the request was sent"
-    if isinstance(exc, httpx.TimeoutException):
-        return FrontierTimeout(f"frontier did not answer within {read_timeout:g} s {where} ({type(exc).__name__})",
-                               attempts=attempt)
-    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)):
-        return FrontierDisconnected(f"the frontier dropped the connection {where}; not retried (it may have run "
-                                    f"the request): {type(exc).__name__}: {exc}", attempts=attempt)
-    return FrontierUnreachable(f"frontier transport error {where}: {type(exc).__name__}: {exc}", attempts=attempt)
 
 
 class _Retryable(Exception):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
-from pathlib import Path
 
 import httpx
 import openai
@@ -15,10 +14,10 @@ import pytest
 
 from services.common.frontier import FrontierSettings
 from services.common.settings import REPO_ROOT
-from tests.integration.test_router import (  # noqa: F401 (api_key is a fixture)
+from services.router.keys import create_key
+from tests.integration.test_router import (
     TASK,
     RouterServer,
-    api_key,
     captured,
     free_port,
     outcomes,
@@ -58,6 +57,11 @@ def litellm(tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
+
+
+@pytest.fixture
+def api_key(tmp_path) -> str:
+    return create_key(tmp_path / "keys.json", "billing-service")
 
 
 @pytest.fixture

@@ -203,6 +203,30 @@ async def test_the_routers_own_bad_key_is_a_502_naming_the_frontier_and_trips_th
     assert len(script.requests) == 2 and 0 < err.value.retry_after <= 5
 
 
+def test_reset_and_retry_after_header_forms():
+    assert (reset_s("1s"), reset_s("6m0s"), reset_s("20ms"), reset_s("2.5"), reset_s("soon")) == (
+        1.0, 360.0, 0.02, 2.5, None)
+    assert (retry_after_header(0.2), retry_after_header(1.0), retry_after_header(1.01)) == ("1", "1", "2")
+
+
+async def test_unreachable_is_502_after_the_retries():
+    script, sleeps = Script(httpx.ConnectError("refused")), []
+    c = client(script, sleeps, max_retries=1)
+    with pytest.raises(FrontierUnreachable) as err:
+        await c.chat({"messages": []})
+    await c.aclose()
+    assert err.value.status_code == 502 and len(script.requests) == 2
+
+
+async def test_read_timeout_is_504_and_not_retried():
+    script, sleeps = Script(httpx.ReadTimeout("slow")), []
+    c = client(script, sleeps)
+    with pytest.raises(FrontierTimeout) as err:
+        await c.chat({"messages": []})
+    await c.aclose()
+    assert err.value.status_code == 504 and err.value.error_type == "timeout_error" and len(script.requests) == 1
+
+
 @pytest.mark.parametrize("response", [
     httpx.Response(200, content=b'{"id": "x", "choi'),
     httpx.Response(200, json={"id": "x", "choices": []}),
