@@ -178,3 +178,13 @@ async def test_the_routers_own_wrong_key_is_a_502_naming_the_frontier_then_the_b
     assert r.headers["x-graduate-served-by"] == "none"
     metrics = httpx.get(router.metrics_url, timeout=10).text
     assert f'graduate_router_frontier_errors_total{{code="frontier_auth_error",task="{TASK}"}} 2.0' in metrics
+
+
+async def test_an_upstream_slower_than_the_timeout_is_a_504_timeout_error(start_router, clients, api_key):
+    router = start_router(timeout_s=0.3)  # mock-slow answers after 1 s (tests/upstream/litellm_config.yaml)
+    client = clients(router, api_key)
+    with pytest.raises(openai.InternalServerError) as slow:
+        await client.chat.completions.create(model="mock-slow", messages=[{"role": "user", "content": INPUT}],
+                                             extra_headers=task_header())
+    assert slow.value.status_code == 504 and slow.value.code == "frontier_timeout"
+    assert slow.value.type == "timeout_error" and slow.value.response.headers["x-graduate-served-by"] == "none"
