@@ -108,21 +108,30 @@ class Relay:
     end: Callable[[FrontierAnswer | FrontierError | None], Optional[Served]]
     served: Optional[Served] = None
 
+    ended: bool = False
+
     async def events(self) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
-        ended = False
         try:
             async with self.stream:
                 async for event in self.stream:
                     yield event
-            ended = True
-            self.served = self.end(self.stream.answer)
+            self._end(self.stream.answer)
         except FrontierError as exc:
-            ended = True
-            self.end(exc)
+            self._end(exc)
             raise
         finally:
-            if not ended:
-                self.end(None)
+            self._end(None)
+
+    async def aclose(self) -> None:
+        """Close the upstream stream and record the outcome if `events()` never got to the end (or to
+        its start: a caller gone before the response began)."""
+        await self.stream.aclose()
+        self._end(None)
+
+    def _end(self, outcome: FrontierAnswer | FrontierError | None) -> None:
+        if not self.ended:
+            self.ended = True
+            self.served = self.end(outcome)
 
 
 # -- building requests -------------------------------------------------------------------------

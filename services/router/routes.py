@@ -114,10 +114,24 @@ def upstream_headers(request: Request, state: RouterState, task: str | None) -> 
     return headers
 
 
+class RelayResponse(StreamingResponse):
+    """The relayed stream; the upstream stream is closed however the response ends, also when the
+    caller left before it began (Starlette then never starts the body iterator)."""
+
+    def __init__(self, relay: Relay, call_id: str, include_usage: bool) -> None:
+        super().__init__(relay_events(relay, call_id, include_usage), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache"})
+        self.relay = relay
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.relay.aclose()
+
+
 def relayed(request: Request, relay: Relay, chat: ChatRequest) -> StreamingResponse:
-    include_usage = bool((chat.stream_options or {}).get("include_usage"))
-    return StreamingResponse(relay_events(relay, request.state.call_id, include_usage),
-                             media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+    return RelayResponse(relay, request.state.call_id, bool((chat.stream_options or {}).get("include_usage")))
 
 
 def respond(completion: dict[str, Any], chat: ChatRequest) -> Response:

@@ -350,3 +350,12 @@ async def test_the_small_path_is_not_streamed_from_the_frontier():
     p = ports()
     served = await route(call(), small(), p, stream=True)
     assert isinstance(served, Served) and served.served_by == "small" and p.frontier.calls == []
+
+
+async def test_a_relay_never_started_is_closed_and_recorded_once():
+    p = ports()
+    relay = await route(call(), None, p, stream=True)
+    await relay.aclose()  # the caller left before the response began
+    await relay.aclose()
+    assert relay.stream._resp.is_closed and p.capture.of(CapturedCall) == []
+    assert [o.status_code for o in p.capture.of(RouterOutcome)] == [499]
