@@ -153,11 +153,16 @@ async def test_upstream_errors_reach_the_sdk_as_the_provider_meant_them(start_ro
         assert broken.value.status_code == 500 and "mock internal server error" in broken.value.message
         assert broken.value.response.headers["x-graduate-served-by"] == "none"
         failed += [e.value.response.headers["x-graduate-call-id"] for e in (limited, broken)]
+    with pytest.raises(openai.InternalServerError) as overloaded:  # LiteLLM's failing stream: 529 before any chunk
+        await client.chat.completions.create(model="mock-stream-broken", stream=True, extra_headers=task_header(),
+                                             messages=[{"role": "user", "content": INPUT}])
+    assert overloaded.value.status_code == 529 and overloaded.value.type == "server_error"
+    failed.append(overloaded.value.response.headers["x-graduate-call-id"])
     marker = (await client.chat.completions.create(model="mock-intent", messages=[{"role": "user", "content": INPUT}],
                                                    extra_headers=task_header())).graduate["call_id"]
     assert [c.call_id for c in await captured(kafka_settings, codec, namespace, min_count=1)] == [marker]
-    outs = {o.call_id: o.status_code for o in await outcomes(kafka_settings, codec, namespace, min_count=5)}
-    assert [outs[c] for c in failed] == [429, 500, 429, 500]
+    outs = {o.call_id: o.status_code for o in await outcomes(kafka_settings, codec, namespace, min_count=6)}
+    assert [outs[c] for c in failed] == [429, 500, 429, 500, 529]
 
 
 async def test_the_routers_own_wrong_key_is_a_502_naming_the_frontier_then_the_breaker_opens(
