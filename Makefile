@@ -12,7 +12,7 @@ FLINK_JARS := org.apache.flink:flink-sql-connector-kafka:5.0.0-2.2 org.apache.fl
 
 TASK ?= banking77
 
-.PHONY: browser tools validators help venv up run down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
+.PHONY: browser tools upstream validators help venv up run down status logs topics test test-unit test-integration test-e2e test-reliability demo bench clean
 
 help: ## show this help
 	@awk 'BEGIN{FS=":.*## "} /^[a-zA-Z_-]+:.*## /{printf "  \033[36mmake %-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,6 +45,11 @@ tools: ## kcat (Debian), Apicurio Registry (Maven Central), pyspark + pyflink (.
 	@for a in $(FLINK_JARS); do mvn -q -B dependency:get -Dartifact=$$a -Dtransitive=false >/dev/null \
 	  || { echo "ERROR: mvn could not fetch $$a"; exit 1; }; done
 
+upstream: ## the LiteLLM proxy (PyPI, its own .venv-upstream: its pins conflict with ours), the third-party upstream of the router tests
+	@command -v uv >/dev/null || $(PY) -m pip install -q uv
+	@test -x .venv-upstream/bin/python || uv venv -q -p $(PY) .venv-upstream
+	uv pip sync -q -p .venv-upstream/bin/python tests/upstream/requirements.txt
+
 up: venv ## start Kafka and Triton on 127.0.0.1 and ensure the topics; registry mode (GRADUATE_SCHEMA_REGISTRY_URL set): Apicurio too, schemas registered
 	bash $(KAFKA) start
 	bash $(TRITON) start
@@ -72,7 +77,7 @@ logs: ## tail the Kafka and Triton logs
 topics: venv ## show the topics and their policies
 	$(VENV)/bin/graduate topics list
 
-test: venv browser tools validators ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
+test: venv browser tools upstream validators ## set up, start Kafka + Triton, run unit + integration + e2e tests, stop everything
 	bash deploy/local/run-tests.sh tests
 
 test-unit: venv validators ## unit tests only (no services)

@@ -7,7 +7,7 @@ from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from services.common.frontier import FrontierError
+from services.common.frontier import FrontierError, retry_after_header
 
 log = logging.getLogger(__name__)
 
@@ -19,8 +19,9 @@ class ApiError(Exception):
         self.status, self.code, self.message, self.param, self.headers = status, code, message, param, headers
 
 
-def error_body(request: Request, status: int, code: str, message: str, param: str | None = None) -> dict:
-    kind = "invalid_request_error" if status < 500 else "api_error"
+def error_body(request: Request, status: int, code: str, message: str, param: str | None = None,
+               kind: str | None = None) -> dict:
+    kind = kind or ("invalid_request_error" if status < 500 else "api_error")
     return {"error": {"message": message, "type": kind, "param": param, "code": code},
             "call_id": request.state.call_id if hasattr(request.state, "call_id") else None}
 
@@ -31,7 +32,10 @@ async def on_api_error(request: Request, exc: ApiError) -> JSONResponse:
 
 
 async def on_frontier_error(request: Request, exc: FrontierError) -> JSONResponse:
-    return JSONResponse(error_body(request, exc.status_code, exc.code, str(exc)), status_code=exc.status_code)
+    """As the provider would have answered: its status and error type, Retry-After where it applies."""
+    headers = {"Retry-After": retry_after_header(exc.retry_after)} if exc.retry_after is not None else None
+    return JSONResponse(error_body(request, exc.status_code, exc.code, str(exc), kind=exc.error_type),
+                        status_code=exc.status_code, headers=headers)
 
 
 async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

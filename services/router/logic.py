@@ -13,16 +13,16 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Any, AsyncIterator, Callable, Optional, Protocol
 
 from services.capture.client import CaptureStats
 from services.common.catalog import DEADLETTER, ROUTER_OUTCOMES, TopicSpec
 from services.common.contracts import CapturedCall, Contract, Mode, RouterOutcome, RoutingDecision, ServedBy
-from services.common.frontier import FrontierAnswer, FrontierError
+from services.common.frontier import FrontierAnswer, FrontierError, FrontierStream
 from services.common.redaction import Redacted, Redactor
 from services.common.tasks import ParseFailure, TaskSpec
 from services.common.triton import SmallAnswer, TritonUnavailable
-from services.router.metrics import RouterMetrics
+from services.router.metrics import NO_TASK, RouterMetrics
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ EXPECTED_COMPLETION_TOKENS = 8
 
 class Frontier(Protocol):
     async def chat(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> FrontierAnswer: ...
+    async def stream(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> FrontierStream: ...
 
 
 class SmallModel(Protocol):
@@ -96,6 +97,43 @@ class Served:
     completion: Optional[dict[str, Any]] = None  # the frontier's chat.completion body, when it answered
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+@dataclass
+class Relay:
+    """A frontier answer streamed to the caller as it arrives: iterate `events()` to pass each chunk on;
+    once the stream has ended, `end` captures it and records its outcome (once) and `served` says what
+    was served. A stream that fails mid-way raises FrontierError from `events()`; one the caller
+    leaves is recorded as 499 and not captured."""
+    stream: FrontierStream
+    served_by: ServedBy
+    end: Callable[[FrontierAnswer | FrontierError | None], Optional[Served]]
+    served: Optional[Served] = None
+
+    ended: bool = False
+
+    async def events(self) -> AsyncIterator[tuple[bytes, dict[str, Any]]]:
+        try:
+            async with self.stream:
+                async for event in self.stream:
+                    yield event
+            self._end(self.stream.answer)
+        except FrontierError as exc:
+            self._end(exc)
+            raise
+        finally:
+            self._end(None)
+
+    async def aclose(self) -> None:
+        """Close the upstream stream and record the outcome if `events()` never got to the end (or to
+        its start: a caller gone before the response began)."""
+        await self.stream.aclose()
+        self._end(None)
+
+    def _end(self, outcome: FrontierAnswer | FrontierError | None) -> None:
+        if not self.ended:
+            self.ended = True
+            self.served = self.end(outcome)
 
 
 # -- building requests -------------------------------------------------------------------------
@@ -174,18 +212,21 @@ def outcome_of(served: Served, decision: RoutingDecision | None, *, small_ms: fl
 
 
 # -- the request path --------------------------------------------------------------------------
-async def route(call: TaskCall, decision: RoutingDecision | None, ports: Ports) -> Served:
-    """Serve `call` in the mode its decision says; FrontierError when the frontier was needed and failed."""
+async def route(call: TaskCall, decision: RoutingDecision | None, ports: Ports,
+                stream: bool = False) -> Served | Relay:
+    """Serve `call` in the mode its decision says; FrontierError when the frontier was needed and failed.
+    With `stream`, a frontier answer comes back as a Relay (the small model's answer is never streamed:
+    it is whole at once)."""
     start = time.perf_counter()
     mode: Mode = decision.mode if decision else "frontier"
     redactor = ports.redactor(call.task)
     if mode != "small":
-        return await serve_frontier(call, decision, start, ports, redactor)
+        return await serve_frontier(FrontierLeg(call, decision, start, ports, redactor), stream)
     answer, small_ms, reason = await ask_small(call, decision, redactor, ports)
     if reason is None:
         return serve_small(call, decision, answer, small_ms, start, ports, redactor)
     ports.metrics.fallbacks.labels(call.task.name, reason).inc()
-    return await serve_frontier(call, decision, start, ports, redactor, fallback=(reason, answer, small_ms))
+    return await serve_frontier(FrontierLeg(call, decision, start, ports, redactor, (reason, answer, small_ms)), stream)
 
 
 def serve_small(call: TaskCall, decision: RoutingDecision, answer: SmallAnswer, small_ms: float, start: float,
@@ -204,32 +245,72 @@ def serve_small(call: TaskCall, decision: RoutingDecision, answer: SmallAnswer, 
     return served
 
 
-async def serve_frontier(call: TaskCall, decision: RoutingDecision | None, start: float, ports: Ports,
-                         redactor: Redactor,
-                         fallback: tuple[str, SmallAnswer | None, float | None] | None = None) -> Served:
-    """The frontier's answer, captured (source frontier, or fallback with the small model's reason)."""
-    task, mode = call.task, decision.mode if decision else "frontier"
-    reason, small_answer, small_ms = fallback or (None, None, None)
-    served_by: ServedBy = "fallback" if fallback else "frontier"
-    confidence = small_answer.confidence if small_answer else None
-    version = decision.model_version if decision and mode != "frontier" else None
+@dataclass(frozen=True)
+class FrontierLeg:
+    """One call's trip to the frontier (source frontier, or fallback with the small model's reason) and
+    how its answer is captured, or its failure recorded."""
+    call: TaskCall
+    decision: RoutingDecision | None
+    start: float
+    ports: Ports
+    redactor: Redactor
+    fallback: tuple[str, SmallAnswer | None, float | None] | None = None
+
+    @property
+    def served_by(self) -> ServedBy:
+        return "fallback" if self.fallback else "frontier"
+
+    def answered(self, answer: FrontierAnswer) -> Served:
+        call, task = self.call, self.call.task
+        capture_answer(call, answer, self.served_by, self.ports, self.redactor)
+        parsed, _ = parse_answer(task, answer.content)
+        served = self._served(parsed if parsed is not None else answer.content, answer.content, model=answer.model,
+                              completion=answer.body, prompt_tokens=answer.prompt_tokens,
+                              completion_tokens=answer.completion_tokens)
+        record(served, self.decision, self.ports, self.redactor, small_ms=self._small_ms,
+               frontier_ms=round(answer.latency_ms, 3), sampled=False)
+        return served
+
+    def failed(self, status_code: int, code: str) -> None:
+        self.ports.metrics.frontier_errors.labels(self.call.task.name, code).inc()
+        record(self._served("", ""), self.decision, self.ports, self.redactor, small_ms=self._small_ms,
+               frontier_ms=None, sampled=False, status_code=status_code)
+
+    def end(self, outcome: FrontierAnswer | FrontierError | None) -> Served | None:
+        """How a streamed answer ended: whole (captured), failed, or left by the caller (None: 499)."""
+        if isinstance(outcome, FrontierAnswer):
+            return self.answered(outcome)
+        if isinstance(outcome, FrontierError):
+            self.failed(outcome.status_code, outcome.code)
+        else:
+            self.failed(499, "caller_left")
+        return None
+
+    @property
+    def _small_ms(self) -> float | None:
+        return self.fallback[2] if self.fallback else None
+
+    def _served(self, output: str, content: str, **answer: Any) -> Served:
+        mode = self.decision.mode if self.decision else "frontier"
+        small_answer = self.fallback[1] if self.fallback else None
+        return Served(self.call.call_id, self.call.task.name, mode, self.served_by, output, content,
+                      (time.perf_counter() - self.start) * 1000,
+                      confidence=small_answer.confidence if small_answer else None,
+                      model_version=self.decision.model_version if self.decision and mode != "frontier" else None,
+                      fallback_reason=self.fallback[0] if self.fallback else None, **answer)
+
+
+async def serve_frontier(leg: FrontierLeg, stream: bool = False) -> Served | Relay:
+    """The frontier's answer, captured; with `stream`, a Relay that captures it once it has ended."""
+    payload = frontier_payload(leg.call, leg.redactor)
     try:
-        answer = await ports.frontier.chat(frontier_payload(call, redactor), call.headers)
+        if stream:
+            return Relay(await leg.ports.frontier.stream(payload, leg.call.headers), leg.served_by, leg.end)
+        answer = await leg.ports.frontier.chat(payload, leg.call.headers)
     except FrontierError as exc:
-        failed = Served(call.call_id, task.name, mode, served_by, "", "", (time.perf_counter() - start) * 1000,
-                        confidence=confidence, model_version=version, fallback_reason=reason)
-        record(failed, decision, ports, redactor, small_ms=small_ms, frontier_ms=None, sampled=False,
-               status_code=exc.status_code)
+        leg.failed(exc.status_code, exc.code)
         raise
-    capture_answer(call, answer, served_by, ports, redactor)
-    parsed, _ = parse_answer(task, answer.content)
-    served = Served(call.call_id, task.name, mode, served_by, parsed if parsed is not None else answer.content,
-                    answer.content, (time.perf_counter() - start) * 1000, confidence=confidence,
-                    model_version=version, model=answer.model, fallback_reason=reason, completion=answer.body,
-                    prompt_tokens=answer.prompt_tokens, completion_tokens=answer.completion_tokens)
-    record(served, decision, ports, redactor, small_ms=small_ms, frontier_ms=round(answer.latency_ms, 3),
-           sampled=False)
-    return served
+    return leg.answered(answer)
 
 
 def small_model_name(task: TaskSpec, decision: RoutingDecision) -> str:
@@ -306,15 +387,27 @@ async def sample(call: TaskCall, ports: Ports) -> None:
         answer = await ports.frontier.chat(frontier_payload(call, redactor), call.headers)
     except FrontierError as exc:
         ports.metrics.samples.labels(call.task.name, "frontier_error").inc()
+        ports.metrics.frontier_errors.labels(call.task.name, exc.code).inc()
         log.info("sampled frontier call for %s failed: %s", call.call_id, exc)
         return
     capture_answer(call, answer, "sampled", ports, redactor)
     ports.metrics.samples.labels(call.task.name, "captured").inc()
 
 
-async def proxy(payload: dict[str, Any], headers: dict[str, str], ports: Ports) -> FrontierAnswer:
-    """A request with no task: passed to the frontier as it is, not captured."""
-    return await ports.frontier.chat(payload, headers)
+async def proxy(payload: dict[str, Any], headers: dict[str, str], ports: Ports,
+                stream: bool = False) -> FrontierAnswer | Relay:
+    """A request with no task: passed to the frontier as it is (streamed when asked), not captured."""
+    def end(outcome: FrontierAnswer | FrontierError | None) -> None:
+        if isinstance(outcome, FrontierError):
+            ports.metrics.frontier_errors.labels(NO_TASK, outcome.code).inc()
+
+    try:
+        if stream:
+            return Relay(await ports.frontier.stream(payload, headers), "frontier", end)
+        return await ports.frontier.chat(payload, headers)
+    except FrontierError as exc:
+        end(exc)
+        raise
 
 
 def dead_letters(capture: Capture):

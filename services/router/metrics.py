@@ -37,6 +37,9 @@ class RouterMetrics:
         self.parse_failures = Counter("graduate_router_frontier_parse_failures_total",
                                       "Frontier answers that are not a valid task output (captured, never a label)",
                                       ["task"], registry=r)
+        self.frontier_errors = Counter("graduate_router_frontier_errors_total",
+                                       "Frontier calls that failed, by error code (frontier_auth_error: the "
+                                       "provider refused the router's own key)", ["task", "code"], registry=r)
         self.samples = Counter("graduate_router_samples_total",
                                "Small-mode requests sampled to the frontier, by result", ["task", "result"], registry=r)
         self._capture_stats: Callable[[], CaptureStats] | None = None

@@ -18,7 +18,11 @@ STATUS_TEXT = {400: "malformed body: not JSON, not UTF-8, too deep, invalid Unic
                401: "missing or invalid API key", 403: "the key's role or tasks do not allow this",
                404: "unknown task or model", 413: "body over the size limit",
                422: "a field or sampling parameter is invalid (named in error.param)",
-               502: "the frontier failed or answered garbage", 503: "not ready, or the frontier circuit is open",
+               429: "the frontier rate-limited the request (rate_limit_error; Retry-After says when to retry)",
+               500: "the frontier answered 500 (an upstream 5xx is passed on as that status, type server_error)",
+               502: "the frontier failed, dropped the connection, answered garbage, or refused the router's own "
+                    "key (frontier_auth_error)",
+               503: "not ready, the frontier is overloaded, or the frontier circuit is open (Retry-After)",
                504: "the frontier timed out"}
 
 
@@ -39,13 +43,14 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
     return {code: {"model": ErrorBody, "description": STATUS_TEXT[code]} for code in codes}
 
 
-TASK_CALL = errors(400, 401, 403, 404, 413, 422, 502, 503, 504)
+TASK_CALL = errors(400, 401, 403, 404, 413, 422, 429, 500, 502, 503, 504)
 KEYED = errors(401, 403)
 COMPLETION = {200: {"description": "a chat.completion (or server-sent events with stream=true)", "content": {
     "application/json": {"schema": {"type": "object", "required": ["choices"], "properties": {
         "id": {"type": "string"}, "object": {"type": "string"}, "model": {"type": "string"},
         "choices": {"type": "array", "items": {"type": "object"}}}}},
-    "text/event-stream": {"schema": {"type": "string"}}}}}
+    "text/event-stream": {"schema": {  # each event: chunks, the last one with a `graduate` trailer, then [DONE]
+        "type": "object", "required": ["data"], "properties": {"data": {"type": "string"}}}}}}}
 
 
 def router_openapi(app: FastAPI) -> dict[str, Any]:

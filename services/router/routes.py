@@ -8,11 +8,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.router.deps import CallerDep, RouterState, ServiceCallerDep, StateDep, resolve_task
 from services.router.errors import ApiError
-from services.router.logic import TaskCall, predict_payload, proxy, route
+from services.router.logic import Relay, TaskCall, predict_payload, proxy, route
 from services.router.metrics import NO_TASK
 from services.router.openapi import COMPLETION, KEYED, TASK_CALL, errors
 from services.router.schemas import ChatRequest, PredictRequest, read_json, validate
-from services.router.wire import completion_body, sse_events
+from services.router.wire import completion_body, relay_events, sse_events
 
 router = APIRouter()
 
@@ -27,17 +27,17 @@ async def chat_completions(request: Request, state: StateDep, caller: ServiceCal
     payload = chat.upstream_payload(state.settings.frontier.model)
     if not name:
         request.state.task_label = NO_TASK
-        answer = await proxy(payload, upstream_headers(request, state, None), state.ports)
+        answer = await proxy(payload, upstream_headers(request, state, None), state.ports, stream=chat.stream)
         request.state.served_by = "frontier"
-        return respond(answer.body, chat)
+        return relayed(request, answer, chat) if isinstance(answer, Relay) else respond(answer.body, chat)
     task = resolve_task(state, request, caller, str(name))
     try:
         text = task.extract_input([m.model_dump() for m in chat.messages])
     except ValueError as exc:
         raise ApiError(422, "invalid_input", str(exc), param="messages") from None
     call = task_call(request, state, caller.name, task, text, payload, chat.metadata)
-    served = await serve(request, state, call)
-    return respond(completion_body(served), chat)
+    served = await serve(request, state, call, stream=chat.stream)
+    return relayed(request, served, chat) if isinstance(served, Relay) else respond(completion_body(served), chat)
 
 
 @router.post("/v1/tasks/{task}/predict", responses=TASK_CALL)
@@ -89,9 +89,9 @@ async def readyz(state: StateDep) -> JSONResponse:
 
 
 # -- helpers -----------------------------------------------------------------------------------
-async def serve(request: Request, state: RouterState, call: TaskCall):
-    request.state.served_by = "frontier"
-    served = await route(call, state.table.get(call.task.name), state.ports)
+async def serve(request: Request, state: RouterState, call: TaskCall, stream: bool = False):
+    """Route the call; X-Graduate-Served-By says who answered (it stays `none` when nothing did)."""
+    served = await route(call, state.table.get(call.task.name), state.ports, stream=stream)
     request.state.served_by = served.served_by
     return served
 
@@ -112,6 +112,26 @@ def upstream_headers(request: Request, state: RouterState, task: str | None) -> 
     if task:
         headers["X-Graduate-Task"] = task  # lets a task-aware upstream (the simulator, a gateway) route it
     return headers
+
+
+class RelayResponse(StreamingResponse):
+    """The relayed stream; the upstream stream is closed however the response ends, also when the
+    caller left before it began (Starlette then never starts the body iterator)."""
+
+    def __init__(self, relay: Relay, call_id: str, include_usage: bool) -> None:
+        super().__init__(relay_events(relay, call_id, include_usage), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache"})
+        self.relay = relay
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.relay.aclose()
+
+
+def relayed(request: Request, relay: Relay, chat: ChatRequest) -> StreamingResponse:
+    return RelayResponse(relay, request.state.call_id, bool((chat.stream_options or {}).get("include_usage")))
 
 
 def respond(completion: dict[str, Any], chat: ChatRequest) -> Response:

@@ -357,16 +357,19 @@ async def test_a_model_triton_has_not_loaded_falls_back(start_router, api_key, k
 
 
 # -- the frontier failing ----------------------------------------------------------------------
-@pytest.mark.parametrize("fault,status,code", [("500", 502, "frontier_upstream_error"),
+@pytest.mark.parametrize("fault,status,code", [("500", 500, "frontier_upstream_error"),
+                                               ("429", 429, "rate_limit_exceeded"),
                                                ("garbage", 502, "frontier_bad_response"),
                                                ("timeout", 504, "frontier_timeout")])
-async def test_frontier_failure_is_502_or_504_and_nothing_is_captured(start_router, api_key, kafka_settings, codec,
+async def test_frontier_failure_is_answered_as_the_provider_would_and_nothing_is_captured(start_router, api_key, kafka_settings, codec,
                                                                       namespace, fault, status, code):
     router = start_router()
     async with http(router, api_key) as h:
         r = await predict(h, CONFIDENT_TEXT, **{"X-Sim-Fault": fault})
         assert r.status_code == status, r.text
         assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+        assert r.headers["x-graduate-served-by"] == "none"
+        assert r.headers.get("retry-after") == ("1" if fault == "429" else None)  # the simulator's Retry-After: 1
         failed_id = r.headers["x-graduate-call-id"]
         marker = (await predict(h, CONFIDENT_TEXT)).json()["call_id"]
     calls = await captured(kafka_settings, codec, namespace, min_count=1)

@@ -5,8 +5,8 @@ hostile callers and a failing frontier:
   needs a key, /docs and /redoc are off); reviewer vs service roles (router and
   review page); no raw key in the router's log, even at debug level with the access log on;
 - schemathesis against the router's OpenAPI: no 5xx, every 4xx with a message;
-- the frontier answering 500, 429 with Retry-After, hanging, or with garbage: retries within the
-  budget, a clear 502/504, nothing captured as a label;
+- the frontier answering 500, 429 with Retry-After, hanging, or with garbage: the 429 retried within
+  the budget, each answered as the provider would (429, 500, 504, 502), nothing captured as a label;
 - a restarted router is ready only after it replayed the routing topic, and then serves in the last
   decided mode.
 """
@@ -230,14 +230,14 @@ async def sim_requests(api: Api, url: str | None = None) -> int:
 
 
 FAULTS = {  # fault -> (status, code, attempts the router makes with max_retries=2)
-    "500": (502, "frontier_upstream_error", 3),
-    "429": (502, "frontier_upstream_error", 3),
+    "500": (500, "frontier_upstream_error", 1),  # passed on as the provider said; the caller's SDK retries it
+    "429": (429, "rate_limit_exceeded", 3),  # Retry-After: 1, so the router retries within its budget
     "timeout": (504, "frontier_timeout", 1),
     "garbage": (502, "frontier_bad_response", 1),
 }
 
 
-async def test_each_frontier_fault_is_retried_within_budget_then_a_clear_5xx(api, kafka_settings, codec, ledger):
+async def test_each_frontier_fault_is_retried_where_safe_within_budget_then_answered_as_the_provider_would(api, kafka_settings, codec, ledger):
     per_fault = 3
     failed_ids, seen = [], {}
     async with api.client(api.service) as h:
@@ -263,7 +263,7 @@ async def test_each_frontier_fault_is_retried_within_budget_then_a_clear_5xx(api
     assert marker["call_id"] in captured and not captured & set(failed_ids)
     outcomes = {o.call_id: o for o in decode_all(codec, await read_topic(
         kafka_settings, api.topic(catalog.ROUTER_OUTCOMES), min_count=len(failed_ids), timeout=30), RouterOutcome)}
-    assert all(outcomes[c].status_code in (502, 504) for c in failed_ids)
+    assert all(outcomes[c].status_code in (429, 500, 502, 504) for c in failed_ids)
     ledger("Frontier answering 500 / 429 (Retry-After: 1) / hanging / garbage, on every attempt",
            f"{per_fault} requests per fault ({len(failed_ids)} in all), max_retries=2, timeout 2 s, budget 10 s",
            f"0 labels: none of the {len(failed_ids)} failed calls captured; each has a RouterOutcome with its status",
@@ -298,14 +298,15 @@ async def test_intermittent_frontier_faults_recover_and_capture_only_answers(api
         if r.status_code == 200:
             answered.append(r.json()["call_id"])
         else:
-            assert r.status_code in (502, 504) and error_message(r), r.text
+            assert r.status_code in (429, 500, 502, 504) and error_message(r), r.text
             failed.append(r.headers["x-graduate-call-id"])
 
     async with api.client(api.service, url=second.url) as h:
         await asyncio.gather(*(one(h, i) for i in range(n)))
     attempts = await sim_requests(api, flaky.url)
     assert len(answered) + len(failed) == n
-    assert len(answered) >= 0.8 * n, tally.summary()  # ~27 % of attempts fail; retries rescue most of them
+    # ~27 % of attempts fail; only the 429s (Retry-After: 1) are retried, the 500s are passed on at once
+    assert len(answered) >= 0.7 * n, tally.summary()
     assert slowest < 8 + 5 + 2, slowest  # the budget holds (plus one attempt's timeout)
 
     async def all_captured():

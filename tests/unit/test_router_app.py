@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from services.common.contracts import CapturedCall, RoutingDecision
-from services.common.frontier import FrontierSettings, FrontierUpstreamError
+from services.common.frontier import FrontierAuthError, FrontierCircuitOpen, FrontierSettings, FrontierUpstreamError
 from services.common.settings import CommonSettings
 from services.common.tasks import TaskRegistry
 from services.router.app import create_app
@@ -174,12 +174,39 @@ def test_validation_messages_name_the_field(world):
     assert r.status_code == 404
 
 
-def test_frontier_failure_is_a_clear_5xx(world):
-    world["frontier"].error = FrontierUpstreamError("frontier answered 500: boom", upstream_status=500)
-    r = post_chat(world)
-    assert r.status_code == 502
-    assert r.json()["error"]["code"] == "frontier_upstream_error" and "boom" in r.json()["error"]["message"]
+@pytest.mark.parametrize("error,status,kind,retry_after", [
+    (FrontierUpstreamError("frontier answered 500: boom", upstream_status=500), 500, "server_error", None),
+    (FrontierUpstreamError("frontier answered 429: boom", upstream_status=429, retry_after=2.5), 429,
+     "rate_limit_error", "3"),
+    (FrontierAuthError("the frontier at http://f/v1 refused the router's own credentials (401): boom",
+                       upstream_status=401), 502, "api_error", None),
+    (FrontierCircuitOpen("frontier circuit breaker is open: boom", retry_after=4.2), 503, "server_error", "5"),
+])
+def test_frontier_failure_is_answered_as_the_provider_would_and_served_by_none(world, error, status, kind,
+                                                                                 retry_after):
+    world["frontier"].error = error
+    for body in (CHAT, {**CHAT, "stream": True}):
+        r = post_chat(world, body=body)
+        assert r.status_code == status
+        assert r.json()["error"]["type"] == kind and "boom" in r.json()["error"]["message"]
+        assert r.headers.get("retry-after") == retry_after
+        assert r.headers["x-graduate-served-by"] == "none"
     assert world["capture"].of(CapturedCall) == []
+    text = TestClient(world["app"].state.metrics_app).get("/metrics").text
+    assert f'graduate_router_frontier_errors_total{{code="{error.code}",task="intent"}} 2.0' in text
+
+
+def test_a_streamed_frontier_answer_is_relayed_with_the_trailer_and_captured(world):
+    r = post_chat(world, body={**CHAT, "stream": True, "stream_options": {"include_usage": True}})
+    assert r.status_code == 200 and r.headers["x-graduate-served-by"] == "frontier"
+    events = [json.loads(line[6:]) for line in r.text.split("\n\n") if line.startswith("data: {")]
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events if e["choices"]) == "card_arrival"
+    assert events[-1]["usage"]["completion_tokens"] == 4
+    assert events[-1]["graduate"]["call_id"] == r.headers["x-graduate-call-id"]
+    [captured] = world["capture"].of(CapturedCall)
+    assert (captured.output, captured.prompt_tokens) == ("card_arrival", 100)
+    upstream = world["frontier"].calls[-1][0]
+    assert "stream" not in upstream and "stream_options" not in upstream  # the client sets them itself
 
 
 def test_tasks_health_and_metrics(world):

@@ -2,19 +2,24 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+import time
 from typing import Any
 
+import httpx
 import pytest
 
 from services.capture.client import CaptureStats
 from services.common.catalog import CALLS_CAPTURED
 from services.common.contracts import CapturedCall, RouterOutcome, RoutingDecision
-from services.common.frontier import FrontierAnswer, FrontierTimeout
+from services.common.frontier import CircuitBreaker, FrontierAnswer, FrontierStream, FrontierTimeout
 from services.common.tasks import TaskSpec
 from services.common.triton import SmallAnswer, TritonUnavailable
 from services.router.logic import (
     Ports,
+    Relay,
+    Served,
     TaskCall,
     estimated_frontier_cost,
     predict_payload,
@@ -22,7 +27,7 @@ from services.router.logic import (
     small_fallback_reason,
 )
 from services.router.metrics import RouterMetrics
-from services.router.wire import completion_body, sse_events
+from services.router.wire import completion_body, relay_events, sse_events
 
 LABELS = ("card_arrival", "card_linking", "top_up_failed")
 TASK = TaskSpec(name="intent", kind="classification", labels=LABELS, system_prompt="Pick one of: {labels}")
@@ -30,10 +35,45 @@ PRIVATE = TaskSpec(name="private", kind="classification", labels=LABELS,
                    redaction={"frontier_sees_original": False, "patterns": {"ticket": r"TCK-\d+"}})
 
 
+def stream_events(content: str, usage: bool = True, drop_after: int | None = None, usage_in_choice: bool = False):
+    """A provider's streamed answer: the content in 3-character chunks, finish_reason, usage; or a
+    connection dropped after `drop_after` chunks."""
+    head = {"id": "s1", "object": "chat.completion.chunk", "created": 1, "model": "frontier-1"}
+    chunks = [{**head, "choices": [{"index": 0, "delta": {"content": content[i:i + 3]}, "finish_reason": None}]}
+              for i in range(0, len(content), 3)]
+    chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+    if usage:  # OpenAI sends usage with no choices; the LiteLLM proxy with one empty choice
+        empty = [{"index": 0, "delta": {}}] if usage_in_choice else []
+        chunks.append({**head, "choices": empty, "usage": {"prompt_tokens": 100, "completion_tokens": 4,
+                                                            "total_tokens": 104}})
+
+    async def body():
+        for i, chunk in enumerate(chunks):
+            if drop_after is not None and i == drop_after:
+                raise httpx.RemoteProtocolError("peer closed connection without sending complete message body")
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+    return body()
+
+
 class FakeFrontier:
-    def __init__(self, content: str = "card_arrival", error: Exception | None = None, delay: float = 0.0):
+    """chat() answers at once; stream() is the real FrontierStream over a scripted event stream."""
+
+    def __init__(self, content: str = "card_arrival", error: Exception | None = None, delay: float = 0.0,
+                 usage: bool = True, drop_after: int | None = None, usage_in_choice: bool = False):
         self.content, self.error, self.delay = content, error, delay
+        self.usage, self.drop_after, self.usage_in_choice = usage, drop_after, usage_in_choice
         self.calls: list[tuple[dict, dict]] = []
+        self.breaker = CircuitBreaker(5, 1.0)
+
+    async def stream(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> FrontierStream:
+        self.calls.append((payload, headers or {}))
+        if self.error:
+            raise self.error
+        response = httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                  content=stream_events(self.content, self.usage, self.drop_after,
+                                                       self.usage_in_choice))
+        return FrontierStream(response, self.breaker, time.perf_counter(), 1, 30.0)
 
     async def chat(self, payload: dict[str, Any], headers: dict[str, str] | None = None) -> FrontierAnswer:
         self.calls.append((payload, headers or {}))
@@ -244,3 +284,80 @@ async def test_a_small_answer_is_a_normal_chat_completion_and_streams():
     assert body["graduate"]["served_by"] == "small"
     events = sse_events(body, include_usage=True)
     assert events[-1] == b"data: [DONE]\n\n" and b'"content": "card_linking"' in events[0]
+
+
+async def relayed(relay, include_usage: bool = False) -> list[dict]:
+    events = [e async for e in relay_events(relay, "c-1", include_usage)]
+    return [json.loads(e[6:]) if e != b"data: [DONE]\n\n" else "[DONE]" for e in events]
+
+
+@pytest.mark.parametrize("usage_in_choice", [False, True])
+async def test_a_streamed_frontier_answer_is_relayed_then_captured_once_with_the_upstreams_usage(usage_in_choice):
+    p = ports(frontier=FakeFrontier(usage_in_choice=usage_in_choice))
+    relay = await route(call(), None, p, stream=True)
+    assert isinstance(relay, Relay) and relay.served_by == "frontier"
+    assert p.capture.of(CapturedCall) == []  # nothing captured before the stream has ended
+    events = await relayed(relay)
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events[:-1]) == "card_arrival"
+    assert events[-1] == "[DONE]"
+    last = events[-2]
+    assert last["choices"][0]["finish_reason"] == "stop" and "usage" not in last  # the caller did not ask for usage
+    assert last["graduate"] == {"call_id": "c-1", "served_by": "frontier", "confidence": None, "model_version": None,
+                                "fallback_reason": None}
+    assert all("graduate" not in e for e in events[:-2])
+    [captured] = p.capture.of(CapturedCall)
+    assert (captured.output, captured.prompt_tokens, captured.completion_tokens, captured.source) == (
+        "card_arrival", 100, 4, "frontier")
+    [outcome] = p.capture.of(RouterOutcome)
+    assert outcome.status_code == 200 and outcome.frontier_latency_ms is not None
+
+
+@pytest.mark.parametrize("usage_in_choice", [False, True])
+async def test_a_streamed_fallback_carries_usage_when_asked_and_the_trailer_on_the_usage_chunk(usage_in_choice):
+    p = ports(small=FakeSmall(confidence=0.2), frontier=FakeFrontier(usage_in_choice=usage_in_choice))
+    relay = await route(call(), small(), p, stream=True)
+    events = await relayed(relay, include_usage=True)
+    assert events[-2]["usage"]["prompt_tokens"] == 100 and not any(
+        c["delta"] for c in events[-2]["choices"])
+    assert events[-2]["graduate"]["served_by"] == "fallback" and events[-2]["graduate"]["confidence"] == 0.2
+    assert events[-3]["choices"][0]["finish_reason"] == "stop" and "graduate" not in events[-3]
+    [captured] = p.capture.of(CapturedCall)
+    assert captured.source == "fallback"
+
+
+async def test_a_stream_dropped_mid_way_ends_with_an_error_event_and_captures_nothing():
+    p = ports(frontier=FakeFrontier(drop_after=2))
+    relay = await route(call(), None, p, stream=True)
+    events = await relayed(relay)
+    assert [e["choices"][0]["delta"]["content"] for e in events[:2]] == ["car", "d_a"]
+    assert events[-1]["error"]["code"] == "frontier_disconnected" and "[DONE]" not in events
+    assert p.capture.of(CapturedCall) == []
+    [outcome] = p.capture.of(RouterOutcome)
+    assert outcome.status_code == 502
+    assert metric(p, "graduate_router_frontier_errors_total", task="intent", code="frontier_disconnected") == 1
+
+
+async def test_a_stream_the_caller_leaves_is_recorded_as_499_and_not_captured():
+    p = ports()
+    relay = await route(call(), None, p, stream=True)
+    events = relay_events(relay, "c-1", False)
+    await events.__anext__()
+    await events.aclose()
+    assert p.capture.of(CapturedCall) == []
+    [outcome] = p.capture.of(RouterOutcome)
+    assert outcome.status_code == 499
+
+
+async def test_the_small_path_is_not_streamed_from_the_frontier():
+    p = ports()
+    served = await route(call(), small(), p, stream=True)
+    assert isinstance(served, Served) and served.served_by == "small" and p.frontier.calls == []
+
+
+async def test_a_relay_never_started_is_closed_and_recorded_once():
+    p = ports()
+    relay = await route(call(), None, p, stream=True)
+    await relay.aclose()  # the caller left before the response began
+    await relay.aclose()
+    assert relay.stream._resp.is_closed and p.capture.of(CapturedCall) == []
+    assert [o.status_code for o in p.capture.of(RouterOutcome)] == [499]
