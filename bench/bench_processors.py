@@ -160,7 +160,7 @@ async def raw_consume(kafka: KafkaSettings, topic: str, n: int, codec: Codec | N
         tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
-        seen, started = 0, time.perf_counter()
+        seen, started, cpu = 0, time.perf_counter(), time.process_time()
         while seen < n:
             batch = await consumer.getmany(timeout_ms=1000)
             for msgs in batch.values():
@@ -168,8 +168,9 @@ async def raw_consume(kafka: KafkaSettings, topic: str, n: int, codec: Codec | N
                     if codec is not None:
                         codec.decode(m.value, CapturedCall)
                     seen += 1
-        elapsed = time.perf_counter() - started
-        return {"messages": seen, "seconds": round(elapsed, 3), "msgs_per_s": round(seen / elapsed, 1)}
+        elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+        return {"messages": seen, "seconds": round(elapsed, 3), "msgs_per_s": round(seen / elapsed, 1),
+                "cpu_seconds": round(cpu, 3), "msgs_per_cpu_s": round(seen / cpu, 1)}
     finally:
         await consumer.stop()
 
@@ -188,11 +189,12 @@ async def run_processor(name: str, namespace: str, kafka: KafkaSettings, n: int,
                 done = 0
             now = time.perf_counter()
             if done and first is None:
-                first = (now, done)
+                first = (now, done, cpu_seconds(worker.proc.pid))
             if done >= target:
-                elapsed = now - first[0]
+                elapsed, cpu = now - first[0], cpu_seconds(worker.proc.pid) - first[2]
                 counted = (target - first[1]) / EVENTS_PER_CALL[name]
                 return {"messages": n, "seconds": round(elapsed, 3), "msgs_per_s": round(counted / elapsed, 1),
+                        "cpu_seconds": round(cpu, 3), "msgs_per_cpu_s": round(counted / cpu, 1),
                         "handler_events": target, "rss_mib_at_end": rss_mib(worker.proc.pid)}
             if worker.proc.poll() is not None:
                 raise RuntimeError(f"{name} worker exited:\n{worker.tail()}")
@@ -200,6 +202,13 @@ async def run_processor(name: str, namespace: str, kafka: KafkaSettings, n: int,
         raise TimeoutError(f"{name} did not finish:\n{worker.tail()}")
     finally:
         stop_worker(worker)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (/proc/PID/stat): a rate per CPU second does not
+    depend on what else the shared machine runs."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mib(pid: int) -> float | None:
@@ -232,6 +241,7 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path) -> d
         # raw again after the processors, so drift on the shared machine shows
         results["raw_read_decode_after"] = await raw_consume(kafka, topic, n, codec)
         raw = (results["raw_read_decode"]["msgs_per_s"] + results["raw_read_decode_after"]["msgs_per_s"]) / 2
+        raw_cpu = (results["raw_read_decode"]["msgs_per_cpu_s"] + results["raw_read_decode_after"]["msgs_per_cpu_s"]) / 2
         if memory:
             mem = {p: {str(m): state_memory(p, m) for m in memory} for p in ("profiler", "curator")}
             mem["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -248,6 +258,8 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path) -> d
             "ratios_vs_raw_read_decode": {p: round(results[p]["msgs_per_s"] / raw, 3) for p in processors},
             "ratios_vs_raw_read": {p: round(results[p]["msgs_per_s"] / results["raw_read"]["msgs_per_s"], 3)
                                    for p in processors},
+            "ratios_per_cpu_second_vs_raw_read_decode": {
+                p: round(results[p]["msgs_per_cpu_s"] / raw_cpu, 3) for p in processors},
             "goal": "ratio >= 0.5",
             "headline": [{"name": f"state memory after {sizes[-1]:,} / after {sizes[0]:,} calls: {p}", "value": g,
                           "goal": "<= 1.2"} for p, g in growth.items()],
@@ -256,7 +268,9 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path) -> d
                             for m in sorted(mem.get(p, {}), key=int)},
             "state_memory_growth": growth,
             "notes": "processor rate = captured calls per second between its first and last processed record "
-                     "(worker start-up and group join excluded), read from the worker's processed counter; the "
+                     "(worker start-up and group join excluded), read from the worker's processed counter; per CPU "
+                     "second: the same count over the worker's user+system CPU time (/proc), and the raw reader's "
+                     "process time: the ratio that does not depend on the other agents' load; the "
                      "curator and the profiler are batch processors (services/common/batch.py: getmany, decode, "
                      "one fold per partition, dead letters awaited per batch, state + offset written per "
                      "checkpoint interval, then commit); faust-noop is a faust agent doing nothing. "
