@@ -110,7 +110,6 @@ class BatchProcessor(Generic[S]):
         self.topic = topic_name(source, settings.topic_namespace)
         self.short = source.name.removeprefix("graduate.")
         self.state_topic = state_topic(plumb.processor, settings.topic_namespace, source)
-        self.partition_count = source.partitions
         plumb.internal[self.state_topic] = (source.partitions, dict(STATE_TOPIC_CONFIG))
         self.max_records = max_records
         self.checkpoint_s = settings.worker_commit_interval_s if checkpoint_s is None else checkpoint_s
@@ -156,7 +155,6 @@ class BatchProcessor(Generic[S]):
         await self.producer.start()
         await self.consumer.start()
         try:
-            await self.check_state_topic()
             self.consumer.subscribe([self.topic], listener=_Rebalance(self))
             delay = 0.5
             while True:
@@ -192,17 +190,6 @@ class BatchProcessor(Generic[S]):
                 await client.stop()
             except Exception:  # noqa: BLE001
                 pass
-
-    async def check_state_topic(self) -> None:
-        """Refuse to start when the source has more partitions than the state topic can hold."""
-        for name in (self.topic, self.state_topic):
-            if not self.consumer.partitions_for_topic(name):
-                await self.consumer._client.force_metadata_update()
-        source = len(self.consumer.partitions_for_topic(self.topic) or ())
-        state = len(self.consumer.partitions_for_topic(self.state_topic) or ())
-        if source > state:
-            raise SystemExit(f"{self.state_topic} has {state} partitions, {self.topic} has {source}: "
-                             f"add partitions to the state topic first")
 
     async def handle(self, batch: dict) -> None:
         started = time.perf_counter()
@@ -350,3 +337,11 @@ class _Rebalance(ConsumerRebalanceListener):
             await proc.restore({tp.partition for tp in assigned if tp.topic == proc.topic})
         proc.ready.set()
         proc.plumb.health.assignment_held = True
+
+
+def state_partition_problems(partitions: dict[str, int], processors: Iterable[BatchProcessor]) -> list[str]:
+    """Processors whose source has more partitions than their state topic (pure): a state record
+    per source partition would have nowhere to go. `partitions`: topic -> partition count."""
+    return [f"{p.state_topic} has {partitions.get(p.state_topic, 0)} partitions, {p.topic} has "
+            f"{partitions[p.topic]}: add partitions to the state topic first"
+            for p in processors if partitions.get(p.topic, 0) > partitions.get(p.state_topic, 0)]

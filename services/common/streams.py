@@ -354,11 +354,11 @@ async def ensure_app_topics(app: faust.App) -> None:
     """Create the app's catalog topics, the dead-letter topic and its internal topics if missing, with
     GRADUATE_KAFKA_REPLICATION_FACTOR replicas and GRADUATE_KAFKA_MIN_INSYNC_REPLICAS; exit when the
     cluster has fewer brokers than that factor, or when a topic accepts smaller records than this
-    worker's producer may send (both checked at start)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
+    worker's producer may send, or when a batch processor's source has more partitions than its
+    state topic (all checked at start)."""
+    from aiokafka.admin import AIOKafkaAdminClient
 
-    from services.common.kafka import ReplicationError, ensure_topics, replica_config, wait_for_leaders
+    from services.common.kafka import ReplicationError, ensure_topics
 
     plumb = plumbing(app)
     plumb.topic(app, catalog.DEADLETTER)
@@ -376,18 +376,38 @@ async def ensure_app_topics(app: faust.App) -> None:
     admin = AIOKafkaAdminClient(**kafka.client_config(), request_timeout_ms=30000)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        new = [NewTopic(n, p, kafka.replication_factor,
-                        topic_configs={"max.message.bytes": str(kafka.max_message_bytes), **replica_config(kafka), **cfg})
-               for n, (p, cfg) in plumb.internal.items() if n not in existing]
-        if new:
-            try:
-                await admin.create_topics(new, timeout_ms=30000)
-            except TopicAlreadyExistsError:
-                pass
-            await wait_for_leaders(admin, [t.name for t in new])
+        await create_internal_topics(admin, plumb)
+        if plumb.processors:
+            from services.common.batch import state_partition_problems
+
+            names = [n for p in plumb.processors for n in (p.topic, p.state_topic)]
+            counts = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)
+                      if t.get("error_code") == 0}
+            problems = state_partition_problems(counts, plumb.processors)
+            if problems:
+                raise SystemExit(f"graduate worker {plumb.processor}:\n  " + "\n  ".join(problems))
     finally:
         await admin.close()
+
+
+async def create_internal_topics(admin: Any, plumb: Plumbing) -> None:
+    """Create the app's own topics that are missing, with the configured replicas."""
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    from services.common.kafka import replica_config, wait_for_leaders
+
+    kafka = plumb.settings.kafka
+    existing = set(await admin.list_topics())
+    new = [NewTopic(n, p, kafka.replication_factor,
+                    topic_configs={"max.message.bytes": str(kafka.max_message_bytes), **replica_config(kafka), **cfg})
+           for n, (p, cfg) in plumb.internal.items() if n not in existing]
+    if new:
+        try:
+            await admin.create_topics(new, timeout_ms=30000)
+        except TopicAlreadyExistsError:
+            pass
+        await wait_for_leaders(admin, [t.name for t in new])
 
 
 def meta_of(event: Any) -> Meta:

@@ -97,3 +97,28 @@ async def test_a_worker_refuses_to_start_on_a_cluster_smaller_than_its_replicati
         stop_worker(worker)
     assert rc != 0
     assert "graduate worker profiler: GRADUATE_KAFKA_REPLICATION_FACTOR=3 but the cluster" in worker.tail()
+
+
+async def test_a_worker_refuses_to_start_when_its_state_topic_has_fewer_partitions_than_the_source(
+        kafka_settings, namespace, tmp_path):
+    from services.common.batch import state_topic
+    from services.common.catalog import CALLS_CAPTURED
+    from tests.integration.test_workers import start_worker, stop_worker
+
+    state = state_topic("curator", namespace, CALLS_CAPTURED)
+    admin = AIOKafkaAdminClient(**kafka_settings.client_config())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(state, 4, 1, topic_configs={"cleanup.policy": "compact"})])
+    finally:
+        await admin.close()
+    try:
+        worker = start_worker("curator", namespace, kafka_settings, tmp_path)
+        try:
+            rc = worker.proc.wait(120)
+        finally:
+            stop_worker(worker)
+        assert rc != 0
+        assert f"{state} has 4 partitions, {topic_name(CALLS_CAPTURED, namespace)} has 12" in worker.tail()
+    finally:
+        await delete_topics(kafka_settings, [state] + [topic_name(s, namespace) for s in CATALOG])

@@ -110,3 +110,12 @@ async def test_checkpoint_writes_changed_partitions_with_their_offsets(tmp_path)
     assert proc.producer.records == [(proc.state_topic, b"0", state_record(12, {"t1": 7}), 0)]
     assert not proc.states[0].dirty and proc.states[0].saved == {"t1": 7}
     assert {tp.partition: o for tp, o in proc.consumer.offsets.items()} == {0: 12}
+
+
+def test_a_source_with_more_partitions_than_its_state_topic_is_named(tmp_path):
+    from services.common.batch import state_partition_problems
+
+    _, proc = processor(tmp_path)
+    assert state_partition_problems({proc.topic: 12, proc.state_topic: 12}, [proc]) == []
+    [problem] = state_partition_problems({proc.topic: 24, proc.state_topic: 12}, [proc])
+    assert problem == f"{proc.state_topic} has 12 partitions, {proc.topic} has 24: add partitions to the state topic first"
