@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
-from services.common.catalog import CALLS_CAPTURED, CATALOG, topic_name  # noqa: E402
+from services.common.catalog import CALLS_CAPTURED, topic_name  # noqa: E402
 from services.common.codec import Codec  # noqa: E402
 from services.common.contracts import CapturedCall  # noqa: E402
 from services.common.kafka import delete_topics, ensure_topics  # noqa: E402
@@ -175,6 +175,33 @@ async def raw_consume(kafka: KafkaSettings, topic: str, n: int, codec: Codec | N
         await consumer.stop()
 
 
+async def namespace_topics(kafka: KafkaSettings, namespace: str) -> list[str]:
+    """Every topic of the run: the catalog's and the workers' own (state topics)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(**kafka.client_config())
+    await admin.start()
+    try:
+        return [t for t in await admin.list_topics() if t.startswith(namespace)]
+    finally:
+        await admin.close()
+
+
+async def restore_seconds(name: str, namespace: str, kafka: KafkaSettings, workdir: Path) -> float:
+    """How long a new owner takes to read the processor's state back (all 12 partitions of the
+    captured calls' state topic): one record per partition, whatever the volume behind it."""
+    from services.common.batch import BatchProcessor, Fold
+    from services.common.streams import WorkerSettings, make_app
+
+    app = make_app(name, WorkerSettings(kafka=kafka, topic_namespace=namespace, var_dir=workdir))
+    proc = BatchProcessor(app, CALLS_CAPTURED, CapturedCall, lambda state, items: None, Fold(dict, dict, dict))
+    started = time.perf_counter()
+    states = await proc.read_states(set(range(CALLS_CAPTURED.partitions)))
+    elapsed = time.perf_counter() - started
+    assert len(states) == CALLS_CAPTURED.partitions, states.keys()
+    return round(elapsed, 3)
+
+
 async def run_processor(name: str, namespace: str, kafka: KafkaSettings, n: int, workdir: Path) -> dict:
     worker = (start_noop(namespace, kafka, workdir) if name == "faust-noop"
               else start_worker(name, namespace, kafka, workdir, tag="-bench"))
@@ -238,6 +265,8 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path) -> d
                          "raw_read_decode": await raw_consume(kafka, topic, n, codec)}
         for name in processors:
             results[name] = await run_processor(name, namespace, kafka, n, workdir)
+            if name != "faust-noop":
+                results[name]["restore_seconds"] = await restore_seconds(name, namespace, kafka, workdir)
         # raw again after the processors, so drift on the shared machine shows
         results["raw_read_decode_after"] = await raw_consume(kafka, topic, n, codec)
         raw = (results["raw_read_decode"]["msgs_per_s"] + results["raw_read_decode_after"]["msgs_per_s"]) / 2
@@ -276,13 +305,15 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path) -> d
                      "checkpoint interval, then commit); faust-noop is a faust agent doing nothing. "
                      "state_memory is measured by feeding the fold functions directly, without Kafka "
                      "(1 M calls through this shared 2-core machine's broker would take minutes), with "
-                     "tracemalloc (which itself slows the fold).",
+                     "tracemalloc (which itself slows the fold). restore_seconds: a new owner reading the state of all 12 "
+                     "partitions back after the run (the last record of each state partition, so the same after "
+                     "1 M calls).",
         }
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
         return report
     finally:
-        await delete_topics(kafka, [topic_name(s, namespace) for s in CATALOG])
+        await delete_topics(kafka, await namespace_topics(kafka, namespace))
 
 
 if __name__ == "__main__":

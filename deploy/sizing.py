@@ -32,8 +32,8 @@ FIGURES: dict[str, Figure] = {
                          "assumed; bench/ router load test (issue 3) replaces it"),
     "worker_rps": Figure(1000, "records/s per stream-worker process (1 vCPU: Avro decode + handler)", False,
                          "assumed for the slowest group; measured (bench/results/processors.json, shared 2 cores): "
-                         "curator 25,800 and profiler 37,000 records per CPU second (batch processors), a faust agent "
-                         "doing nothing 9,500 (the ceiling of shadow, judge, controller, not measured with their "
+                         "curator 23,500 and profiler 34,000 records per CPU second (batch processors), a faust agent "
+                         "doing nothing 9,400 (the ceiling of shadow, judge, controller, not measured with their "
                          "handlers)"),
     "peak_factor": Figure(3, "peak-to-average request rate", False, "assumed: a daytime peak of a business API"),
     "utilisation": Figure(0.7, "target utilisation at peak (headroom for rebalances, failover)", False,
