@@ -31,7 +31,10 @@ FIGURES: dict[str, Figure] = {
     "router_rps": Figure(400, "req/s per router pod (1 vCPU, uvicorn, async frontier calls)", False,
                          "assumed; bench/ router load test (issue 3) replaces it"),
     "worker_rps": Figure(1000, "records/s per stream-worker process (1 vCPU: Avro decode + handler)", False,
-                         "assumed; per-processor bench replaces it"),
+                         "assumed for the slowest group; measured (bench/results/processors.json, shared 2 cores): "
+                         "curator 23,500 and profiler 34,000 records per CPU second (batch processors), a faust agent "
+                         "doing nothing 9,400 (the ceiling of shadow, judge, controller, not measured with their "
+                         "handlers)"),
     "peak_factor": Figure(3, "peak-to-average request rate", False, "assumed: a daytime peak of a business API"),
     "utilisation": Figure(0.7, "target utilisation at peak (headroom for rebalances, failover)", False,
                           "assumed (ops rule of thumb)"),

@@ -67,8 +67,13 @@ def _print_states(states) -> None:
 @topics_app.command("ensure")
 def topics_ensure(as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table")) -> None:
     """Create missing topics with the catalog's configs; exit 1 when an existing topic drifts."""
+    from services.common.kafka import ReplicationError
+
     settings = load_settings(CommonSettings)
-    states = asyncio.run(ensure_topics(settings.kafka, settings.topic_namespace))
+    try:
+        states = asyncio.run(ensure_topics(settings.kafka, settings.topic_namespace))
+    except ReplicationError as exc:
+        raise SystemExit(f"graduate topics ensure: {exc}") from None
     if settings.schema_registry_url:
         _register_schemas(settings, quiet=as_json)
     if as_json:

@@ -48,8 +48,34 @@ def find_drift(spec: TopicSpec, partitions: int, config: dict[str, str], max_mes
 
 
 def topic_config(spec: TopicSpec, kafka: KafkaSettings) -> dict[str, str]:
-    """The configs a topic is created with: the catalog's, and the one size limit."""
-    return {**spec.config(), "max.message.bytes": str(kafka.max_message_bytes)}
+    """The configs a topic is created with: the catalog's, the one size limit, min.insync.replicas."""
+    return {**spec.config(), **replica_config(kafka), "max.message.bytes": str(kafka.max_message_bytes)}
+
+
+def replica_config(kafka: KafkaSettings) -> dict[str, str]:
+    """min.insync.replicas for a topic graduate creates, when the settings name one."""
+    return {} if kafka.min_insync_replicas is None else {"min.insync.replicas": str(kafka.min_insync_replicas)}
+
+
+class ReplicationError(RuntimeError):
+    """The cluster cannot hold the replicas the settings ask for."""
+
+
+def replication_problem(brokers: int, kafka: KafkaSettings) -> str | None:
+    """Why a cluster of `brokers` cannot take topics with the configured replicas (pure), or None."""
+    if brokers < kafka.replication_factor:
+        return (f"GRADUATE_KAFKA_REPLICATION_FACTOR={kafka.replication_factor} but the cluster at "
+                f"{kafka.bootstrap} has {brokers} broker{'s' if brokers != 1 else ''}: topics cannot be created "
+                f"with that many replicas (lower the factor or add brokers)")
+    return None
+
+
+async def check_replication(admin: AIOKafkaAdminClient, kafka: KafkaSettings) -> None:
+    """Raise ReplicationError when the cluster has fewer brokers than the replication factor."""
+    cluster = await admin.describe_cluster()
+    problem = replication_problem(len(cluster.get("brokers") or ()), kafka)
+    if problem:
+        raise ReplicationError(problem)
 
 
 async def describe_topics(admin: AIOKafkaAdminClient, specs: tuple[TopicSpec, ...], namespace: str,
@@ -95,14 +121,16 @@ async def wait_for_leaders(admin: AIOKafkaAdminClient, names: list[str], timeout
 
 async def ensure_topics(kafka: KafkaSettings, namespace: str = "", specs: tuple[TopicSpec, ...] = CATALOG,
                         replication: int | None = None) -> list[TopicState]:
-    """Create missing topics with the catalog's configs; report drift on existing ones."""
+    """Create missing topics with the catalog's configs and the configured replicas; report drift on
+    existing ones. Raises ReplicationError when the cluster has fewer brokers than the factor."""
     admin = AIOKafkaAdminClient(**kafka.client_config(), request_timeout_ms=30000)
     await admin.start()
     try:
+        await check_replication(admin, kafka)
         states = await describe_topics(admin, specs, namespace, kafka.max_message_bytes)
         missing = [s for s in states if not s.exists]
         if missing:
-            new = [NewTopic(s.name, s.spec.partitions, replication or s.spec.replication,
+            new = [NewTopic(s.name, s.spec.partitions, replication or max(kafka.replication_factor, s.spec.replication),
                             topic_configs=topic_config(s.spec, kafka)) for s in missing]
             try:
                 await admin.create_topics(new, timeout_ms=30000)

@@ -27,7 +27,12 @@ def input_hash(task: str, normalised: str) -> bytes:
 
 def split_of(task: str, text: str, holdout_fraction: float) -> Split:
     """'holdout' for a stable `holdout_fraction` share of distinct normalised inputs."""
+    return split_of_hash(input_hash(task, normalise_input(text)), holdout_fraction)
+
+
+def split_of_hash(digest: bytes, holdout_fraction: float) -> Split:
+    """`split_of` from the input's `input_hash` (when the caller has it already)."""
     if not 0.0 <= holdout_fraction < 1.0:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
-    bucket = int.from_bytes(input_hash(task, normalise_input(text))[:8], "big") / 2**64
+    bucket = int.from_bytes(digest[:8], "big") / 2**64
     return "holdout" if bucket < holdout_fraction else "train"

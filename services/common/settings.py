@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +64,18 @@ class KafkaSettings(BaseSettings):
         1 << 20, ge=64 * 1024,
         description="the one size limit: topics' max.message.bytes; producers and the router's body limit "
                     "are derived from it (see `limits`)")
+
+    replication_factor: int = Field(1, ge=1, description="replicas of every topic graduate creates (the catalog's "
+                                    "and the workers' own); start-up refuses a cluster with fewer brokers")
+    min_insync_replicas: Optional[int] = Field(None, ge=1, description="min.insync.replicas of the topics graduate "
+                                               "creates (producers use acks=all); default: the broker's")
+
+    @model_validator(mode="after")
+    def _insync_within_factor(self) -> "KafkaSettings":
+        if self.min_insync_replicas is not None and self.min_insync_replicas > self.replication_factor:
+            raise ValueError(f"min_insync_replicas {self.min_insync_replicas} exceeds replication_factor "
+                             f"{self.replication_factor}: every acks=all write would fail")
+        return self
 
     @field_validator("bootstrap")
     @classmethod

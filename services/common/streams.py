@@ -4,7 +4,11 @@ Why it exists: each processor should be "decode, call one plain function, send" 
 owns the rest (app settings that faust needs to be safe, raw-bytes topics with our Avro codec,
 dead letters, metrics, lag), so every processor behaves the same under poison and restarts.
 
-Usage (services/<name>/app.py holds the app alone; see services/curator/app.py)::
+Processors with per-partition state (the profiler, the curator) read in batches with
+`services.common.batch.BatchProcessor` instead of a faust agent (faust's per-event cost, measured
+in docs/DESIGN.md); the app, its web pages, probes and timers are still made here.
+
+Usage of the agents (services/<name>/app.py holds the app alone; see services/shadow/app.py)::
 
     from services.common import catalog
     from services.common.contracts import CapturedCall, ShadowResult
@@ -35,37 +39,29 @@ Contract of the wrappers:
   own results cannot be sent are dead-lettered, each with its own reason.
 - what the handler returns (an iterable of `Emit`, or None) is encoded and sent; only then is
   the event (or the whole batch) acknowledged, and faust flushes the producer before it commits
-  offsets, so a result (or dead letter) is written before its source is committed. State
-  writes made in the handler (`json_table`) are awaited until the broker has them before the ack
-  (`collect_changelog`): faust's own pre-commit flush can give up with them still buffered. An event
+  offsets, so a result (or dead letter) is written before its source is committed. An event
   whose handler is cancelled (SIGTERM, rebalance) is never acknowledged: it is read again.
   faust's own `async for`, `take()` and `take_events()` ack in a `finally` that also runs on
   that cancellation, committing an event whose effect was never sent; hence the `noack()`
   stream and `noack_take()` below, and `stream_wait_empty=False` (with it a stop waits for
   every unacked event, so a handler waiting for something that never comes hangs SIGTERM).
-  Processing is at-least-once: make effects idempotent by call_id, as BLIND writes (a table
-  keyed by call_id, or by "<group>:<call_id>"; aggregate when read). Do not keep read-modify-write
-  state guarded by "last applied offset": during a rebalance faust can hand an agent an offset
-  past unprocessed ones and seek back later (faust-streaming#216), and a read can see state older
-  than the changelog; both lost counts in our kill tests.
-- state writes must happen on the event loop inside the handler, inside `for_partition` (each_event
-  sets it); push CPU-heavy work to `asyncio.to_thread`. Worker state is NOT a faust table (see
-  StateTable: faust's table recovery skipped source events after a SIGKILL).
+  Processing is at-least-once: make effects idempotent by call_id. Do not keep read-modify-write
+  state in an agent guarded by "last applied offset": during a rebalance faust can hand an agent
+  an offset past unprocessed ones and seek back later (faust-streaming#216); state goes in a
+  BatchProcessor, which owns its consumer and writes state and offset in one record. Nor in a
+  faust table: its recovery skipped source events after a SIGKILL in our kill tests.
 - probes (services/common/probes.py): GET /readyz (200 once an assignment is held and every
-  state the app registered with `health(app).require(...)` is restored; state tables register
-  themselves) and GET /livez (503 when records wait and nothing was handled for
+  state the app registered with `health(app).require(...)` is restored; batch processors register
+  theirs) and GET /livez (503 when records wait and nothing was handled for
   GRADUATE_WORKER_STALL_AFTER_S); both answer JSON with the reasons.
 - metrics (prometheus_client, GET /metrics on the worker's web port):
   graduate_processor_processed_total{processor}, graduate_processor_failed_total{processor},
   graduate_processor_deadletter_total{processor}, graduate_processor_lag{processor,topic},
   graduate_processor_processing_seconds{processor} (per event; per batch for batch handlers).
 
-Also here: `json_table(app, name, sources=[...])` (per-call state: str keys, JSON values, in memory
-and in a compacted topic of the app's own, read back after every assignment),
-`internal_topic(app, suffix, config=...)` (an app-owned raw topic, e.g. to re-key by input, or a
-compacted state topic),
+Also here: `internal_topic(app, suffix, config=...)` (an app-owned raw topic),
 `replay_topic(kafka, codec, spec, namespace, Model)` (read a catalog topic directly up to its
-end or given offsets: snapshots, reports), `changelog_topic(name, namespace, table)`,
+end or given offsets: snapshots, reports),
 `plumbing(app)` (processor name, settings, codec) and `WorkerSettings` (GRADUATE_WORKER_*).
 
 Workers: `graduate worker NAME [--web-port P] [--datadir D] [--instance-id I]` (services/workers.py)
@@ -80,15 +76,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import socket
 import time
-from contextlib import contextmanager
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Generic, Iterable, Iterator, Optional, TypeVar, Union
+from typing import Any, Awaitable, Callable, Generic, Iterable, Optional, TypeVar, Union
 
 import faust
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
@@ -174,7 +167,7 @@ class Plumbing:
     topics: dict[str, Any] = field(default_factory=dict)
     specs: dict[str, TopicSpec] = field(default_factory=dict)
     internal: dict[str, tuple[int, dict[str, str]]] = field(default_factory=dict)  # name -> (partitions, config)
-    states: list = field(default_factory=list)  # StateTable
+    processors: list = field(default_factory=list)  # services.common.batch.BatchProcessor
     health: Health = field(default_factory=lambda: Health(stall_after_s=300.0))
 
     def topic(self, app: faust.App, spec: TopicSpec) -> Any:
@@ -233,7 +226,7 @@ def make_app(name: str, settings: WorkerSettings, *, partitions: int = catalog.C
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=partitions,
-        topic_replication_factor=1,
+        topic_replication_factor=settings.kafka.replication_factor,
         consumer_auto_offset_reset="earliest",
         consumer_group_instance_id=instance,
         broker_session_timeout=session,
@@ -290,6 +283,8 @@ def consumer_lag(app: faust.App) -> dict[str, int]:
     it owns): the group's lag as the broker sees it. Records already fetched into faust's buffers
     but not handled count, so a stuck handler shows as lag (and fails /livez)."""
     plumb = plumbing(app)
+    if plumb.processors:
+        return {p.topic: p.lag() for p in plumb.processors}
     consumer = app.consumer
     lag = {t: 0 for t in plumb.sources}
     try:
@@ -309,7 +304,10 @@ def consumer_lag(app: faust.App) -> dict[str, int]:
 
 def assigned_partitions(app: faust.App) -> set:
     """Every partition of a source topic this worker owns now (empty before the first assignment)."""
-    sources = plumbing(app).sources
+    plumb = plumbing(app)
+    if plumb.processors:
+        return {(p.topic, n) for p in plumb.processors for n in p.states}
+    sources = plumb.sources
     try:
         return {tp for tp in app.consumer.assignment() if tp.topic in sources}
     except Exception:  # not started yet
@@ -353,17 +351,22 @@ def internal_topic(app: faust.App, suffix: str, *, partitions: int = catalog.CAL
 
 
 async def ensure_app_topics(app: faust.App) -> None:
-    """Create the app's catalog topics, the dead-letter topic and its internal topics if missing;
-    exit when a topic accepts smaller records than this worker's producer may send (checked at start)."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
+    """Create the app's catalog topics, the dead-letter topic and its internal topics if missing, with
+    GRADUATE_KAFKA_REPLICATION_FACTOR replicas and GRADUATE_KAFKA_MIN_INSYNC_REPLICAS; exit when the
+    cluster has fewer brokers than that factor, or when a topic accepts smaller records than this
+    worker's producer may send, or when a batch processor's source has more partitions than its
+    state topic (all checked at start)."""
+    from aiokafka.admin import AIOKafkaAdminClient
 
-    from services.common.kafka import ensure_topics, wait_for_leaders
+    from services.common.kafka import ReplicationError, ensure_topics
 
     plumb = plumbing(app)
     plumb.topic(app, catalog.DEADLETTER)
     kafka = plumb.settings.kafka
-    states = await ensure_topics(kafka, plumb.settings.topic_namespace, tuple(plumb.specs.values()))
+    try:
+        states = await ensure_topics(kafka, plumb.settings.topic_namespace, tuple(plumb.specs.values()))
+    except ReplicationError as exc:
+        raise SystemExit(f"graduate worker {plumb.processor}: {exc}") from None
     too_small = [f"{s.name}: {d}" for s in states for d in s.drift if d.startswith("max.message.bytes")]
     if too_small:  # this worker could send records its topics refuse: lost sends, not dead letters
         raise SystemExit("size limits disagree with the broker (GRADUATE_KAFKA_MAX_MESSAGE_BYTES="
@@ -373,17 +376,38 @@ async def ensure_app_topics(app: faust.App) -> None:
     admin = AIOKafkaAdminClient(**kafka.client_config(), request_timeout_ms=30000)
     await admin.start()
     try:
-        existing = set(await admin.list_topics())
-        new = [NewTopic(n, p, 1, topic_configs={"max.message.bytes": str(kafka.max_message_bytes), **cfg})
-               for n, (p, cfg) in plumb.internal.items() if n not in existing]
-        if new:
-            try:
-                await admin.create_topics(new, timeout_ms=30000)
-            except TopicAlreadyExistsError:
-                pass
-            await wait_for_leaders(admin, [t.name for t in new])
+        await create_internal_topics(admin, plumb)
+        if plumb.processors:
+            from services.common.batch import state_partition_problems
+
+            names = [n for p in plumb.processors for n in (p.topic, p.state_topic)]
+            counts = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)
+                      if t.get("error_code") == 0}
+            problems = state_partition_problems(counts, plumb.processors)
+            if problems:
+                raise SystemExit(f"graduate worker {plumb.processor}:\n  " + "\n  ".join(problems))
     finally:
         await admin.close()
+
+
+async def create_internal_topics(admin: Any, plumb: Plumbing) -> None:
+    """Create the app's own topics that are missing, with the configured replicas."""
+    from aiokafka.admin import NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    from services.common.kafka import replica_config, wait_for_leaders
+
+    kafka = plumb.settings.kafka
+    existing = set(await admin.list_topics())
+    new = [NewTopic(n, p, kafka.replication_factor,
+                    topic_configs={"max.message.bytes": str(kafka.max_message_bytes), **replica_config(kafka), **cfg})
+           for n, (p, cfg) in plumb.internal.items() if n not in existing]
+    if new:
+        try:
+            await admin.create_topics(new, timeout_ms=30000)
+        except TopicAlreadyExistsError:
+            pass
+        await wait_for_leaders(admin, [t.name for t in new])
 
 
 def meta_of(event: Any) -> Meta:
@@ -559,13 +583,10 @@ def each_event(app: faust.App, topic: Any, model: Model, *, name: str | None = N
         async def agent(stream):
             manual = stream.noack()
             async for event in manual.events():
-                await states_ready(app)
                 meta = meta_of(event)
                 started = time.perf_counter()
-                with for_partition(meta.partition), collect_changelog() as written:
-                    outcome = await process_one(plumb.codec, model, handler, meta, event.value)
+                outcome = await process_one(plumb.codec, model, handler, meta, event.value)
                 await deliver(app, outcome, meta, event.value)
-                await changelog_written(written)
                 PROCESSING_SECONDS.labels(label).observe(time.perf_counter() - started)
                 plumb.health.progressed()
                 await manual.ack(event)  # deliberately not in a finally: a cancelled event stays unacked
@@ -589,25 +610,22 @@ def each_batch(app: faust.App, topic: Any, model: Model, *, size: int, within: f
 
         async def agent(stream):
             async for events in stream.noack_take(size, within=within):  # events, despite its name
-                await states_ready(app)
                 started = time.perf_counter()
                 batch = [(meta_of(e), e.value) for e in events]
-                with collect_changelog() as written:
-                    emits, failures = await process_batch(plumb.codec, model, handler, batch)
-                    if emits:
-                        try:
-                            await send_emits(app, emits)
-                        except asyncio.CancelledError:
-                            raise
-                        except Exception as exc:  # which item's result failed is not known: each alone
-                            log.warning("%s: a send of a batch of %d failed (%s); handling each event alone",
-                                        label, len(batch), exc)
-                            failed = {(m.topic, m.partition, m.offset) for m, _, _ in failures}
-                            failures += await handle_alone(app, model, handler, [
-                                (m, raw) for m, raw in batch if (m.topic, m.partition, m.offset) not in failed])
+                emits, failures = await process_batch(plumb.codec, model, handler, batch)
+                if emits:
+                    try:
+                        await send_emits(app, emits)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # which item's result failed is not known: each alone
+                        log.warning("%s: a send of a batch of %d failed (%s); handling each event alone",
+                                    label, len(batch), exc)
+                        failed = {(m.topic, m.partition, m.offset) for m, _, _ in failures}
+                        failures += await handle_alone(app, model, handler, [
+                            (m, raw) for m, raw in batch if (m.topic, m.partition, m.offset) not in failed])
                 for meta, raw, exc in failures:
                     await send_dead_letter(app, meta, raw, exc)
-                await changelog_written(written)
                 PROCESSED.labels(label).inc(len(batch) - len(failures))
                 PROCESSING_SECONDS.labels(label).observe(time.perf_counter() - started)
                 plumb.health.progressed()
@@ -618,184 +636,6 @@ def each_batch(app: faust.App, topic: Any, model: Model, *, size: int, within: f
         return handler
 
     return decorate
-
-
-_PARTITION: ContextVar[Optional[int]] = ContextVar("graduate_changelog_partition", default=None)
-_CHANGELOG: ContextVar[Optional[list]] = ContextVar("graduate_changelog_pending", default=None)
-
-
-@contextmanager
-def collect_changelog() -> Iterator[list]:
-    """Collect the changelog sends (faust FutureMessages) of the table writes made inside.
-
-    faust queues a table write in its producer buffer (`send_soon`), and the flush it does before
-    committing offsets gives up after 0.1 s without a send (ProducerBuffer.flush_atmost), so on a
-    busy machine an offset could be committed while its table writes still sat in that buffer: a
-    SIGKILL then lost them (10 of 3000 calls in a CI run of test_curator_recovery.py). The agents
-    therefore wait for these futures (`changelog_written`) before they ack the source events."""
-    pending: list = []
-    token = _CHANGELOG.set(pending)
-    try:
-        yield pending
-    finally:
-        _CHANGELOG.reset(token)
-
-
-async def changelog_written(pending: list) -> None:
-    """Wait until every collected changelog record was delivered to the broker."""
-    if pending:
-        await asyncio.gather(*pending)
-        pending.clear()
-
-
-@contextmanager
-def for_partition(partition: int) -> Iterator[None]:
-    """State writes inside go to partition `partition` (the source event's). each_event
-    sets it for you; a batch handler groups its items with `by_partition` and writes inside this."""
-    token = _PARTITION.set(partition)
-    try:
-        yield
-    finally:
-        _PARTITION.reset(token)
-
-
-def by_partition(items: Iterable[Item[T]]) -> dict[int, list[Item[T]]]:
-    """A batch's items per source partition, each in offset order."""
-    out: dict[int, list[Item[T]]] = {}
-    for item in sorted(items, key=lambda i: (i.meta.partition, i.meta.offset)):
-        out.setdefault(item.meta.partition, []).append(item)
-    return out
-
-
-class StateTable:
-    """Per-call state of a worker: a dict in memory, written through to a compacted topic of the
-    app's own (`<app id>-<name>-changelog`, str JSON keys, JSON values), the record going to the
-    partition `for_partition` names (the source event's partition).
-
-    Not a faust table on purpose: with a table to recover, faust 0.15 starts fetching the source
-    partitions during recovery, before it seeks them to their committed offsets, and a worker
-    SIGKILLed and restarted as itself skipped source events (the curator lost 10-30 of 3,000
-    calls, the profiler 87, in CI runs; the judge, which never had a table, learned this first).
-    Here faust has no table: after every assignment the worker reads the state of the partitions
-    it owns back from the topic (the latest record per key) and `each_event`/`each_batch` wait
-    for that before handling anything; a write's record is awaited (`collect_changelog`) before
-    its source event is acked, so a committed event's state is on the broker.
-    """
-
-    def __init__(self, app: faust.App, name: str, sources: Iterable[Any], partitions: int) -> None:
-        self.app = app
-        self.name = name
-        self.changelog_topic = internal_topic(app, f"{name}-changelog", partitions=partitions,
-                                              config={"cleanup.policy": "compact"})
-        self.sources = list(sources)
-        self.data: dict[str, Any] = {}
-        self.ready = asyncio.Event()
-        self.generation = 0
-        plumbing(app).states.append(self)
-        plumbing(app).health.require(f"state {name}", self.ready.is_set)
-        app.on_partitions_assigned.connect(self._on_assigned)
-        app.on_partitions_revoked.connect(self._on_revoked)
-
-    # -- the dict side -----------------------------------------------------------------------------
-    def __setitem__(self, key: str, value: Any) -> None:
-        partition = _PARTITION.get()
-        if partition is None:
-            raise TypeError(f"state table {self.name}: write inside for_partition(...) (each_event sets it)")
-        self.data[key] = value
-        fut = self.changelog_topic.send_soon(key=json.dumps(key).encode(), value=json.dumps(value).encode(),
-                                             partition=partition)
-        pending = _CHANGELOG.get()
-        if pending is not None:
-            pending.append(fut)
-
-    def __getitem__(self, key: str) -> Any:
-        return self.data[key]
-
-    def __contains__(self, key: object) -> bool:
-        return key in self.data
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def get(self, key: str, default: Any = None) -> Any:
-        return self.data.get(key, default)
-
-    def items(self):
-        return self.data.items()
-
-    # -- reading back after an assignment ------------------------------------------------------------
-    async def _on_revoked(self, sender: Any, revoked: Any, **kwargs: Any) -> None:  # noqa: ARG002
-        self.ready.clear()
-
-    async def _on_assigned(self, sender: Any, assigned: Any, **kwargs: Any) -> None:  # noqa: ARG002
-        self.ready.clear()
-        self.generation += 1
-        names = {t.get_topic_name() for t in self.sources}
-        owned = {tp.partition for tp in assigned if tp.topic in names}
-        asyncio.ensure_future(self._load(self.generation, owned))
-
-    async def _load(self, generation: int, owned: set[int]) -> None:
-        delay = 0.5
-        while True:
-            try:
-                records = await self._read(owned)
-                break
-            except Exception as exc:  # Kafka away: keep trying, nothing is handled meanwhile
-                log.warning("state %s: cannot read partitions %s (%s); retrying in %.1f s", self.name, sorted(owned),
-                            exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 15.0)
-        if generation != self.generation:
-            return  # another assignment came meanwhile
-        self.data.update(records)
-        self.ready.set()
-        log.info("state %s: read %d records of partitions %s", self.name, len(records), sorted(owned))
-
-    async def _read(self, partitions: set[int]) -> dict[str, Any]:
-        """The latest value per key in `partitions` (deleted keys left out)."""
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
-        if not partitions:
-            return {}
-        topic = self.changelog_topic.get_topic_name()
-        kafka = plumbing(self.app).settings.kafka
-        consumer = AIOKafkaConsumer(**kafka.client_config(), group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", max_poll_records=5000)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            latest: dict[str, Any] = {}
-            pending = {tp for tp in tps if end[tp] > 0}
-            while pending:
-                for tp, batch in (await consumer.getmany(*pending, timeout_ms=1000)).items():
-                    for r in batch:
-                        if r.offset < end[tp] and r.key is not None:
-                            latest[json.loads(r.key)] = None if r.value is None else json.loads(r.value)
-                for tp in list(pending):
-                    if await consumer.position(tp) >= end[tp]:
-                        pending.discard(tp)
-        finally:
-            await consumer.stop()
-        return {k: v for k, v in latest.items() if v is not None}
-
-
-def json_table(app: faust.App, name: str, *, sources: Iterable[Any],
-               partitions: int = catalog.CALLS_CAPTURED.partitions) -> StateTable:
-    """Per-call state with str keys and JSON values (see StateTable), owned by partition of `sources`.
-
-    Write only keys that belong to the source partition being written for (e.g. keyed by the
-    event's call_id), with `for_partition` in batch handlers. Writes should be blind (see above).
-    """
-    return StateTable(app, name, sources, partitions)
-
-
-async def states_ready(app: faust.App) -> None:
-    """Wait until every state table of the app has read back the partitions it owns."""
-    for state in plumbing(app).states:
-        await state.ready.wait()
 
 
 # --- replay: read a catalog topic directly (snapshots, candidates, review queue) ---------------
@@ -861,8 +701,3 @@ async def replay_topic(kafka: KafkaSettings, codec: Codec, spec: TopicSpec, name
         return out
     finally:
         await consumer.stop()
-
-
-def changelog_topic(app_name: str, namespace: str, table: str) -> str:
-    """The changelog faust keeps for a table of a graduate app (faust's own naming)."""
-    return f"{app_id(app_name, namespace)}-{table}-changelog"

@@ -9,6 +9,7 @@ import functools
 
 import json
 import re
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal, Optional
 
@@ -138,12 +139,17 @@ class TaskSpec(BaseModel):
 _LABEL_STRIP = re.compile(r"^[\s\"'`*.:]+|[\s\"'`*.:]+$")
 
 
+@lru_cache(maxsize=256)
+def _by_lower(labels: tuple[str, ...]) -> dict[str, str]:
+    """A label set by its lower-cased labels, built once per set (parsing runs once per captured call)."""
+    return {label.lower(): label for label in labels}
+
+
 def parse_label(raw: str, labels: tuple[str, ...]) -> str:
     text = _LABEL_STRIP.sub("", raw or "")
     if text.lower().startswith("label:"):
         text = _LABEL_STRIP.sub("", text[6:])
-    by_lower = {label.lower(): label for label in labels}
-    label = by_lower.get(text.lower())
+    label = _by_lower(labels).get(text.lower())
     if label is None:
         raise ParseFailure(f"answer {raw[:80]!r} is not one of the task's {len(labels)} labels")
     return label

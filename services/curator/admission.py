@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable
 
 from services.common.contracts import CapturedCall
-from services.common.redaction import Redactor
+from services.common.redaction import Redacted, Redactor
 from services.common.tasks import ParseFailure, TaskRegistry, TaskSpec
 
 CALL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -33,11 +35,11 @@ class Admission:
     """The task registry and one compiled redactor per task (built once per worker)."""
 
     tasks: TaskRegistry
-    redactors: dict[str, Redactor]
+    redactors: dict[str, Callable[[str], Redacted]]
 
     @classmethod
     def of(cls, tasks: TaskRegistry) -> "Admission":
-        return cls(tasks, {name: Redactor(spec.redaction.patterns) for name, spec in tasks.tasks.items()})
+        return cls(tasks, {name: answers_cached(Redactor(spec.redaction.patterns)) for name, spec in tasks.tasks.items()})
 
     def admit(self, call: CapturedCall) -> CapturedCall:
         """The call as the dataset may hold it, or `Refused` saying why not."""
@@ -50,6 +52,16 @@ class Admission:
         if not call.input.strip():
             raise Refused("empty_input", "the input is empty")
         return redact_by_policy(spec, self.redactors[spec.name], reparse(spec, call))
+
+
+def answers_cached(redactor: Redactor, size: int = 4096) -> Callable[[str], Redacted]:
+    """The redactor with the short texts it saw remembered: a task's answers repeat (labels), so
+    most are redacted once, not once per call (redaction is pure)."""
+    cached = lru_cache(maxsize=size)(redactor)
+
+    def redact(text: str) -> Redacted:
+        return cached(text) if len(text) <= 256 else redactor(text)
+    return redact
 
 
 def reparse(spec: TaskSpec, call: CapturedCall) -> CapturedCall:
@@ -66,7 +78,7 @@ def reparse(spec: TaskSpec, call: CapturedCall) -> CapturedCall:
     return call if output == call.output else call.model_copy(update={"output": output})
 
 
-def redact_by_policy(spec: TaskSpec, redactor: Redactor, call: CapturedCall) -> CapturedCall:
+def redact_by_policy(spec: TaskSpec, redactor: Callable[[str], Redacted], call: CapturedCall) -> CapturedCall:
     """Redact the input and answers again (placeholders never match, so a redacted record is
     unchanged). PII found is replaced; with `redaction.captured: refuse` the record is refused."""
     red_input, red_raw = redactor(call.input), redactor(call.output_raw)

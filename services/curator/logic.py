@@ -11,8 +11,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Iterable, Optional
 
+from services.common import sample
 from services.common.contracts import CapturedCall, ReviewedLabel
-from services.common.normalize import Split, input_hash, normalise_input, split_of
+from services.common.normalize import Split, input_hash, normalise_input, split_of_hash
 
 DEFAULT_HOLDOUT_FRACTION = 0.15
 
@@ -46,10 +47,9 @@ class CuratedCall:
 def curate_call(call: CapturedCall, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> CuratedCall:
     """Normalise, hash and split one call; a parse failure keeps no label."""
     usable = call.parse_ok and call.output is not None and call.output != ""
-    normalised = normalise_input(call.input)
-    return CuratedCall(call.call_id, call.task, ts_ms(call.ts), call.input,
-                       input_hash(call.task, normalised).hex(), split_of(call.task, call.input, holdout_fraction),
-                       call.output if usable else None)
+    digest = input_hash(call.task, normalise_input(call.input))
+    return CuratedCall(call.call_id, call.task, ts_ms(call.ts), call.input, digest.hex(),
+                       split_of_hash(digest, holdout_fraction), call.output if usable else None)
 
 
 @dataclass(frozen=True)
@@ -225,34 +225,91 @@ def build_review_queue(dataset: Dataset, answers: Iterable[SmallAnswer], *, limi
     return queue
 
 
-# --- live stats of the worker (over its table of calls keyed by input) -----------------------
+# --- live stats of the worker: per source partition, a bounded tally per task ------------------
 
-def call_key(call: CuratedCall) -> str:
-    """The worker's table key: the input first, so a task's duplicates sit in one partition."""
-    return f"{call.task}:{call.normalised_hash}:{call.call_id}"
+@dataclass
+class Tally:
+    """One task's live dataset stats on one source partition: exact counts, and the distinct inputs
+    as a hash sample (services/common/sample.py) that merges across partitions, so a task's
+    duplicates and conflicts are found without re-keying the calls by input."""
+
+    calls: int = 0
+    usable: int = 0
+    parse_failures: int = 0
+    train: int = 0
+    holdout: int = 0
+    inputs: dict = field(default_factory=dict)  # 16 hex of the input hash -> [first label, conflict, usable]
+    inputs_sampled: float = 1.0
+    inputs_cap: int = sample.DEFAULT_CAP
+
+    def add(self, call: CuratedCall) -> None:
+        self.calls += 1
+        if call.usable:
+            self.usable += 1
+        else:
+            self.parse_failures += 1
+        if call.split == "holdout":
+            self.holdout += 1
+        else:
+            self.train += 1
+        digest = call.normalised_hash[:16]
+        if sample.kept(digest, self.inputs_sampled):
+            sample.note(self.inputs, digest, call.label)
+            if len(self.inputs) > self.inputs_cap:
+                self.inputs_sampled = sample.shrink(self.inputs, self.inputs_sampled, self.inputs_cap)
+
+    def merge(self, other: "Tally") -> "Tally":
+        out = Tally.from_json(self.to_json())
+        for name in ("calls", "usable", "parse_failures", "train", "holdout"):
+            setattr(out, name, getattr(out, name) + getattr(other, name))
+        out.inputs_cap += other.inputs_cap  # a merged view keeps what both kept (bounded by the parts)
+        out.inputs_sampled = sample.merge(out.inputs, out.inputs_sampled, other.inputs, other.inputs_sampled,
+                                          out.inputs_cap)
+        return out
+
+    def stats(self) -> dict:
+        """calls, usable, parse_failures, train, holdout, inputs, duplicate_calls, conflicting_inputs
+        (the last three estimated from the sample when `inputs_sampled` < 1, which it then shows)."""
+        inputs = round(len(self.inputs) / self.inputs_sampled)
+        out = {"calls": self.calls, "usable": self.usable, "parse_failures": self.parse_failures,
+               "train": self.train, "holdout": self.holdout, "inputs": inputs,
+               "duplicate_calls": max(0, self.calls - inputs),
+               "conflicting_inputs": round(sum(e[1] for e in self.inputs.values()) / self.inputs_sampled)}
+        if self.inputs_sampled < 1.0:
+            out["inputs_sampled"] = self.inputs_sampled
+        return out
+
+    def to_json(self) -> dict:
+        return {"calls": self.calls, "usable": self.usable, "parse_failures": self.parse_failures,
+                "train": self.train, "holdout": self.holdout, "inputs": {h: list(e) for h, e in self.inputs.items()},
+                "inputs_sampled": self.inputs_sampled, "inputs_cap": self.inputs_cap}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Tally":
+        return cls(**{**data, "inputs": {h: list(e) for h, e in data.get("inputs", {}).items()}})
 
 
-def call_entry(call: CuratedCall) -> dict:
-    return {"ts": call.ts_ms, "label": call.label, "split": call.split}
+def tally_calls(tallies: dict[str, Tally], calls: Iterable[CuratedCall]) -> None:
+    """Add curated calls to a partition's tallies (in place)."""
+    for c in calls:
+        t = tallies.get(c.task)
+        if t is None:
+            t = tallies[c.task] = Tally()
+        t.add(c)
 
 
-def table_stats(items: Iterable[tuple[str, dict]]) -> dict[str, dict]:
-    """Per task: calls, usable, parse failures, calls per split, distinct inputs, duplicate calls
-    and conflicting inputs, over (call_key, call_entry) pairs (one per call: replays overwrite)."""
-    by_input: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for key, entry in items:
-        task, digest, _ = key.rsplit(":", 2)
-        by_input[(task, digest)].append(entry)
-    out: dict[str, dict] = {}
-    for (task, _), entries in by_input.items():
-        s = out.setdefault(task, {"calls": 0, "usable": 0, "parse_failures": 0, "train": 0, "holdout": 0,
-                                  "inputs": 0, "duplicate_calls": 0, "conflicting_inputs": 0})
-        labels = {e["label"] for e in entries if e["label"] is not None}
-        s["calls"] += len(entries)
-        s["usable"] += sum(e["label"] is not None for e in entries)
-        s["parse_failures"] += sum(e["label"] is None for e in entries)
-        s[entries[0]["split"]] += len(entries)
-        s["inputs"] += 1
-        s["duplicate_calls"] += len(entries) - 1
-        s["conflicting_inputs"] += len(labels) > 1
-    return out
+def tallies_json(tallies: dict[str, Tally]) -> dict:
+    return {task: t.to_json() for task, t in tallies.items()}
+
+
+def tallies_from_json(data: dict) -> dict[str, Tally]:
+    return {task: Tally.from_json(t) for task, t in data.items()}
+
+
+def tally_stats(parts: Iterable[dict[str, Tally]]) -> dict[str, dict]:
+    """Per task, the stats of several partitions' tallies merged."""
+    merged: dict[str, Tally] = {}
+    for tallies in parts:
+        for task, t in tallies.items():
+            merged[task] = merged[task].merge(t) if task in merged else t
+    return {task: t.stats() for task, t in sorted(merged.items())}

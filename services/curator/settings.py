@@ -13,8 +13,7 @@ class CuratorSettings(BaseSettings):
     holdout_fraction: float = Field(DEFAULT_HOLDOUT_FRACTION, description="share of distinct inputs held out")
     review_limit: int = Field(50, ge=1, description="items in the review queue")
     review_low_confidence: float = Field(0.6, ge=0.0, le=1.0, description="shadow confidence below this is reviewed early")
-    batch_size: int = Field(500, ge=1, description="events per micro-batch of the worker")
-    batch_within_s: float = Field(0.2, gt=0)
+    batch_size: int = Field(2000, ge=1, description="records per read (getmany) of the worker")
     stats_interval_s: float = Field(10.0, gt=0)
 
     @field_validator("holdout_fraction")

@@ -1,22 +1,23 @@
-"""The profiler worker (faust): a live profile per task from captured calls and router outcomes.
+"""The profiler worker: a live profile per task from captured calls and router outcomes.
 
-Effect: table `summaries`: "call|<call_id>" or "outcome|<call_id>" -> [task, partition, the
-small record the profile needs (`summarise_call` / `summarise_outcome`)], written blind (no
-read-modify-write) and keyed by call_id, so a redelivery after a crash or a rebalance rewrites
-the same record: every call counts once. Profiles are folded from the records of the partitions
-this worker owns when asked: GET /profiler/candidates/ ranks the tasks; `graduate candidates`
-computes the same from the whole topic.
+Two batch processors (services/common/batch.py), one per source topic. Each keeps, per source
+partition, a bounded `Profile` per task (counts, a latency histogram with 5 % buckets, capped
+distinct outputs and field values, a hash sample of the inputs; services/profiler/logic.py) and
+writes it with the offset it reached to its state topic, so a replay after a crash or a rebalance
+never counts a call twice. GET /profiler/candidates/ ranks the tasks from the partitions this
+worker owns; `graduate candidates` computes the same from the whole topic.
 """
 from __future__ import annotations
 
 from prometheus_client import Gauge
 
 from services.common import catalog
+from services.common.batch import BatchProcessor, Fold
 from services.common.contracts import CapturedCall, RouterOutcome
 from services.common.settings import load_settings
-from services.common.streams import (Item, WorkerSettings, active_partitions, by_partition, each_batch, for_partition,
-                                     json_table, make_app, source_topic)
-from services.profiler.logic import Profile, assess, rank, summarise_call, summarise_outcome
+from services.common.streams import Emit, Item, WorkerSettings, make_app, refusal
+from services.profiler.logic import (Profile, assess, fold_call_summaries, fold_outcomes, merge_profiles,
+                                     profiles_from_json, profiles_json, rank, summarise_call)
 from services.profiler.report import task_specs
 from services.profiler.settings import ProfilerSettings
 
@@ -25,41 +26,36 @@ profiler: ProfilerSettings = load_settings(ProfilerSettings)
 specs = task_specs(settings)  # an extraction task is judged by the structure of its answers
 
 app = make_app("profiler", settings)
-captured = source_topic(app, catalog.CALLS_CAPTURED, settings.topic_namespace)
-outcomes = source_topic(app, catalog.ROUTER_OUTCOMES, settings.topic_namespace)
-summaries = json_table(app, "summaries", sources=[captured, outcomes])
+STATE = Fold(dict, profiles_json, profiles_from_json)
 
 CALLS_PER_DAY = Gauge("graduate_profiler_calls_per_day", "requests per day (this worker's partitions)", ["task"])
 
 
-@each_batch(app, captured, CapturedCall, size=profiler.worker_batch_size, within=profiler.worker_batch_within_s)
-def profile_calls(items: list[Item[CapturedCall]]) -> None:
-    for partition, group in by_partition(items).items():
-        with for_partition(partition):
-            for i in group:
-                summaries[f"call|{i.value.call_id}"] = [i.value.task, partition, summarise_call(i.value)]
+def profile_calls(profiles: dict[str, Profile], items: list[Item[CapturedCall]]) -> list[Emit]:
+    """Fold a partition's batch of captured calls; a call that cannot be summarised is dead-lettered."""
+    summaries, refused = [], []
+    for item in items:
+        try:
+            summaries.append((item.value.task, summarise_call(item.value)))
+        except Exception as exc:  # noqa: BLE001 - one bad call must not stop its batch
+            refused.append(refusal(app, item, exc))
+    fold_call_summaries(profiles, summaries)
+    return refused
 
 
-@each_batch(app, outcomes, RouterOutcome, size=profiler.worker_batch_size, within=profiler.worker_batch_within_s)
-def profile_outcomes(items: list[Item[RouterOutcome]]) -> None:
-    for partition, group in by_partition(items).items():
-        with for_partition(partition):
-            for i in group:
-                summaries[f"outcome|{i.value.call_id}"] = [i.value.task, partition, summarise_outcome(i.value)]
+def profile_outcomes(profiles: dict[str, Profile], items: list[Item[RouterOutcome]]) -> None:
+    fold_outcomes(profiles, (i.value for i in items))
+
+
+calls = BatchProcessor(app, catalog.CALLS_CAPTURED, CapturedCall, profile_calls, STATE,
+                       max_records=profiler.worker_batch_size)
+outcomes = BatchProcessor(app, catalog.ROUTER_OUTCOMES, RouterOutcome, profile_outcomes, STATE,
+                          max_records=profiler.worker_batch_size)
 
 
 def local_profiles() -> dict[str, Profile]:
-    """Profiles of the partitions this worker owns now (the table also holds standby copies)."""
-    owned = {"call": active_partitions(app, captured.get_topic_name()),
-             "outcome": active_partitions(app, outcomes.get_topic_name())}
-    out: dict[str, Profile] = {}
-    for key, (task, partition, record) in list(summaries.items()):
-        kind = key.split("|", 1)[0]
-        if partition not in owned[kind]:
-            continue
-        p = out.setdefault(task, Profile(task))
-        p.add_call_summary(record) if kind == "call" else p.add_outcome_summary(record)
-    return out
+    """Profiles of the partitions this worker owns now."""
+    return merge_profiles([*calls.partitions().values(), *outcomes.partitions().values()])
 
 
 def local_candidates():

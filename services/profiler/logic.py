@@ -17,9 +17,11 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
-from typing import Optional
+from typing import Iterable, Optional
 
+from services.common import sample
 from services.common.contracts import CapturedCall, RouterOutcome
 from services.common.normalize import input_hash, normalise_input
 from services.common.tasks import TaskSpec
@@ -34,7 +36,12 @@ def _ms(ts: datetime) -> int:
 
 
 def _day(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).strftime("%Y-%m-%d")
+    return _day_of(ms // DAY_MS)
+
+
+@lru_cache(maxsize=1024)
+def _day_of(day: int) -> str:
+    return datetime.fromtimestamp(day * 86400, timezone.utc).strftime("%Y-%m-%d")
 
 
 def output_key(output: str) -> str:
@@ -122,6 +129,8 @@ class Profile:
     cost_usd: float = 0.0
     inputs: dict = field(default_factory=dict)  # input hash -> [first output key, conflict 0/1, usable answers]
     inputs_sampled: float = 1.0  # share of inputs tracked in `inputs` (by hash, so merges agree)
+    inputs_cap: int = sample.DEFAULT_CAP  # more tracked inputs halve `inputs_sampled` (services/common/sample.py)
+    days_cap: int = 62  # UTC days kept in `days` (the oldest go first); the window is days_cap at most
     outcomes: dict = field(default_factory=dict)  # served_by -> count (router outcomes)
     small_latency: dict = field(default_factory=dict)  # bucket -> count
     output_cap: int = 5000
@@ -139,9 +148,8 @@ class Profile:
         self.first_ms = ms if self.first_ms is None else min(self.first_ms, ms)
         self.last_ms = ms if self.last_ms is None else max(self.last_ms, ms)
         _add(self.days, _day(ms))
-
-    def _tracks(self, digest: bytes) -> bool:
-        return int.from_bytes(digest[:8], "big") / 2**64 < self.inputs_sampled
+        if len(self.days) > self.days_cap:
+            del self.days[min(self.days)]
 
     def add_call(self, call: CapturedCall) -> None:
         self.add_call_summary(summarise_call(call))
@@ -179,15 +187,10 @@ class Profile:
                 _add(self.outputs, key)
             else:
                 self.outputs_overflow += 1
-        if self._tracks(bytes.fromhex(digest_hex)):
-            entry = self.inputs.get(digest_hex) or [None, 0, 0]
-            if key is not None:
-                if entry[0] is None:
-                    entry[0] = key
-                elif entry[0] != key:
-                    entry[1] = 1
-                entry[2] += 1
-            self.inputs[digest_hex] = entry
+        if sample.kept(digest_hex, self.inputs_sampled):
+            sample.note(self.inputs, digest_hex, key)
+            if len(self.inputs) > self.inputs_cap:
+                self.inputs_sampled = sample.shrink(self.inputs, self.inputs_sampled, self.inputs_cap)
 
     def add_outcome(self, outcome: RouterOutcome) -> None:
         self.add_outcome_summary(summarise_outcome(outcome))
@@ -241,14 +244,11 @@ class Profile:
                 else:
                     _add(out.field_overflow, name, n)
         out.cost_usd += other.cost_usd
-        out.inputs_sampled = min(out.inputs_sampled, other.inputs_sampled)
-        for h, (key, conflict, n) in other.inputs.items():
-            mine = out.inputs.get(h)
-            if mine is None:
-                out.inputs[h] = [key, conflict, n]
-            else:
-                differs = mine[0] is not None and key is not None and mine[0] != key
-                out.inputs[h] = [mine[0] or key, int(mine[1] or conflict or differs), mine[2] + n]
+        out.inputs_cap += other.inputs_cap  # a merged view keeps what both kept (bounded by the parts)
+        out.inputs_sampled = sample.merge(out.inputs, out.inputs_sampled, other.inputs, other.inputs_sampled,
+                                          out.inputs_cap)
+        while len(out.days) > out.days_cap:
+            del out.days[min(out.days)]
         return out
 
     def to_json(self) -> dict:
@@ -562,12 +562,61 @@ def rank(candidates: list[Candidate]) -> list[Candidate]:
                                              -c.economics.monthly_saving_usd, c.task))
 
 
-def profile_calls(calls, outcomes=(), *, inputs_sampled: float = 1.0) -> dict[str, Profile]:
+REPLAY_INPUTS_CAP = 1 << 16  # a replay holds the whole topic anyway: inputs exact up to 65 k distinct
+
+
+def profile_calls(calls, outcomes=(), *, inputs_sampled: float = 1.0,
+                  inputs_cap: int = REPLAY_INPUTS_CAP) -> dict[str, Profile]:
     """Profiles per task from captured calls and router outcomes (iterables of contracts)."""
     out: dict[str, Profile] = {}
+
+    def profile(task: str) -> Profile:
+        if task not in out:
+            out[task] = Profile(task, inputs_sampled=inputs_sampled, inputs_cap=inputs_cap)
+        return out[task]
+
     for call in calls:
-        out.setdefault(call.task, Profile(call.task, inputs_sampled=inputs_sampled)).add_call(call)
+        profile(call.task).add_call(call)
     for o in outcomes:
-        out.setdefault(o.task, Profile(o.task, inputs_sampled=inputs_sampled)).add_outcome(o)
+        profile(o.task).add_outcome(o)
     return out
 
+
+
+# --- the worker's state: per source partition, a bounded Profile per task ---------------------
+
+def fold_call_summaries(profiles: dict[str, Profile], summaries: Iterable[tuple[str, list]]) -> None:
+    """Add (task, `summarise_call` record) pairs to a partition's profiles (in place)."""
+    for task, record in summaries:
+        p = profiles.get(task)
+        if p is None:
+            p = profiles[task] = Profile(task)
+        p.add_call_summary(record)
+
+
+def fold_outcomes(profiles: dict[str, Profile], outcomes: Iterable[RouterOutcome]) -> None:
+    """Add router outcomes to a partition's profiles (in place); summarised first, so a bad one
+    changes nothing."""
+    records = [(o.task, summarise_outcome(o)) for o in outcomes]
+    for task, record in records:
+        p = profiles.get(task)
+        if p is None:
+            p = profiles[task] = Profile(task)
+        p.add_outcome_summary(record)
+
+
+def profiles_json(profiles: dict[str, Profile]) -> dict:
+    return {task: p.to_json() for task, p in profiles.items()}
+
+
+def profiles_from_json(data: dict) -> dict[str, Profile]:
+    return {task: Profile.from_json(p) for task, p in data.items()}
+
+
+def merge_profiles(parts: Iterable[dict[str, Profile]]) -> dict[str, Profile]:
+    """One Profile per task from the profiles of several partitions."""
+    out: dict[str, Profile] = {}
+    for profiles in parts:
+        for task, p in profiles.items():
+            out[task] = out[task].merge(p) if task in out else Profile.from_json(p.to_json())
+    return out

@@ -44,8 +44,7 @@ class ProfilerSettings(BaseSettings):
     days_per_month: float = 30.0
     min_outcomes_to_measure: int = 200
     # worker
-    worker_batch_size: int = Field(500, ge=1, description="events per micro-batch of the worker")
-    worker_batch_within_s: float = Field(0.2, gt=0)
+    worker_batch_size: int = Field(2000, ge=1, description="records per read (getmany) of the worker")
 
     def thresholds(self) -> Thresholds:
         return Thresholds(**{f: getattr(self, f) for f in Thresholds.__dataclass_fields__})

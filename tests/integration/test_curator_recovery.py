@@ -1,5 +1,6 @@
 """One curator worker SIGKILLed mid-stream several times, each time restarted as itself (same web
-port, datadir and static-membership id): its per-call state must come back whole every time.
+port, datadir and static-membership id): its state must come back whole every time, each call
+counted once.
 
 Restarting the same member is the case where faust recovers state while the member's source
 partitions are handed straight back to it (the judge lost events there with a faust table).
@@ -7,18 +8,15 @@ partitions are handed straight back to it (the judge lost events there with a fa
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
-from collections import Counter
 
 import pytest
 
 from services.common.catalog import CALLS_CAPTURED, topic_name
 from services.common.normalize import input_hash, normalise_input
-from services.common.streams import changelog_topic
 from tests.integration.test_workers import (BANKING, app_topics, banking77_calls, feed_slowly, start_worker,  # noqa: F401
                                             stop_worker, wait_for)
-from tests.support import read_topic
+from tests.integration.test_curator_scaling import assert_state_counts_each_call_once
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -64,11 +62,7 @@ async def test_killed_and_restarted_as_itself_nothing_lost(topics, app_topics, n
         distinct = {input_hash(BANKING, normalise_input(c.input)) for c in replay.calls}
         assert stats[BANKING]["inputs"] == len(distinct)
 
-        state = {}
-        for r in await read_topic(kafka_settings, changelog_topic("curator", namespace, "calls"), min_count=CALLS):
-            state[json.loads(r.key)] = r.value
-        owners = Counter(key.rsplit(":", 1)[1] for key, value in state.items() if value is not None)
-        assert set(owners) == {c.call_id for c in replay.calls} and set(owners.values()) == {1}
+        await assert_state_counts_each_call_once(kafka_settings, namespace, replay.calls)
     finally:
         rc = stop_worker(worker)
     assert rc == 0, worker.tail()

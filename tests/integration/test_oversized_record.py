@@ -1,23 +1,27 @@
-"""A bad record costs only itself: one captured call too large for the worker's producer, among 600,
-is dead-lettered alone with its own reason, and the 599 others reach the curator's state."""
+"""Record sizes at the curator: a captured call larger than the worker's own producer may send is
+curated like any other (the curator forwards nothing per call: it no longer re-keys calls by input,
+so only its state records, bounded, and dead letters, truncated, are sent), and a worker whose
+records the topics would refuse does not start.
+
+(The agents' path, where a result too large to send is dead-lettered alone, is
+services/common/streams.handle_alone.)"""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from services.common.catalog import CALLS_CAPTURED, DEADLETTER, topic_name
-from services.common.contracts import DeadLetter
-from tests.integration.test_workers import BANKING, banking77_calls, start_worker, stop_worker, wait_for
-from tests.support import decode_all, produce, read_topic
+from services.common.catalog import CALLS_CAPTURED, topic_name
+from tests.integration.test_workers import BANKING, banking77_calls, metric, start_worker, stop_worker, wait_for
+from tests.support import produce
 
 pytestmark = pytest.mark.integration
 
 WORKER_MAX_MESSAGE_BYTES = 256 * 1024  # the worker's one size setting; the topics keep the default 1 MiB
 
 
-async def test_one_oversized_record_among_600_costs_only_itself(topics, namespace, kafka_settings, codec,
-                                                                tmp_path: Path):
+async def test_an_oversized_captured_call_is_curated_and_nothing_is_dead_lettered(topics, namespace, kafka_settings,
+                                                                                  codec, tmp_path: Path):
     calls = banking77_calls(600, duplicates=0, conflicts=0, parse_failures=0).calls
     big = calls[300] = calls[300].model_copy(update={"input": "my card has not arrived " * 13_000})  # ~312 KB
     assert len(codec.encode(big)) > WORKER_MAX_MESSAGE_BYTES
@@ -29,16 +33,13 @@ async def test_one_oversized_record_among_600_costs_only_itself(topics, namespac
     try:
         def handled():
             stats = worker.get("/curator/stats/").get(BANKING, {})
-            return stats if stats.get("calls") == 599 else None
+            return stats if stats.get("calls") == 600 else None
 
-        stats = await wait_for(handled, 240, "the curator to take in 599 calls", worker)
-        letters = decode_all(codec, await read_topic(kafka_settings, topic_name(DEADLETTER, namespace), min_count=1),
-                             DeadLetter)
-        assert [d.key for d in letters] == [big.call_id.encode()]
-        assert letters[0].processor == "curator"
-        assert "MessageSizeTooLarge" in letters[0].error_type + letters[0].reason, letters[0].reason
-        assert letters[0].payload_truncated
-        assert stats["calls"] == 599
+        stats = await wait_for(handled, 240, "the curator to take in 600 calls", worker)
+        assert stats["inputs"] == 600 and stats["usable"] == 600
+        text = worker.get("/metrics")
+        assert metric(text, "graduate_processor_processed_total", processor="curator") == 600
+        assert not metric(text, "graduate_processor_deadletter_total", processor="curator")
     finally:
         rc = stop_worker(worker)
     assert rc == 0, worker.tail()

@@ -8,7 +8,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.common.catalog import CATALOG, LABELS_REVIEWED, ROUTING_DECISIONS, topic_name
-from services.common.kafka import delete_topics, describe_topics, ensure_topics
+from services.common.kafka import ReplicationError, delete_topics, describe_topics, ensure_topics
 from tests.support import produce, read_topic
 from tests.unit.test_contracts import EXAMPLES
 
@@ -66,3 +66,59 @@ async def test_every_schema_travels_through_the_broker(kafka_settings, codec, to
     got = {r.key.decode(): r.value for r in records}
     for i, rec in enumerate(EXAMPLES):
         assert codec.decode(got[f"k{i}"], type(rec)) == rec
+
+
+async def test_a_replication_factor_above_the_brokers_is_refused_before_anything_is_created(kafka_settings, namespace):
+    three = kafka_settings.model_copy(update={"replication_factor": 3, "min_insync_replicas": 2})
+    with pytest.raises(ReplicationError, match="REPLICATION_FACTOR=3 but the cluster .* has 1 broker"):
+        await ensure_topics(three, namespace)
+    admin = AIOKafkaAdminClient(**kafka_settings.client_config())
+    await admin.start()
+    try:
+        assert not any(s.exists for s in await describe_topics(admin, CATALOG, namespace))
+    finally:
+        await admin.close()
+    env = {"GRADUATE_TOPIC_NAMESPACE": namespace, "GRADUATE_KAFKA_BOOTSTRAP": kafka_settings.bootstrap,
+           "GRADUATE_KAFKA_REPLICATION_FACTOR": "3", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "services.cli", "topics", "ensure"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "has 1 broker" in proc.stderr, proc.stdout + proc.stderr
+
+
+async def test_a_worker_refuses_to_start_on_a_cluster_smaller_than_its_replication_factor(kafka_settings, namespace,
+                                                                                       tmp_path):
+    from tests.integration.test_workers import start_worker, stop_worker
+
+    worker = start_worker("profiler", namespace, kafka_settings, tmp_path, GRADUATE_KAFKA_REPLICATION_FACTOR="3",
+                          GRADUATE_KAFKA_MIN_INSYNC_REPLICAS="2")
+    try:
+        rc = worker.proc.wait(120)
+    finally:
+        stop_worker(worker)
+    assert rc != 0
+    assert "graduate worker profiler: GRADUATE_KAFKA_REPLICATION_FACTOR=3 but the cluster" in worker.tail()
+
+
+async def test_a_worker_refuses_to_start_when_its_state_topic_has_fewer_partitions_than_the_source(
+        kafka_settings, namespace, tmp_path):
+    from services.common.batch import state_topic
+    from services.common.catalog import CALLS_CAPTURED
+    from tests.integration.test_workers import start_worker, stop_worker
+
+    state = state_topic("curator", namespace, CALLS_CAPTURED)
+    admin = AIOKafkaAdminClient(**kafka_settings.client_config())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(state, 4, 1, topic_configs={"cleanup.policy": "compact"})])
+    finally:
+        await admin.close()
+    try:
+        worker = start_worker("curator", namespace, kafka_settings, tmp_path)
+        try:
+            rc = worker.proc.wait(120)
+        finally:
+            stop_worker(worker)
+        assert rc != 0
+        assert f"{state} has 4 partitions, {topic_name(CALLS_CAPTURED, namespace)} has 12" in worker.tail()
+    finally:
+        await delete_topics(kafka_settings, [state] + [topic_name(s, namespace) for s in CATALOG])

@@ -50,10 +50,6 @@ HUGE_BYTES = 900 * 1024
 PROCESSORS = ("profiler", "curator", "shadow", "judge", "controller")
 
 
-def by_input(namespace: str) -> str:
-    return f"{app_id('curator', namespace)}-by-input"
-
-
 def by_task(namespace: str) -> str:
     return f"{app_id('judge', namespace)}-by-task"
 
@@ -80,12 +76,11 @@ class Stack:
 
 
 async def create_internal_topics(kafka: KafkaSettings, namespace: str) -> None:
-    """The curator's and judge's re-keying topics, so poison can be put there before the workers exist."""
+    """The judge's re-keying topic, so poison can be put there before the workers exist."""
     admin = AIOKafkaAdminClient(**kafka.client_config())
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(by_input(namespace), catalog.CALLS_CAPTURED.partitions, 1),
-                                   NewTopic(by_task(namespace), JudgeSettings().partitions, 1)])
+        await admin.create_topics([NewTopic(by_task(namespace), JudgeSettings().partitions, 1)])
     finally:
         await admin.close()
 
@@ -175,7 +170,6 @@ def input_topics(namespace: str) -> list[tuple[str, type, tuple[str, ...]]]:
         (t(catalog.MODELS), ModelRegistered, ("shadow", "judge", "controller")),
         (t(catalog.SHADOW_STATS), ShadowStats, ("controller",)),
         (t(catalog.RETRAIN_REQUESTS), RetrainRequest, ("trainer",)),
-        (by_input(namespace), CapturedCall, ("curator",)),
         (by_task(namespace), ShadowResult, ("judge",)),
     ]
 

@@ -92,3 +92,24 @@ def test_extraction_seam():
         parse_fields('{"people": "4", "dog": 1}', fields)
     with pytest.raises(ParseFailure, match="required"):
         parse_fields('{"time": "7pm"}', fields)
+
+
+def test_replication_settings_choose_replicas_and_min_insync_and_refuse_a_small_cluster():
+    from services.common.catalog import CALLS_CAPTURED
+    from services.common.kafka import replication_problem, topic_config
+
+    prod = KafkaSettings(replication_factor=3, min_insync_replicas=2)
+    assert topic_config(CALLS_CAPTURED, prod)["min.insync.replicas"] == "2"
+    assert "min.insync.replicas" not in topic_config(CALLS_CAPTURED, KafkaSettings())  # the broker's default
+    assert replication_problem(3, prod) is None and replication_problem(5, prod) is None
+    assert "REPLICATION_FACTOR=3 but the cluster at 127.0.0.1:9092 has 1 broker:" in replication_problem(1, prod)
+    assert replication_problem(1, KafkaSettings()) is None
+    with pytest.raises(ValueError, match="exceeds replication_factor"):
+        KafkaSettings(replication_factor=1, min_insync_replicas=2)
+
+
+def test_workers_create_their_own_topics_with_the_configured_replicas(tmp_path):
+    from services.common.streams import WorkerSettings, make_app
+
+    s = WorkerSettings(kafka=KafkaSettings(replication_factor=3), var_dir=tmp_path)
+    assert make_app("judge", s).conf.topic_replication_factor == 3

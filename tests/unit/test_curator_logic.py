@@ -11,8 +11,8 @@ from services.common.contracts import CapturedCall, ReviewedLabel
 from services.common.normalize import input_hash, normalise_input, split_of
 from services.common.streams import Item, Meta, Replay
 from services.common.tasks import TaskSpec
-from services.curator.logic import (SmallAnswer, build_dataset, build_review_queue, call_entry, call_key, curate_call,
-                                    latest_reviews, table_stats)
+from services.curator.logic import (SmallAnswer, Tally, build_dataset, build_review_queue, curate_call, latest_reviews,
+                                    tallies_from_json, tallies_json, tally_calls, tally_stats)
 from services.curator.snapshot import SourceData, curate_sources, read_snapshot, write_snapshot
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -163,14 +163,27 @@ def test_review_queue_puts_disagreements_then_low_confidence_then_a_stratified_s
     assert build_review_queue(ds, answers, limit=8) == queue  # deterministic
 
 
-def test_worker_table_stats_count_each_call_once_and_find_conflicts():
+def test_tallies_of_two_partitions_merge_into_exact_stats_and_find_conflicts_across_them():
     calls = [curate_call(c) for c in [cc("a", "Same thing", "x", 1), cc("b", "same  thing", "y", 2),
                                       cc("c", "other", "x", 3), cc("p", "broken", None, parse_ok=False),
                                       cc("z", "zz", "y", task="draft-reply")]]
-    table = {call_key(c): call_entry(c) for c in calls + calls[:2]}  # a redelivery overwrites itself
-    stats = table_stats(table.items())
+    one, two = {}, {}
+    tally_calls(one, [calls[0], calls[2], calls[4]])
+    tally_calls(two, [calls[1], calls[3]])  # the same input answered otherwise, in another partition
+    two = tallies_from_json(tallies_json(two))  # what a restore reads back
+    stats = tally_stats([one, two])
     s = stats[TASK]
     assert (s["calls"], s["usable"], s["parse_failures"], s["inputs"], s["duplicate_calls"],
             s["conflicting_inputs"]) == (4, 3, 1, 3, 1, 1)
     assert s["train"] + s["holdout"] == 4 and stats["draft-reply"]["calls"] == 1
-    assert call_key(calls[0]).startswith(f"{TASK}:{calls[0].normalised_hash}:")
+    assert "inputs_sampled" not in s  # exact while under the cap
+
+
+def test_tally_stays_bounded_and_estimates_distinct_inputs():
+    t = Tally(inputs_cap=256)
+    for i in range(20_000):
+        t.add(curate_call(cc(f"c{i}", f"question number {i % 5000}", "x", i)))
+    assert len(t.inputs) <= 256 and t.inputs_sampled < 1
+    s = t.stats()
+    assert s["calls"] == 20_000 and abs(s["inputs"] - 5000) < 5000 * 0.2
+    assert s["duplicate_calls"] == 20_000 - s["inputs"] and s["inputs_sampled"] == t.inputs_sampled

@@ -9,8 +9,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from services.common.contracts import CapturedCall, RouterOutcome
-from services.profiler.logic import (Costs, Profile, Thresholds, assess, entropy_bits, measure,
-                                     percentile, price, profile_calls, rank, latency_bucket)
+from services.profiler.logic import (Costs, Profile, Thresholds, assess, entropy_bits, fold_call_summaries,
+                                     fold_outcomes, measure, merge_profiles, percentile, price, profile_calls,
+                                     profiles_from_json, profiles_json, rank, latency_bucket, summarise_call)
 from services.profiler.settings import ProfilerSettings
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -92,6 +93,32 @@ def test_merging_partition_profiles_equals_one_profile():
         merged = merged.merge(p)
     assert measure(merged) == measure(whole)
     assert Profile.from_json(merged.to_json()) == merged
+
+
+def test_partition_states_fold_and_merge_into_the_replayed_profile():
+    calls = narrow_calls(900) + narrow_calls(300, task="other")
+    outcomes = [RouterOutcome(call_id=f"o{i}", task="narrow", ts=T0, mode="small", served_by="small",
+                              small_latency_ms=3.0, latency_ms=4.0) for i in range(40)]
+    parts: list[dict] = [{}, {}, {}]
+    for n, c in enumerate(calls):
+        fold_call_summaries(parts[n % 3], [(c.task, summarise_call(c))])
+    fold_outcomes(parts[0], outcomes)
+    parts = [profiles_from_json(profiles_json(p)) for p in parts]  # what a restore reads back
+    live = merge_profiles(parts)
+    replayed = profile_calls(calls, outcomes)
+    assert {t: measure(p) for t, p in live.items()} == {t: measure(p) for t, p in replayed.items()}
+
+
+def test_profile_state_is_bounded_whatever_the_volume():
+    rng = random.Random(3)
+    p = Profile("big", inputs_cap=500, days_cap=10)
+    for i in range(30_000):  # every input new, every answer new, over 60 days
+        p.add_call_summary([int((T0 + timedelta(days=60 * i / 30_000)).timestamp() * 1000), rng.uniform(100, 900),
+                            0.001, f"answer {i}", f"{rng.getrandbits(64):016x}"])
+    assert len(p.inputs) <= 500 and p.inputs_sampled < 1 and len(p.days) == 10
+    assert len(p.outputs) == p.output_cap and len(p.latency) < 200
+    m = measure(p, window_days=7)
+    assert m.calls == 30_000 and m.usable_examples == pytest.approx(30_000, rel=0.2)
 
 
 def test_output_cap_counts_overflow_as_distinct():

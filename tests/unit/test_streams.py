@@ -10,9 +10,8 @@ from services.common.codec import Codec, CodecError
 from services.common.contracts import CapturedCall, ReviewedLabel, ShadowResult
 from services.common.settings import KafkaSettings
 from services.common.streams import (Emit, Item, Meta, WorkerSettings, app_id, broker_credentials,
-                                     broker_url, by_partition, call_handler, changelog_topic, decode, for_partition,
-                                     internal_topic, json_table, make_app, plumbing, process_batch, process_one,
-                                     source_topic)
+                                     broker_url, call_handler, decode, make_app, plumbing, process_batch,
+                                     process_one, source_topic, internal_topic)
 from services.workers import SERVICES, apply_overrides
 
 META = Meta("t.graduate.calls.captured", 3, 42, b"c1")
@@ -60,10 +59,6 @@ def test_internal_topic_keeps_its_partitions_and_config(tmp_path):
     assert plumbing(app).internal == {"ti.graduate-judge-state": (4, {"cleanup.policy": "compact"}),
                                       "ti.graduate-judge-by-task": (catalog.CALLS_CAPTURED.partitions, {})}
     assert internal_topic(app, "state", partitions=4, config={"cleanup.policy": "compact"}) is state
-
-
-def test_changelog_topic_name():
-    assert changelog_topic("curator", "t1.", "calls") == "t1.graduate-curator-calls-changelog"
 
 
 def test_broker_url_and_credentials():
@@ -157,21 +152,5 @@ def test_worker_overrides_become_settings(tmp_path):
     assert env == {"GRADUATE_WORKER_WEB_PORT": "7777", "GRADUATE_WORKER_DATADIR": str(tmp_path),
                    "GRADUATE_WORKER_INSTANCE_ID": "inst-1"}
     assert set(SERVICES) == {"profiler", "curator", "shadow", "judge", "controller", "trainer"}
-
-
-def test_by_partition_groups_in_offset_order():
-    items = [Item(1, Meta("t", 1, 9)), Item(2, Meta("t", 0, 3)), Item(3, Meta("t", 1, 2))]
-    assert {p: [i.value for i in its] for p, its in by_partition(items).items()} == {0: [2], 1: [3, 1]}
-
-
-def test_state_table_writes_inside_for_partition_only(tmp_path):
-    app = make_app("tbl", WorkerSettings(topic_namespace="tt.", var_dir=tmp_path))
-    source = internal_topic(app, "src")
-    table = json_table(app, "state", sources=[source])
-    assert table.changelog_topic.get_topic_name() == changelog_topic("tbl", "tt.", "state")
-    assert plumbing(app).internal[changelog_topic("tbl", "tt.", "state")] == (12, {"cleanup.policy": "compact"})
-    with pytest.raises(TypeError):  # outside for_partition the partition of the record is unknown
-        table["k"] = {"v": 1}
-    assert "k" not in table and not table.ready.is_set()  # nothing handled before the state is read back
 
 
