@@ -16,7 +16,10 @@ _WS = re.compile(r"\s+")
 
 def normalise_input(text: str) -> str:
     """Unicode NFKC, case-folded, NFKC again (case folding can undo it: "ß\u0301" → "ss\u0301"),
-    whitespace collapsed and trimmed; idempotent."""
+    whitespace collapsed and trimmed; idempotent. ASCII text (most inputs) takes a shortcut with the
+    same result: NFKC leaves it as it is, case folding is lower-casing, `split` splits on `\s`."""
+    if text.isascii():
+        return " ".join(text.lower().split())
     folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
     return _WS.sub(" ", folded).strip()
 

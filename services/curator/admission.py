@@ -36,10 +36,12 @@ class Admission:
 
     tasks: TaskRegistry
     redactors: dict[str, Callable[[str], Redacted]]
+    parsers: dict[str, Callable[[str], str]]
 
     @classmethod
     def of(cls, tasks: TaskRegistry) -> "Admission":
-        return cls(tasks, {name: answers_cached(Redactor(spec.redaction.patterns)) for name, spec in tasks.tasks.items()})
+        return cls(tasks, {name: answers_cached(Redactor(spec.redaction.patterns)) for name, spec in tasks.tasks.items()},
+                   {name: parses_cached(spec) for name, spec in tasks.tasks.items()})
 
     def admit(self, call: CapturedCall) -> CapturedCall:
         """The call as the dataset may hold it, or `Refused` saying why not."""
@@ -51,7 +53,7 @@ class Admission:
                                           f"(known: {', '.join(sorted(self.tasks.tasks))})")
         if not call.input.strip():
             raise Refused("empty_input", "the input is empty")
-        return redact_by_policy(spec, self.redactors[spec.name], reparse(spec, call))
+        return redact_by_policy(spec, self.redactors[spec.name], reparse(spec, call, self.parsers[spec.name]))
 
 
 def answers_cached(redactor: Redactor, size: int = 4096) -> Callable[[str], Redacted]:
@@ -64,7 +66,29 @@ def answers_cached(redactor: Redactor, size: int = 4096) -> Callable[[str], Reda
     return redact
 
 
-def reparse(spec: TaskSpec, call: CapturedCall) -> CapturedCall:
+class _Unparsable(str):
+    """A remembered ParseFailure (the cache holds values, not exceptions)."""
+
+
+def parses_cached(spec: TaskSpec, size: int = 4096) -> Callable[[str], str]:
+    """`spec.parse_output` with the short answers it saw remembered, failures included: a task's
+    answers repeat (labels), so most are parsed once, not once per call (parsing is pure)."""
+    @lru_cache(maxsize=size)
+    def parse_or_failure(answer: str) -> str:
+        try:
+            return spec.parse_output(answer)
+        except ParseFailure as exc:
+            return _Unparsable(str(exc))
+
+    def parse(answer: str) -> str:
+        out = parse_or_failure(answer) if len(answer) <= 256 else spec.parse_output(answer)
+        if isinstance(out, _Unparsable):
+            raise ParseFailure(str(out))
+        return out
+    return parse
+
+
+def reparse(spec: TaskSpec, call: CapturedCall, parse: Callable[[str], str] | None = None) -> CapturedCall:
     """The answer parsed again against the task's labels or fields: a label outside the set, or a
     record that says it parsed with no output, becomes a parse failure (kept, never a label)."""
     if not spec.graduatable:
@@ -72,7 +96,7 @@ def reparse(spec: TaskSpec, call: CapturedCall) -> CapturedCall:
     if not call.parse_ok or call.output is None or call.output == "":
         return call.model_copy(update={"output": None, "parse_ok": False})
     try:
-        output = spec.parse_output(call.output)
+        output = (parse or spec.parse_output)(call.output)
     except ParseFailure:
         return call.model_copy(update={"output": None, "parse_ok": False})
     return call if output == call.output else call.model_copy(update={"output": output})
@@ -82,7 +106,7 @@ def redact_by_policy(spec: TaskSpec, redactor: Callable[[str], Redacted], call: 
     """Redact the input and answers again (placeholders never match, so a redacted record is
     unchanged). PII found is replaced; with `redaction.captured: refuse` the record is refused."""
     red_input, red_raw = redactor(call.input), redactor(call.output_raw)
-    red_output = redactor(call.output) if call.output is not None else None
+    red_output = None if call.output is None else red_raw if call.output == call.output_raw else redactor(call.output)
     counts: dict[str, int] = {}
     for r in (red_input, red_raw, red_output):
         for name, n in (r.counts if r else {}).items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from datetime import datetime, timezone
 from typing import Iterable, Optional
 
@@ -47,9 +48,17 @@ class CuratedCall:
 def curate_call(call: CapturedCall, holdout_fraction: float = DEFAULT_HOLDOUT_FRACTION) -> CuratedCall:
     """Normalise, hash and split one call; a parse failure keeps no label."""
     usable = call.parse_ok and call.output is not None and call.output != ""
-    digest = input_hash(call.task, normalise_input(call.input))
-    return CuratedCall(call.call_id, call.task, ts_ms(call.ts), call.input, digest.hex(),
-                       split_of_hash(digest, holdout_fraction), call.output if usable else None)
+    digest, split = hash_and_split(call.task, call.input, holdout_fraction)
+    return CuratedCall(call.call_id, call.task, ts_ms(call.ts), call.input, digest, split,
+                       call.output if usable else None)
+
+
+@lru_cache(maxsize=1 << 15)
+def hash_and_split(task: str, text: str, holdout_fraction: float) -> tuple[str, Split]:
+    """(hex input hash, split) of an input: pure, so a re-asked input (a hot task's duplicates) is
+    normalised and hashed once while it stays among the 32 Ki most recent."""
+    digest = input_hash(task, normalise_input(text))
+    return digest.hex(), split_of_hash(digest, holdout_fraction)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import random
 from datetime import datetime, timedelta, timezone
 
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from services.common.contracts import CapturedCall, ReviewedLabel
@@ -187,3 +188,31 @@ def test_tally_stays_bounded_and_estimates_distinct_inputs():
     s = t.stats()
     assert s["calls"] == 20_000 and abs(s["inputs"] - 5000) < 5000 * 0.2
     assert s["duplicate_calls"] == 20_000 - s["inputs"] and s["inputs_sampled"] == t.inputs_sampled
+
+
+def test_ascii_shortcut_of_normalise_input_matches_the_unicode_path():
+    import unicodedata
+
+    from services.common.normalize import _WS, normalise_input
+
+    def unicode_path(text: str) -> str:
+        folded = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
+        return _WS.sub(" ", folded).strip()
+
+    for text in ["  Where IS my\tCARD?\n", "a\x1c\x1fb\x0b\x0cc", "", " \r\n ", "ALL-CAPS_and 123", "x  y"]:
+        assert normalise_input(text) == unicode_path(text)
+    assert normalise_input("Straße  ÉTÉ") == unicode_path("Straße  ÉTÉ") == "strasse été"
+
+
+def test_admission_caches_parse_failures_as_failures():
+    from services.curator.admission import parses_cached
+    from services.common.tasks import ParseFailure, load_tasks
+    from services.common.settings import REPO_ROOT
+
+    spec = next(s for s in load_tasks(REPO_ROOT / "config" / "tasks.yaml").tasks.values() if s.kind == "classification")
+    parse = parses_cached(spec)
+    label = spec.answers[0]
+    assert parse(f" {label.upper()} ") == label == parse(f" {label.upper()} ")
+    for _ in range(2):  # the second time from the cache: still a failure
+        with pytest.raises(ParseFailure):
+            parse("not a label at all")
