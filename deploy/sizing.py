@@ -30,11 +30,15 @@ FIGURES: dict[str, Figure] = {
                              "assumed: ~15x the 2-core CPU rate; bench/ (issue 5, --device cuda) replaces it"),
     "router_rps": Figure(400, "req/s per router pod (1 vCPU, uvicorn, async frontier calls)", False,
                          "assumed; bench/ router load test (issue 3) replaces it"),
-    "worker_rps": Figure(1000, "records/s per stream-worker process (1 vCPU: Avro decode + handler)", False,
-                         "assumed for the slowest group; measured (bench/results/processors.json, shared 2 cores): "
-                         "curator 23,500 and profiler 34,000 records per CPU second (batch processors), a faust agent "
-                         "doing nothing 9,400 (the ceiling of shadow, judge, controller, not measured with their "
-                         "handlers)"),
+    "curator_rps": Figure(28600, "records/s per curator process (1 vCPU: batch read, Avro decode, admission, tally)",
+                          True, "bench/results/processors.json (2026-12-05, 100 k calls): 28,647 records per CPU "
+                          "second on a shared 2-core machine, one broker; 0.33x raw read+decode"),
+    "profiler_rps": Figure(38400, "records/s per profiler process (1 vCPU: batch read, Avro decode, aggregates)",
+                           True, "bench/results/processors.json (2026-12-05, 100 k calls): 38,392 records per CPU "
+                           "second, same run; 0.45x raw read+decode"),
+    "agent_worker_rps": Figure(1000, "records/s per shadow, judge or controller process (faust agents, 1 vCPU)",
+                               False, "assumed: not measured with their handlers; a faust agent doing nothing "
+                               "measured 8,500 per CPU second (same run), the ceiling"),
     "peak_factor": Figure(3, "peak-to-average request rate", False, "assumed: a daytime peak of a business API"),
     "utilisation": Figure(0.7, "target utilisation at peak (headroom for rebalances, failover)", False,
                           "assumed (ops rule of thumb)"),
@@ -57,7 +61,9 @@ class Plan:
     router_pods: int
     triton_cpu_pods: int
     triton_gpus: int
-    consumers_per_group: int
+    curator_consumers: int
+    profiler_consumers: int
+    agent_consumers: int  # per group: shadow, judge, controller
     captured_partitions: int
     brokers: int
     captured_storage_tb: float
@@ -69,7 +75,10 @@ def plan(calls_per_day: int, figures: dict[str, Figure] = FIGURES) -> Plan:
     avg = calls_per_day / DAY_S
     peak = avg * f["peak_factor"]
     inferences = peak * f["inferences_per_call"]
-    consumers = max(1, math.ceil(peak / (f["worker_rps"] * u)))
+    def consumers(rate: float) -> int:
+        return max(1, math.ceil(peak / (rate * u)))
+
+    slowest = max(consumers(f["curator_rps"]), consumers(f["profiler_rps"]), consumers(f["agent_worker_rps"]))
     writes_mb_s = peak * f["record_bytes"] * f["replication"] / 1e6
     retention_days = (CALLS_CAPTURED.retention_ms or 0) / (DAY_S * 1000)
     storage = avg * DAY_S * retention_days * f["captured_bytes"] * f["replication"] / 1e12
@@ -78,10 +87,12 @@ def plan(calls_per_day: int, figures: dict[str, Figure] = FIGURES) -> Plan:
         router_pods=max(2, math.ceil(peak / (f["router_rps"] * u))),  # two for availability
         triton_cpu_pods=max(1, math.ceil(inferences / (f["triton_cpu_rps"] * u))),
         triton_gpus=max(1, math.ceil(inferences / (f["triton_gpu_rps"] * u))),
-        consumers_per_group=consumers,
-        # round up to the catalog's multiple so keys spread evenly; never below the catalog
+        curator_consumers=consumers(f["curator_rps"]), profiler_consumers=consumers(f["profiler_rps"]),
+        agent_consumers=consumers(f["agent_worker_rps"]),
+        # the slowest group sets the partitions, rounded up to the catalog's multiple so keys spread
+        # evenly; never below the catalog
         captured_partitions=max(CALLS_CAPTURED.partitions,
-                                math.ceil(consumers / CALLS_CAPTURED.partitions) * CALLS_CAPTURED.partitions),
+                                math.ceil(slowest / CALLS_CAPTURED.partitions) * CALLS_CAPTURED.partitions),
         brokers=max(int(f["replication"]), math.ceil(writes_mb_s / f["broker_write_mb_s"])),
         captured_storage_tb=storage,
     )
@@ -110,8 +121,12 @@ def render_markdown(figures: dict[str, Figure] = FIGURES) -> str:
         ("Triton on CPU, 2-core pods (peak / (triton_cpu_rps x utilisation))",
          [str(p.triton_cpu_pods) for p in plans]),
         ("or Triton GPUs (peak / (triton_gpu_rps x utilisation))", [str(p.triton_gpus) for p in plans]),
-        ("consumers per worker group (peak / (worker_rps x utilisation))",
-         [str(p.consumers_per_group) for p in plans]),
+        ("curator consumers (peak / (curator_rps x utilisation)), measured rate",
+         [str(p.curator_consumers) for p in plans]),
+        ("profiler consumers (peak / (profiler_rps x utilisation)), measured rate",
+         [str(p.profiler_consumers) for p in plans]),
+        ("shadow, judge, controller consumers each (peak / (agent_worker_rps x utilisation)), assumed rate",
+         [str(p.agent_consumers) for p in plans]),
         (f"partitions of {CALLS_CAPTURED.name} (catalog: {CALLS_CAPTURED.partitions})",
          [str(p.captured_partitions) for p in plans]),
         ("Kafka brokers (peak x record_bytes x replication / broker_write_mb_s, min 3)",
