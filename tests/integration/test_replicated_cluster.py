@@ -10,6 +10,7 @@ the test skips, saying why, only when the cluster cannot be started here (no Jav
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import subprocess
@@ -54,8 +55,6 @@ class Cluster:
         self.bootstrap = ",".join(f"127.0.0.1:{p}" for p in ports)
 
     def run(self, *args: str) -> subprocess.CompletedProcess:
-        import os
-
         return subprocess.run(["bash", str(CLUSTER), *args], env=dict(os.environ, **self.env), capture_output=True,
                               text=True, timeout=180)
 
