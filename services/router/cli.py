@@ -41,7 +41,18 @@ def serve_router(
         servers.append(uvicorn.Server(uvicorn.Config(app.state.metrics_app, host=settings.metrics_host,
                                                      port=settings.metrics_port, log_level="warning",
                                                      access_log=False, lifespan="off")))
-    asyncio.run(serve_together(servers))
+    with asyncio.Runner(loop_factory=event_loop_factory()) as runner:  # uvloop, as `uvicorn` itself would pick
+        runner.run(serve_together(servers))
+
+
+def event_loop_factory():
+    """uvloop's loop when it is installed (uvicorn[standard] brings it), else asyncio's: the router's
+    own loop, as uvicorn's `--loop auto` would choose when uvicorn runs the loop itself."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
 
 
 async def serve_together(servers: list) -> None:
