@@ -10,7 +10,7 @@ simulator and routers as real processes:
 - small path, per variant: POST /v1/tasks/{task}/predict with the task in small mode (threshold 0:
   every answer served small), one request at a time on Banking77 test texts, against direct Triton
   gRPC calls with the client the router uses (SmallModelClient) and a do-nothing FastAPI endpoint
-  (the floor of any HTTP hop), in interleaved blocks;
+  (the floor of any HTTP hop; also the same as plain ASGI, the floor of any Python one), in interleaved blocks;
 - frontier path: the simulator at its default latency (400-900 ms; a SIMULATED frontier, not a real
   LLM), N requests at a bounded concurrency, through a router with capture on and one with capture
   off; each gets a fresh simulator with the same seed and warm-up, so both draw the same upstream
@@ -146,6 +146,7 @@ def router(workdir: Path, name: str, namespace: str, frontier_url: str, capture:
 
 
 HOP_APP = """
+import json
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 app = FastAPI()
@@ -154,15 +155,30 @@ app = FastAPI()
 async def predict(task: str, request: Request):
     body = await request.json()
     return JSONResponse({"output": body["input"][:1], "served_by": "small", "latency_ms": 0.0})
+
+
+async def asgi(scope, receive, send):
+    # the same answer as plain ASGI (no FastAPI, no Starlette): the floor of a Python HTTP hop
+    if scope["type"] != "http":
+        return await app(scope, receive, send)
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body, more = body + message.get("body", b""), message.get("more_body", False)
+    out = json.dumps({"output": json.loads(body)["input"][:1], "served_by": "small", "latency_ms": 0.0}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(out)).encode())]})
+    await send({"type": "http.response.body", "body": out})
 """
 
 
-def http_hop(workdir: Path) -> tuple[subprocess.Popen, str]:
-    """A FastAPI endpoint that does nothing, under uvicorn like the router: the floor of any HTTP hop."""
+def http_hop(workdir: Path, app: str = "app") -> tuple[subprocess.Popen, str]:
+    """An endpoint that does nothing, under uvicorn (uvloop, httptools) like the router: the floor of any
+    HTTP hop; `app` = "app" (FastAPI) or "asgi" (plain ASGI)."""
     port = free_port()
     (workdir / "hop_app.py").write_text(HOP_APP)
-    log = open(workdir / "hop.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", "hop_app:app", "--app-dir", str(workdir), "--port",
+    log = open(workdir / f"hop-{app}.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "uvicorn", f"hop_app:{app}", "--app-dir", str(workdir), "--port",
                              str(port), "--log-level", "warning"], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -267,13 +283,16 @@ def in_process_throughput(staged: Path, texts: list[str], batch: int = 32) -> di
 
 
 
-async def bench_small(url: str, hop_url: str, key: str, grpc_url: str, model: str, n: int, blocks: int = 6) -> dict:
-    """Router small path, direct Triton and a do-nothing HTTP hop, one request at a time, interleaved blocks."""
+async def bench_small(url: str, hop_url: str, asgi_hop_url: str, key: str, grpc_url: str, model: str, n: int,
+                      blocks: int = 6) -> dict:
+    """Router small path, direct Triton and do-nothing HTTP hops (FastAPI, plain ASGI), one request at a
+    time, interleaved blocks."""
     texts = banking77_texts(n, offset=WARMUP)
     await load(url, key, banking77_texts(WARMUP), 1, expect="small")
     await load(hop_url, key, banking77_texts(WARMUP), 1)
+    await load(asgi_hop_url, key, banking77_texts(WARMUP), 1)
     await direct_triton(grpc_url, model, banking77_texts(WARMUP))
-    routed, inside, direct, hop, errors = [], [], [], [], 0
+    routed, inside, direct, hop, asgi_hop, errors = [], [], [], [], [], 0
     per = max(1, n // blocks)
     for b in range(blocks):
         chunk = texts[b * per:(b + 1) * per]
@@ -282,8 +301,10 @@ async def bench_small(url: str, hop_url: str, key: str, grpc_url: str, model: st
         errors += e
         direct += await direct_triton(grpc_url, model, chunk)
         hop += (await load(hop_url, key, chunk, 1))[0]
+        asgi_hop += (await load(asgi_hop_url, key, chunk, 1))[0]
     return {"router_small": percentiles(routed, errors), "direct_triton": percentiles(direct),
-            "router_small_inside_route": percentiles(inside), "http_hop_floor": percentiles(hop)}
+            "router_small_inside_route": percentiles(inside), "http_hop_floor": percentiles(hop),
+            "asgi_hop_floor": percentiles(asgi_hop)}
 
 
 async def bench_frontier(workdir: Path, namespace: str, key: str, common: CommonSettings, capture: bool,
@@ -325,7 +346,8 @@ async def decide(common: CommonSettings, namespace: str, model: str, url: str, k
 # -- the profile -------------------------------------------------------------------------------
 # Where a router's CPU goes. A stack counts for the capture when any frame is the capture's (its
 # sender thread); else for the innermost frame that names a part; the event loop only when nothing
-# else does. A stack whose leaf waits in epoll is idle (py-spy --nonblocking cannot always tell).
+# else does. A stack whose leaf waits in epoll is idle (py-spy --nonblocking cannot always tell); a
+# thread whose leaf is a native Thread.run is grpc's poller, counted for the Triton client.
 CAPTURE = ("capture (sender thread: build, encode, aiokafka)",
            ("services/capture/", "aiokafka", "fastavro", "services/common/codec"))
 PROFILE_PARTS = (
@@ -339,12 +361,16 @@ PROFILE_PARTS = (
     ("uvicorn and HTTP (parse, socket write)", ("uvicorn", "h11", "httptools")),
 )
 EVENT_LOOP = ("asyncio event loop", ("asyncio/", "selectors"))
-IDLE_LEAVES = ("EpollSelector.select", "select (selectors")
+IDLE_LEAVES = ("EpollSelector.select", "select (selectors",
+               "Runner.run (asyncio/runners.py")  # uvloop: its loop (epoll) is native, under Runner.run
+GRPC_POLLER = ("Thread.run (threading.py",)  # grpc.aio's completion-queue poller thread (native)
 
 
 def part_of(frames: list[str]) -> str:
     if any(m in f for f in frames for m in CAPTURE[1]):
         return CAPTURE[0]
+    if frames[-1].startswith(GRPC_POLLER):
+        return PROFILE_PARTS[0][0]
     for frame in reversed(frames):
         for name, marks in PROFILE_PARTS:
             if any(m in frame for m in marks):
@@ -446,15 +472,17 @@ async def main() -> None:
         sim, sim_url = simulator(workdir, "sim-small", SIM_LATENCY)  # only for fallbacks (none expected)
         rt, url = router(workdir, "router-small", namespace, sim_url, True, common)
         hop, hop_url = http_hop(workdir)
+        asgi_hop, asgi_hop_url = http_hop(workdir, "asgi")
         try:
             for variant, model in models.items():
                 await decide(common, namespace, model, url, key)
-                for k, v in (await bench_small(url, hop_url, key, common.triton_grpc_url, model,
+                for k, v in (await bench_small(url, hop_url, asgi_hop_url, key, common.triton_grpc_url, model,
                                                args.small_n)).items():
                     results[f"{k}_{variant}"] = v
         finally:
-            hop.terminate()
-            hop.wait(10)
+            for p in (hop, asgi_hop):
+                p.terminate()
+                p.wait(10)
             rt.stop()
         tp_texts = banking77_texts(args.throughput_n, offset=1000)
         for variant, model in models.items():
@@ -484,6 +512,8 @@ async def main() -> None:
             results[f"router_small_inside_route_{v}"]["p50_ms"] / direct["p50_ms"], 3)
         ratios[f"router_small_over_http_hop_plus_triton_p50_ratio_{v}"] = round(
             small["p50_ms"] / (results[f"http_hop_floor_{v}"]["p50_ms"] + direct["p50_ms"]), 3)
+        ratios[f"asgi_hop_plus_triton_over_direct_triton_p50_ratio_{v}"] = round(  # the best any Python hop does
+            (results[f"asgi_hop_floor_{v}"]["p50_ms"] + direct["p50_ms"]) / direct["p50_ms"], 3)
         ratios[f"small_over_frontier_p95_ratio_{v}"] = round(small["p95_ms"] / on["p95_ms"], 5)
         ratios[f"triton_8_clients_over_in_process_batch32_ratio_{v}"] = round(
             throughput[f"triton_8_clients_{v}"]["texts_per_s"] / throughput[f"in_process_batch32_{v}"]["texts_per_s"],

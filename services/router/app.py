@@ -25,6 +25,7 @@ from services.common.tasks import TaskRegistry, load_tasks
 from services.common.triton import SmallModelClient
 from services.router.deps import CallerDep, RouterState
 from services.router.errors import HANDLERS
+from services.router.fast import FastPath
 from services.router.keys import KeyStore
 from services.router.logic import Capture, Frontier, Ports, SmallModel, dead_letters
 from services.router.metrics import UNKNOWN_TASK, RouterMetrics
@@ -173,7 +174,8 @@ def create_app(settings: RouterSettings | None = None, *, tasks: TaskRegistry | 
             return JSONResponse(app.openapi())
     for exc_type, handler in HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
-    app.add_middleware(GraduateHeaders, metrics_of=lambda: metrics)
+    app.add_middleware(FastPath, state_of=lambda: getattr(app.state, "router", None))  # the hot endpoints
+    app.add_middleware(GraduateHeaders, metrics_of=lambda: metrics)  # outermost: every response, fast or not
     app.state.metrics = metrics
     app.state.metrics_app = make_asgi_app(metrics.registry)  # served on its own port (serve_router)
     app.state.table = table

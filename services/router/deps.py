@@ -45,9 +45,19 @@ BEARER = HTTPBearer(auto_error=False, scheme_name="apiKey",
 async def get_caller(state: StateDep,
                      credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)] = None) -> ApiKey:
     """The caller's key from `Authorization: Bearer <key>`; 401 without a valid one."""
+    return authenticate(state, credentials.credentials if credentials is not None else "")
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The key in an `Authorization: Bearer <key>` header ("" for none or another scheme), as HTTPBearer reads it."""
+    scheme, _, token = (authorization or "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+def authenticate(state: RouterState, presented: str) -> ApiKey:
+    """The key `presented`: 401 when it is missing or unknown (ANONYMOUS with auth disabled)."""
     if state.keys is None:
         return ANONYMOUS
-    presented = credentials.credentials if credentials is not None else ""
     if not presented.strip():
         raise ApiError(401, "missing_api_key", "missing API key: send the header `Authorization: Bearer <key>`",
                        headers={"WWW-Authenticate": "Bearer"})
@@ -62,6 +72,11 @@ CallerDep = Annotated[ApiKey, Depends(get_caller)]
 
 
 async def get_service_caller(caller: CallerDep, request: Request) -> ApiKey:
+    return service_caller(caller, request)
+
+
+def service_caller(caller: ApiKey, request: Request) -> ApiKey:
+    """403 unless the key is a service key (only those call tasks)."""
     if caller.role != "service":
         raise ApiError(403, "forbidden_role",
                        f"key {caller.name!r} has role {caller.role}; only service keys call tasks")

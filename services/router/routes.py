@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from services.router.deps import CallerDep, RouterState, ServiceCallerDep, StateDep, resolve_task
 from services.router.errors import ApiError
+from services.router.keys import ApiKey
 from services.router.logic import Relay, TaskCall, predict_payload, proxy, route
 from services.router.metrics import NO_TASK
 from services.router.openapi import COMPLETION, KEYED, TASK_CALL, errors
@@ -22,6 +23,17 @@ async def chat_completions(request: Request, state: StateDep, caller: ServiceCal
                            x_graduate_task: Annotated[str | None, Header(
                                description="the task this call is (or metadata.task); without one the request "
                                            "is proxied to the frontier and not captured")] = None) -> Response:
+    """Served by `fast.FastPath` in the running router (this route documents it and is the same code)."""
+    return await serve_chat(request, state, caller, x_graduate_task)
+
+
+@router.post("/v1/tasks/{task}/predict", responses=TASK_CALL)
+async def predict(task: str, request: Request, state: StateDep, caller: ServiceCallerDep) -> Response:
+    """Served by `fast.FastPath` in the running router (this route documents it and is the same code)."""
+    return await serve_predict(request, state, caller, task)
+
+
+async def serve_chat(request: Request, state: RouterState, caller: ApiKey, x_graduate_task: str | None) -> Response:
     chat = validate(ChatRequest, await read_json(request, state.settings.body_limit))
     name = x_graduate_task or (chat.metadata or {}).get("task")
     payload = chat.upstream_payload(state.settings.frontier.model)
@@ -40,8 +52,7 @@ async def chat_completions(request: Request, state: StateDep, caller: ServiceCal
     return relayed(request, served, chat) if isinstance(served, Relay) else respond(completion_body(served), chat)
 
 
-@router.post("/v1/tasks/{task}/predict", responses=TASK_CALL)
-async def predict(task: str, request: Request, state: StateDep, caller: ServiceCallerDep) -> JSONResponse:
+async def serve_predict(request: Request, state: RouterState, caller: ApiKey, task: str) -> Response:
     spec = resolve_task(state, request, caller, task)
     body = validate(PredictRequest, await read_json(request, state.settings.body_limit))
     payload = predict_payload(spec, body.input, state.settings.frontier.model)

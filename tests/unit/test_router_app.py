@@ -244,3 +244,35 @@ def test_middleware_is_plain_asgi_and_the_response_is_rendered_once(world, monke
                              headers=auth(world["keys"]["all"]))
     assert r.status_code == 200 and r.headers["x-graduate-served-by"] == "frontier"
     assert len(rendered) == 1  # one body, encoded once; the middleware only appends headers
+
+
+def test_the_hot_endpoints_are_served_by_the_fast_path_and_fastapi_still_documents_them(world, monkeypatch):
+    from services.router import fast
+
+    seen = []
+    for name in ("serve_chat", "serve_predict"):
+        real = getattr(fast, name)
+
+        async def spy(*args, _real=real, _name=name):
+            seen.append(_name)
+            return await _real(*args)
+        monkeypatch.setattr(fast, name, spy)
+    assert post_chat(world).status_code == 200
+    r = world["client"].post("/v1/tasks/intent/predict", json={"input": "where is my card"},
+                             headers=auth(world["keys"]["all"]))
+    assert r.status_code == 200 and r.json()["served_by"] == "frontier"
+    assert seen == ["serve_chat", "serve_predict"]
+    assert world["client"].get("/v1/chat/completions", headers=auth(world["keys"]["all"])).status_code == 405
+    paths = world["app"].openapi()["paths"]
+    assert "post" in paths["/v1/chat/completions"] and "post" in paths["/v1/tasks/{task}/predict"]
+
+
+def test_the_fast_path_reads_the_task_and_the_key_as_fastapi_does():
+    from services.router.deps import bearer_token
+    from services.router.fast import predict_task
+
+    assert predict_task("/v1/tasks/intent/predict") == "intent"
+    assert predict_task("/v1/tasks//predict") is None and predict_task("/v1/tasks/a/b/predict") is None
+    assert predict_task("/v1/tasks/intent/predictx") is None and predict_task("/v1/chat/completions") is None
+    assert bearer_token("Bearer  k1 ") == "k1" and bearer_token("bearer k2") == "k2"
+    assert bearer_token("Basic k3") == "" and bearer_token(None) == "" and bearer_token("Bearer") == ""

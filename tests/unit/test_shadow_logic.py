@@ -181,13 +181,23 @@ def test_answers_from_names_the_field_confidences_only_when_the_names_fit():
 
     from services.common.triton import answers_from
 
-    labels = np.array([[b'{"people": "2"}'], [b"{}"]], dtype=np.object_)
-    conf = np.array([[0.4], [0.9]], dtype=np.float32)
-    per_field = np.array([[0.4, 0.97], [0.9, 0.95]], dtype=np.float32)
+    labels = ['{"people": "2"}', "{}"]
+    conf = (0.4, 0.9)
+    per_field = np.array([0.4, 0.97, 0.9, 0.95], dtype=np.float32)  # [n, n_fields] as Triton sends it, flat
     a, b = answers_from(labels, conf, per_field, ("people", "time"))
     assert a.field_confidence == pytest.approx({"people": 0.4, "time": 0.97}) and b.label == "{}"
     assert all(x.field_confidence is None for x in answers_from(labels, conf, per_field, ("people",)))
     assert all(x.field_confidence is None for x in answers_from(labels, conf))
+
+
+def test_a_bytes_tensor_round_trips_and_a_cut_one_is_refused():
+    from services.common.triton import decode_texts, encode_texts
+
+    texts = ["my card", "", "Zahlung für Café ☕"]
+    raw = encode_texts(texts)
+    assert raw[:4] == (7).to_bytes(4, "little") and decode_texts(raw) == texts
+    with pytest.raises(ValueError):
+        decode_texts(raw[:-1])
 
 
 async def test_the_runner_passes_the_fields_to_an_extraction_model_only():
