@@ -65,6 +65,7 @@ class Example:
     normalised_hash: str
     split: Split
     call_ids: tuple[str, ...] = ()  # every call with this normalised input
+    ts_ms: int = 0  # when the kept call was captured (epoch ms)
 
 
 @dataclass
@@ -153,7 +154,7 @@ def build_dataset(task: str, calls: Iterable[CuratedCall], reviews: dict[str, Re
         applied += reviewed
         examples.append(Example(kept.call_id, task, kept.input, review.label if reviewed else kept.label,
                                 kept.label, reviewed, digest, kept.split,
-                                tuple(sorted(c.call_id for c in group))))
+                                tuple(sorted(c.call_id for c in group)), kept.ts_ms))
     stats.distinct_inputs = len(groups)
     counts = {s: dict(sorted(Counter(e.label for e in examples if e.split == s).items()))
               for s in ("train", "holdout")}
@@ -189,10 +190,20 @@ class SmallAnswer:
 
 
 def build_review_queue(dataset: Dataset, answers: Iterable[SmallAnswer], *, limit: int = 50,
-                       low_confidence: float = 0.6) -> list[ReviewItem]:
+                       low_confidence: float = 0.6, since_ms: Optional[int] = None) -> list[ReviewItem]:
     """Unreviewed holdout examples to show a person: disagreements first (least confident first),
     then low-confidence shadow results, then a sample stratified by label (round robin over the
-    labels, a stable pseudo-random order inside each by input hash)."""
+    labels, a stable pseudo-random order inside each by input hash).
+
+    With `since_ms` (a task collecting data after a drift), the holdout captured since then is
+    queued first, in that same order, and the older holdout after it."""
+    if since_ms is not None:
+        answers = list(answers)
+        recent = Dataset(dataset.task, [e for e in dataset.examples if e.ts_ms >= since_ms], dataset.stats)
+        older = Dataset(dataset.task, [e for e in dataset.examples if e.ts_ms < since_ms], dataset.stats)
+        queue = build_review_queue(recent, answers, limit=limit, low_confidence=low_confidence)
+        return queue + build_review_queue(older, answers, limit=limit - len(queue),
+                                          low_confidence=low_confidence) if len(queue) < limit else queue
     holdout = [e for e in dataset.examples if e.split == "holdout" and not e.reviewed]
     by_call = {cid: e for e in holdout for cid in e.call_ids}
     best: dict[str, SmallAnswer] = {}
