@@ -55,7 +55,7 @@ class ControllerSettings(BaseSettings):
         "default: the median label's count before the drift, 10 to 50")
     drift_min_reviewed: Optional[int] = Field(
         None, ge=0, description="reviewed holdout items captured since the drift before the retrain; default: "
-        "min_holdout x the share of the traffic on those labels, at least min_shadow_reviewed")
+        "min_holdout / labels for each of those labels, at least min_shadow_reviewed")
     # CLI
     status_outcomes_per_partition: int = Field(2000, ge=1,
                                                description="router outcomes `graduate status` reads per partition")

@@ -97,10 +97,10 @@ class DriftReadiness:
 
     A retrain waits until (1) every label the traffic moved to — a real part of the traffic since
     the drift (EVEN_SHARE) and at least GROWTH times its share before it — has
-    `min_train_per_label` training examples, and (2)
-    the reviewed holdout gained `min_reviewed_since` items since the drift: the gate's minimum
-    times the share of the traffic those labels take (at least the shadow gate's reviewed minimum),
-    so the gate grades the new traffic as heavily as it weighs.
+    `min_train_per_label` training examples, and (2) the reviewed holdout gained
+    `min_reviewed_since` items since the drift: each of those labels' even share of the gate's
+    minimum (min_holdout / labels, as a first graduation gives every label), at least the shadow
+    gate's reviewed minimum.
     """
 
     task: str
@@ -153,7 +153,8 @@ def drift_readiness(dataset: Dataset, since_ms: int, *, min_reviewed_holdout: in
         low, high = MIN_TRAIN_BOUNDS
         min_train_per_label = min(high, max(low, int(median(before.values())) if before else low))
     total = sum(answered.values())
-    even = EVEN_SHARE / max(labels, len(answered | before), 1)
+    n_labels = max(labels, len(answered | before), 1)
+    even = EVEN_SHARE / n_labels
     before_total = sum(before.values())
     new = tuple(sorted(label for label, n in answered.items()
                        if n / total >= even and n / total >= GROWTH * before[label] / max(before_total, 1)))
@@ -161,8 +162,7 @@ def drift_readiness(dataset: Dataset, since_ms: int, *, min_reviewed_holdout: in
     short = {label: int(train_now.get(label, 0)) for label in new if train_now.get(label, 0) < min_train_per_label}
     share = sum(answered[label] for label in new) / total if total else 0.0
     if min_reviewed_since is None:
-        # the share rounded up to a twentieth, so the target moves in steps a reviewer can follow
-        min_reviewed_since = max(min_reviewed_floor, math.ceil(min_reviewed_holdout * math.ceil(share * 20) / 20))
+        min_reviewed_since = max(min_reviewed_floor, len(new) * math.ceil(min_reviewed_holdout / n_labels))
     reviewed = sum(1 for e in recent if e.split == "holdout" and e.reviewed)
     return DriftReadiness(dataset.task, since_ms, len(recent), dict(sorted(answered.items())), min_train_per_label,
                           short, new, round(share, 4), reviewed, min_reviewed_since)

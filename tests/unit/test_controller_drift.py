@@ -15,7 +15,7 @@ from services.controller.control import Controller, evidence_of
 from services.controller.gate import traffic_prediction
 from services.controller.graduation import Signal
 from services.controller.settings import ControllerSettings
-from services.curator.logic import CuratedCall, build_dataset, build_review_queue, ts_ms
+from services.curator.logic import CuratedCall, build_dataset, build_review_queue
 from services.curator.readiness import drift_readiness, readiness
 from tests.unit.test_controller import outcome, read_back, cut_over
 from tests.unit.test_gate import registered, shadow_stats
@@ -54,13 +54,15 @@ def test_a_label_the_traffic_moved_to_needs_as_many_examples_as_the_median_label
     assert "x 12 of 40" in r.reason and "reviewed holdout items since the drift: 5 of" in r.reason
 
 
-def test_reviews_since_the_drift_scale_with_the_share_of_the_new_labels():
+def test_each_new_label_needs_its_even_share_of_the_gates_reviewed_minimum_since_the_drift():
     r = drift(dataset(new_train=40, new_holdout=30, reviewed_after=20))
-    assert not r.short_labels
-    # x is 70 of the 83 inputs since the drift: 0.84 -> 0.85 of the gate's 100 = 85 reviewed items
-    assert r.new_share == pytest.approx(70 / 83, abs=1e-3) and r.min_reviewed_since == 85
-    assert r.reviewed_since == 20 and r.reviews_needed == 65 and not r.ready
-    assert drift(dataset(new_train=40, new_holdout=30, reviewed_after=30), min_reviewed_since=30).ready
+    assert not r.short_labels and r.new_share == pytest.approx(70 / 83, abs=1e-3)
+    assert r.min_reviewed_since == 34  # one new label of 3: ceil(100 / 3) reviewed items since the drift
+    assert r.reviewed_since == 20 and r.reviews_needed == 14 and not r.ready
+    assert drift(dataset(new_train=40, new_holdout=34, reviewed_after=34)).ready
+    assert drift(dataset(new_train=40, new_holdout=30, reviewed_after=20), min_reviewed_since=20).ready
+    floor = drift_readiness(dataset(new_train=40), SINCE, min_reviewed_holdout=100, min_reviewed_floor=10, labels=77)
+    assert floor.min_reviewed_since == 10  # ceil(100 / 77) = 2 for one label: the shadow gate's minimum holds
 
 
 def test_a_stray_answer_does_not_hold_the_retrain_up_and_old_labels_are_no_new_labels():
