@@ -164,3 +164,16 @@ def test_a_demotion_read_after_a_restart_collects_from_its_own_time():
     restarted.read_decision(demotion)
     assert restarted.graduation("intent").state == "collecting" and restarted.drift_since("intent") == demotion.ts
     assert Controller(SETTINGS).drift_since("intent") is None and utcnow() >= demotion.ts
+
+
+def test_the_trainer_publishes_each_frontier_labels_fallback_at_the_threshold():
+    import numpy as np
+
+    from trainer.kinds import Evaluation
+    from trainer.kinds.classification import Classification
+
+    ev = Evaluation({}, np.array([0.9, 0.4, 0.8, 0.3]), np.zeros(4), np.ones(4, bool), np.ones(4, bool),
+                    ["a", "a", "x", "x"], ["a", "a", "x", "b"])
+    extras = Classification().gate_extras(ev, np.ones(4, bool), 0.5, None)
+    assert extras == {"fallback_by_label": {"a": [2, 1], "b": [1, 1], "x": [1, 0]}}
+    assert Classification().gate_extras(ev, np.ones(4, bool), None, None)["fallback_by_label"]["a"] == [2, 2]
