@@ -195,16 +195,10 @@ def build_review_queue(dataset: Dataset, answers: Iterable[SmallAnswer], *, limi
     then low-confidence shadow results, then a sample stratified by label (round robin over the
     labels, a stable pseudo-random order inside each by input hash).
 
-    With `since_ms` (a task collecting data after a drift), the holdout captured since then is
-    queued first, in that same order, and the older holdout after it."""
-    if since_ms is not None:
-        answers = list(answers)
-        recent = Dataset(dataset.task, [e for e in dataset.examples if e.ts_ms >= since_ms], dataset.stats)
-        older = Dataset(dataset.task, [e for e in dataset.examples if e.ts_ms < since_ms], dataset.stats)
-        queue = build_review_queue(recent, answers, limit=limit, low_confidence=low_confidence)
-        return queue + build_review_queue(older, answers, limit=limit - len(queue),
-                                          low_confidence=low_confidence) if len(queue) < limit else queue
-    holdout = [e for e in dataset.examples if e.split == "holdout" and not e.reviewed]
+    With `since_ms` (a task collecting data after a drift), only the holdout captured since then:
+    reviews of older items would not count for the retrain."""
+    holdout = [e for e in dataset.examples if e.split == "holdout" and not e.reviewed
+               and (since_ms is None or e.ts_ms >= since_ms)]
     by_call = {cid: e for e in holdout for cid in e.call_ids}
     best: dict[str, SmallAnswer] = {}
     for a in answers:

@@ -81,11 +81,11 @@ def test_the_minimum_per_label_is_bounded_and_can_be_set():
     assert drift(tiny).min_train_per_label == 10
 
 
-def test_the_review_queue_asks_for_the_holdout_since_the_drift_first():
+def test_the_review_queue_after_a_drift_holds_only_the_holdout_captured_since():
     ds = dataset(new_train=0, new_holdout=5)
-    queue = build_review_queue(ds, [], limit=8, since_ms=SINCE)
-    assert [i.frontier_label for i in queue[:5]] == ["x"] * 5 and len(queue) == 8  # then the older holdout
-    assert build_review_queue(ds, [], limit=3, since_ms=SINCE)[-1].frontier_label == "x"
+    assert [i.frontier_label for i in build_review_queue(ds, [], limit=8, since_ms=SINCE)] == ["x"] * 5
+    assert len(build_review_queue(ds, [], limit=3, since_ms=SINCE)) == 3
+    assert len(build_review_queue(ds, [], limit=50)) == 14  # no drift: the whole unreviewed holdout
 
 
 # --- the controller around the rule ----------------------------------------------------------
