@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -128,8 +129,9 @@ class Topics:
         replay = await replay_topic(self.kafka, self.codec, spec, self.namespace, model)
         return [r.value for r in replay.records if getattr(r.value, "task", self.task) == self.task]
 
-    def graduation(self) -> Optional[str]:
-        notes = [json.loads(d.evidence or "{}") for d in self.history]
+    def graduation(self, since: Optional[datetime] = None) -> Optional[str]:
+        """The latest graduation state on the history (written at or after `since`)."""
+        notes = [json.loads(d.evidence or "{}") for d in self.history if since is None or d.ts >= since]
         states = [n.get("state") for n in notes if n.get("gate") == "graduation"]
         return states[-1] if states else None
 
@@ -254,7 +256,8 @@ async def collect(s: LoopSettings, product: Product, topics: Topics, traffic: Tr
                   reviewer: str, gold: dict[str, str], facts: dict) -> bool:
     """After the demotion: traffic goes on and the reviewer answers what the page asks for, until the
     controller has enough data since the drift and asks for the retrain itself."""
-    asked = lambda: topics.graduation() == "training"  # noqa: E731
+    demotion = [d.ts for d in topics.history if json.loads(d.evidence or "{}").get("verdict") == "demoted"][-1]
+    asked = lambda: topics.graduation(since=demotion) == "training"  # noqa: E731 - not the first model's note
     reviewed = 0
     for start in range(0, len(examples), s.chunk):
         await traffic.send("collecting", examples[start:start + s.chunk])
