@@ -203,6 +203,7 @@ def run_pipeline(kind, settings: TrainerSettings, task: str, snapshot_ref: str =
     metrics = {"paired_at_threshold": gate_view["paired_at_threshold"], "kept_agreement": gate_view["kept_agreement"],
                "gate_basis": basis, "threshold_search": report["threshold_search"],
                "fit": _fit_record(report["finetune"])} | kind.metrics_extras(report) | {
+        k: gate_view[k] for k in ("fallback_by_label",) if k in gate_view} | {
         k: report[k] for k in ("holdout", "parity", "quantization", "curve", "export", "timings", "threshold",
                                "train_size", "validation_size", "frontier_source", "run_id")} | {
         "triton_verify": report.get("triton_verify"), "run_dir": str(run_dir)}

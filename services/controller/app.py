@@ -5,7 +5,8 @@ the models and the judge's stats into a `Controller` (control.py); every handler
 then decodes, asks the controller, and sends the decisions (routing topic + history), refusals
 (history) and retrain requests it returns. Every `look_interval_s` it reads the captured and
 reviewed topics for tasks that have no model asked for yet (graduation.py) and exports how many
-reviewed holdout items each still needs (graduate_reviews_needed). A retrain request the trainer
+reviewed holdout items each still needs (graduate_reviews_needed; after a drift, the reviews of
+data captured since it). A retrain request the trainer
 dead-letters (a snapshot the gate could not use) takes the task out of `training` again. Run ONE controller per namespace: a task's window
 spans every partition of the router outcomes, and decisions need a single writer.
 """
@@ -23,7 +24,7 @@ from services.common.settings import load_settings
 from services.common.streams import (Emit, Meta, WorkerSettings, each_event, health, make_app, plumbing, send_emits,
                                      source_topic)
 from services.common.tasks import load_tasks
-from services.controller.control import Controller, Effects
+from services.controller.control import Controller, Effects, reviews_needed
 from services.controller.settings import ControllerSettings
 from services.controller.store import Replayed, emits_of, read_signals, replay_state, trainer_refusal
 from services.curator.settings import CuratorSettings
@@ -134,14 +135,16 @@ async def look_at_tasks() -> None:
     if not waiting:
         return
     try:
+        since = {t: ts for t in waiting if (ts := controller.drift_since(t)) is not None}
         signals = await read_signals(settings, plumbing(app).codec, waiting, profiler, holdout_fraction,
-                                     control_settings.min_holdout)
+                                     control_settings, since)
     except Exception:
         log.exception("controller: reading the captured and reviewed topics failed; next look in %ss",
                       control_settings.look_interval_s)
         return
     for signal in signals:
-        REVIEWS_NEEDED.labels(signal.task).set(signal.readiness.reviews_needed)
+        REVIEWS_NEEDED.labels(signal.task).set(signal.drift.reviews_needed if signal.drift
+                                               else signal.readiness.reviews_needed)
         await send_emits(app, send(controller.on_signal(signal)))
 
 
@@ -151,5 +154,5 @@ async def state_view(web, request):  # noqa: ARG001
     for t in sorted(set(controller.tasks()) | set(specs)):
         d, g, signal = controller.current(t), controller.graduation(t), controller.signals.get(t)
         out[t] = {"decision": d.model_dump(mode="json") if d else None, "graduation": g.state, "reason": g.reason,
-                  "reviews_needed": signal.readiness.reviews_needed if signal else None}
+                  "reviews_needed": reviews_needed(signal)}
     return web.json(out)

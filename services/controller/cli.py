@@ -52,8 +52,9 @@ async def _load(common, settings, codec, *, look: bool = False):
     await replay_state(controller, common.kafka, codec, common.topic_namespace)
     waiting = {t: s for t, s in specs.items() if controller.needs_look(t)}
     if look and waiting:
+        since = {t: ts for t in waiting if (ts := controller.drift_since(t)) is not None}
         for signal in await read_signals(common, codec, waiting, load_settings(ProfilerSettings),
-                                         load_settings(CuratorSettings).holdout_fraction, settings.min_holdout):
+                                         load_settings(CuratorSettings).holdout_fraction, settings, since):
             controller.signals[signal.task] = signal
     return controller
 
@@ -83,6 +84,7 @@ def observed_fallback(outcomes: list[RouterOutcome], task: str,
 
 def status_rows(controller, history: list[RoutingDecision], outcomes: list[RouterOutcome]) -> list[dict[str, Any]]:
     """One row per task: how it is routed, its fallback rate and the last decision (pure)."""
+    from services.controller.control import reviews_needed
     last: dict[str, RoutingDecision] = {}
     for d in history:
         last[d.task] = d
@@ -96,7 +98,7 @@ def status_rows(controller, history: list[RoutingDecision], outcomes: list[Route
         rows.append({
             "task": task, "mode": current.mode if current else "frontier",
             "graduation": graduation.state, "graduation_reason": graduation.reason,
-            "reviews_needed": signal.readiness.reviews_needed if signal else None,
+            "reviews_needed": reviews_needed(signal),
             "model_version": current.model_version if current else None,
             "threshold": current.threshold if current else None,
             "fallback_rate": rate, "fallback_n": n,

@@ -9,17 +9,23 @@ compacted topics into it, feeds it events and sends what it returns.
 Idempotent under at-least-once delivery: a version gets one offline verdict (the history
 remembers it across restarts), a shadow refusal is written once per shadow period and set of
 failing checks, and a watch episode (one `small` decision) demotes at most once.
+
+After a demotion the task collects data (graduation.py, `collecting`); the retrain request comes
+from the periodic look once enough was captured since, and the version that answers it is held,
+in shadow and after cutover, to the fallback rate its holdout predicts for the label mix of the
+traffic since the drift (`traffic_prediction`), not for the holdout's mostly older mix.
 """
 from __future__ import annotations
 
 import json
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Optional
 
 from services.common.contracts import (CapturedCall, Mode, ModelRegistered, RetrainRequest, RouterOutcome,
                                        RoutingDecision, ShadowStats, utcnow)
-from services.controller.gate import GateResult, evaluate_offline, evaluate_shadow, stats_counts
+from services.controller.gate import GateResult, evaluate_offline, evaluate_shadow, stats_counts, traffic_prediction
 from services.controller.graduation import Policy, Signal, Step, pending_request, step
 from services.controller.settings import ControllerSettings
 from services.controller.watch import Window, assess, observe_outcome, observe_sampled, promise_of, same_output
@@ -91,7 +97,7 @@ class Controller:
         if ev.get("gate") == "shadow" and ev.get("verdict") == "refused":
             self.noted_refusals.add((str(ev.get("episode")), str(ev.get("signature"))))
         if ev.get("gate") == "graduation" and ev.get("state"):
-            self.noted_states[decision.task] = str(ev["state"])
+            self.noted_states[decision.task] = state_key(ev)
             if ev.get("requested") and isinstance(ev.get("reviewed_holdout"), int):
                 self.first_request_reviews[decision.task] = ev["reviewed_holdout"]
 
@@ -137,7 +143,8 @@ class Controller:
         current = self.current(task)
         in_shadow = current is not None and current.mode == "shadow" and current.model_version == version
         baseline = evidence_of(current).get("shadow_baseline") if in_shadow else None
-        return evaluate_shadow(stats, model, baseline, self.settings)
+        predicted = current.predicted_fallback_rate if in_shadow else None
+        return evaluate_shadow(stats, model, baseline, self.settings, predicted=predicted)
 
     def on_model(self, model: ModelRegistered) -> Effects:
         self.read_model(model)
@@ -149,8 +156,19 @@ class Controller:
         if not result.passed:
             return Effects(refusals=[self._refusal(model.task, result.reason, result.as_evidence())])
         evidence = result.as_evidence() | {"shadow_baseline": self._baseline(model.task, model.version)}
+        predicted, basis = self._prediction(model)
+        if basis:
+            evidence["prediction"] = basis
         return Effects(decisions=[self._decide(decision_for(model, "shadow", result.reason, evidence,
-                                                           self.settings.decided_by))])
+                                                           self.settings.decided_by, predicted=predicted))])
+
+    def _prediction(self, model: ModelRegistered) -> tuple[Optional[float], Optional[dict[str, Any]]]:
+        """The fallback rate to hold `model` to: after a drift, its holdout's rates per label weighted
+        by the traffic since the drift; else None (the model's own prediction)."""
+        current, signal = self.current(model.task), self.signals.get(model.task)
+        if current is None or evidence_of(current).get("gate") != "watch" or signal is None or signal.drift is None:
+            return None, None
+        return traffic_prediction(model, signal.drift.answered_since)
 
     def on_stats(self, stats: ShadowStats) -> Effects:
         self.read_stats(stats)
@@ -163,7 +181,8 @@ class Controller:
         if result.passed:
             model = self.models[(stats.task, stats.model_version)]
             return Effects(decisions=[self._decide(decision_for(model, "small", result.reason, result.as_evidence(),
-                                                               self.settings.decided_by))])
+                                                               self.settings.decided_by,
+                                                               predicted=current.predicted_fallback_rate))])
         signature = ",".join(result.failed)
         note = (current.decision_id, signature)
         if note in self.noted_refusals:
@@ -218,17 +237,15 @@ class Controller:
         if not assessment.breach:
             return Effects()
         window.breached = True
-        request = RetrainRequest(task=current.task, reason=assessment.reason, evidence=dumps(assessment.as_evidence()),
-                                 requested_by=self.settings.decided_by, serving_version=current.model_version)
         evidence = assessment.as_evidence() | {
-            "verdict": "demoted", "retrain_request_id": request.request_id,
-            "shadow_baseline": self._baseline(current.task, current.model_version or "")}
+            "verdict": "demoted", "shadow_baseline": self._baseline(current.task, current.model_version or "")}
         demotion = RoutingDecision(
             task=current.task, mode="shadow", model_version=current.model_version, threshold=current.threshold,
-            reason=f"{assessment.reason}; demoted to shadow, retrain requested", evidence=dumps(evidence),
+            reason=f"{assessment.reason}; demoted to shadow, a retrain follows once enough data since the drift "
+                   "is captured", evidence=dumps(evidence),
             decided_by=self.settings.decided_by, predicted_fallback_rate=current.predicted_fallback_rate,
             triton_model=current.triton_model)
-        return Effects(decisions=[self._decide(demotion)], retrains=[request])
+        return Effects(decisions=[self._decide(demotion)])
 
     # --- starting a graduation --------------------------------------------------------------
 
@@ -245,7 +262,12 @@ class Controller:
 
     def needs_look(self, task: str) -> bool:
         """Whether the periodic look at the data can change this task's graduation (no model asked for yet)."""
-        return self.graduation(task).state in ("frontier", "collecting_reviews", "ready")
+        return self.graduation(task).state in ("frontier", "collecting_reviews", "ready", "collecting")
+
+    def drift_since(self, task: str) -> Optional[datetime]:
+        """When the task was demoted for drift, while that demotion is its current decision."""
+        current = self.current(task)
+        return current.ts if current is not None and evidence_of(current).get("gate") == "watch" else None
 
     def on_signal(self, signal: Signal) -> Effects:
         """The periodic look at a task's data: note a changed state; in `auto`, ask for the first model."""
@@ -254,9 +276,13 @@ class Controller:
         effects = Effects()
         evidence = {"gate": "graduation", "state": now.state, "policy": self.policies.get(signal.task, "approve"),
                     "recommended": signal.recommended, **signal.readiness.as_dict()}
+        if signal.drift is not None:
+            evidence["drift"] = signal.drift.as_dict()
         if now.request:
-            request = RetrainRequest(task=signal.task, kind="first", reason=now.reason, evidence=dumps(evidence),
-                                     requested_by=self.settings.decided_by)
+            current = self.current(signal.task)
+            request = RetrainRequest(task=signal.task, kind=now.kind, reason=now.reason, evidence=dumps(evidence),
+                                     requested_by=self.settings.decided_by,
+                                     serving_version=current.model_version if current else None)
             self.read_request(request)
             self.first_request_reviews[signal.task] = signal.readiness.reviewed_holdout
             effects.retrains.append(request)
@@ -306,8 +332,10 @@ class Controller:
         return self._note_state(request.task, step_now, evidence, Effects())
 
     def _note_state(self, task: str, now: Step, evidence: dict[str, Any], effects: Effects) -> Effects:
-        if self.noted_states.get(task) != now.state:
-            self.noted_states[task] = now.state
+        """A note on the history when the state changes (or, collecting after a drift, its targets)."""
+        key = state_key(evidence | {"state": now.state})
+        if self.noted_states.get(task) != key:
+            self.noted_states[task] = key
             note = self._refusal(task, now.reason, evidence)
             effects.refusals.append(note.model_copy(update={"reason": f"graduation {now.state}: {now.reason}"}))
         return effects
@@ -336,14 +364,26 @@ class Controller:
 
 
 def decision_for(model: ModelRegistered, mode: Mode, reason: str, evidence: dict[str, Any], decided_by: str,
-                 threshold: Optional[float] = None) -> RoutingDecision:
-    """A decision that routes `model`'s task to `mode` with that model (its calibrated threshold)."""
+                 threshold: Optional[float] = None, predicted: Optional[float] = None) -> RoutingDecision:
+    """A decision that routes `model`'s task to `mode` with that model (its calibrated threshold);
+    `predicted` replaces the model's predicted fallback rate (the traffic's, after a drift)."""
     threshold = model.threshold if threshold is None else threshold
     same = threshold == model.threshold
+    if predicted is None:
+        predicted = model.predicted_fallback_rate
     return RoutingDecision(task=model.task, mode=mode, model_version=model.version, threshold=threshold,
                            reason=reason, evidence=dumps(evidence), decided_by=decided_by,
-                           predicted_fallback_rate=model.predicted_fallback_rate if same else None,
+                           predicted_fallback_rate=predicted if same else None,
                            triton_model=model.triton_model)
+
+
+def state_key(evidence: dict[str, Any]) -> str:
+    """What a graduation note records, to write the next one only on a change: the state, and for a
+    task collecting after a drift the targets the review page shows (they move with the traffic)."""
+    drift = evidence.get("drift") if evidence.get("state") == "collecting" else None
+    if not isinstance(drift, dict):
+        return str(evidence.get("state"))
+    return f"collecting:{drift.get('min_reviewed_since')}:{drift.get('min_train_per_label')}"
 
 
 def _remember(store: OrderedDict, key: str, value: Any) -> None:
@@ -391,3 +431,10 @@ def override(task: str, mode: str, reason: str, user: str, current: Optional[Rou
         evidence["note"] = (f"threshold {threshold} differs from the calibrated {model.threshold}: "
                             "no predicted fallback rate to watch against")
     return decision_for(model, mode, reason.strip(), evidence, user, threshold)  # type: ignore[arg-type]
+
+
+def reviews_needed(signal: Optional[Signal]) -> Optional[int]:
+    """Reviews the task still needs: of data captured since the drift when it collects after one."""
+    if signal is None:
+        return None
+    return signal.drift.reviews_needed if signal.drift is not None else signal.readiness.reviews_needed

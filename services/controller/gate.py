@@ -52,7 +52,9 @@ answer, so on the unreviewed part the frontier is right by construction: the tes
 conservative for the small model, and the evidence carries gold_reviewed / gold_frontier.
 
 Shadow gate (on the judge's ShadowStats for the version in shadow), counting only comparisons
-made since the task entered shadow with that version (the decision's `shadow_baseline`):
+made since the task entered shadow with that version (the decision's `shadow_baseline`); the
+predicted fallback rate is the shadow decision's, which for a retrain after a drift is the
+holdout's per-label rates weighted by the traffic since the drift (`traffic_prediction`):
 - comparisons: at least `min_shadow_comparisons` live comparisons, else pending;
 - fallback: the live fallback rate 1 - kept/compared is at most `fallback_limit(predicted)`,
   the same level the post-cutover watch calls a breach (so a drifted task cannot flap back);
@@ -536,11 +538,12 @@ def since_baseline(stats: ShadowStats, baseline: Optional[dict[str, int]]) -> di
 
 
 def evaluate_shadow(stats: ShadowStats, model: ModelRegistered, baseline: Optional[dict[str, int]],
-                    settings: ControllerSettings) -> GateResult:
-    """The shadow gate for the version in shadow, on the comparisons since `baseline`."""
+                    settings: ControllerSettings, predicted: Optional[float] = None) -> GateResult:
+    """The shadow gate for the version in shadow, on the comparisons since `baseline`; `predicted`:
+    the fallback rate the shadow decision holds it to (default: the model's, from its holdout)."""
     n = since_baseline(stats, baseline)
     expected, source = expected_kept_agreement(model)
-    predicted = model.predicted_fallback_rate
+    predicted = model.predicted_fallback_rate if predicted is None else predicted
     limit = fallback_limit(predicted, settings)
     evidence: dict[str, Any] = {
         "counts": n, "cumulative": stats_counts(stats), "baseline": baseline or None,
@@ -562,6 +565,29 @@ def evaluate_shadow(stats: ShadowStats, model: ModelRegistered, baseline: Option
               _agreement_check(n, expected, source, settings),
               _reviewed_check(n, settings))
     return GateResult("shadow", stats.task, stats.model_version, checks, evidence)
+
+
+def traffic_prediction(model: ModelRegistered, mix: dict[str, int]) -> tuple[Optional[float], Optional[dict[str, Any]]]:
+    """The fallback rate `model` would have on traffic with the label mix `mix` (label -> inputs the
+    frontier answered so), from its holdout's fallback rate per frontier label at the threshold
+    (metrics_json.fallback_by_label: label -> [items, fell back]); a label without holdout items
+    counts at the model's overall rate. None without the per-label figures or a mix."""
+    by_label = _metrics_json(model).get("fallback_by_label")
+    total = sum(mix.values())
+    if not isinstance(by_label, dict) or not total:
+        return None, None
+    overall, rate, unseen = model.predicted_fallback_rate, 0.0, 0
+    for label, n in mix.items():
+        held = by_label.get(label)
+        if isinstance(held, list) and len(held) == 2 and held[0]:
+            rate += n * held[1] / held[0]
+        else:
+            rate += n * overall
+            unseen += n
+    predicted = round(rate / total, 4)
+    return predicted, {"predicted_fallback_rate": predicted, "holdout_predicted_fallback_rate": overall,
+                       "basis": "holdout fallback rate per label, weighted by the frontier's answers since the drift",
+                       "inputs_since_drift": total, "inputs_of_labels_without_holdout_items": unseen}
 
 
 def _ratio(a: int, b: int) -> Optional[float]:

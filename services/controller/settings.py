@@ -49,6 +49,13 @@ class ControllerSettings(BaseSettings):
                                    "topics to see whether a task on the frontier is ready to graduate")
     retrain_every_h: Optional[float] = Field(None, gt=0, description="ask for a retrain (kind schedule) of a task "
                                              "in small mode whose model is older than this; default: never")
+    # the retrain after a drift waits for data captured since the demotion (services/curator/readiness.py)
+    drift_min_train_per_label: Optional[int] = Field(
+        None, ge=1, description="training examples each label the traffic moved to needs before the retrain; "
+        "default: the median label's count before the drift, 10 to 50")
+    drift_min_reviewed: Optional[int] = Field(
+        None, ge=0, description="reviewed holdout items captured since the drift before the retrain; default: "
+        "min_holdout / labels for each of those labels, at least min_shadow_reviewed")
     # CLI
     status_outcomes_per_partition: int = Field(2000, ge=1,
                                                description="router outcomes `graduate status` reads per partition")

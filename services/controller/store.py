@@ -6,6 +6,8 @@ that is never compacted (the audit trail); a refusal goes to the history alone.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Optional
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -20,6 +22,7 @@ from services.common.streams import Emit, replay_topic
 from services.common.tasks import TaskSpec
 from services.controller.control import Controller, Effects
 from services.controller.graduation import Signal
+from services.controller.settings import ControllerSettings
 
 
 def emits_of(effects: Effects) -> list[Emit]:
@@ -74,10 +77,13 @@ def trainer_refusal(letter: DeadLetter, codec: Codec, namespace: str) -> tuple[R
 
 
 async def read_signals(settings: CommonSettings, codec: Codec, specs: dict[str, TaskSpec], profiler,
-                       holdout_fraction: float, min_reviewed_holdout: int) -> list[Signal]:
-    """A look at the data of `specs`' tasks: the profiler's verdict (as `graduate candidates`) and the
-    reviewed holdout (as the curator's snapshot would count it)."""
-    from services.curator.readiness import readiness_of_dataset
+                       holdout_fraction: float, control: ControllerSettings,
+                       drift_since: Optional[dict[str, datetime]] = None) -> list[Signal]:
+    """A look at the data of `specs`' tasks: the profiler's verdict (as `graduate candidates`), the
+    reviewed holdout (as the curator's snapshot would count it) and, for a task demoted for drift
+    at `drift_since[task]`, what was captured since."""
+    from services.curator.logic import ts_ms
+    from services.curator.readiness import drift_readiness, readiness_of_dataset
     from services.curator.snapshot import curate_sources, read_sources
     from services.profiler.report import compute_candidates
 
@@ -87,9 +93,14 @@ async def read_signals(settings: CommonSettings, codec: Codec, specs: dict[str, 
     for task, spec in sorted(specs.items()):
         candidate = candidates.get(task)
         dataset = curate_sources(spec, data, holdout_fraction)
+        since = (drift_since or {}).get(task)
+        drift = None if since is None else drift_readiness(
+            dataset, ts_ms(since), min_reviewed_holdout=control.min_holdout,
+            min_reviewed_floor=control.min_shadow_reviewed, labels=len(spec.labels or ()),
+            min_train_per_label=control.drift_min_train_per_label, min_reviewed_since=control.drift_min_reviewed)
         out.append(Signal(task, candidate is not None and candidate.recommendation == "graduate",
                           candidate.failing if candidate else ("no captured calls",),
-                          readiness_of_dataset(dataset, spec.kind, min_reviewed_holdout)))
+                          readiness_of_dataset(dataset, spec.kind, control.min_holdout), drift))
     return out
 
 

@@ -74,6 +74,7 @@ class Example:
     normalised_hash: str
     split: Split
     call_ids: tuple[str, ...] = ()  # every call with this normalised input
+    ts_ms: int = 0  # when the kept call was captured (epoch ms)
 
 
 @dataclass
@@ -162,7 +163,7 @@ def build_dataset(task: str, calls: Iterable[CuratedCall], reviews: dict[str, Re
         applied += reviewed
         examples.append(Example(kept.call_id, task, kept.input, review.label if reviewed else kept.label,
                                 kept.label, reviewed, digest, kept.split,
-                                tuple(sorted(c.call_id for c in group))))
+                                tuple(sorted(c.call_id for c in group)), kept.ts_ms))
     stats.distinct_inputs = len(groups)
     counts = {s: dict(sorted(Counter(e.label for e in examples if e.split == s).items()))
               for s in ("train", "holdout")}
@@ -198,11 +199,15 @@ class SmallAnswer:
 
 
 def build_review_queue(dataset: Dataset, answers: Iterable[SmallAnswer], *, limit: int = 50,
-                       low_confidence: float = 0.6) -> list[ReviewItem]:
+                       low_confidence: float = 0.6, since_ms: Optional[int] = None) -> list[ReviewItem]:
     """Unreviewed holdout examples to show a person: disagreements first (least confident first),
     then low-confidence shadow results, then a sample stratified by label (round robin over the
-    labels, a stable pseudo-random order inside each by input hash)."""
-    holdout = [e for e in dataset.examples if e.split == "holdout" and not e.reviewed]
+    labels, a stable pseudo-random order inside each by input hash).
+
+    With `since_ms` (a task collecting data after a drift), only the holdout captured since then:
+    reviews of older items would not count for the retrain."""
+    holdout = [e for e in dataset.examples if e.split == "holdout" and not e.reviewed
+               and (since_ms is None or e.ts_ms >= since_ms)]
     by_call = {cid: e for e in holdout for cid in e.call_ids}
     best: dict[str, SmallAnswer] = {}
     for a in answers:

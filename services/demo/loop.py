@@ -4,8 +4,8 @@ The runner starts the product as `graduate up` (Kafka, Triton, router, review pa
 the trainer, the frontier SIMULATOR), then only does what its users do: backend services send
 traffic through the router with the `openai` SDK; a reviewer labels holdout items through the
 review page's HTTP API until the gate has enough; a person approves the graduation there. What
-happens next — the trainer's own snapshot, the gate, shadow, cutover, the watch, the demotion and
-the retrain on a drift (banking77) — the product decides; the runner narrates it from the topics
+happens next — the trainer's own snapshot, the gate, shadow, cutover, the watch, the demotion, the
+collection of data since the drift and the retrain (banking77) — the product decides; the runner narrates it from the topics
 and writes demo-report/facts.json. It never trains, snapshots or decides anything itself.
 """
 from __future__ import annotations
@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -128,8 +129,9 @@ class Topics:
         replay = await replay_topic(self.kafka, self.codec, spec, self.namespace, model)
         return [r.value for r in replay.records if getattr(r.value, "task", self.task) == self.task]
 
-    def graduation(self) -> Optional[str]:
-        notes = [json.loads(d.evidence or "{}") for d in self.history]
+    def graduation(self, since: Optional[datetime] = None) -> Optional[str]:
+        """The latest graduation state on the history (written at or after `since`)."""
+        notes = [json.loads(d.evidence or "{}") for d in self.history if since is None or d.ts >= since]
         states = [n.get("state") for n in notes if n.get("gate") == "graduation"]
         return states[-1] if states else None
 
@@ -200,8 +202,9 @@ async def send_until(traffic: Traffic, topics: Topics, phase: str, examples: lis
     return done()
 
 
-async def review(product: Product, key: str, task: str, gold: dict[str, str]) -> int:
-    """Label holdout items from the review queue with the data set's gold until the gate has enough."""
+async def review(product: Product, key: str, task: str, gold: dict[str, str], *, quiet: bool = False) -> int:
+    """Label holdout items from the review queue with the data set's gold until the gate has enough
+    (after a drift: until the page asks for no more reviews of the traffic since then)."""
     reviewed = 0
     headers = {"Authorization": f"Bearer {key}"}
     async with httpx.AsyncClient(base_url=product.review, headers=headers, timeout=60) as http:
@@ -210,7 +213,8 @@ async def review(product: Product, key: str, task: str, gold: dict[str, str]) ->
             needed = queue.get("reviews_needed")
             items = [i for i in queue["items"] if i["input"] in gold and i["review"] is None][:needed]
             if needed == 0 or not items:
-                say(f"  reviewed {reviewed} items; the gate needs {needed} more")
+                if not quiet or reviewed:
+                    say(f"  reviewed {reviewed} items; the gate needs {needed} more")
                 return reviewed
             for item in items:
                 r = await http.post(f"/api/tasks/{task}/reviews",
@@ -248,6 +252,26 @@ async def graduate_once(s: LoopSettings, product: Product, topics: Topics, traff
     return await send_until(traffic, topics, f"shadow {model.version}", test, s.chunk, small)
 
 
+async def collect(s: LoopSettings, product: Product, topics: Topics, traffic: Traffic, examples: list[Example],
+                  reviewer: str, gold: dict[str, str], facts: dict) -> bool:
+    """After the demotion: traffic goes on and the reviewer answers what the page asks for, until the
+    controller has enough data since the drift and asks for the retrain itself."""
+    demotion = [d.ts for d in topics.history if json.loads(d.evidence or "{}").get("verdict") == "demoted"][-1]
+    asked = lambda: topics.graduation(since=demotion) == "training"  # noqa: E731 - not the first model's note
+    reviewed = 0
+    for start in range(0, len(examples), s.chunk):
+        await traffic.send("collecting", examples[start:start + s.chunk])
+        reviewed += await review(product, reviewer, traffic.spec.name, gold, quiet=True)
+        await topics.refresh()
+        if asked():
+            break
+    else:
+        await wait_for(topics, asked, s.ready_wait_s)
+    facts["after_drift"] = {"calls": sum(traffic.served.get("collecting", Counter()).values()), "reviewed": reviewed,
+                            "retrain_requested": asked()}
+    return asked()
+
+
 async def run(s: LoopSettings) -> dict:
     scenario = scenario_named(s.scenario)
     namespace = f"demo{uuid.uuid4().hex[:8]}."
@@ -273,8 +297,8 @@ async def run(s: LoopSettings) -> dict:
         say(f"2 capture: {min(s.capture_calls, len(before))} calls through the router (openai SDK)")
         await traffic.send("capture", before[:s.capture_calls])
         say("3 review holdout items on the review page until the gate has enough")
-        facts["reviewed"] = await review(product, product.key("demo-reviewer", scenario.task, "reviewer"),
-                                         scenario.task, gold)
+        reviewer = product.key("demo-reviewer", scenario.task, "reviewer")
+        facts["reviewed"] = await review(product, reviewer, scenario.task, gold)
         say("4 wait for the controller to call the task ready, then approve on the review page")
         ready = await wait_for(topics, lambda: topics.graduation() in ("ready", "training"), s.ready_wait_s)
         facts["ready_before_approval"] = {"ready": ready, "state": topics.graduation()}
@@ -289,19 +313,30 @@ async def run(s: LoopSettings) -> dict:
         if small and scenario.launch:
             say("6 small mode, then the launch: intents the model never saw")
             await traffic.send("small", rest[:s.small_calls])
-            n_launch = int(s.drift_calls * s.drift_share)
-            mixed = launch_train[:n_launch] + rest[s.small_calls:s.small_calls + s.drift_calls - n_launch]
+            # the old intents go on beside the launch: inputs the product never saw (test, then unsent train)
+            old = rest[s.small_calls:] + before[s.capture_calls:]
+            launch = launch_train[:int(s.drift_calls * s.drift_share)]
+            n_old = round(len(launch) * (1 - s.drift_share) / s.drift_share)
+            mixed = launch + old[:n_old]
             random.Random(s.seed).shuffle(mixed)
             demoted = lambda: bool([v for v in topics.verdicts("watch") if v.get("verdict") == "demoted"])  # noqa: E731
             facts["demoted"] = await send_until(traffic, topics, "drift", mixed, s.chunk, demoted)
             if facts["demoted"]:
-                say("7 the controller asked for a retrain; the trainer takes a fresh snapshot (it holds the launch)")
-                regate = [e for e in test if e[1] in scenario.launch] + rest[s.small_calls + s.drift_calls:]
-                random.Random(s.seed).shuffle(regate)
-                small = await graduate_once(s, product, topics, traffic, regate, facts)
+                say("7 the controller collects data since the drift; traffic goes on, the reviewer answers the page")
+                sent = sum(traffic.served.get("drift", Counter()).values())
+                if await collect(s, product, topics, traffic, mixed[sent:], reviewer, gold, facts):
+                    say("8 the controller asked for the retrain; the trainer takes a fresh snapshot (it holds the launch)")
+                    launch_test = [e for e in test if e[1] in scenario.launch]
+                    regate = launch_test + old[n_old:n_old + round(len(launch_test) * (1 - s.drift_share)
+                                                                   / s.drift_share)]
+                    random.Random(s.seed).shuffle(regate)
+                    small = await graduate_once(s, product, topics, traffic, regate, facts)
+                else:
+                    say("  the controller did not ask for a retrain: too little data since the drift")
+                    small = False
         facts["small_at_end"] = small
     finally:
-        say("8 stop the product")
+        say("9 stop the product")
         product.stop()
     facts.update(wall_s=round(time.monotonic() - started, 1), served=traffic.served if traffic else {},
                  correct=traffic.correct if traffic else {},

@@ -1,12 +1,14 @@
 """FastAPI dependencies of the review page: its state, the signed-in reviewer, the task in the path."""
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Annotated, Callable, Optional
 
 from fastapi import Depends, Header, Request
 
 from services.common.tasks import TaskRegistry, TaskSpec
+from services.curator.logic import ts_ms
 from services.review.auth import COOKIE, AuthError, Reviewer, Sessions, authenticate
 from services.review.logic import Publisher
 from services.review.settings import ReviewSettings
@@ -34,13 +36,43 @@ class ReviewState:
     follower_status: Callable[[], dict]
 
     def reviews_needed(self, task: str) -> int:
-        """Reviewed holdout items the gate still needs before this task can graduate."""
-        reviewed = sum(1 for e in self.view.dataset(task).examples if e.split == "holdout" and e.reviewed)
-        return max(0, self.settings.controller.min_holdout - reviewed)
+        """Reviewed holdout items the gate still needs before this task can graduate; for a task
+        collecting data after a drift, reviewed items captured since the demotion."""
+        drift = self.drift_target(task)
+        since, needed = drift if drift else (None, self.settings.controller.min_holdout)
+        reviewed = sum(1 for e in self.view.dataset(task).examples
+                       if e.split == "holdout" and e.reviewed and (since is None or e.ts_ms >= since))
+        return max(0, needed - reviewed)
+
+    def drift_target(self, task: str) -> Optional[tuple[int, int]]:
+        """(since when, in epoch ms; how many reviewed items since then) while the task is demoted for
+        drift: the controller's latest `collecting` note says how many (services/curator/readiness.py)."""
+        t = self.view.task(task)
+        if t.decision is None or _evidence(t.decision).get("gate") != "watch":
+            return None
+        since = ts_ms(t.decision.ts)
+        controller = self.settings.controller
+        needed = controller.min_shadow_reviewed if controller.drift_min_reviewed is None else controller.drift_min_reviewed
+        for note in reversed(t.history):
+            if note.ts < t.decision.ts:
+                break
+            drift = _evidence(note).get("drift")
+            if _evidence(note).get("state") == "collecting" and isinstance(drift, dict):
+                return int(drift.get("since_ms", since)), int(drift.get("min_reviewed_since", needed))
+        return since, needed
 
     def queue(self, task: str, limit: Optional[int] = None):
-        curator = self.settings.curator
-        return self.view.queue(task, limit=limit or curator.review_limit, low_confidence=curator.review_low_confidence)
+        curator, drift = self.settings.curator, self.drift_target(task)
+        return self.view.queue(task, limit=limit or curator.review_limit, low_confidence=curator.review_low_confidence,
+                               since_ms=drift[0] if drift else None)
+
+
+def _evidence(decision) -> dict:
+    try:
+        value = json.loads(decision.evidence or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def get_state(request: Request) -> ReviewState:

@@ -240,7 +240,7 @@ class ReviewView:
             return build_dataset(task, t.holdout.values(), {cid: p.review for cid, p in t.reviews.items()})
         return self._cached(t, ("dataset",), compute)
 
-    def queue(self, task: str, *, limit: int, low_confidence: float) -> list[Item]:
+    def queue(self, task: str, *, limit: int, low_confidence: float, since_ms: Optional[int] = None) -> list[Item]:
         """The curator's review queue, less the inputs a reviewer skipped; every item carries the
         small model's answer where there is one. A call reviewed since the queue was computed is
         left out at once."""
@@ -255,8 +255,9 @@ class ReviewView:
                                   dataset.label_counts)
             answers = (a for of_call in t.answers.values() for a in of_call.values())
             return [self._item_of(t, i) for i in build_review_queue(dataset, answers, limit=limit,
-                                                                    low_confidence=low_confidence)]
-        items = self._cached(t, ("queue", limit, low_confidence), compute)
+                                                                    low_confidence=low_confidence,
+                                                                    since_ms=since_ms)]
+        items = self._cached(t, ("queue", limit, low_confidence, since_ms), compute)
         return [i for i in items if self.latest_review(task, i.call_id) is i.review]
 
     def _best_answer(self, t: TaskView, call_id: str) -> Optional[SmallAnswer]:

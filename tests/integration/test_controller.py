@@ -132,16 +132,19 @@ async def test_gate_shadow_small_drift_retrain_and_the_audit_trail(kafka_setting
     history = await decisions(kafka_settings, codec, namespace, catalog.ROUTING_HISTORY, 3)
     assert history[-1].mode == "small" and "refused for v2" in history[-1].reason
 
-    # the watch: a normal fallback rate, then a climbing one -> demotion + one retrain request
+    # the watch: a normal fallback rate, then a climbing one -> demotion; the retrain waits for data since the drift
     await produce(kafka_settings, codec, topic_name(catalog.ROUTER_OUTCOMES, namespace), outcomes(0, 60, 5))
     await produce(kafka_settings, codec, topic_name(catalog.ROUTER_OUTCOMES, namespace), outcomes(60, 120, None))
     routed = await decisions(kafka_settings, codec, namespace, catalog.ROUTING_DECISIONS, 3)
     assert routed[-1].mode == "shadow" and routed[-1].reason.startswith("drift: fallback rate"), worker.tail()
     assert json.loads(routed[-1].evidence)["verdict"] == "demoted"
-    time.sleep(3)  # the rest of the drifted outcomes are read: still one request
+    time.sleep(3)  # the rest of the drifted outcomes are read: no request before data since the drift
     requests = decode_all(codec, await read_topic(kafka_settings, topic_name(catalog.RETRAIN_REQUESTS, namespace),
-                                                  min_count=1), RetrainRequest)
-    assert len(requests) == 1 and requests[0].serving_version == "v1" and requests[0].task == TASK
+                                                  min_count=0, timeout=2), RetrainRequest)
+    assert not requests
+    collecting = {r["task"]: r for r in json.loads(graduate(env, "status", "--json").stdout)}[TASK]
+    assert collecting["graduation"] == "collecting", collecting
+    assert collecting["graduation_reason"].startswith("waiting for data since the drift")
 
     # a person: an override without a reason is refused; with one it is written, audited
     refused = graduate(env, "route", "set", TASK, "--mode", "frontier")

@@ -122,19 +122,22 @@ def test_stats_of_another_version_than_the_one_in_shadow_decide_nothing():
 
 # --- the watch -------------------------------------------------------------------------------
 
-def test_a_climbing_fallback_rate_demotes_once_after_the_minimum_window_with_one_retrain_request():
+def test_a_climbing_fallback_rate_demotes_once_after_the_minimum_window_and_then_collects():
     c = Controller(SETTINGS)
     small = cut_over(c)
     for i in range(SETTINGS.min_window - 1):  # all fallbacks, but the window is not full enough yet
         assert not c.on_outcome(outcome(i, fallback=True, confidence=0.3))
     effects = c.on_outcome(outcome(999, fallback=True, confidence=0.3))
-    demotion, request = effects.decisions[0], effects.retrains[0]
+    (demotion,) = effects.decisions
+    assert not effects.retrains  # the retrain waits for data captured since the drift (graduation.py)
     assert (demotion.mode, demotion.model_version, demotion.threshold) == ("shadow", "v1", 0.62)
     assert demotion.reason.startswith("drift: fallback rate 1.000 over the last 50 small-mode requests")
+    assert "a retrain follows once enough data since the drift is captured" in demotion.reason
     ev = evidence_of(demotion)
     assert ev["gate"] == "watch" and ev["verdict"] == "demoted" and ev["episode"] == small.decision_id
-    assert ev["retrain_request_id"] == request.request_id and ev["confidence"]["n"] == 50
-    assert request.serving_version == "v1" and request.task == "intent" and request.requested_by == "controller"
+    assert ev["confidence"]["n"] == 50
+    assert c.graduation("intent").state == "collecting" and c.needs_look("intent")
+    assert c.drift_since("intent") == demotion.ts
     for i in range(1000, 1100):  # the episode is over: no second demotion or request
         assert not c.on_outcome(outcome(i, fallback=True, confidence=0.3))
 
@@ -157,7 +160,7 @@ def test_a_new_cutover_starts_a_new_episode_that_can_breach_again():
     demoted = None
     for i in range(SETTINGS.min_window):
         demoted = c.on_outcome(outcome(100 + i, fallback=True, confidence=0.3, ts=again.ts + timedelta(seconds=1)))
-    assert demoted.retrains and evidence_of(demoted.decisions[0])["episode"] == again.decision_id
+    assert demoted.decisions and evidence_of(demoted.decisions[0])["episode"] == again.decision_id
 
 
 def test_outcomes_from_before_the_cutover_or_other_fallbacks_do_not_count():
@@ -187,7 +190,7 @@ def test_sampled_answers_that_disagree_with_the_frontier_breach():
         call = CapturedCall(call_id=o.call_id, task="intent", input="where is my card", output_raw="lost_card",
                             output="lost_card" if i % 2 else "card_arrival", latency_ms=500, source="sampled")
         effects = c.on_captured(call)
-    assert effects.retrains and "sampled agreement with the frontier 0.500 on 20" in effects.decisions[0].reason
+    assert effects.decisions and "sampled agreement with the frontier 0.500 on 20" in effects.decisions[0].reason
 
 
 def test_a_frontier_answer_may_arrive_before_the_small_one():
@@ -211,7 +214,7 @@ def test_a_falling_confidence_distribution_breaches():
         effects = c.on_outcome(outcome(i, confidence=0.70))
         if effects:
             break
-    assert effects.retrains and "confidence fell" in effects.decisions[0].reason
+    assert effects.decisions and "confidence fell" in effects.decisions[0].reason
 
 
 def test_a_drift_demotion_cannot_flap_back_on_the_old_cumulative_statistics():

@@ -288,3 +288,32 @@ def sign_in_to(world, target: str, key: str = "ana"):
     r = world["client"].post("/login", data={"key": world["keys"][key], "next": target}, follow_redirects=False)
     assert r.status_code == 303 and r.headers["location"] == target
     return r
+
+
+def test_after_a_drift_the_page_asks_for_reviews_of_what_was_captured_since(world):
+    import json
+
+    from services.curator.logic import ts_ms
+    from tests.unit.test_review_view import call
+
+    client, view = world["client"], world["view"]
+    demotion = decision("shadow", "drift: fallback rate; demoted to shadow", ts=T0 + timedelta(hours=1),
+                        evidence=json.dumps({"gate": "watch", "verdict": "demoted"}))
+    view.apply(catalog.ROUTING_DECISIONS, demotion, key="intent")
+    view.apply(catalog.ROUTING_HISTORY, demotion)
+    before_look = client.get("/api/tasks/intent/queue", headers=bearer(world)).json()
+    assert before_look["reviews_needed"] == ReviewSettings().controller.min_shadow_reviewed  # none since the drift
+    note = decision("shadow", "graduation collecting: waiting for data since the drift", ts=demotion.ts,
+                    evidence=json.dumps({"gate": "graduation", "state": "collecting",
+                                         "drift": {"since_ms": ts_ms(demotion.ts), "min_reviewed_since": 2}}))
+    view.apply(catalog.ROUTING_HISTORY, note)
+    launch = call("n1", "what is the exchange rate for euros", "card_arrival").model_copy(
+        update={"ts": demotion.ts + timedelta(minutes=1)})
+    view.apply(catalog.CALLS_CAPTURED, launch)
+    queue = client.get("/api/tasks/intent/queue", headers=bearer(world)).json()
+    assert queue["reviews_needed"] == 2 and queue["items"][0]["call_id"] == "n1"  # the new traffic first
+    assert client.post("/api/tasks/intent/reviews", headers=bearer(world),
+                       json={"call_id": "n1", "label": "card_arrival"}).status_code == 200
+    assert client.post("/api/tasks/intent/reviews", headers=bearer(world),
+                       json={"call_id": "c1", "label": "card_arrival"}).status_code == 200  # older: not counted
+    assert client.get("/api/tasks/intent/summary", headers=bearer(world)).json()["reviews_needed"] == 1

@@ -140,7 +140,15 @@ class Classification:
 
     def gate_extras(self, ev: Evaluation, on: np.ndarray, threshold: Optional[float],
                     settings: TrainerSettings) -> dict[str, Any]:
-        return {}
+        """Per frontier answer: holdout items and how many fall below the threshold (every item:
+        confidence needs no gold), so the controller can predict the fallback rate of another label
+        mix (the traffic after a drift)."""
+        out: dict[str, list[int]] = {}
+        for label, confidence in zip(ev.frontier, ev.confidence):
+            held = out.setdefault(str(label), [0, 0])
+            held[0] += 1
+            held[1] += int(threshold is None or confidence < threshold)
+        return {"fallback_by_label": dict(sorted(out.items()))}
 
     def verify(self, settings: TrainerSettings, name: str, version: int, version_dir: Path, sample: list[str],
                torch_holdout: np.ndarray) -> dict[str, Any]:
