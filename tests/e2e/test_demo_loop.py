@@ -58,7 +58,10 @@ def run(tmp_path_factory) -> dict:
     assert not [k for k in env if k.startswith("GRADUATE_TRAIN_")], "the demo sets no trainer knobs"
     done = subprocess.run([sys.executable, "-m", "services.demo.loop"], env=env, cwd=REPO_ROOT, timeout=1400,
                           capture_output=True, text=True)
-    facts = json.loads((root / "report" / "facts.json").read_text())
+    facts_file = root / "report" / "facts.json"
+    assert facts_file.exists(), (f"the demo wrote no facts (exit {done.returncode}):\n"
+                                 f"{done.stdout[-4000:]}\n--- stderr\n{done.stderr[-6000:]}")
+    facts = json.loads(facts_file.read_text())
     return {"facts": facts, "out": done.stdout + done.stderr, "var": root / "var", "rc": done.returncode}
 
 
