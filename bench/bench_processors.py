@@ -24,10 +24,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import itertools
 import json
 import os
 import platform
 import random
+import signal
 import sys
 import time
 import uuid
@@ -202,6 +204,88 @@ async def restore_seconds(name: str, namespace: str, kafka: KafkaSettings, workd
     return round(elapsed, 3)
 
 
+def counted_calls(worker) -> dict[str, int]:
+    """Calls per task in the worker's state as its own pages show them (curator: /curator/stats/;
+    profiler: the measures of /profiler/candidates/)."""
+    if worker.name == "curator":
+        return {task: s["calls"] for task, s in worker.get("/curator/stats/").items()}
+    return {c["task"]: c["measures"]["calls"] for c in worker.get("/profiler/candidates/")}
+
+
+def is_ready(worker) -> bool:
+    try:
+        return bool(worker.get("/readyz").get("ready"))
+    except OSError:  # 503 while not ready, or the web server not up yet
+        return False
+
+
+async def produce_calls(kafka: KafkaSettings, codec: Codec, topic: str, n: int, chunk: int = 50_000) -> float:
+    """`captured_calls(n)` into `topic` in chunks (1 M pydantic calls at once would not fit comfortably);
+    returns the seconds it took."""
+    started, calls = time.perf_counter(), captured_calls(n, prefix="k")
+    while batch := list(itertools.islice(calls, chunk)):
+        await produce(kafka, codec, topic, [(c.call_id, c) for c in batch])
+    return round(time.perf_counter() - started, 1)
+
+
+async def kill_restore(name: str, namespace: str, kafka: KafkaSettings, n: int, workdir: Path) -> dict:
+    """The processor as a real worker processes all `n` calls of the topic, is SIGKILLed, and is
+    restarted as itself (same port, datadir and member id): seconds from the restart to its /readyz
+    answering 200 and to its counts being exactly those before the kill, and its RSS at both points."""
+    worker = start_worker(name, namespace, kafka, workdir, tag="-kill")
+    port, deadline = worker.port, time.monotonic() + 1800
+
+    async def until(probe, what: str) -> None:
+        while not probe():
+            if worker.proc.poll() is not None:
+                raise RuntimeError(f"{name} exited while waiting for {what}:\n{worker.tail()}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}: {what}:\n{worker.tail()}")
+            await asyncio.sleep(0.2)
+
+    def processed() -> float:
+        try:
+            return metric(worker.get("/metrics"), "graduate_processor_processed_total", processor=name) or 0
+        except OSError:
+            return 0
+
+    try:
+        started = time.perf_counter()
+        await until(lambda: processed() >= n, f"{n} calls processed")
+        processing = time.perf_counter() - started
+        await asyncio.sleep(3)  # one more checkpoint interval (1 s here) passes: the kill hits a quiet worker
+        before, rss_before = counted_calls(worker), rss_mib(worker.proc.pid)
+        worker.proc.send_signal(signal.SIGKILL)
+        worker.proc.wait()
+        restarted = time.perf_counter()
+        worker = start_worker(name, namespace, kafka, workdir, tag="-kill", port=port)
+        await until(lambda: is_ready(worker), "ready after the restart")
+        ready = time.perf_counter() - restarted
+        last: list = [None]
+
+        def same_counts() -> bool:
+            try:
+                last[0] = counted_calls(worker)
+            except OSError:
+                return False
+            return last[0] == before
+
+        try:
+            deadline = min(deadline, time.monotonic() + 300)
+            await until(same_counts, f"the counts before the kill {before} (last: {last})")
+        except TimeoutError as exc:
+            return {"calls": n, "error": str(exc).splitlines()[0], "counts_before_kill": before,
+                    "counts_after_restart": last[0], "restart_to_ready_seconds": round(ready, 3)}
+        exact = time.perf_counter() - restarted
+        return {"calls": n, "processing_seconds": round(processing, 1), "rss_mib_before_kill": rss_before,
+                "restart_to_ready_seconds": round(ready, 3), "restart_to_exact_counts_seconds": round(exact, 3),
+                "counts_before_kill": before, "counts_after_restart": last[0],
+                "counts_exact": last[0] == before, "counted_total": sum(before.values()),
+                "rss_mib_after_restore": rss_mib(worker.proc.pid)}
+    finally:
+        stop_worker(worker)
+
+
 async def run_processor(name: str, namespace: str, kafka: KafkaSettings, n: int, workdir: Path) -> dict:
     worker = (start_noop(namespace, kafka, workdir) if name == "faust-noop"
               else start_worker(name, namespace, kafka, workdir, tag="-bench"))
@@ -248,7 +332,24 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
-async def main(n: int, processors: list[str], memory: list[int], out: Path) -> dict:
+async def kill_restore_all(kafka: KafkaSettings, n: int) -> dict:
+    """`kill_restore` for the curator and the profiler over `n` calls fed through the broker, in a
+    namespace of its own."""
+    namespace = f"benchkill{uuid.uuid4().hex[:8]}."
+    workdir = Path("/tmp") / f"graduate-{namespace.rstrip('.')}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    await ensure_topics(kafka, namespace)
+    try:
+        report: dict = {"produce_seconds": await produce_calls(kafka, Codec(), topic_name(CALLS_CAPTURED, namespace), n)}
+        for name in ("curator", "profiler"):
+            report[name] = await kill_restore(name, namespace, kafka, n, workdir)
+        report["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return report
+    finally:
+        await delete_topics(kafka, await namespace_topics(kafka, namespace))
+
+
+async def main(n: int, processors: list[str], memory: list[int], out: Path, kill_at: int = 0) -> dict:
     kafka = KafkaSettings(bootstrap=os.environ.get("GRADUATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     namespace = f"bench{uuid.uuid4().hex[:8]}."
     codec = Codec()
@@ -276,6 +377,8 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path) -> d
             mem["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         else:  # rates only (--memory ""): the state's memory is kept from the last run that measured it
             mem = json.loads(out.read_text()).get("state_memory", {}) if out.exists() else {}
+        kill = (await kill_restore_all(kafka, kill_at) if kill_at
+                else json.loads(out.read_text()).get("kill_restore", {}) if out.exists() else {})
         sizes = sorted((int(m) for m in mem.get("profiler", {})), key=int)
         growth = {p: round(mem[p][str(sizes[-1])]["state_bytes"] / mem[p][str(sizes[0])]["state_bytes"], 3)
                   for p in ("profiler", "curator")} if len(sizes) > 1 else {}
@@ -296,6 +399,7 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path) -> d
             "state_bytes": {f"{p} after {m} calls": mem[p][m]["state_bytes"] for p in ("profiler", "curator")
                             for m in sorted(mem.get(p, {}), key=int)},
             "state_memory_growth": growth,
+            "kill_restore": kill,
             "notes": "processor rate = captured calls per second between its first and last processed record "
                      "(worker start-up and group join excluded), read from the worker's processed counter; per CPU "
                      "second: the same count over the worker's user+system CPU time (/proc), and the raw reader's "
@@ -321,6 +425,11 @@ if __name__ == "__main__":
     parser.add_argument("--n", type=int, default=100_000)
     parser.add_argument("--memory", default="100000,1000000",
                         help='calls for the state-memory runs ("": keep the last measured, rates only)')
+    parser.add_argument("--kill-at", type=int, default=1_000_000,
+                        help="calls the curator and the profiler process through the broker before they are SIGKILLed "
+                             "and restarted (restore time, exact counts); 0: keep the last measured")
+    parser.add_argument("--kill-only", action="store_true",
+                        help="measure only the kill/restore and write it into the existing --out file")
     parser.add_argument("--processors", default="faust-noop,curator,profiler")
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "processors.json")
@@ -328,7 +437,15 @@ if __name__ == "__main__":
     if args.serve_noop:
         serve_noop()
         sys.exit(0)
+    if args.kill_only:
+        kafka = KafkaSettings(bootstrap=os.environ.get("GRADUATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+        kill = asyncio.run(kill_restore_all(kafka, args.kill_at))
+        report = json.loads(args.out.read_text())
+        report["kill_restore"] = kill
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(kill, indent=2))
+        sys.exit(0)
     report = asyncio.run(main(args.n, args.processors.split(","), [int(m) for m in args.memory.split(",") if m],
-                              args.out))
+                              args.out, args.kill_at))
     print(json.dumps({k: report[k] for k in ("results", "ratios_vs_raw_read_decode", "state_memory",
-                                             "state_memory_growth")}, indent=2))
+                                             "state_memory_growth", "kill_restore")}, indent=2))
