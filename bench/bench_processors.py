@@ -45,14 +45,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from services.common.catalog import CALLS_CAPTURED, topic_name  # noqa: E402
 from services.common.codec import Codec  # noqa: E402
-from services.common.contracts import CapturedCall  # noqa: E402
+from services.common.catalog import ROUTER_OUTCOMES, SHADOW_RESULTS  # noqa: E402
+from services.common.contracts import CapturedCall, RouterOutcome, ShadowResult  # noqa: E402
 from services.common.kafka import delete_topics, ensure_topics  # noqa: E402
 from services.common.settings import KafkaSettings  # noqa: E402
 from tests.integration.test_workers import metric, start_worker, stop_worker  # noqa: E402
 from tests.support import produce  # noqa: E402
 
 # source messages a processor's handlers see per captured call
-EVENTS_PER_CALL = {"curator": 1, "profiler": 1, "faust-noop": 1}
+EVENTS_PER_CALL = {"curator": 1, "profiler": 1, "faust-noop": 1,
+                   "shadow": 1, "judge": 2, "controller": 2}  # judge: re-key + judge; controller: outcome + capture
 
 
 def captured_calls(n: int, *, seed: int = 16, prefix: str = "bench") -> Iterator[CapturedCall]:
@@ -72,6 +74,23 @@ def captured_calls(n: int, *, seed: int = 16, prefix: str = "bench") -> Iterator
                            input=text, output_raw=label if ok else "not sure", output=label if ok else None,
                            parse_ok=ok, latency_ms=rng.lognormvariate(6.4, 0.3), prompt_tokens=420,
                            completion_tokens=6, cost_usd=0.00111, model="frontier-sim")
+
+
+def shadow_results(n: int, *, prefix: str) -> Iterator[ShadowResult]:
+    """The small model's answers to `captured_calls(n)`: one in ten disagrees with the frontier."""
+    rng = random.Random(17)
+    for c in captured_calls(n, prefix=prefix):
+        out = c.output or "not sure"
+        yield ShadowResult(call_id=c.call_id, task=c.task, model_version="bench-1", ts=c.ts, input=c.input,
+                           output=out if rng.random() >= 0.1 else "card_arrival", confidence=rng.random(),
+                           latency_ms=12.0, frontier_output=c.output)
+
+
+def router_outcomes(n: int, *, prefix: str) -> Iterator[RouterOutcome]:
+    """The router's outcome for each of `captured_calls(n)` (task in frontier mode, served by it)."""
+    for c in captured_calls(n, prefix=prefix):
+        yield RouterOutcome(call_id=c.call_id, task=c.task, mode="frontier", served_by="frontier", ts=c.ts,
+                            output=c.output, latency_ms=c.latency_ms, frontier_latency_ms=c.latency_ms)
 
 
 def state_memory(processor: str, n: int) -> dict:
@@ -154,7 +173,7 @@ def start_noop(namespace: str, kafka: KafkaSettings, workdir: Path):
     return Worker("faust-noop", port, proc, log)
 
 
-async def raw_consume(kafka: KafkaSettings, topic: str, n: int, codec: Codec | None) -> dict:
+async def raw_consume(kafka: KafkaSettings, topic: str, n: int, codec: Codec | None, model=CapturedCall) -> dict:
     consumer = AIOKafkaConsumer(**kafka.client_config(), enable_auto_commit=False, max_poll_records=500)
     await consumer.start()
     try:
@@ -168,7 +187,7 @@ async def raw_consume(kafka: KafkaSettings, topic: str, n: int, codec: Codec | N
             for msgs in batch.values():
                 for m in msgs:
                     if codec is not None:
-                        codec.decode(m.value, CapturedCall)
+                        codec.decode(m.value, model)
                     seen += 1
         elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
         return {"messages": seen, "seconds": round(elapsed, 3), "msgs_per_s": round(seen / elapsed, 1),
@@ -332,6 +351,83 @@ def rss_mib(pid: int) -> float | None:
     return None
 
 
+def shadow_mode_on_triton(kafka: KafkaSettings, codec: Codec, namespace: str) -> dict:
+    """Put the bench's task in shadow mode on a keyword model (tests/support_triton.py: a Python-backend
+    model answering at once) loaded into the running Triton, so the shadow's handler runs its whole
+    path (routing, the gRPC call, results) without the cost of a real model; returns what it did,
+    or why the shadow runs without a task in shadow mode (no Triton reachable)."""
+    from tests.support_triton import load_model, write_keyword_model
+
+    repository = Path(os.environ.get("GRADUATE_MODEL_REPOSITORY", ROOT / "var" / "model-repository"))
+    http_url = os.environ.get("GRADUATE_TRITON_HTTP_URL", "127.0.0.1:8000")
+    try:
+        name = write_keyword_model(repository, {"card": "card_arrival", "transfer": "transfer_timing"}, "balance",
+                                   name=f"kw-{namespace.rstrip('.')}")
+        load_model(http_url, name)
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON
+        return {"shadow_mode": False, "why": f"no keyword model on Triton at {http_url}: {exc}"[:300]}
+    from services.common.catalog import ROUTING_DECISIONS
+    from services.common.contracts import RoutingDecision
+
+    decision = RoutingDecision(task="banking77-intent", mode="shadow", model_version="1", triton_model=name,
+                               threshold=0.5, reason="bench", decided_by="bench")
+    return {"shadow_mode": True, "triton_model": name, "triton_http": http_url, "decision": decision,
+            "repository": str(repository), "topic": topic_name(ROUTING_DECISIONS, namespace)}
+
+
+# what each faust agent worker reads, per captured call
+AGENT_INPUTS = {"shadow": [(CALLS_CAPTURED, CapturedCall)], "judge": [(SHADOW_RESULTS, ShadowResult)],
+                "controller": [(ROUTER_OUTCOMES, RouterOutcome), (CALLS_CAPTURED, CapturedCall)]}
+
+
+async def agent_rates(kafka: KafkaSettings, n: int, agents: list[str]) -> dict:
+    """The shadow, judge and controller workers (faust agents, their real handlers) over the records
+    `n` captured calls make on their input topics, and raw read+decode of those topics, in a
+    namespace of their own. Per call: the shadow reads its capture, the judge its shadow result
+    (and re-keys it by task: two handler events), the controller its router outcome and its capture."""
+    namespace = f"benchagents{uuid.uuid4().hex[:8]}."
+    workdir = Path("/tmp") / f"graduate-{namespace.rstrip('.')}"
+    workdir.mkdir(parents=True, exist_ok=True)
+    codec = Codec()
+    await ensure_topics(kafka, namespace)
+    shadow_setup: dict = {}
+    try:
+        if "shadow" in agents:
+            shadow_setup = shadow_mode_on_triton(kafka, codec, namespace)
+            if shadow_setup.get("shadow_mode"):
+                decision = shadow_setup.pop("decision")
+                await produce(kafka, codec, shadow_setup.pop("topic"), [(decision.task, decision)])
+        make = {CALLS_CAPTURED.name: captured_calls, SHADOW_RESULTS.name: shadow_results,
+                ROUTER_OUTCOMES.name: router_outcomes}
+        raw: dict = {}
+        inputs = {spec.name: (spec, model) for specs in AGENT_INPUTS.values() for spec, model in specs}
+        for spec, model in inputs.values():
+            topic = topic_name(spec, namespace)
+            await produce(kafka, codec, topic, [(r.call_id, r) for r in make[spec.name](n, prefix="a")])
+            await raw_consume(kafka, topic, n, None)  # warm up
+            raw[spec.name] = await raw_consume(kafka, topic, n, codec, model)
+        report: dict = {"n": n, "shadow_setup": shadow_setup, "raw_read_decode": raw, "results": {}, "ratios_vs_raw_read_decode": {},
+                        "ratios_per_cpu_second_vs_raw_read_decode": {}}
+        for name in agents:
+            result = await run_processor(name, namespace, kafka, n, workdir)
+            inputs = [spec.name for spec, _ in AGENT_INPUTS[name]]
+            # raw read+decode of one call's records on every input topic (times add up)
+            per_call = 1 / sum(1 / raw[t]["msgs_per_s"] for t in inputs)
+            per_call_cpu = 1 / sum(1 / raw[t]["msgs_per_cpu_s"] for t in inputs)
+            result.update(inputs=inputs, raw_read_decode_calls_per_s=round(per_call, 1),
+                          raw_read_decode_calls_per_cpu_s=round(per_call_cpu, 1))
+            report["results"][name] = result
+            report["ratios_vs_raw_read_decode"][name] = round(result["msgs_per_s"] / per_call, 3)
+            report["ratios_per_cpu_second_vs_raw_read_decode"][name] = round(result["msgs_per_cpu_s"] / per_call_cpu, 3)
+        report["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return report
+    finally:
+        await delete_topics(kafka, await namespace_topics(kafka, namespace))
+        if shadow_setup.get("shadow_mode"):
+            from tests.support_triton import unload_and_remove
+            unload_and_remove(shadow_setup["triton_http"], Path(shadow_setup["repository"]), shadow_setup["triton_model"])
+
+
 async def kill_restore_all(kafka: KafkaSettings, n: int) -> dict:
     """`kill_restore` for the curator and the profiler over `n` calls fed through the broker, in a
     namespace of its own."""
@@ -349,7 +445,8 @@ async def kill_restore_all(kafka: KafkaSettings, n: int) -> dict:
         await delete_topics(kafka, await namespace_topics(kafka, namespace))
 
 
-async def main(n: int, processors: list[str], memory: list[int], out: Path, kill_at: int = 0) -> dict:
+async def main(n: int, processors: list[str], memory: list[int], out: Path, kill_at: int = 0,
+               agents: list[str] = (), agents_n: int = 20_000) -> dict:
     kafka = KafkaSettings(bootstrap=os.environ.get("GRADUATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     namespace = f"bench{uuid.uuid4().hex[:8]}."
     codec = Codec()
@@ -379,6 +476,8 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path, kill
             mem = json.loads(out.read_text()).get("state_memory", {}) if out.exists() else {}
         kill = (await kill_restore_all(kafka, kill_at) if kill_at
                 else json.loads(out.read_text()).get("kill_restore", {}) if out.exists() else {})
+        agent = (await agent_rates(kafka, agents_n, agents) if agents
+                 else json.loads(out.read_text()).get("agents", {}) if out.exists() else {})
         sizes = sorted((int(m) for m in mem.get("profiler", {})), key=int)
         growth = {p: round(mem[p][str(sizes[-1])]["state_bytes"] / mem[p][str(sizes[0])]["state_bytes"], 3)
                   for p in ("profiler", "curator")} if len(sizes) > 1 else {}
@@ -400,6 +499,7 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path, kill
                             for m in sorted(mem.get(p, {}), key=int)},
             "state_memory_growth": growth,
             "kill_restore": kill,
+            "agents": agent,
             "notes": "processor rate = captured calls per second between its first and last processed record "
                      "(worker start-up and group join excluded), read from the worker's processed counter; per CPU "
                      "second: the same count over the worker's user+system CPU time (/proc), and the raw reader's "
@@ -430,12 +530,25 @@ if __name__ == "__main__":
                              "and restarted (restore time, exact counts); 0: keep the last measured")
     parser.add_argument("--kill-only", action="store_true",
                         help="measure only the kill/restore and write it into the existing --out file")
+    parser.add_argument("--agents", default="shadow,judge,controller",
+                        help='faust agent workers measured with their real handlers ("": keep the last measured)')
+    parser.add_argument("--agents-n", type=int, default=20_000, help="captured calls behind the agents' inputs")
+    parser.add_argument("--agents-only", action="store_true",
+                        help="measure only the agents and write them into the existing --out file")
     parser.add_argument("--processors", default="faust-noop,curator,profiler")
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "processors.json")
     args = parser.parse_args()
     if args.serve_noop:
         serve_noop()
+        sys.exit(0)
+    if args.agents_only:
+        kafka = KafkaSettings(bootstrap=os.environ.get("GRADUATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
+        agent = asyncio.run(agent_rates(kafka, args.agents_n, [a for a in args.agents.split(",") if a]))
+        report = json.loads(args.out.read_text())
+        report["agents"] = agent
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        print(json.dumps(agent, indent=2))
         sys.exit(0)
     if args.kill_only:
         kafka = KafkaSettings(bootstrap=os.environ.get("GRADUATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
@@ -446,6 +559,7 @@ if __name__ == "__main__":
         print(json.dumps(kill, indent=2))
         sys.exit(0)
     report = asyncio.run(main(args.n, args.processors.split(","), [int(m) for m in args.memory.split(",") if m],
-                              args.out, args.kill_at))
+                              args.out, args.kill_at,
+                              [a for a in args.agents.split(",") if a], args.agents_n))
     print(json.dumps({k: report[k] for k in ("results", "ratios_vs_raw_read_decode", "state_memory",
-                                             "state_memory_growth", "kill_restore")}, indent=2))
+                                             "state_memory_growth", "kill_restore", "agents")}, indent=2))
