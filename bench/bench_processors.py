@@ -2,6 +2,8 @@
 the memory of the processors' state after 100 k and 1 M calls.
 
     nice -n 5 .venv/bin/python bench/bench_processors.py [--n 100000] [--memory 100000,1000000]
+        [--kill-at 1000000] [--agents shadow,judge,controller] [--agents-n 20000]
+        [--kill-only | --agents-only | --recompose]   (one part only, merged into --out)
 
 Produces N Banking77-based captured calls (inputs repeat about three times; distinct inputs grow
 with N) into a fresh namespace, then measures:
@@ -15,7 +17,12 @@ with N) into a fresh namespace, then measures:
 - memory: the state of each processor (its per-partition fold over 12 partitions, the same
   functions the workers run) after M calls fed directly, without Kafka (1 M calls through the
   broker would take too long on this machine), with tracemalloc; also the size of its state
-  records (what a checkpoint writes).
+  records (what a checkpoint writes);
+- kill/restore: the curator and the profiler process 1 M calls fed through the broker, are
+  SIGKILLed and restarted as themselves: seconds to /readyz and to counts equal to those before
+  the kill, and the workers' RSS;
+- agents: the shadow (task in shadow mode on a keyword model in Triton, when Triton is up), the
+  judge and the controller (faust agents, real handlers) vs raw read+decode of their input topics.
 Writes bench/results/processors.json. The machine is shared, so absolute numbers are noisy; the
 ratios are measured side by side.
 """
@@ -445,6 +452,55 @@ async def kill_restore_all(kafka: KafkaSettings, n: int) -> dict:
         await delete_topics(kafka, await namespace_topics(kafka, namespace))
 
 
+NOTES = ("processor rate = captured calls per second between its first and last processed record "
+         "(worker start-up and group join excluded), read from the worker's processed counter; per CPU "
+         "second: the same count over the worker's user+system CPU time (/proc), and the raw reader's "
+         "process time: the ratio that does not depend on the other agents' load; the "
+         "curator and the profiler are batch processors (services/common/batch.py: getmany, decode, "
+         "one fold per partition, dead letters awaited per batch, state + offset written per "
+         "checkpoint interval, then commit); faust-noop is a faust agent doing nothing. "
+         "state_memory is measured by feeding the fold functions directly, without Kafka, with "
+         "tracemalloc (which itself slows the fold): the state's own size, not the worker process (gc.freeze and "
+         "the GC thresholds of BatchProcessor.run do not apply there); the workers' RSS is in results (after "
+         "n calls) and kill_restore (after its calls through the broker). restore_seconds: a new owner reading "
+         "the state of all 12 partitions back after the run. kill_restore: the curator and the profiler (real "
+         "`graduate worker` processes) process kill_restore.*.calls captured calls fed through the broker, are "
+         "SIGKILLed 3 s after the last one, and restarted as themselves (same port, datadir, member id): "
+         "seconds from the restart to /readyz answering 200 and to their /stats (curator) or candidates "
+         "(profiler) counts equalling those before the kill. agents: the shadow, judge and controller faust "
+         "workers with their real handlers over agents.n calls' records, against raw read+decode of their input "
+         "topics in the same run (per call, the times of each input topic added): the shadow with the task in "
+         "shadow mode on a keyword model in Triton (its own CPU; the model's inference is Triton's), the judge "
+         "on shadow results (re-key by task + judge: 2 handler events per result), the controller on one router "
+         "outcome and one capture per call.")
+
+
+def headline(report: dict) -> list[dict]:
+    """The figures issue 16 asks for, from whatever the report holds."""
+    lines = []
+    mem, growth = report.get("state_memory", {}), report.get("state_memory_growth", {})
+    sizes = sorted((int(m) for m in mem.get("profiler", {})))
+    for p, g in growth.items():
+        lines.append({"name": f"state memory after {sizes[-1]:,} / after {sizes[0]:,} calls: {p}", "value": g,
+                      "goal": "<= 1.2"})
+    kill, results = report.get("kill_restore", {}), report.get("results", {})
+    for p in ("curator", "profiler"):
+        k = kill.get(p)
+        if not k:
+            continue
+        lines.append({"name": f"restore after a SIGKILL at {k['calls']:,} calls: {p}, seconds to /readyz",
+                      "value": k.get("restart_to_ready_seconds"), "counts_exact": k.get("counts_exact")})
+        if results.get(p, {}).get("rss_mib_at_end") and k.get("rss_mib_before_kill"):
+            lines.append({"name": f"worker RSS after {k['calls']:,} calls / after {report['n']:,} calls "
+                                  f"(separate runs): {p}",
+                          "value": round(k["rss_mib_before_kill"] / results[p]["rss_mib_at_end"], 3),
+                          "mib": [results[p]["rss_mib_at_end"], k["rss_mib_before_kill"]], "goal": "<= 1.2"})
+    for p, r in report.get("agents", {}).get("ratios_per_cpu_second_vs_raw_read_decode", {}).items():
+        lines.append({"name": f"{p} (faust agent, real handler) calls per CPU second",
+                      "value": report["agents"]["results"][p]["msgs_per_cpu_s"], "ratio_vs_raw_read_decode": r})
+    return lines
+
+
 async def main(n: int, processors: list[str], memory: list[int], out: Path, kill_at: int = 0,
                agents: list[str] = (), agents_n: int = 20_000) -> dict:
     kafka = KafkaSettings(bootstrap=os.environ.get("GRADUATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
@@ -492,27 +548,16 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path, kill
             "ratios_per_cpu_second_vs_raw_read_decode": {
                 p: round(results[p]["msgs_per_cpu_s"] / raw_cpu, 3) for p in processors},
             "goal": "ratio >= 0.5",
-            "headline": [{"name": f"state memory after {sizes[-1]:,} / after {sizes[0]:,} calls: {p}", "value": g,
-                          "goal": "<= 1.2"} for p, g in growth.items()],
+            "headline": [],
             "state_memory": mem,
             "state_bytes": {f"{p} after {m} calls": mem[p][m]["state_bytes"] for p in ("profiler", "curator")
                             for m in sorted(mem.get(p, {}), key=int)},
             "state_memory_growth": growth,
             "kill_restore": kill,
             "agents": agent,
-            "notes": "processor rate = captured calls per second between its first and last processed record "
-                     "(worker start-up and group join excluded), read from the worker's processed counter; per CPU "
-                     "second: the same count over the worker's user+system CPU time (/proc), and the raw reader's "
-                     "process time: the ratio that does not depend on the other agents' load; the "
-                     "curator and the profiler are batch processors (services/common/batch.py: getmany, decode, "
-                     "one fold per partition, dead letters awaited per batch, state + offset written per "
-                     "checkpoint interval, then commit); faust-noop is a faust agent doing nothing. "
-                     "state_memory is measured by feeding the fold functions directly, without Kafka "
-                     "(1 M calls through this shared 2-core machine's broker would take minutes), with "
-                     "tracemalloc (which itself slows the fold). restore_seconds: a new owner reading the state of all 12 "
-                     "partitions back after the run (the last record of each state partition, so the same after "
-                     "1 M calls).",
+            "notes": NOTES,
         }
+        report["headline"] = headline(report)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(report, indent=2) + "\n")
         return report
@@ -535,6 +580,8 @@ if __name__ == "__main__":
     parser.add_argument("--agents-n", type=int, default=20_000, help="captured calls behind the agents' inputs")
     parser.add_argument("--agents-only", action="store_true",
                         help="measure only the agents and write them into the existing --out file")
+    parser.add_argument("--recompose", action="store_true",
+                        help="measure nothing: rewrite the --out file's headline and notes")
     parser.add_argument("--processors", default="faust-noop,curator,profiler")
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "processors.json")
@@ -542,11 +589,17 @@ if __name__ == "__main__":
     if args.serve_noop:
         serve_noop()
         sys.exit(0)
+    if args.recompose:
+        report = json.loads(args.out.read_text())
+        report["headline"], report["notes"] = headline(report), NOTES
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        sys.exit(0)
     if args.agents_only:
         kafka = KafkaSettings(bootstrap=os.environ.get("GRADUATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
         agent = asyncio.run(agent_rates(kafka, args.agents_n, [a for a in args.agents.split(",") if a]))
         report = json.loads(args.out.read_text())
         report["agents"] = agent
+        report["headline"], report["notes"] = headline(report), NOTES
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(agent, indent=2))
         sys.exit(0)
@@ -555,6 +608,7 @@ if __name__ == "__main__":
         kill = asyncio.run(kill_restore_all(kafka, args.kill_at))
         report = json.loads(args.out.read_text())
         report["kill_restore"] = kill
+        report["headline"], report["notes"] = headline(report), NOTES
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         print(json.dumps(kill, indent=2))
         sys.exit(0)
