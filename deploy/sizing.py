@@ -30,15 +30,22 @@ FIGURES: dict[str, Figure] = {
                              "assumed: ~15x the 2-core CPU rate; bench/ (issue 5, --device cuda) replaces it"),
     "router_rps": Figure(400, "req/s per router pod (1 vCPU, uvicorn, async frontier calls)", False,
                          "assumed; bench/ router load test (issue 3) replaces it"),
-    "curator_rps": Figure(28600, "records/s per curator process (1 vCPU: batch read, Avro decode, admission, tally)",
-                          True, "bench/results/processors.json (2026-12-05, 100 k calls): 28,647 records per CPU "
-                          "second on a shared 2-core machine, one broker; 0.33x raw read+decode"),
-    "profiler_rps": Figure(38400, "records/s per profiler process (1 vCPU: batch read, Avro decode, aggregates)",
-                           True, "bench/results/processors.json (2026-12-05, 100 k calls): 38,392 records per CPU "
-                           "second, same run; 0.45x raw read+decode"),
-    "agent_worker_rps": Figure(1000, "records/s per shadow, judge or controller process (faust agents, 1 vCPU)",
-                               False, "assumed: not measured with their handlers; a faust agent doing nothing "
-                               "measured 8,500 per CPU second (same run), the ceiling"),
+    "curator_rps": Figure(28700, "records/s per curator process (1 vCPU: batch read, Avro decode, admission, tally)",
+                          True, "bench/results/processors.json (2026-12-05, 100 k calls): 28,735 records per CPU "
+                          "second on a shared 2-core machine, one broker; 0.32x raw read+decode"),
+    "profiler_rps": Figure(46100, "records/s per profiler process (1 vCPU: batch read, Avro decode, aggregates)",
+                           True, "bench/results/processors.json (2026-12-05, 100 k calls): 46,146 records per CPU "
+                           "second, same run; 0.52x raw read+decode (38,392, 0.45x, in the run before)"),
+    "shadow_rps": Figure(3000, "calls/s per shadow process (faust agent, 1 vCPU: routing, the Triton gRPC call, "
+                         "results; the model's own inference is Triton's, sized above)", True,
+                         "bench/results/processors.json agents (2026-12-05, 20 k calls): 3,016 calls per CPU second "
+                         "of the worker, task in shadow mode on a keyword model in Triton; 0.04x raw read+decode"),
+    "judge_rps": Figure(1600, "shadow results/s per judge process (faust agent, 1 vCPU: re-key by task, judge, "
+                        "state write)", True, "bench/results/processors.json agents (2026-12-05, 20 k results): "
+                        "1,610 per CPU second, same run; 0.02x raw read+decode"),
+    "controller_rps": Figure(4000, "calls/s per controller process (faust agent, 1 vCPU: one router outcome and "
+                             "one capture per call)", True, "bench/results/processors.json agents (2026-12-05, 20 k "
+                             "calls): 4,082 per CPU second, same run; 0.10x raw read+decode"),
     "peak_factor": Figure(3, "peak-to-average request rate", False, "assumed: a daytime peak of a business API"),
     "utilisation": Figure(0.7, "target utilisation at peak (headroom for rebalances, failover)", False,
                           "assumed (ops rule of thumb)"),
@@ -63,7 +70,9 @@ class Plan:
     triton_gpus: int
     curator_consumers: int
     profiler_consumers: int
-    agent_consumers: int  # per group: shadow, judge, controller
+    shadow_consumers: int
+    judge_consumers: int
+    controller_consumers: int
     captured_partitions: int
     brokers: int
     captured_storage_tb: float
@@ -78,7 +87,8 @@ def plan(calls_per_day: int, figures: dict[str, Figure] = FIGURES) -> Plan:
     def consumers(rate: float) -> int:
         return max(1, math.ceil(peak / (rate * u)))
 
-    slowest = max(consumers(f["curator_rps"]), consumers(f["profiler_rps"]), consumers(f["agent_worker_rps"]))
+    groups = ("curator_rps", "profiler_rps", "shadow_rps", "judge_rps", "controller_rps")
+    slowest = max(consumers(f[g]) for g in groups)
     writes_mb_s = peak * f["record_bytes"] * f["replication"] / 1e6
     retention_days = (CALLS_CAPTURED.retention_ms or 0) / (DAY_S * 1000)
     storage = avg * DAY_S * retention_days * f["captured_bytes"] * f["replication"] / 1e12
@@ -88,7 +98,8 @@ def plan(calls_per_day: int, figures: dict[str, Figure] = FIGURES) -> Plan:
         triton_cpu_pods=max(1, math.ceil(inferences / (f["triton_cpu_rps"] * u))),
         triton_gpus=max(1, math.ceil(inferences / (f["triton_gpu_rps"] * u))),
         curator_consumers=consumers(f["curator_rps"]), profiler_consumers=consumers(f["profiler_rps"]),
-        agent_consumers=consumers(f["agent_worker_rps"]),
+        shadow_consumers=consumers(f["shadow_rps"]), judge_consumers=consumers(f["judge_rps"]),
+        controller_consumers=consumers(f["controller_rps"]),
         # the slowest group sets the partitions, rounded up to the catalog's multiple so keys spread
         # evenly; never below the catalog
         captured_partitions=max(CALLS_CAPTURED.partitions,
@@ -125,8 +136,12 @@ def render_markdown(figures: dict[str, Figure] = FIGURES) -> str:
          [str(p.curator_consumers) for p in plans]),
         ("profiler consumers (peak / (profiler_rps x utilisation)), measured rate",
          [str(p.profiler_consumers) for p in plans]),
-        ("shadow, judge, controller consumers each (peak / (agent_worker_rps x utilisation)), assumed rate",
-         [str(p.agent_consumers) for p in plans]),
+        ("shadow consumers (peak / (shadow_rps x utilisation)), measured rate",
+         [str(p.shadow_consumers) for p in plans]),
+        ("judge consumers (peak / (judge_rps x utilisation)), measured rate; one task's results on one",
+         [str(p.judge_consumers) for p in plans]),
+        ("controller consumers (peak / (controller_rps x utilisation)), measured rate; runs as one today",
+         [str(p.controller_consumers) for p in plans]),
         (f"partitions of {CALLS_CAPTURED.name} (catalog: {CALLS_CAPTURED.partitions})",
          [str(p.captured_partitions) for p in plans]),
         ("Kafka brokers (peak x record_bytes x replication / broker_write_mb_s, min 3)",

@@ -26,18 +26,21 @@ def test_plan_arithmetic():
     assert p.peak_rps == pytest.approx(208.33, rel=1e-3)
     assert p.triton_cpu_pods == 2  # 208.3 / (258 * 0.7) = 1.15
     assert p.router_pods == 2 and p.brokers == 3
-    assert (p.curator_consumers, p.profiler_consumers, p.agent_consumers) == (1, 1, 1)
+    assert (p.curator_consumers, p.profiler_consumers) == (1, 1)
+    assert (p.shadow_consumers, p.judge_consumers, p.controller_consumers) == (1, 1, 1)
     big = sizing.plan(1_000_000_000)
     assert (big.router_pods, big.triton_cpu_pods, big.triton_gpus) == (125, 193, 13)
-    # 34,722 / (28,600 x 0.7) = 1.7; / (38,400 x 0.7) = 1.3; / (1,000 x 0.7) = 49.6: the agents set the partitions
-    assert (big.curator_consumers, big.profiler_consumers, big.agent_consumers) == (2, 2, 50)
-    assert (big.captured_partitions, big.brokers) == (60, 7)
+    # 34,722 / (28,700 x 0.7) = 1.7; / (46,100 x 0.7) = 1.08
+    assert (big.curator_consumers, big.profiler_consumers) == (2, 2)
+    # / (3,000 x 0.7) = 16.5; / (1,600 x 0.7) = 31.0; / (4,000 x 0.7) = 12.4: the judge sets the partitions
+    assert (big.shadow_consumers, big.judge_consumers, big.controller_consumers) == (17, 32, 13)
+    assert (big.captured_partitions, big.brokers) == (36, 7)
     assert big.captured_storage_tb == pytest.approx(552.96)
 
 
 def test_only_the_measured_figure_says_measured():
     measured = {k for k, f in sizing.FIGURES.items() if f.measured}
-    assert measured == {"triton_cpu_rps", "curator_rps", "profiler_rps"}
+    assert measured == {"triton_cpu_rps", "curator_rps", "profiler_rps", "shadow_rps", "judge_rps", "controller_rps"}
 
 
 def test_a_measurement_replaces_an_assumption():
