@@ -164,7 +164,8 @@ async def test_spool_at_its_size_limit_counts_and_logs_the_drop_and_keeps_servin
     ids = []
     async with httpx.AsyncClient(base_url=r.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as h:
         ids.append(await send(h, tally, 0, "warm"))
-        await poll(lambda: asyncio.to_thread(capture_drained, r.metrics_url), 60, "the first call delivered", procs=(r,))
+        await poll(lambda: asyncio.to_thread(capture_drained, r.metrics_url), 60, "the first call delivered",
+                   procs=(r,))
         broker.sigkill()
         try:
             # paced: records handed to the producer before capture notices the outage stay in flight
