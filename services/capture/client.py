@@ -280,9 +280,8 @@ class CaptureClient:
     # -- the sender thread ---------------------------------------------------------------------
     def _thread_main(self) -> None:
         try:
-            # asyncio's own loop, not uvloop: on uvloop, records queued while the broker was down and the
-            # spool full went missing, neither delivered nor counted as dropped (tests/reliability/
-            # test_broker_kill.py, spool at its size limit: 17 of 70 records in one run)
+            # asyncio's own loop, like the router's (uvloop was no faster there; the records it seemed to
+            # lose in tests/reliability/test_broker_kill.py were the test reading before the drain)
             asyncio.run(self._run())
         except Exception:  # never silent: the log says why capture stopped
             log.exception("capture %s: sender thread failed", self.name)

@@ -197,6 +197,26 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return total
 
 
+def capture_drained_in(text: str) -> bool:
+    """A /metrics page says the router's capture holds nothing: both its spool and its queue gauges are
+    exposed, and 0. A page without them (an error page, the API port, which serves no /metrics) is not
+    drained: read as 0, it let the broker-kill test read the topics while records still waited in the
+    producer and the spool, and report them missing."""
+    seen = {name: float(line.rpartition(" ")[2]) for line in text.splitlines() if not line.startswith("#")
+            for name in ("graduate_router_spool_records", "graduate_router_capture_queue_depth")
+            if line.startswith(name + " ")}
+    return len(seen) == 2 and not any(seen.values())
+
+
+def capture_drained(metrics_url: str) -> bool:
+    """`capture_drained_in` of the router's /metrics (its own port); a scrape that fails is not drained."""
+    try:
+        response = httpx.get(metrics_url + "/metrics", timeout=5)
+    except httpx.HTTPError:
+        return False
+    return response.status_code == 200 and capture_drained_in(response.text)
+
+
 def scrape(url: str, name: str, **labels: str) -> float:
     try:
         return metric_value(httpx.get(url + "/metrics", timeout=5).text, name, **labels)

@@ -30,7 +30,8 @@ from services.common.settings import CommonSettings, REPO_ROOT
 from services.common.tasks import load_tasks
 from services.curator.snapshot import take_snapshot
 from services.router.keys import create_key
-from tests.reliability.support import KillableBroker, TASK, Tally, knob, poll, router, scrape, simulator, until
+from tests.reliability.support import (KillableBroker, TASK, Tally, capture_drained, knob, poll, router, scrape,
+                                      simulator, until)
 from tests.support import decode_all, read_topic
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -86,11 +87,6 @@ async def send(h: httpx.AsyncClient, tally: Tally, i: int, phase: str) -> str:
     return r.json()["call_id"]
 
 
-def drained(url: str) -> bool:
-    return (scrape(url, "graduate_router_spool_records") == 0
-            and scrape(url, "graduate_router_capture_queue_depth") == 0)
-
-
 async def test_broker_sigkilled_during_a_replay_every_call_captured_exactly_once(broker, start_router, namespace,
                                                                                 tmp_path, ledger):
     codec = Codec()
@@ -125,7 +121,8 @@ async def test_broker_sigkilled_during_a_replay_every_call_captured_exactly_once
         down = time.monotonic() - killed
         rest = max(0, N - i)
         await asyncio.gather(*(paced(j, "after") for j in range(i, i + rest)))
-        await poll(lambda: asyncio.to_thread(drained, r.url), 120, "the spool and queue to drain", procs=(r,))
+        await poll(lambda: asyncio.to_thread(capture_drained, r.metrics_url), 120, "the spool and queue to drain",
+                   procs=(r,))
     assert spooled_max > 0, "nothing was spooled: the outage was not seen"
     every = [c for ids in sent.values() for c in ids]
     assert r.alive() and tally.statuses == {200: len(every)}
@@ -167,7 +164,8 @@ async def test_spool_at_its_size_limit_counts_and_logs_the_drop_and_keeps_servin
     ids = []
     async with httpx.AsyncClient(base_url=r.url, headers={"Authorization": f"Bearer {key}"}, timeout=30) as h:
         ids.append(await send(h, tally, 0, "warm"))
-        await poll(lambda: asyncio.to_thread(drained, r.url), 60, "the first call delivered", procs=(r,))
+        await poll(lambda: asyncio.to_thread(capture_drained, r.metrics_url), 60, "the first call delivered",
+                   procs=(r,))
         broker.sigkill()
         try:
             # paced: records handed to the producer before capture notices the outage stay in flight
@@ -184,7 +182,7 @@ async def test_spool_at_its_size_limit_counts_and_logs_the_drop_and_keeps_servin
             spool_bytes = scrape(r.metrics_url, "graduate_router_spool_bytes")
         finally:
             broker.run("start")
-        await poll(lambda: asyncio.to_thread(drained, r.url), 120, "the spool to drain", procs=(r,))
+        await poll(lambda: asyncio.to_thread(capture_drained, r.metrics_url), 120, "the spool to drain", procs=(r,))
         dropped = scrape(r.metrics_url, "graduate_router_capture_dropped_total", reason="spool_full")
     m = len(ids) - 1
     assert tally.statuses == {200: m + 1}
