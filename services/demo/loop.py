@@ -62,6 +62,8 @@ class Product:
                 "--first-worker-port", str(workers), "--status-every-s", "30"]
         if not scenario.simulated_by_default:
             args += ["--sim-data", str(scenario.data_dir), "--sim-task", scenario.task]
+        # the router's /metrics port from the demo's block too (its default 9464 may be another product's)
+        env = {"GRADUATE_ROUTER_METRICS_PORT": str(s.ports_from + 9)} | env
         log = Path(env["GRADUATE_VAR_DIR"]) / "log" / "graduate-up.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         with log.open("wb") as out:

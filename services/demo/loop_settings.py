@@ -29,7 +29,7 @@ class LoopSettings(BaseSettings):
     chunk: int = Field(100, ge=1, description="calls between two looks at the topics")
     concurrency: int = Field(16, ge=1, le=256, description="requests in flight")
     seed: int = 7
-    ports_from: int = Field(18600, ge=1024, description="router, review page, simulator, then the workers' web ports")
+    ports_from: int = Field(18600, ge=1024, description="router, review page, simulator, the workers' web ports, then (+9) the router's /metrics")
     start_timeout_s: float = Field(300.0, gt=0)
     ready_wait_s: float = Field(90.0, ge=0, description="after the reviews, how long to wait for the controller to "
                                 "say `ready` before approving anyway (what the profiler said is reported)")
