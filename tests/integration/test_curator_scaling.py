@@ -59,18 +59,19 @@ async def test_two_workers_one_killed_nothing_lost_or_doubled(topics, namespace,
             return all(w.get("/curator/stats/") is not None for w in (a, b))
 
         await wait_for(both_assigned, 90, "both workers serving", a)
-        feeder = asyncio.create_task(feed_slowly(kafka_settings, codec, topic_name(CALLS_CAPTURED, namespace),
-                                                 replay.calls))
+        # half the calls before the kill, half after: the kill always falls mid-stream, however fast the
+        # workers are (a batch processor can finish a slow feed before the probe sees progress)
+        topic = topic_name(CALLS_CAPTURED, namespace)
+        await feed_slowly(kafka_settings, codec, topic, replay.calls[:1500])
 
         def progress():
             done = [w.get("/curator/stats/").get(BANKING, {}).get("calls", 0) for w in (a, b)]
             return done if done[0] >= 300 else None  # a is working: kill it now
 
-        seen = await wait_for(progress, 120, "progress on the worker to kill", a, interval=0.1)
+        await wait_for(progress, 120, "progress on the worker to kill", a, interval=0.1)
         a.proc.send_signal(signal.SIGKILL)
         a.proc.wait()
-        assert sum(seen) < 3000, "everything was processed before the kill; nothing was tested"
-        await feeder
+        await feed_slowly(kafka_settings, codec, topic, replay.calls[1500:])
 
         last: list = []
 
