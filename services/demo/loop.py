@@ -194,14 +194,15 @@ def parsed(spec: TaskSpec, answer) -> Optional[str]:
 
 
 async def send_until(traffic: Traffic, topics: Topics, phase: str, examples: list[Example], chunk: int,
-                     done) -> bool:
-    """Send in chunks, looking at the topics after each; True once `done()` holds."""
+                     done, settle_s: float = 0.0) -> bool:
+    """Send in chunks, looking at the topics after each; True once `done()` holds (waiting up to
+    `settle_s` after the last chunk: the gates see the last comparisons a little later)."""
     for start in range(0, len(examples), chunk):
         await traffic.send(phase, examples[start:start + chunk])
         await topics.refresh()
         if done():
             return True
-    return done()
+    return await wait_for(topics, done, settle_s)
 
 
 async def review(product: Product, key: str, task: str, gold: dict[str, str], *, quiet: bool = False) -> int:
@@ -251,7 +252,7 @@ async def graduate_once(s: LoopSettings, product: Product, topics: Topics, traff
         say(f"  the offline gate did not send {model.version} to shadow")
         return False
     small = lambda: topics.mode() == "small" and topics.history[-1].model_version == model.version  # noqa: E731
-    return await send_until(traffic, topics, f"shadow {model.version}", test, s.chunk, small)
+    return await send_until(traffic, topics, f"shadow {model.version}", test, s.chunk, small, s.settle_s)
 
 
 async def collect(s: LoopSettings, product: Product, topics: Topics, traffic: Traffic, examples: list[Example],
@@ -310,7 +311,9 @@ async def run(s: LoopSettings) -> dict:
                 r = await http.post(f"/api/tasks/{scenario.task}/approve", headers={"Authorization": f"Bearer {key}"})
                 say(f"  approved: {r.json().get('kind')} model requested ({r.status_code})")
         say("5 the trainer snapshots the topics itself and trains; the gates decide")
-        small = await graduate_once(s, product, topics, traffic, test_before[:s.shadow_calls], facts)
+        # shadow traffic: test inputs, then unsent train inputs where the test split is short (HWU64)
+        shadow = (test_before + before[s.capture_calls:])[:s.shadow_calls]
+        small = await graduate_once(s, product, topics, traffic, shadow, facts)
         rest = test_before[s.shadow_calls:]
         if small and scenario.launch:
             say("6 small mode, then the launch: intents the model never saw")

@@ -35,3 +35,4 @@ class LoopSettings(BaseSettings):
                                 "say `ready` before approving anyway (what the profiler said is reported)")
     train_timeout_s: float = Field(1800.0, gt=0, description="longest wait for a model after a training request")
     decision_timeout_s: float = Field(300.0, gt=0, description="longest wait for a gate's verdict")
+    settle_s: float = Field(60.0, ge=0, description="wait after a phase's last call for the gates to see it")
