@@ -589,28 +589,17 @@ if __name__ == "__main__":
     if args.serve_noop:
         serve_noop()
         sys.exit(0)
-    if args.recompose:
+    if args.recompose or args.agents_only or args.kill_only:  # one part measured (or none), merged into --out
         report = json.loads(args.out.read_text())
-        report["headline"], report["notes"] = headline(report), NOTES
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        sys.exit(0)
-    if args.agents_only:
         kafka = KafkaSettings(bootstrap=os.environ.get("GRADUATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
-        agent = asyncio.run(agent_rates(kafka, args.agents_n, [a for a in args.agents.split(",") if a]))
-        report = json.loads(args.out.read_text())
-        report["agents"] = agent
+        if args.agents_only:
+            report["agents"] = asyncio.run(agent_rates(kafka, args.agents_n, [a for a in args.agents.split(",") if a]))
+            print(json.dumps(report["agents"], indent=2))
+        elif args.kill_only:
+            report["kill_restore"] = asyncio.run(kill_restore_all(kafka, args.kill_at))
+            print(json.dumps(report["kill_restore"], indent=2))
         report["headline"], report["notes"] = headline(report), NOTES
         args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps(agent, indent=2))
-        sys.exit(0)
-    if args.kill_only:
-        kafka = KafkaSettings(bootstrap=os.environ.get("GRADUATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
-        kill = asyncio.run(kill_restore_all(kafka, args.kill_at))
-        report = json.loads(args.out.read_text())
-        report["kill_restore"] = kill
-        report["headline"], report["notes"] = headline(report), NOTES
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
-        print(json.dumps(kill, indent=2))
         sys.exit(0)
     report = asyncio.run(main(args.n, args.processors.split(","), [int(m) for m in args.memory.split(",") if m],
                               args.out, args.kill_at,
