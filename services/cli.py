@@ -158,7 +158,7 @@ def topics_tail(topic: str = typer.Argument(..., help="e.g. disagreements or gra
 
     try:
         n = asyncio.run(run())
-    except KeyError as exc:
+    except LookupError as exc:  # the topic is not on the broker
         console.print(f"[red]{exc.args[0]}[/red]")
         raise typer.Exit(1) from exc
     except KeyboardInterrupt:

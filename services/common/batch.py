@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from services.common import catalog
 from services.common.catalog import TopicSpec, topic_name
 from services.common.kafka import dead_letter, dead_letter_payload_limit, make_producer
+from services.common.reader import TopicReader
 from services.common.streams import (DEADLETTERED, FAILED, PROCESSED, PROCESSING_SECONDS, Emit, Item, Meta, Model,
                                      app_id, decode, plumbing, source_topic)
 
@@ -298,28 +299,12 @@ class BatchProcessor(Generic[S]):
         """The last record of each state partition: one fetch each, whatever the volume."""
         if not partitions:
             return {}
-        reader = AIOKafkaConsumer(**self.plumb.settings.kafka.client_config(), group_id=None,
-                                  enable_auto_commit=False, auto_offset_reset="earliest")
-        await reader.start()
-        try:
-            tps = [TopicPartition(self.state_topic, p) for p in sorted(partitions)]
-            reader.assign(tps)
-            ends = await reader.end_offsets(tps)
-            out: dict[int, tuple[Optional[int], Any]] = {}
-            pending = {tp for tp in tps if ends[tp] > 0}
-            for tp in pending:
-                reader.seek(tp, ends[tp] - 1)
-            while pending:
-                for tp, records in (await reader.getmany(*pending, timeout_ms=1000)).items():
-                    for r in records:
-                        if r.offset == ends[tp] - 1:
-                            out[tp.partition] = read_state_record(r.value)
-                for tp in list(pending):
-                    if await reader.position(tp) >= ends[tp]:
-                        pending.discard(tp)
-            return out
-        finally:
-            await reader.stop()
+        out: dict[int, tuple[Optional[int], Any]] = {}
+        async with TopicReader(self.plumb.settings.kafka, self.state_topic, partitions=partitions, last=1,
+                               missing_ok=False) as reader:
+            async for records in reader:
+                out[records[-1].partition] = read_state_record(records[-1].value)
+        return out
 
 
 class _Rebalance(ConsumerRebalanceListener):

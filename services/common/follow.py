@@ -1,8 +1,9 @@
 """Replay topics from their start, then follow them: the read side of every in-memory view.
 
 The router (routing decisions), the shadow and the judge (decisions + models) and the review
-page (everything it shows) each keep a view of whole topics in memory. They read without a
-consumer group, every partition from the beginning, so every replica sees everything;
+page (everything it shows) each keep a view of whole topics in memory. They read with the one
+topic reader (services/common/reader.py, `follow=True`): no consumer group, every partition from
+the beginning, so every replica sees everything;
 `ready` is set once each partition was read to the end it had when first assigned, so a reader
 never acts on a view still replaying. After a Kafka error the follower reconnects and resumes
 where it was (positions are kept); a topic missing at start is looked for again every few
@@ -22,9 +23,10 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 
+from services.common.reader import TopicReader
 from services.common.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,12 @@ class TopicFollower:
         self.status = "replaying " + ", ".join(self.topics)
         self.missing: set[str] = set(self.topics)
         self.records = 0
-        self._positions: dict[TopicPartition, int] = {}
-        self._ends: dict[TopicPartition, int] = {}
+        self._positions: dict[TopicPartition, int] = {}  # kept across reconnects
+        self.replay_ends: dict[TopicPartition, int] = {}  # what `ready` waits for; later records are news
+
+    def replayed(self, record: Any) -> bool:
+        """Whether `record` was part of the replay (below the end `ready` waited for), not news."""
+        return record.offset < self.replay_ends.get(TopicPartition(record.topic, record.partition), 0)
 
     # -- to implement ------------------------------------------------------------------------------
     def apply(self, record: Any) -> Any:
@@ -63,83 +69,59 @@ class TopicFollower:
     async def run(self) -> None:
         """Follow forever (cancel to stop)."""
         while True:
-            consumer = AIOKafkaConsumer(**self.kafka.client_config(), group_id=None, enable_auto_commit=False,
-                                        auto_offset_reset="earliest", client_id=self.client_id,
-                                        max_poll_records=self.max_poll_records)
             try:
-                await consumer.start()
-                await self._follow(consumer)
+                if await self._follow():
+                    continue  # reopened to look for a missing topic: at once, from where it was
             except (KafkaError, OSError) as exc:
                 self.status = f"cannot read {', '.join(self.topics)}: {type(exc).__name__}: {exc}"
                 log.warning("%s: %s; retrying in %g s", self.name, self.status, self.retry_s)
             except Exception as exc:  # a bug must not stop the follower silently
                 self.status = f"{self.name} failed: {type(exc).__name__}: {exc}"
                 log.exception("%s failed; retrying in %g s", self.name, self.retry_s)
-            finally:
-                await consumer.stop()
             await asyncio.sleep(self.retry_s)
 
-    async def _follow(self, consumer: AIOKafkaConsumer) -> None:
-        parts = await self._assign(consumer)
-        checked = time.monotonic()
-        while True:
-            if self.missing and time.monotonic() - checked > self.missing_recheck_s:
-                parts = await self._assign(consumer)
-                checked = time.monotonic()
-            if not self.ready.is_set() and await self._caught_up(consumer):
-                self.status = "following"
-                log.info("%s: replayed %d records of %s%s", self.name, self.records, ", ".join(self.topics),
-                         f"; missing: {', '.join(sorted(self.missing))}" if self.missing else "")
-                self.ready.set()
-            if not parts:
+    async def _follow(self) -> bool:
+        """Read with one consumer (services.common.reader) from the kept positions; True when it
+        stopped to look for missing topics again."""
+        async with TopicReader(self.kafka, self.topics, positions=self._positions, follow=True,
+                               client_id=self.client_id, max_poll_records=self.max_poll_records,
+                               poll_ms=500) as reader:
+            self._note_missing(reader.missing)
+            if not self.ready.is_set():
+                self.replay_ends = {tp: span.end for tp, span in reader.spans.items()}
+            if not reader.spans:  # every topic missing: ready without them unless `require_all`
+                self._note_ready(reader)
                 await asyncio.sleep(min(self.retry_s, self.missing_recheck_s))
-                continue
-            batch = await consumer.getmany(*parts, timeout_ms=500)
-            for tp, records in batch.items():
+                return True
+            opened = time.monotonic()
+            async for records in reader:  # an empty list after a quiet poll
                 for record in records:
                     self.records += 1
                     result = self.apply(record)
                     if inspect.isawaitable(result):
                         await result
-                    self._positions[tp] = record.offset + 1
-            if batch:
-                self.after_batch()
-                await asyncio.sleep(0)  # let requests in between large replay batches
+                self._positions = dict(reader.positions)
+                if records:
+                    self.after_batch()
+                    await asyncio.sleep(0)  # let requests in between large replay batches
+                self._note_ready(reader)
+                if self.missing and time.monotonic() - opened > self.missing_recheck_s:
+                    return True
+        return False
 
-    async def _assign(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
-        existing = await consumer.topics()
-        parts: list[TopicPartition] = []
-        for name in self.topics:
-            if name in existing:
-                await consumer._client._wait_on_metadata(name)  # a group-less consumer asks for it explicitly
-            found = consumer.partitions_for_topic(name)
-            if found:
-                parts += [TopicPartition(name, p) for p in sorted(found)]
-        self.missing = set(self.topics) - {tp.topic for tp in parts}
+    def _note_ready(self, reader: TopicReader) -> None:
+        if not self.ready.is_set() and reader.caught_up and not (self.require_all and self.missing):
+            self.status = "following"
+            log.info("%s: replayed %d records of %s%s", self.name, self.records, ", ".join(self.topics),
+                     f"; missing: {', '.join(sorted(self.missing))}" if self.missing else "")
+            self.ready.set()
+
+    def _note_missing(self, missing: set[str]) -> None:
+        self.missing = set(missing)
         if self.missing:
             self.status = (f"topic(s) {', '.join(sorted(self.missing))} do not exist "
                            "(run `graduate topics ensure`)")
             log.warning("%s: %s", self.name, self.status)
-        if not parts:
-            return parts
-        consumer.assign(parts)
-        new = [tp for tp in parts if tp not in self._positions]
-        for tp in parts:
-            if tp in self._positions:
-                consumer.seek(tp, self._positions[tp])
-        if new:
-            await consumer.seek_to_beginning(*new)
-        if not self.ready.is_set():
-            self._ends.update(await consumer.end_offsets(new) if new else {})
-        return parts
-
-    async def _caught_up(self, consumer: AIOKafkaConsumer) -> bool:
-        if self.require_all and self.missing:
-            return False
-        for tp, end in self._ends.items():
-            if await consumer.position(tp) < end:
-                return False
-        return True
 
 
 def key_text(record: Any) -> str:

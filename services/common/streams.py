@@ -60,8 +60,8 @@ Contract of the wrappers:
   graduate_processor_processing_seconds{processor} (per event; per batch for batch handlers).
 
 Also here: `internal_topic(app, suffix, config=...)` (an app-owned raw topic),
-`replay_topic(kafka, codec, spec, namespace, Model)` (read a catalog topic directly up to its
-end or given offsets: snapshots, reports),
+`replay_topic(kafka, codec, spec, namespace, Model)` (re-exported from services/common/reader.py,
+the one topic reader: a catalog topic read up to its end or given offsets: snapshots, reports),
 `plumbing(app)` (processor name, settings, codec) and `WorkerSettings` (GRADUATE_WORKER_*).
 
 Workers: `graduate worker NAME [--web-port P] [--datadir D] [--instance-id I]` (services/workers.py)
@@ -638,66 +638,6 @@ def each_batch(app: faust.App, topic: Any, model: Model, *, size: int, within: f
     return decorate
 
 
-# --- replay: read a catalog topic directly (snapshots, candidates, review queue) ---------------
-
-@dataclass
-class Replay(Generic[T]):
-    """What a direct read of one topic gave: decoded records in offset order per partition."""
-
-    topic: str
-    records: list[Item[T]]
-    offsets: dict[int, tuple[int, int]]  # partition -> [start, end) read
-    undecodable: list[tuple[Meta, str]] = field(default_factory=list)
-
-
-async def replay_topic(kafka: KafkaSettings, codec: Codec, spec: TopicSpec, namespace: str, model: type[T], *,
-                       end_offsets: dict[int, int] | None = None, missing_ok: bool = True) -> Replay[T]:
-    """Every record of a catalog topic from its start up to `end_offsets` (default: the current end).
-
-    Undecodable records are returned apart (the snapshot reports them; the workers dead-letter
-    them). A topic that does not exist reads as empty when `missing_ok`.
-    """
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    name = topic_name(spec, namespace)
-    consumer = AIOKafkaConsumer(**kafka.client_config(), enable_auto_commit=False, auto_offset_reset="earliest",
-                                max_poll_records=2000, client_id=f"{kafka.client_id}-replay")
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(name)
-        if not parts:
-            await consumer._client.force_metadata_update()  # a topic created just now
-            parts = consumer.partitions_for_topic(name)
-        if not parts:
-            if missing_ok:
-                return Replay(name, [], {})
-            raise LookupError(f"topic {name} does not exist")
-        tps = [TopicPartition(name, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        starts = await consumer.beginning_offsets(tps)
-        ends = await consumer.end_offsets(tps)
-        if end_offsets is not None:
-            ends = {tp: min(ends[tp], end_offsets.get(tp.partition, 0)) for tp in tps}
-        out: Replay[T] = Replay(name, [], {tp.partition: (starts[tp], ends[tp]) for tp in tps})
-        by_part: dict[int, list[Item[T]]] = {tp.partition: [] for tp in tps}
-        pending = {tp for tp in tps if starts[tp] < ends[tp]}
-        for tp in tps:
-            consumer.seek(tp, starts[tp])
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    if m.offset >= ends[tp]:
-                        break
-                    meta = Meta(m.topic, m.partition, m.offset, m.key, m.timestamp / 1000.0, tuple(m.headers or ()))
-                    try:
-                        by_part[tp.partition].append(Item(codec.decode(m.value, model), meta))
-                    except Exception as exc:
-                        out.undecodable.append((meta, str(exc)))
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-        out.records = [item for p in sorted(by_part) for item in by_part[p]]
-        return out
-    finally:
-        await consumer.stop()
+# The direct read of a catalog topic (snapshots, candidates, review queue) lives in
+# services/common/reader.py; re-exported here for the callers that import it from the plumbing.
+from services.common.reader import Replay, replay_topic  # noqa: E402,F401

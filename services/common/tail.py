@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
 from services.common.catalog import CATALOG, TopicSpec, topic_name
 from services.common.codec import Codec, CodecError
+from services.common.reader import TopicReader
 from services.common.settings import KafkaSettings
 
 
@@ -78,32 +77,7 @@ async def tail(kafka: KafkaSettings, spec: TopicSpec, codec: Codec, namespace: s
                last: int = 10, follow: bool = False) -> AsyncIterator[TailedRecord]:
     """The last ``last`` records of every partition, then (``follow``) whatever arrives."""
     name = topic_name(spec, namespace)
-    consumer = AIOKafkaConsumer(**kafka.client_config(), group_id=None, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        partitions = consumer.partitions_for_topic(name) or await _partitions(consumer, name)
-        tps = [TopicPartition(name, p) for p in sorted(partitions)]
-        consumer.assign(tps)
-        ends = await consumer.end_offsets(tps)
-        starts = await consumer.beginning_offsets(tps)
-        for tp in tps:
-            consumer.seek(tp, max(starts[tp], ends[tp] - last))
-        pending = {tp for tp in tps if ends[tp] > max(starts[tp], ends[tp] - last)}
-        while pending or follow:
-            batches = await consumer.getmany(timeout_ms=500)
-            for tp, messages in batches.items():
-                for m in messages:
-                    yield decode_record(codec, spec, m.partition, m.offset, m.timestamp, m.key, m.value, m.headers)
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, name: str) -> set[int]:
-    await consumer._client.force_metadata_update()  # aiokafka has no public call for "refresh now"
-    partitions = consumer.partitions_for_topic(name)
-    if not partitions:
-        raise KeyError(f"topic {name} does not exist on the broker (run `graduate topics ensure`)")
-    return partitions
+    async with TopicReader(kafka, name, last=last, follow=follow, missing_ok=False, poll_ms=500) as reader:
+        async for records in reader:
+            for m in records:
+                yield decode_record(codec, spec, m.partition, m.offset, m.timestamp, m.key, m.value, m.headers)

@@ -33,7 +33,7 @@ from services.common import catalog
 from services.common.codec import Codec
 from services.common.contracts import DeadLetter, ModelRegistered, RoutingDecision
 from services.common.settings import REPO_ROOT, KafkaSettings
-from services.common.streams import replay_topic
+from services.common.reader import replay_topic
 from services.common.tasks import ParseFailure, TaskSpec, load_tasks
 from services.demo.loop_settings import LoopSettings
 from services.demo.scenarios import Example, Scenario, scenario_named

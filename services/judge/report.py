@@ -14,7 +14,7 @@ from services.common import catalog
 from services.common.codec import Codec
 from services.common.contracts import ShadowStats
 from services.common.settings import KafkaSettings
-from services.common.streams import replay_topic
+from services.common.reader import replay_topic
 
 
 async def read_latest_stats(kafka: KafkaSettings, codec: Codec, namespace: str,

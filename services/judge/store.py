@@ -13,13 +13,9 @@ starts its fetcher after the seek, and this store is read outside faust.
 from __future__ import annotations
 
 import json
-import logging
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-
+from services.common.reader import read_latest
 from services.common.settings import KafkaSettings
-
-log = logging.getLogger(__name__)
 
 
 def encode_record(record: dict | None) -> bytes | None:
@@ -35,26 +31,5 @@ class StateStore:
 
     async def load(self, partitions: set[int]) -> list[tuple[str, dict]]:
         """The latest record per call_id in `partitions` (deleted keys left out)."""
-        if not partitions:
-            return []
-        consumer = AIOKafkaConsumer(**self.kafka.client_config(), group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", max_poll_records=5000)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            latest: dict[str, dict | None] = {}
-            pending = {tp for tp in tps if end[tp] > 0}
-            while pending:
-                for tp, records in (await consumer.getmany(*pending, timeout_ms=1000)).items():
-                    for r in records:
-                        if r.offset < end[tp]:
-                            latest[r.key.decode()] = None if r.value is None else json.loads(r.value)
-                for tp in list(pending):
-                    if await consumer.position(tp) >= end[tp]:
-                        pending.discard(tp)
-        finally:
-            await consumer.stop()
-        return [(k, v) for k, v in latest.items() if v is not None]
+        latest = await read_latest(self.kafka, self.topic, partitions)
+        return [(k.decode(), json.loads(v)) for k, v in latest.items() if v is not None]

@@ -8,7 +8,7 @@ from services.common import catalog
 from services.common.codec import Codec
 from services.common.contracts import CapturedCall, RouterOutcome
 from services.common.settings import CommonSettings
-from services.common.streams import replay_topic
+from services.common.reader import replay_topic
 from services.common.tasks import TaskSpec, load_tasks
 from services.profiler.logic import Candidate, assess, profile_calls, rank
 from services.profiler.settings import ProfilerSettings
