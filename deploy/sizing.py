@@ -140,7 +140,7 @@ def render_markdown(figures: dict[str, Figure] = FIGURES) -> str:
          [str(p.shadow_consumers) for p in plans]),
         ("judge consumers (peak / (judge_rps x utilisation)), measured rate; one task's results on one",
          [str(p.judge_consumers) for p in plans]),
-        ("controller consumers (peak / (controller_rps x utilisation)), measured rate; runs as one today",
+        ("controller consumers (peak / (controller_rps x utilisation)), measured rate; a task on one consumer",
          [str(p.controller_consumers) for p in plans]),
         (f"partitions of {CALLS_CAPTURED.name} (catalog: {CALLS_CAPTURED.partitions})",
          [str(p.captured_partitions) for p in plans]),

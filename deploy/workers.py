@@ -45,8 +45,9 @@ class WorkerSpec:
         return min(self.max_replicas, self.input.partitions)
 
 
-# The controller keeps timers (fallback-rate watch) and the trainer trains for minutes inside one
-# event, so neither scales on throughput the way the others do. The trainer (an aiokafka consumer,
+# The controller scales by the router outcomes' partitions (keyed by task): a replica decides for the
+# tasks of the partitions it holds (services/controller/ownership.py). The trainer trains for minutes
+# inside one event, so it does not scale on throughput the way the others do. The trainer (an aiokafka consumer,
 # not a faust app, so no web port) is a KEDA ScaledJob: lag 1 starts a Job on a GPU node, which
 # trains, commits, and exits once the topic is drained (--exit-when-drained), freeing the GPU.
 WORKERS: tuple[WorkerSpec, ...] = (
@@ -58,7 +59,7 @@ WORKERS: tuple[WorkerSpec, ...] = (
                cpu="1", memory="512Mi"),
     WorkerSpec("judge", catalog.SHADOW_RESULTS, lag_threshold=2000, min_replicas=1, max_replicas=12,
                cpu="500m", memory="512Mi"),
-    WorkerSpec("controller", catalog.ROUTER_OUTCOMES, lag_threshold=5000, min_replicas=1, max_replicas=4,
+    WorkerSpec("controller", catalog.ROUTER_OUTCOMES, lag_threshold=5000, min_replicas=1, max_replicas=12,
                cpu="500m", memory="512Mi"),
     WorkerSpec("trainer", catalog.RETRAIN_REQUESTS, lag_threshold=1, min_replicas=0, max_replicas=1,
                cpu="4", memory="16Gi", gpu=True, volumes=("datasets", "model-repository"),

@@ -47,7 +47,7 @@ ROUTING_DECISIONS = TopicSpec("graduate.routing.decisions", "task", c.RoutingDec
 ROUTING_HISTORY = TopicSpec("graduate.routing.history", "task", c.RoutingDecision, 1, "delete", None,
                             "controller, CLI", "audit (every decision, never compacted)",
                             extra_config={"retention.ms": "-1"})
-ROUTER_OUTCOMES = TopicSpec("graduate.router.outcomes", "call_id", c.RouterOutcome, 12, "delete", 30 * DAY_MS,
+ROUTER_OUTCOMES = TopicSpec("graduate.router.outcomes", "task", c.RouterOutcome, 12, "delete", 30 * DAY_MS,
                             "router", "controller, profiler")
 RETRAIN_REQUESTS = TopicSpec("graduate.retrain.requests", "task", c.RetrainRequest, 1, "delete", 30 * DAY_MS,
                              "controller, CLI (graduate approve), review page", "trainer, controller")

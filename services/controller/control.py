@@ -43,6 +43,10 @@ class Effects:
         return bool(self.decisions or self.refusals or self.retrains)
 
 
+def merged(a: Effects, b: Effects) -> Effects:
+    return Effects(a.decisions + b.decisions, a.refusals + b.refusals, a.retrains + b.retrains)
+
+
 def evidence_of(decision: RoutingDecision) -> dict[str, Any]:
     try:
         value = json.loads(decision.evidence or "{}")
@@ -300,11 +304,12 @@ class Controller:
                     "kind": request.kind}
         return self._note_state(request.task, now, evidence, Effects())
 
-    def on_schedule(self, now=None) -> Effects:
-        """A retrain (kind schedule) for each task in small mode whose model is older than retrain_every_h."""
+    def on_schedule(self, now=None, tasks: Optional[set[str]] = None) -> Effects:
+        """A retrain (kind schedule) for each task (of `tasks`, default all) in small mode whose model is
+        older than retrain_every_h."""
         every, now = self.settings.retrain_every_h, now or utcnow()
         effects = Effects()
-        for task in self.tasks() if every else []:
+        for task in [t for t in self.tasks() if tasks is None or t in tasks] if every else []:
             current, model = self.current(task), self.latest_model(task)
             if current is None or current.mode != "small" or model is None or self.graduation(task, now).state != "small":
                 continue
@@ -316,6 +321,21 @@ class Controller:
             self.read_request(request)
             self.noted_states[task] = "training"
             effects.retrains.append(request)
+        return effects
+
+    def resume(self, task: str) -> Effects:
+        """What a replica that starts owning `task` owes it for what arrived while no one did: the
+        offline gate on its newest model and, in shadow, the shadow gate on its newest statistics
+        (both give a verdict once, so resuming an already decided task sends nothing)."""
+        effects = Effects()
+        model = self.latest_model(task)
+        if model is not None:
+            effects = merged(effects, self.on_model(model))
+        current = self.current(task)
+        if current is not None and current.mode == "shadow" and current.model_version:
+            stats = self.stats.get((task, current.model_version))
+            if stats is not None:
+                effects = merged(effects, self.on_stats(stats))
         return effects
 
     def read_refusal(self, request: RetrainRequest, reason: str) -> None:

@@ -1,28 +1,33 @@
-"""The controller's reads and writes on Kafka: replay its state, tail router outcomes, publish.
+"""The controller's reads and writes on Kafka: follow (or replay) its state, read router outcomes, publish.
 
 A decision goes to both routing topics — the compacted one the router follows and the history
 that is never compacted (the audit trail); a refusal goes to the history alone.
 """
 from __future__ import annotations
 
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Optional
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from typing import Any, Optional
 
 from services.common import catalog
-from services.common.catalog import topic_name
-from services.common.codec import Codec
+from services.common.catalog import TopicSpec, topic_name
+from services.common.codec import Codec, CodecError
 from services.common.contracts import (DeadLetter, ModelRegistered, RetrainRequest, RouterOutcome, RoutingDecision,
                                        ShadowStats)
+from services.common.follow import TopicFollower
 from services.common.kafka import make_producer
 from services.common.settings import CommonSettings, KafkaSettings
-from services.common.streams import Emit, replay_topic
+from services.common.reader import replay_topic
+from services.common.routing_state import OnPoison
+from services.common.streams import PROCESSED, Emit, Meta
 from services.common.tasks import TaskSpec
 from services.controller.control import Controller, Effects
 from services.controller.graduation import Signal
 from services.controller.settings import ControllerSettings
+
+log = logging.getLogger(__name__)
 
 
 def emits_of(effects: Effects) -> list[Emit]:
@@ -64,6 +69,76 @@ async def replay_state(controller: Controller, kafka: KafkaSettings, codec: Code
             controller.read_refusal(*refused)
     out.letter_ends = {p: end for p, (_, end) in letters.offsets.items()}
     return out
+
+
+FOLLOWED = (catalog.ROUTING_HISTORY, catalog.ROUTING_DECISIONS, catalog.MODELS, catalog.SHADOW_STATS,
+            catalog.RETRAIN_REQUESTS, catalog.DEADLETTER)
+
+
+def apply_record(controller: Controller, spec: TopicSpec, value: Any, act: Callable[[str], bool], codec: Codec,
+                 namespace: str) -> Effects:
+    """One record of a followed topic: an event (`on_*`) when `act(task)` says this replica decides
+    for its task now, else state (`read_*`). The routing topics are always state."""
+    if spec is catalog.ROUTING_HISTORY:
+        controller.read_history(value)
+        return Effects()
+    if spec is catalog.ROUTING_DECISIONS:
+        controller.read_decision(value)
+        return Effects()
+    args: tuple = (value,)
+    if spec is catalog.DEADLETTER:
+        refused = trainer_refusal(value, codec, namespace)
+        if refused is None:
+            return Effects()
+        args = refused
+    on, read = {catalog.MODELS.name: (controller.on_model, controller.read_model),
+                catalog.SHADOW_STATS.name: (controller.on_stats, controller.read_stats),
+                catalog.RETRAIN_REQUESTS.name: (controller.on_request, controller.read_request),
+                catalog.DEADLETTER.name: (controller.on_refusal, controller.read_refusal)}[spec.name]
+    if act(args[0].task):
+        return on(*args)
+    read(*args)
+    return Effects()
+
+
+class ControlFollower(TopicFollower):
+    """Every controller replica follows the small topics whole (FOLLOWED): the replay builds the
+    `Controller`'s state for every task, so any replica can take any task over and show all of
+    them; a record read after the replay is news, acted on by its task's owner (`owns`) and read
+    as state by the others. Effects go to `send`."""
+
+    name = "controller follower"
+
+    def __init__(self, kafka: KafkaSettings, codec: Codec, namespace: str, controller: Controller,
+                 owns: Callable[[str], bool], send: Callable[[Effects], Awaitable[None]], *,
+                 on_poison: OnPoison | None = None, retry_s: float = 2.0) -> None:
+        self.specs = {topic_name(spec, namespace): spec for spec in FOLLOWED}
+        super().__init__(kafka, self.specs, require_all=True, retry_s=retry_s, client_id=f"{kafka.client_id}-controller",
+                         max_poll_records=2000)
+        self.codec, self.namespace, self.controller, self.owns, self.send = codec, namespace, controller, owns, send
+        self.on_poison = on_poison
+        self.undecodable = 0
+
+    async def apply(self, record: Any) -> None:
+        if record.value is None:
+            return  # a compaction tombstone
+        spec = self.specs[record.topic]
+        news = not self.replayed(record)
+        try:
+            value = self.codec.decode(record.value, spec.value)
+        except CodecError as exc:
+            self.undecodable += 1
+            log.warning("controller: cannot read %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
+            # news only (a replay would letter it again at every start), never a dead letter's own letter
+            if news and self.on_poison is not None and spec is not catalog.DEADLETTER:
+                await self.on_poison(Meta(record.topic, record.partition, record.offset, record.key), record.value, exc)
+            return
+        effects = apply_record(self.controller, spec, value, lambda task: news and self.owns(task), self.codec,
+                               self.namespace)
+        if effects:
+            await self.send(effects)
+        if news and spec is not catalog.DEADLETTER:
+            PROCESSED.labels("controller").inc()
 
 
 def trainer_refusal(letter: DeadLetter, codec: Codec, namespace: str) -> tuple[RetrainRequest, str] | None:
@@ -112,40 +187,8 @@ async def read_history(kafka: KafkaSettings, codec: Codec, namespace: str,
 
 async def read_outcomes(kafka: KafkaSettings, codec: Codec, namespace: str, per_partition: int) -> list[RouterOutcome]:
     """The last `per_partition` router outcomes of every partition, undecodable ones skipped."""
-    name = topic_name(catalog.ROUTER_OUTCOMES, namespace)
-    consumer = AIOKafkaConsumer(**kafka.client_config(), enable_auto_commit=False, max_poll_records=2000)
-    await consumer.start()
-    try:
-        parts = consumer.partitions_for_topic(name)
-        if not parts:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(name) or set()
-        tps = [TopicPartition(name, p) for p in sorted(parts)]
-        if not tps:
-            return []
-        consumer.assign(tps)
-        starts, ends = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
-        pending = set()
-        for tp in tps:
-            consumer.seek(tp, max(starts[tp], ends[tp] - per_partition))
-            if starts[tp] < ends[tp]:
-                pending.add(tp)
-        out: list[RouterOutcome] = []
-        while pending:
-            batch = await consumer.getmany(*pending, timeout_ms=1000)
-            for tp, msgs in batch.items():
-                for m in msgs:
-                    if m.offset < ends[tp]:
-                        try:
-                            out.append(codec.decode(m.value, RouterOutcome))
-                        except ValueError:
-                            pass
-            for tp in list(pending):
-                if await consumer.position(tp) >= ends[tp]:
-                    pending.discard(tp)
-        return sorted(out, key=lambda o: o.ts)
-    finally:
-        await consumer.stop()
+    replay = await replay_topic(kafka, codec, catalog.ROUTER_OUTCOMES, namespace, RouterOutcome, last=per_partition)
+    return sorted((i.value for i in replay.records), key=lambda o: o.ts)
 
 
 async def publish(kafka: KafkaSettings, codec: Codec, namespace: str, effects: Effects) -> None:

@@ -364,7 +364,8 @@ def record(served: Served, decision: RoutingDecision | None, ports: Ports, redac
     graduate_router_requests_total is counted for every response by the app's middleware."""
     ports.metrics.latency.labels(served.task, served.served_by).observe(served.latency_ms / 1000)
     try:  # built (and redacted, encoded) in the capture's sender thread, not on the request's path
-        ports.capture.publish(ROUTER_OUTCOMES, served.call_id, functools.partial(
+        # keyed by task: a task's outcomes share a partition, so one controller replica watches it
+        ports.capture.publish(ROUTER_OUTCOMES, served.task, functools.partial(
             outcome_of, served, decision, small_ms=small_ms, frontier_ms=frontier_ms, sampled=sampled,
             status_code=status_code, redactor=redactor))
     except Exception:

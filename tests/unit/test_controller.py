@@ -308,3 +308,45 @@ def test_status_rows_show_mode_fallback_rate_and_the_last_decision():
     assert row["fallback_rate"] == 0.3 and row["predicted_fallback_rate"] == 0.2
     assert row["last_decision"]["verdict"] == "refused" and "v2" in row["last_decision"]["reason"]
     json.dumps(rows)
+
+
+# --- replicas: ownership by the task's outcome partition, news acted on by the owner only ------------
+
+def test_task_partition_is_the_kafka_default_partitioner():
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from services.controller.ownership import task_partition
+
+    for task in ("intent", "banking77-intent", "hwu64-intent", "restaurant8k-booking", "x"):
+        assert task_partition(task, 12) == DefaultPartitioner()(task.encode(), list(range(12)), list(range(12)))
+        assert 0 <= task_partition(task, 3) < 3
+
+
+def test_a_replica_reads_news_of_tasks_it_does_not_own_as_state():
+    from services.common import catalog
+    from services.common.codec import Codec
+    from services.controller.store import apply_record
+
+    other, owner = Controller(SETTINGS), Controller(SETTINGS)
+    model = registered("v1")
+    assert not apply_record(other, catalog.MODELS, model, lambda task: False, Codec(), "")
+    effects = apply_record(owner, catalog.MODELS, model, lambda task: True, Codec(), "")
+    assert [d.mode for d in effects.decisions] == ["shadow"]
+    for replica in (other, owner):  # the decision read back from the routing topic by both
+        apply_record(replica, catalog.ROUTING_DECISIONS, effects.decisions[0], lambda task: False, Codec(), "")
+    assert other.current("intent").mode == "shadow" and other.latest_model("intent") == model
+    # the other replica takes the task over: the verdict is known, nothing is decided twice
+    assert not other.resume("intent").decisions
+
+
+def test_resume_gates_what_arrived_while_no_replica_owned_the_task():
+    controller = Controller(SETTINGS)
+    controller.read_model(registered("v1"))
+    effects = controller.resume("intent")
+    assert [d.mode for d in effects.decisions] == ["shadow"]
+    read_back(controller, effects.decisions[0])
+    controller.read_stats(shadow_stats("v1"))
+    effects = controller.resume("intent")
+    assert [d.mode for d in effects.decisions] == ["small"]
+    read_back(controller, effects.decisions[0])
+    assert not controller.resume("intent")  # nothing owed any more
