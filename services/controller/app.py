@@ -29,8 +29,7 @@ from services.common.contracts import CapturedCall, RouterOutcome
 from services.common.reader import TopicReader
 from services.common.settings import load_settings
 from services.common.streams import (Emit, Meta, WorkerSettings, active_partitions, each_event, health, internal_topic,
-                                     make_app, plumbing, send_dead_letter, send_emits,
-                                     source_topic)
+                                     make_app, plumbing, send_dead_letter, send_emits, source_topic)
 from services.common.tasks import load_tasks
 from services.controller.control import Controller, Effects, reviews_needed
 from services.controller.ownership import task_partition
@@ -95,9 +94,12 @@ health(app).require("routing, models and stats replay", follower.ready.is_set)
 
 @app.task
 async def follow() -> None:
-    while not ownership.partitions:
-        async with TopicReader(settings.kafka, outcomes_name, last=0) as reader:
-            ownership.partitions = len(reader.spans)
+    while not ownership.partitions:  # how many partitions the tasks hash over
+        try:
+            async with TopicReader(settings.kafka, outcomes_name, last=0) as reader:
+                ownership.partitions = len(reader.spans)
+        except Exception as exc:  # noqa: BLE001 - Kafka away at start: try again
+            log.warning("controller: cannot read %s's partitions (%s); retrying", outcomes_name, exc)
         if not ownership.partitions:
             await asyncio.sleep(2.0)
     await follower.run()

@@ -129,15 +129,16 @@ class ControlFollower(TopicFollower):
         except CodecError as exc:
             self.undecodable += 1
             log.warning("controller: cannot read %s[%d]@%d: %s", record.topic, record.partition, record.offset, exc)
-            # news only (a replay would letter it again at every start), never a dead letter's own letter
-            if news and self.on_poison is not None and spec is not catalog.DEADLETTER:
+            # replayed too, as the shadow's and the judge's followers do (the poison may have come while
+            # this replica was starting); so each replica letters it at each start. Never a letter's letter.
+            if self.on_poison is not None and spec is not catalog.DEADLETTER:
                 await self.on_poison(Meta(record.topic, record.partition, record.offset, record.key), record.value, exc)
             return
         effects = apply_record(self.controller, spec, value, lambda task: news and self.owns(task), self.codec,
                                self.namespace)
         if effects:
             await self.send(effects)
-        if news and spec is not catalog.DEADLETTER:
+        if spec is not catalog.DEADLETTER:  # others' letters are not the controller's events
             PROCESSED.labels("controller").inc()
 
 
