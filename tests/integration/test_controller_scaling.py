@@ -1,5 +1,6 @@
 """Controllers scale with the outcome partitions: two replicas in one group split the tasks and
-together decide what one controller decides (real broker, real `graduate worker controller`s)."""
+together decide what one controller decides (real broker, real `graduate worker controller`s),
+the sampled frontier answers (captured calls keyed by call_id) reaching their task's owner too."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,7 @@ import pytest
 
 from services.common import catalog
 from services.common.catalog import CATALOG, topic_name
-from services.common.contracts import RouterOutcome, RoutingDecision, utcnow
+from services.common.contracts import CapturedCall, RouterOutcome, RoutingDecision, utcnow
 from services.common.kafka import delete_topics, ensure_topics
 from services.controller.ownership import task_partition
 from tests.integration.test_controller import ControllerWorker, env  # noqa: F401 - env is a fixture
@@ -21,26 +22,36 @@ from tests.unit.test_gate import registered, shadow_stats
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-# six tasks over at least three of the twelve outcome partitions; two drift after the cutover
+# six tasks over at least three of the twelve outcome partitions; after the cutover two drift (the
+# fallback rate climbs) and one's sampled answers disagree with the frontier's
 TASKS = [f"scale-{c}" for c in "abcdef"]
 DRIFTING = {"scale-b", "scale-e"}
+DISAGREEING = "scale-c"
 
 
 def test_the_tasks_spread_over_partitions():
     assert len({task_partition(t, catalog.ROUTER_OUTCOMES.partitions) for t in TASKS}) >= 3
 
 
-def outcomes(task: str, start: int, count: int, fallback: bool) -> list[tuple[str, RouterOutcome]]:
+def outcomes(task: str, start: int, count: int, fallback: bool, sampled: bool = False) -> list[tuple[str, RouterOutcome]]:
     now = utcnow() + timedelta(seconds=2)
     out = []
     for i in range(start, start + count):
         low = fallback or i % 5 == 0
         o = RouterOutcome(call_id=f"{task}-{i}", task=task, mode="small", served_by="fallback" if low else "small",
                           model_version="v1", confidence=0.3 if low else 0.92, threshold=0.62,
-                          fallback_reason="low_confidence" if low else None, latency_ms=9.0,
-                          ts=now + timedelta(milliseconds=i))
+                          fallback_reason="low_confidence" if low else None, latency_ms=9.0, output="card_arrival",
+                          sampled=sampled and not low, ts=now + timedelta(milliseconds=i))
         out.append((task, o))  # keyed by task, as the router does
     return out
+
+
+def sampled_answers(task: str, count: int) -> list[tuple[str, CapturedCall]]:
+    """The frontier's answers to the sampled calls (keyed by call_id, as captured): every other one differs."""
+    return [(f"{task}-{i}", CapturedCall(call_id=f"{task}-{i}", task=task, input=f"where is my card {i}",
+                                         output_raw="x", output="lost_card" if i % 2 else "card_arrival",
+                                         latency_ms=500.0, source="sampled"))
+            for i in range(count) if i % 5]
 
 
 async def state_of(worker: ControllerWorker) -> dict:
@@ -91,9 +102,10 @@ async def drive(kafka, codec, namespace: str, workers: list[ControllerWorker]) -
     await produce(kafka, codec, ns(catalog.SHADOW_STATS), [(f"{t}/v1", shadow_stats("v1", task=t)) for t in TASKS])
     await read_topic(kafka, ns(catalog.ROUTING_DECISIONS), min_count=2 * len(TASKS), timeout=90)
     await produce(kafka, codec, ns(catalog.ROUTER_OUTCOMES),
-                  [o for t in TASKS for o in outcomes(t, 0, 60, False) + outcomes(t, 60, 120 if t in DRIFTING else 40,
-                                                                                  t in DRIFTING)])
-    await read_topic(kafka, ns(catalog.ROUTING_DECISIONS), min_count=2 * len(TASKS) + len(DRIFTING), timeout=90)
+                  [o for t in TASKS for o in outcomes(t, 0, 60, False, sampled=t == DISAGREEING)
+                   + outcomes(t, 60, 120 if t in DRIFTING else 40, t in DRIFTING)])
+    await produce(kafka, codec, ns(catalog.CALLS_CAPTURED), sampled_answers(DISAGREEING, 60))
+    await read_topic(kafka, ns(catalog.ROUTING_DECISIONS), min_count=2 * len(TASKS) + len(DRIFTING) + 1, timeout=90)
     await asyncio.sleep(3)  # anything more (a second verdict) would arrive now
     assert all(w.alive() for w in workers), [w.tail() for w in workers]
     assert [await decided_here(workers, 10)] == [mine]  # no task moved meanwhile
@@ -101,12 +113,16 @@ async def drive(kafka, codec, namespace: str, workers: list[ControllerWorker]) -
     for spec in (catalog.ROUTING_DECISIONS, catalog.ROUTING_HISTORY):
         for d in decode_all(codec, await read_topic(kafka, ns(spec), timeout=5), RoutingDecision):
             ev = json.loads(d.evidence or "{}")
+            demoted_for = "sampled" if "sampled agreement" in d.reason else "fallback" if "fallback rate" in d.reason \
+                else None
             out.setdefault(f"{spec.name}:{d.task}", []).append((d.mode, d.model_version, ev.get("gate"),
-                                                               ev.get("verdict")))
+                                                               ev.get("verdict"), demoted_for if ev.get("gate") == "watch"
+                                                               else None))
     return out
 
 
 async def test_two_controllers_split_the_tasks_and_decide_as_one(kafka_settings, codec, env, tmp_path):
+    env = {**env, "GRADUATE_CONTROLLER_MIN_SAMPLED": "20", "GRADUATE_CONTROLLER_SAMPLED_WINDOW": "40"}
     results, splits = [], []
     for replicas in (1, 2):
         namespace = f"{env['GRADUATE_TOPIC_NAMESPACE']}{replicas}."
@@ -126,9 +142,10 @@ async def test_two_controllers_split_the_tasks_and_decide_as_one(kafka_settings,
     one, two = results
     assert two == one
     for t in TASKS:
-        drifted = [("shadow", "v1", "watch", "demoted")] if t in DRIFTING else []
-        assert one[f"graduate.routing.decisions:{t}"] == [("shadow", "v1", "offline", "pass"),
-                                                          ("small", "v1", "shadow", "pass")] + drifted
+        drifted = [("shadow", "v1", "watch", "demoted", "fallback")] if t in DRIFTING else \
+            [("shadow", "v1", "watch", "demoted", "sampled")] if t == DISAGREEING else []
+        assert one[f"graduate.routing.decisions:{t}"] == [("shadow", "v1", "offline", "pass", None),
+                                                          ("small", "v1", "shadow", "pass", None)] + drifted
     a, b = splits[1]
     assert a and b and not a & b and a | b == set(TASKS)
     for owner in (a, b):  # each replica owns whole partitions
