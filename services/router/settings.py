@@ -2,6 +2,7 @@
 (GRADUATE_CAPTURE_*) and common (GRADUATE_*: Kafka, topic namespace, Triton, tasks file) parts nested."""
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -61,9 +62,10 @@ class RouterSettings(BaseSettings):
         self.common.kafka.limits.check(self.max_body_bytes)  # a body the capture could not send is refused at start
         return self
 
-    @property
+    @cached_property
     def body_limit(self) -> int:
-        """Request bodies over this many bytes get 413 (below what a captured record may carry)."""
+        """Request bodies over this many bytes get 413 (below what a captured record may carry); read on
+        every request, so worked out once."""
         return self.max_body_bytes or self.common.kafka.limits.body_bytes
 
     @property
