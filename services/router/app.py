@@ -79,7 +79,8 @@ class GraduateHeaders:
                 if scope["path"].startswith("/v1/"):
                     metrics = self.metrics_of()
                     if metrics is not None:
-                        metrics.requests.labels(state["task_label"], state["served_by"], str(message["status"])).inc()
+                        metrics.child(metrics.requests, state["task_label"], state["served_by"],
+                                      str(message["status"])).inc()
             await send(message)
 
         try:
