@@ -30,6 +30,12 @@ class RouterSettings(BaseSettings):
                                                  "off the hot path")
     sample_max_in_flight: int = Field(32, ge=1, description="concurrent sampled frontier calls; more are skipped")
     triton_timeout_s: float = Field(1.0, gt=0, description="slower small answers fall back (triton_unavailable)")
+    loop: Literal["asyncio", "uvloop"] = Field("uvloop", description="the event loop the router serves on")
+    switch_interval_s: float = Field(0.0005, gt=0, description="sys.setswitchinterval in the served router: how "
+                                     "long the request loop may wait for the GIL while another thread (the capture "
+                                     "sender, grpc's poller) holds it; Python's default is 0.005")
+    gc_freeze: bool = Field(True, description="move everything alive once the router has started to the "
+                            "permanent generation (gc.freeze), so full collections do not walk it")
     forward_headers: tuple[str, ...] = Field(("traceparent", "tracestate"),
                                              description="request headers passed on to the frontier")
     docs: Literal["off", "key", "open"] = Field(
