@@ -2,7 +2,7 @@
 running the code of an earlier commit (`--base`), one this working tree, against the same Triton
 model, with direct Triton calls interleaved.
 
-    .venv/bin/python bench/bench_router_ab.py [--base db539f8] [--n 600]
+    .venv/bin/python bench/bench_router_ab.py [--base db539f8] [--n 600] [--out bench/results/router_ab.json]
 
 Needs Kafka and Triton (`make up`) and the bench model (bench/router_model.py, int8). The base is
 `git archive`d to a temporary folder and put first on that router's PYTHONPATH (same venv, same
@@ -62,6 +62,7 @@ async def main() -> None:
     parser.add_argument("--base", default=BASE, help="the commit whose router is compared with this tree's")
     parser.add_argument("--n", type=int, default=600)
     parser.add_argument("--blocks", type=int, default=6)
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
     common = CommonSettings()
     staged = B.router_model.cached_models(common.var_dir, common.model_repository, common.triton_http_url)
@@ -74,6 +75,7 @@ async def main() -> None:
     key = create_key(workdir / "keys.json", "bench")
     await ensure_topics(common.kafka, namespace)
     procs: list[B.Process] = []
+    closing: list[B.SmallModelClient] = []
     try:
         B.router_model.install(staged["int8"], common.model_repository, model)
         load_model(common.triton_http_url, model)
@@ -85,9 +87,11 @@ async def main() -> None:
             p, url = router(workdir, name, namespace, sim_url, common, path)
             procs.append(p)
             await B.decide(common, namespace, model, url, key)
-            await B.load(url, key, B.banking77_texts(B.WARMUP), 1, expect="small")
+            await B.load_lean(url, key, B.banking77_texts(B.WARMUP), expect="small")
             routers[name] = (p.proc.pid, url)
-        await B.direct_triton(common.triton_grpc_url, model, B.banking77_texts(B.WARMUP))
+        direct = B.SmallModelClient(common.triton_grpc_url, timeout_s=5)
+        closing.append(direct)
+        await B.direct_triton(direct, model, B.banking77_texts(B.WARMUP))
         texts = B.banking77_texts(args.n, offset=B.WARMUP)
         latency: dict[str, list[float]] = {k: [] for k in [*routers, "direct_triton"]}
         cpu = {k: 0.0 for k in routers}
@@ -97,14 +101,16 @@ async def main() -> None:
             chunk = texts[b * per:(b + 1) * per]
             for name, (pid, url) in routers.items():
                 before = cpu_s(pid)
-                got, errs = await B.load(url, key, chunk, 1, expect="small")
+                got, errs = await B.load_lean(url, key, chunk, expect="small")
                 cpu[name] += cpu_s(pid) - before
                 latency[name] += got
                 errors[name] += errs
-            latency["direct_triton"] += await B.direct_triton(common.triton_grpc_url, model, chunk)
+            latency["direct_triton"] += await B.direct_triton(direct, model, chunk)
     finally:
         for p in procs:
             p.stop()
+        for c in closing:
+            await c.close()
         unload_and_remove(common.triton_http_url, common.model_repository, model)
         await delete_topics(common.kafka, [topic_name(s, namespace) for s in CATALOG])
         shutil.rmtree(workdir, ignore_errors=True)
@@ -124,13 +130,13 @@ async def main() -> None:
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": f"{os.uname().nodename} ({os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f} at the end)",
         "notes": f"{args.n} Banking77 test texts per router, one at a time, {args.blocks} interleaved blocks with "
-                 "direct Triton gRPC calls (this tree's client); router CPU from /proc (10 ms ticks). Shared 2-core "
+                 "direct Triton gRPC calls (this tree's client, one warm channel); the HTTP calls with aiohttp; router CPU from /proc (10 ms ticks). Shared 2-core "
                  "machine.",
         "results": results,
         "ratios": ratios,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
 
 

@@ -25,7 +25,7 @@ from services.common.tasks import TaskRegistry, load_tasks
 from services.common.triton import SmallModelClient
 from services.router.deps import CallerDep, RouterState
 from services.router.errors import HANDLERS
-from services.router.fast import FastPath
+from services.router.fast import FastPath, is_hot
 from services.router.keys import KeyStore
 from services.router.logic import Capture, Frontier, Ports, SmallModel, dead_letters
 from services.router.metrics import UNKNOWN_TASK, RouterMetrics
@@ -79,7 +79,8 @@ class GraduateHeaders:
                 if scope["path"].startswith("/v1/"):
                     metrics = self.metrics_of()
                     if metrics is not None:
-                        metrics.requests.labels(state["task_label"], state["served_by"], str(message["status"])).inc()
+                        metrics.child(metrics.requests, state["task_label"], state["served_by"],
+                                      str(message["status"])).inc()
             await send(message)
 
         try:
@@ -97,9 +98,24 @@ class GraduateHeaders:
             await send_marked({"type": "http.response.body", "body": body})
 
 
+class RouterApp(FastAPI):
+    """FastAPI, with the hot endpoints (`fast.is_hot`) served in front of it once the lifespan has
+    wired the router: `GraduateHeaders(FastPath)` and nothing else on their path (no FastAPI
+    telemetry or Starlette middleware stack). Everything else, and the hot endpoints before the
+    lifespan ran, goes through FastAPI, with GraduateHeaders as its outermost user middleware."""
+
+    front: Any = None
+
+    async def __call__(self, scope, receive, send) -> None:
+        if self.front is not None and is_hot(scope):
+            scope["app"] = self
+            return await self.front(scope, receive, send)
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: RouterSettings | None = None, *, tasks: TaskRegistry | None = None,
                frontier: Frontier | None = None, small: SmallModel | None = None, capture: Capture | None = None,
-               follow_routing: bool = True) -> FastAPI:
+               follow_routing: bool = True) -> RouterApp:
     """The router. Anything not passed is built from settings in the lifespan (and closed there)."""
     settings = settings or load_router_settings()
     tasks = tasks or load_tasks(settings.common.tasks_file)
@@ -157,12 +173,14 @@ def create_app(settings: RouterSettings | None = None, *, tasks: TaskRegistry | 
         state = RouterState(settings=settings, tasks=tasks, table=table, ports=ports, keys=keys,
                             is_ready=is_ready, not_ready_reason=reason)
         app.state.router = state
+        app.front = GraduateHeaders(FastPath(lambda: state), metrics_of=lambda: metrics)
+        stack.callback(setattr, app, "front", None)
         log.info("router: %d task(s), frontier %s, Triton %s, topics namespace %r", len(tasks.tasks),
                  settings.frontier.base_url, settings.common.triton_grpc_url, settings.common.topic_namespace)
         return state
 
     open_docs = settings.docs == "open"
-    app = FastAPI(title="graduate router", version="1", lifespan=lifespan,
+    app = RouterApp(title="graduate router", version="1", lifespan=lifespan,
                   description="OpenAI-compatible chat completions that graduate hot, narrow calls to a small model.",
                   openapi_url="/openapi.json" if open_docs else None, docs_url="/docs" if open_docs else None,
                   redoc_url="/redoc" if open_docs else None)
@@ -174,8 +192,7 @@ def create_app(settings: RouterSettings | None = None, *, tasks: TaskRegistry | 
             return JSONResponse(app.openapi())
     for exc_type, handler in HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
-    app.add_middleware(FastPath, state_of=lambda: getattr(app.state, "router", None))  # the hot endpoints
-    app.add_middleware(GraduateHeaders, metrics_of=lambda: metrics)  # outermost: every response, fast or not
+    app.add_middleware(GraduateHeaders, metrics_of=lambda: metrics)  # every response, fast or not
     app.state.metrics = metrics
     app.state.metrics_app = make_asgi_app(metrics.registry)  # served on its own port (serve_router)
     app.state.table = table

@@ -1,5 +1,6 @@
 """The router's two hot endpoints as plain ASGI: POST /v1/chat/completions and
-POST /v1/tasks/{task}/predict are answered here, before FastAPI's routing and dependency solving.
+POST /v1/tasks/{task}/predict are answered here, in front of FastAPI: no FastAPI/Starlette
+middleware stack, routing or dependency solving on the small path.
 
 The same code serves them as the FastAPI routes do (`routes.serve_chat`, `routes.serve_predict`,
 `deps.authenticate`, `deps.service_caller`) and errors get the same handlers, so a caller cannot
@@ -30,29 +31,31 @@ def predict_task(path: str) -> str | None:
     return None
 
 
-class FastPath:
-    """ASGI middleware: the hot endpoints, then everything else to `app`. `state_of` gives the
-    RouterState, set by the app's lifespan (None before it ran: FastAPI answers)."""
+def is_hot(scope) -> bool:
+    """POST /v1/chat/completions or POST /v1/tasks/{task}/predict."""
+    if scope["type"] != "http" or scope["method"] != "POST":
+        return False
+    path = scope["path"]
+    return path == CHAT or predict_task(path) is not None
 
-    def __init__(self, app, state_of: Callable[[], Any]) -> None:
-        self.app = app
+
+class FastPath:
+    """ASGI app for the hot endpoints (`is_hot`) once the router is up; `state_of` gives the
+    RouterState, set by the app's lifespan."""
+
+    def __init__(self, state_of: Callable[[], Any]) -> None:
         self.state_of = state_of
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            task = None if path == CHAT else predict_task(path)
-            state = self.state_of()
-            if (task is not None or path == CHAT) and state is not None:
-                return await self.serve(scope, receive, send, state, task)
-        await self.app(scope, receive, send)
-
-    async def serve(self, scope, receive, send, state, task: str | None) -> None:
+        state = self.state_of()
+        path = scope["path"]
+        task = None if path == CHAT else predict_task(path)
         request = Request(scope, receive)
+        headers = request.headers
         try:
-            caller = service_caller(authenticate(state, bearer_token(request.headers.get("authorization"))), request)
+            caller = service_caller(authenticate(state, bearer_token(headers.get("authorization"))), request)
             if task is None:
-                response = await serve_chat(request, state, caller, request.headers.get("x-graduate-task"))
+                response = await serve_chat(request, state, caller, headers.get("x-graduate-task"))
             else:
                 response = await serve_predict(request, state, caller, task)
         except ApiError as exc:

@@ -240,7 +240,7 @@ def serve_small(call: TaskCall, decision: RoutingDecision, answer: SmallAnswer, 
     if sampled:
         schedule_sample(call, ports)
     record(served, decision, ports, redactor, small_ms=small_ms, frontier_ms=None, sampled=sampled)
-    ports.metrics.cost_saved.labels(task.name).inc(
+    ports.metrics.child(ports.metrics.cost_saved, task.name).inc(
         estimated_frontier_cost(task, call.input, ports.mean_frontier_cost.get(task.name)))
     return served
 
@@ -362,7 +362,7 @@ def record(served: Served, decision: RoutingDecision | None, ports: Ports, redac
            small_ms: float | None, frontier_ms: float | None, sampled: bool, status_code: int = 200) -> None:
     """The request's RouterOutcome and latency (path = served_by); never raises into the request.
     graduate_router_requests_total is counted for every response by the app's middleware."""
-    ports.metrics.latency.labels(served.task, served.served_by).observe(served.latency_ms / 1000)
+    ports.metrics.child(ports.metrics.latency, served.task, served.served_by).observe(served.latency_ms / 1000)
     try:  # built (and redacted, encoded) in the capture's sender thread, not on the request's path
         # keyed by task: a task's outcomes share a partition, so one controller replica watches it
         ports.capture.publish(ROUTER_OUTCOMES, served.task, functools.partial(

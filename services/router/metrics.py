@@ -1,7 +1,7 @@
 """The router's Prometheus metrics. The names are a contract: dashboards and alerts in deploy/ use them."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily
@@ -43,7 +43,18 @@ class RouterMetrics:
         self.samples = Counter("graduate_router_samples_total",
                                "Small-mode requests sampled to the frontier, by result", ["task", "result"], registry=r)
         self._capture_stats: Callable[[], CaptureStats] | None = None
+        self._children: dict[tuple, Any] = {}
         r.register(_CaptureDropped(self))
+
+    def child(self, metric, *labels: str):
+        """`metric.labels(*labels)`, kept: the request path asks for the same few children every time
+        (prometheus_client takes a lock and builds the key on each `labels` call). Only for metrics
+        whose children are never removed (requests, latency, cost saved)."""
+        key = (metric, labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def bind_capture(self, stats: Callable[[], CaptureStats]) -> None:
         """Read the capture client's queue and spool at scrape time (nothing on the request path)."""

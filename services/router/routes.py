@@ -1,6 +1,7 @@
 """The router's HTTP endpoints: decode, call one function of `logic`, encode."""
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
@@ -58,7 +59,7 @@ async def serve_predict(request: Request, state: RouterState, caller: ApiKey, ta
     payload = predict_payload(spec, body.input, state.settings.frontier.model)
     call = task_call(request, state, caller.name, spec, body.input, payload, {"tenant": body.tenant})
     served = await serve(request, state, call)
-    return JSONResponse({"output": served.output, "served_by": served.served_by, "confidence": served.confidence,
+    return JSONBody({"output": served.output, "served_by": served.served_by, "confidence": served.confidence,
                          "model_version": served.model_version, "call_id": served.call_id,
                          "latency_ms": round(served.latency_ms, 3)})
 
@@ -109,13 +110,30 @@ async def serve(request: Request, state: RouterState, call: TaskCall, stream: bo
 
 def task_call(request: Request, state: RouterState, caller: str, task, text: str, payload: dict[str, Any],
               metadata: dict[str, Any] | None) -> TaskCall:
-    tenant = request.headers.get("x-graduate-tenant") or (metadata or {}).get("tenant") or caller
+    found = header_values(request, (TENANT, *TRACE_HEADERS, *state.settings.forward_headers))
+    tenant = found.get(TENANT) or (metadata or {}).get("tenant") or caller
     trace = {"caller": caller, "router": state.settings.capture_name}
-    for h in ("traceparent", "tracestate"):
-        if h in request.headers:
-            trace[h] = request.headers[h]
+    trace.update((h, found[h]) for h in TRACE_HEADERS if h in found)
+    headers = {h: found[h] for h in state.settings.forward_headers if h in found}
+    headers["X-Graduate-Task"] = task.name  # lets a task-aware upstream (the simulator, a gateway) route it
     return TaskCall(call_id=request.state.call_id, task=task, input=text, payload=payload, tenant=str(tenant),
-                    headers=upstream_headers(request, state, task.name), trace=trace)
+                    headers=headers, trace=trace)
+
+
+TENANT = "x-graduate-tenant"
+TRACE_HEADERS = ("traceparent", "tracestate")
+
+
+def header_values(request: Request, names: tuple[str, ...]) -> dict[str, str]:
+    """The first value of each of `names` (lower case) the request carries, from one pass over its headers."""
+    wanted = {n.encode("latin-1") for n in names}
+    found: dict[str, str] = {}
+    for key, value in request.scope["headers"]:
+        if key in wanted:
+            name = key.decode("latin-1")
+            if name not in found:
+                found[name] = value.decode("latin-1")
+    return found
 
 
 def upstream_headers(request: Request, state: RouterState, task: str | None) -> dict[str, str]:
@@ -123,6 +141,22 @@ def upstream_headers(request: Request, state: RouterState, task: str | None) -> 
     if task:
         headers["X-Graduate-Task"] = task  # lets a task-aware upstream (the simulator, a gateway) route it
     return headers
+
+
+class JSONBody(JSONResponse):
+    """A 200 JSON answer with its two headers and nothing else to work out (the hot endpoints'
+    answers; GraduateHeaders adds the graduate headers)."""
+
+    def __init__(self, content: Any) -> None:
+        self.status_code, self.background = 200, None
+        self.body = self.render(content)
+        self.raw_headers = [(b"content-length", str(len(self.body)).encode()), (b"content-type", b"application/json")]
+
+    def render(self, content: Any) -> bytes:
+        return _ENCODE(content).encode("utf-8")  # as JSONResponse renders, with one encoder made once
+
+
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
 
 
 class RelayResponse(StreamingResponse):
@@ -147,7 +181,7 @@ def relayed(request: Request, relay: Relay, chat: ChatRequest) -> StreamingRespo
 
 def respond(completion: dict[str, Any], chat: ChatRequest) -> Response:
     if not chat.stream:
-        return JSONResponse(completion)
+        return JSONBody(completion)
     include_usage = bool((chat.stream_options or {}).get("include_usage"))
     events = sse_events(completion, include_usage)
 

@@ -7,6 +7,7 @@ import math
 from typing import Annotated, Any, Literal, Optional, TypeVar, Union
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from services.router.errors import ApiError
@@ -96,13 +97,18 @@ async def read_json(request: Request, max_bytes: int) -> Any:
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > max_bytes:
         raise too_large(int(length), max_bytes)
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    chunks, size, more = [], 0, True
+    while more:  # Request.stream() without its async generator (the hot endpoints read every body here)
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         size += len(chunk)
         if size > max_bytes:
             raise too_large(size, max_bytes)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+        more = message.get("more_body", False)
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

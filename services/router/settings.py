@@ -2,6 +2,7 @@
 (GRADUATE_CAPTURE_*) and common (GRADUATE_*: Kafka, topic namespace, Triton, tasks file) parts nested."""
 from __future__ import annotations
 
+from functools import cached_property
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -29,6 +30,12 @@ class RouterSettings(BaseSettings):
                                                  "off the hot path")
     sample_max_in_flight: int = Field(32, ge=1, description="concurrent sampled frontier calls; more are skipped")
     triton_timeout_s: float = Field(1.0, gt=0, description="slower small answers fall back (triton_unavailable)")
+    loop: Literal["asyncio", "uvloop"] = Field("uvloop", description="the event loop the router serves on")
+    switch_interval_s: float = Field(0.0005, gt=0, description="sys.setswitchinterval in the served router: how "
+                                     "long the request loop may wait for the GIL while another thread (the capture "
+                                     "sender, grpc's poller) holds it; Python's default is 0.005")
+    gc_freeze: bool = Field(True, description="move everything alive once the router has started to the "
+                            "permanent generation (gc.freeze), so full collections do not walk it")
     forward_headers: tuple[str, ...] = Field(("traceparent", "tracestate"),
                                              description="request headers passed on to the frontier")
     docs: Literal["off", "key", "open"] = Field(
@@ -61,9 +68,10 @@ class RouterSettings(BaseSettings):
         self.common.kafka.limits.check(self.max_body_bytes)  # a body the capture could not send is refused at start
         return self
 
-    @property
+    @cached_property
     def body_limit(self) -> int:
-        """Request bodies over this many bytes get 413 (below what a captured record may carry)."""
+        """Request bodies over this many bytes get 413 (below what a captured record may carry); read on
+        every request, so worked out once."""
         return self.max_body_bytes or self.common.kafka.limits.body_bytes
 
     @property

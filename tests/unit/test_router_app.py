@@ -233,13 +233,14 @@ def test_tasks_health_and_metrics(world):
 
 def test_middleware_is_plain_asgi_and_the_response_is_rendered_once(world, monkeypatch):
     from starlette.middleware.base import BaseHTTPMiddleware
-    from starlette.responses import JSONResponse
+
+    from services.router.routes import JSONBody
 
     app = world["app"]
     assert app.user_middleware and not any(issubclass(m.cls, BaseHTTPMiddleware) for m in app.user_middleware)
     rendered = []
-    real = JSONResponse.render
-    monkeypatch.setattr(JSONResponse, "render", lambda self, content: rendered.append(content) or real(self, content))
+    real = JSONBody.render
+    monkeypatch.setattr(JSONBody, "render", lambda self, content: rendered.append(content) or real(self, content))
     r = world["client"].post("/v1/tasks/intent/predict", json={"input": "where is my card?"},
                              headers=auth(world["keys"]["all"]))
     assert r.status_code == 200 and r.headers["x-graduate-served-by"] == "frontier"
