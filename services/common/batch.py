@@ -34,7 +34,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, Optional, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
@@ -103,7 +103,8 @@ class BatchProcessor(Generic[S]):
     """
 
     def __init__(self, app: Any, source: TopicSpec, model: Model, step: Callable[[S, list[Item]], Any],
-                 fold: Fold[S], *, max_records: int = 2000, checkpoint_s: float | None = None) -> None:
+                 fold: Fold[S], *, max_records: int = 2000, checkpoint_s: float | None = None,
+                 on_restore: Callable[[set[int]], Awaitable[None]] | None = None) -> None:
         plumb = plumbing(app)
         self.app, self.plumb, self.model, self.step, self.fold = app, plumb, model, step, fold
         settings = plumb.settings
@@ -113,6 +114,7 @@ class BatchProcessor(Generic[S]):
         self.state_topic = state_topic(plumb.processor, settings.topic_namespace, source)
         plumb.internal[self.state_topic] = (source.partitions, dict(STATE_TOPIC_CONFIG))
         self.max_records = max_records
+        self.on_restore = on_restore  # after the states are read back: rebuild what derives from them
         self.checkpoint_s = settings.worker_commit_interval_s if checkpoint_s is None else checkpoint_s
         self.states: dict[int, PartitionState[S]] = {}
         self.ready = asyncio.Event()
@@ -239,7 +241,7 @@ class BatchProcessor(Generic[S]):
     async def send(self, e: Emit) -> asyncio.Future:
         topic = topic_name(e.spec, self.plumb.settings.topic_namespace) if isinstance(e.spec, TopicSpec) else e.spec
         return await self.producer.send(topic, key=e.key_bytes(), value=self.plumb.codec.encode(e.value),
-                                        headers=list(e.headers) or None)
+                                        headers=list(e.headers) or None, partition=e.partition)
 
     def letter(self, meta: Meta, raw: Any, error: BaseException) -> Emit:
         payload = bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else repr(raw).encode()
@@ -277,6 +279,8 @@ class BatchProcessor(Generic[S]):
         while True:
             try:
                 saved = await self.read_states(partitions)
+                if self.on_restore is not None:
+                    await self.on_restore(partitions)
                 break
             except Exception as exc:  # noqa: BLE001 - Kafka away: keep trying, nothing is handled meanwhile
                 log.warning("%s: cannot read %s (%s); retrying in %.1f s", self.plumb.processor, self.state_topic,

@@ -151,6 +151,7 @@ class Emit:
     key: Union[str, bytes, None]
     value: Contract
     headers: tuple[tuple[str, bytes], ...] = ()
+    partition: Optional[int] = None  # where the key's partition is chosen, not hashed (batch processors only)
 
     def key_bytes(self) -> Optional[bytes]:
         return self.key.encode() if isinstance(self.key, str) else self.key
@@ -651,11 +652,13 @@ class Replay(Generic[T]):
 
 
 async def replay_topic(kafka: KafkaSettings, codec: Codec, spec: TopicSpec, namespace: str, model: type[T], *,
-                       end_offsets: dict[int, int] | None = None, missing_ok: bool = True) -> Replay[T]:
+                       end_offsets: dict[int, int] | None = None, missing_ok: bool = True,
+                       tombstones: bool = False) -> Replay[T]:
     """Every record of a catalog topic from its start up to `end_offsets` (default: the current end).
 
     Undecodable records are returned apart (the snapshot reports them; the workers dead-letter
-    them). A topic that does not exist reads as empty when `missing_ok`.
+    them). A topic that does not exist reads as empty when `missing_ok`. With `tombstones`, a
+    record without a value (a compacted topic's deletion) reads as an item whose value is None.
     """
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -690,6 +693,9 @@ async def replay_topic(kafka: KafkaSettings, codec: Codec, spec: TopicSpec, name
                     if m.offset >= ends[tp]:
                         break
                     meta = Meta(m.topic, m.partition, m.offset, m.key, m.timestamp / 1000.0, tuple(m.headers or ()))
+                    if tombstones and m.value is None:
+                        by_part[tp.partition].append(Item(None, meta))
+                        continue
                     try:
                         by_part[tp.partition].append(Item(codec.decode(m.value, model), meta))
                     except Exception as exc:

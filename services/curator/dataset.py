@@ -73,6 +73,18 @@ def apply_call(entry: Optional[Entry], call: CuratedCall, offset: int, shard: in
     return entry
 
 
+def fold_calls(calls: Iterable[tuple[int, int, CuratedCall]]) -> dict[tuple[int, str], Entry]:
+    """(shard, offset, call) in read order -> the entries per (shard, key): what the curator's shard
+    files end up holding (the curator applies batches the same way, services/curator/shards.py)."""
+    entries: dict[tuple[int, str], Entry] = {}
+    for shard, offset, call in calls:
+        key = (shard, record_key(call.task, call.normalised_hash))
+        out = apply_call(entries.get(key), call, offset, shard)
+        if out is not None:
+            entries[key] = out
+    return entries
+
+
 def _dt(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
 
@@ -95,6 +107,16 @@ def to_entry(record: DatasetRecord) -> Entry:
 
 
 # --- the read side ----------------------------------------------------------------------------------
+
+def live_records(items: Iterable, forgotten: Iterable[str] = ()) -> list[DatasetRecord]:
+    """What a compacted read of the dataset topic holds: the last record per partition and key, a
+    tombstone (value None) removing it, a forgotten key (task/hash) left out. `items`: Items with a
+    `meta` (partition, key) in offset order per partition."""
+    gone = set(forgotten)
+    last: dict[tuple[int, bytes], Optional[DatasetRecord]] = {}
+    for item in items:
+        last[(item.meta.partition, item.meta.key)] = item.value
+    return [r for r in last.values() if r is not None and record_key(r.task, r.normalised_hash) not in gone]
 
 @dataclass(frozen=True)
 class Input:

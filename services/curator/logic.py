@@ -95,7 +95,6 @@ class Dataset:
     reviewed_applied: int = 0
     excluded_by_review: int = 0
     label_counts: dict = field(default_factory=dict)
-    refused: dict = field(default_factory=dict)  # captured records not admitted, by reason (admission.py)
 
     def split(self, which: Split) -> list[Example]:
         return [e for e in self.examples if e.split == which]

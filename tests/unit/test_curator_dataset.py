@@ -7,8 +7,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings as hsettings, strategies as st
 
 from services.common.contracts import CapturedCall, ReviewedLabel
-from services.curator.dataset import (MAX_ANSWERS, apply_call, dataset_of, merge_shards, record_key, to_entry,
-                                      to_record)
+from services.curator.dataset import MAX_ANSWERS, dataset_of, fold_calls, merge_shards, to_entry, to_record
 from services.curator.logic import build_dataset, curate_call
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -18,15 +17,7 @@ LABELS = ["card_arrival", "top_up_failed", "change_pin", None]
 
 
 def fold(calls: list[tuple[int, int, CapturedCall]], fraction: float = 0.3) -> dict[tuple[int, str], dict]:
-    """(shard, offset, call) in read order -> the shard entries, as the curator keeps them."""
-    entries: dict[tuple[int, str], dict] = {}
-    for shard, offset, call in calls:
-        c = curate_call(call, fraction)
-        key = (shard, record_key(c.task, c.normalised_hash))
-        out = apply_call(entries.get(key), c, offset, shard)
-        if out is not None:
-            entries[key] = out
-    return entries
+    return fold_calls((shard, offset, curate_call(call, fraction)) for shard, offset, call in calls)
 
 
 def traffic(seed: int, n: int) -> list[tuple[int, int, CapturedCall]]:
