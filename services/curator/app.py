@@ -12,6 +12,7 @@ GET /curator/stats/ shows this worker's partitions; /curator/review-queue/?task=
 """
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from prometheus_client import Counter, Gauge
@@ -66,7 +67,17 @@ plumbing(app).topic(app, catalog.DATASET)  # created at start with the catalog's
 plumbing(app).topic(app, catalog.DATASET_FORGOTTEN)
 dataset_topic = catalog.topic_name(catalog.DATASET, settings.topic_namespace)
 shards = ShardStore(Path(app.conf.datadir) / "dataset")
-forgotten = Forgotten(settings.kafka, plumbing(app).codec, settings.topic_namespace, shards)
+
+
+def tombstone_owned(key: str) -> None:
+    """A key forgotten while this worker runs: tombstone it on the shards it owns (a record it wrote
+    before it learnt of the deletion would otherwise stay until compaction meets a newer one)."""
+    if captured.producer is not None:
+        for p in list(captured.states):
+            asyncio.ensure_future(captured.producer.send(dataset_topic, None, key=key.encode(), partition=p))
+
+
+forgotten = Forgotten(settings.kafka, plumbing(app).codec, settings.topic_namespace, shards, on_forget=tombstone_owned)
 plumbing(app).health.require("forgotten inputs", forgotten.ready.is_set)
 
 

@@ -19,7 +19,7 @@ import logging
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -94,10 +94,12 @@ class Forgotten(TopicFollower):
 
     name = "forgotten"
 
-    def __init__(self, kafka: KafkaSettings, codec: Codec, namespace: str, store: ShardStore) -> None:
+    def __init__(self, kafka: KafkaSettings, codec: Codec, namespace: str, store: ShardStore,
+                 on_forget: Callable[[str], None] | None = None) -> None:
         super().__init__(kafka, [catalog.topic_name(catalog.DATASET_FORGOTTEN, namespace)], require_all=False,
                          client_id=f"{kafka.client_id}-curator-forgotten")
         self.codec, self.store, self.keys = codec, store, set()
+        self.on_forget = on_forget  # called for a key forgotten after the replay (the curator tombstones it)
 
     def apply(self, record: Any) -> None:
         if record.value is None:
@@ -108,8 +110,11 @@ class Forgotten(TopicFollower):
             log.warning("forgotten: undecodable record at offset %s skipped (%s)", record.offset, exc)
             return
         key = record_key(gone.task, gone.normalised_hash)
+        fresh = key not in self.keys
         self.keys.add(key)
         self.store.delete(key)
+        if fresh and self.ready.is_set() and self.on_forget is not None:
+            self.on_forget(key)
 
 
 def write_dataset(store: ShardStore, forgotten: set[str], shard: int,
