@@ -1,0 +1,110 @@
+"""The curator's dataset writing, in-process (no Kafka): cost per call and memory as inputs grow.
+
+Folds `n` captured calls (bench_processors' generator: each input asked about three times, so
+distinct inputs grow with n) over 12 partitions exactly as the curator's step does: curate_call,
+then `write_dataset` into per-shard SQLite files (services/curator/shards.py), records built for
+the sends and Avro-encoded. Measures, side by side in one run: µs per call of curate_call alone and of curate_call
++ write_dataset; the process's RSS growth and the files' size after each n. Writes
+bench/results/dataset.json.
+
+    .venv/bin/python bench/bench_dataset.py [--n 100000 1000000]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import resource
+import sys
+import tempfile
+import time
+import zlib
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from bench_processors import captured_calls  # noqa: E402
+from services.common.codec import Codec  # noqa: E402
+from services.curator.logic import curate_call  # noqa: E402
+from services.curator.shards import ShardStore, write_dataset  # noqa: E402
+
+PARTITIONS = 12
+BATCH = 200  # calls per partition per step (a 2000-record getmany over 12 partitions is ~170 each)
+
+
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+CODEC = Codec()
+
+
+def send(emits: list) -> int:
+    """What the worker's send costs before the producer: the Avro encoding of each record."""
+    for e in emits:
+        CODEC.encode(e.value)
+    return len(emits)
+
+
+def run(n: int, write: bool) -> dict:
+    gc.collect()
+    folder = Path(tempfile.mkdtemp(prefix="bench-dataset-"))
+    store = ShardStore(folder)
+    for p in range(PARTITIONS):
+        store.reset(p)
+    rss0 = rss_mib()
+    pending: list[list] = [[] for _ in range(PARTITIONS)]
+    offsets = [0] * PARTITIONS
+    records = 0
+    cpu0 = time.process_time()
+    for call in captured_calls(n, prefix="d"):
+        p = zlib.crc32(call.call_id.encode()) % PARTITIONS
+        pending[p].append((curate_call(call), offsets[p]))
+        offsets[p] += 1
+        if len(pending[p]) >= BATCH:
+            if write:
+                records += send(write_dataset(store, set(), p, pending[p]))
+            pending[p] = []
+    for p, calls in enumerate(pending):
+        if write and calls:
+            records += send(write_dataset(store, set(), p, calls))
+    cpu = time.process_time() - cpu0
+    gc.collect()
+    out = {"n": n, "write_dataset": write, "cpu_s": round(cpu, 2), "us_per_call": round(cpu / n * 1e6, 2),
+           "rss_growth_mib": round(rss_mib() - rss0, 1)}
+    if write:
+        out.update(entries=sum(store.count(p) for p in range(PARTITIONS)), records_sent=records,
+                   files_mib=round(sum(f.stat().st_size for f in folder.iterdir()) / 2**20, 1))
+    for p in range(PARTITIONS):
+        store.close(p)
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dataset.json")
+    args = parser.parse_args()
+    results = []
+    for n in args.n:
+        for write in (False, True):
+            results.append(run(n, write))
+            print(json.dumps(results[-1]), flush=True)
+    args.out.write_text(json.dumps({
+        "what": "curator dataset writing in-process: curate_call alone vs + write_dataset (SQLite shards)",
+        "partitions": PARTITIONS, "batch_per_partition": BATCH, "machine": platform.platform(),
+        "cpus": __import__("os").cpu_count(), "results": results}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
