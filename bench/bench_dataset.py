@@ -4,7 +4,7 @@ Folds `n` captured calls (bench_processors' generator: each input asked about th
 distinct inputs grow with n) over 12 partitions exactly as the curator's step does: curate_call,
 then `write_dataset` into per-shard SQLite files (services/curator/shards.py), records built for
 the sends and Avro-encoded. Measures, side by side in one run: µs per call of curate_call alone and of curate_call
-+ write_dataset; the process's RSS growth and the files' size after each n. Writes
++ write_dataset; the process's RSS growth (each run in a fresh process) and the files' size. Writes
 bench/results/dataset.json.
 
     .venv/bin/python bench/bench_dataset.py [--n 100000 1000000]
@@ -16,6 +16,7 @@ import gc
 import json
 import platform
 import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -94,11 +95,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "dataset.json")
+    parser.add_argument("--one", nargs=2, metavar=("N", "WRITE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one:  # one measurement in a fresh process, so RSS growth is this run's own
+        print(json.dumps(run(int(args.one[0]), args.one[1] == "1")))
+        return
     results = []
     for n in args.n:
         for write in (False, True):
-            results.append(run(n, write))
+            done = subprocess.run([sys.executable, __file__, "--one", str(n), str(int(write))], capture_output=True,
+                                  text=True, check=True)
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
     args.out.write_text(json.dumps({
         "what": "curator dataset writing in-process: curate_call alone vs + write_dataset (SQLite shards)",

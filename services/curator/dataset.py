@@ -96,11 +96,8 @@ def _ms(ts: datetime) -> int:
 
 
 def to_record(entry: Entry) -> DatasetRecord:
-    """The record of an entry (built without validation: `apply_call` made every field; the codec
-    checks the record against the schema when it encodes it)."""
-    return DatasetRecord.model_construct(**{**entry, "kept_ts": _dt(entry["kept_ts"]),
-                                            "first_seen": _dt(entry["first_seen"]),
-                                            "last_seen": _dt(entry["last_seen"])})
+    return DatasetRecord(**{**entry, "kept_ts": _dt(entry["kept_ts"]), "first_seen": _dt(entry["first_seen"]),
+                            "last_seen": _dt(entry["last_seen"])})
 
 
 def to_entry(record: DatasetRecord) -> Entry:

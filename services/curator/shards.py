@@ -14,8 +14,8 @@ start: a forgotten input is dropped from the files and never taken in again, als
 """
 from __future__ import annotations
 
-import json
 import logging
+import marshal
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
@@ -37,7 +37,8 @@ CACHE_KIB = 2048
 
 
 class ShardStore:
-    """One SQLite file per owned shard: key task/hash -> the entry (JSON)."""
+    """One SQLite file per owned shard: key task/hash -> the entry (plain values, marshalled: the
+    file is this worker's own cache, written and read by this code only)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -52,7 +53,7 @@ class ShardStore:
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
-        db.execute("CREATE TABLE entry (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("CREATE TABLE entry (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
         self.dbs[shard] = db
         return db
 
@@ -70,14 +71,14 @@ class ShardStore:
         for i in range(0, len(keys), 500):
             chunk = keys[i:i + 500]
             rows = db.execute(f"SELECT key, value FROM entry WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-            out.update((k, json.loads(v)) for k, v in rows)
+            out.update((k, marshal.loads(v)) for k, v in rows)
         return out
 
     def put_many(self, shard: int, entries: dict[str, dict]) -> None:
         db = self.dbs[shard]
         db.execute("BEGIN")
         db.executemany("INSERT OR REPLACE INTO entry (key, value) VALUES (?, ?)",
-                       [(k, json.dumps(v, separators=(",", ":"))) for k, v in entries.items()])
+                       [(k, marshal.dumps(v)) for k, v in entries.items()])
         db.execute("COMMIT")
 
     def delete(self, key: str, shard: int | None = None) -> None:

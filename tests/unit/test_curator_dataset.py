@@ -82,3 +82,30 @@ def test_records_round_trip_through_the_contract(codec):
     (entry, *_) = fold(traffic(3, 10)).values()
     record = to_record(entry)
     assert to_entry(codec.decode(codec.encode(record), type(record))) == entry
+
+
+def test_the_shard_files_fold_batches_as_the_pure_fold_does_and_skip_forgotten_inputs(tmp_path):
+    from services.curator.dataset import record_key
+    from services.curator.shards import ShardStore, write_dataset
+
+    calls = traffic(11, 120)
+    store = ShardStore(tmp_path)
+    for shard in range(3):
+        store.reset(shard)
+    curated = [(shard, offset, curate_call(c, 0.3)) for shard, offset, c in calls]
+    forgotten = {record_key(TASK, curated[0][2].normalised_hash)}
+    sent = {}
+    for start in range(0, len(curated), 7):  # batches of 7 records, each partition's part apart
+        for shard in range(3):
+            part = [(c, o) for s, o, c in curated[start:start + 7] if s == shard]
+            for e in write_dataset(store, forgotten, shard, part):
+                assert e.partition == shard and e.spec.name == "graduate.dataset"
+                sent[(shard, e.key)] = e.value
+    want = {k: e for k, e in fold_calls(curated).items() if k[1] not in forgotten}
+    assert {k: to_entry(v) for k, v in sent.items()} == want
+    assert {(s, k): e for s in range(3) for k, e in store.get_many(s, [k for _, k in want]).items()} == want
+    # replayed batches send nothing and change nothing
+    for shard in range(3):
+        assert write_dataset(store, forgotten, shard, [(c, o) for s, o, c in curated if s == shard]) == []
+    store.delete(next(iter(want))[1])
+    assert sum(store.count(s) for s in range(3)) < len(want)
