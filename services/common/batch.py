@@ -240,8 +240,9 @@ class BatchProcessor(Generic[S]):
 
     async def send(self, e: Emit) -> asyncio.Future:
         topic = topic_name(e.spec, self.plumb.settings.topic_namespace) if isinstance(e.spec, TopicSpec) else e.spec
-        return await self.producer.send(topic, key=e.key_bytes(), value=self.plumb.codec.encode(e.value),
-                                        headers=list(e.headers) or None, partition=e.partition)
+        value = e.value if isinstance(e.value, bytes) else self.plumb.codec.encode(e.value)
+        return await self.producer.send(topic, key=e.key_bytes(), value=value, headers=list(e.headers) or None,
+                                        partition=e.partition)
 
     def letter(self, meta: Meta, raw: Any, error: BaseException) -> Emit:
         payload = bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else repr(raw).encode()

@@ -149,7 +149,7 @@ class Emit:
 
     spec: Any
     key: Union[str, bytes, None]
-    value: Contract
+    value: Union[Contract, bytes]  # bytes: already encoded (Codec.encode_fields), sent as they are
     headers: tuple[tuple[str, bytes], ...] = ()
     partition: Optional[int] = None  # where the key's partition is chosen, not hashed (batch processors only)
 

@@ -50,7 +50,7 @@ def curate(tallies: dict[str, Tally], items: list[Item[CapturedCall]]) -> list[E
             REFUSED.labels(producer_of(item.value), exc.code).inc()
             refused.append(refusal(app, item, exc))
     tally_calls(tallies, admitted)
-    return refused + write_dataset(shards, forgotten.keys, items[0].meta.partition, list(zip(admitted, offsets)))
+    return refused + write_dataset(shards, codec, forgotten.keys, items[0].meta.partition, list(zip(admitted, offsets)))
 
 
 async def restore_dataset(partitions: set[int]) -> None:
@@ -66,6 +66,7 @@ captured = BatchProcessor(app, catalog.CALLS_CAPTURED, CapturedCall, curate,
 plumbing(app).topic(app, catalog.DATASET)  # created at start with the catalog's partitions
 plumbing(app).topic(app, catalog.DATASET_FORGOTTEN)
 dataset_topic = catalog.topic_name(catalog.DATASET, settings.topic_namespace)
+codec = plumbing(app).codec
 shards = ShardStore(Path(app.conf.datadir) / "dataset")
 
 

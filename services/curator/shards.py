@@ -29,7 +29,7 @@ from services.common.contracts import DatasetForgotten, DatasetRecord
 from services.common.follow import TopicFollower
 from services.common.settings import KafkaSettings
 from services.common.streams import Emit
-from services.curator.dataset import apply_call, record_key, to_entry, to_record
+from services.curator.dataset import apply_call, record_key, to_entry
 from services.curator.logic import CuratedCall
 
 log = logging.getLogger(__name__)
@@ -118,10 +118,11 @@ class Forgotten(TopicFollower):
             self.on_forget(key)
 
 
-def write_dataset(store: ShardStore, forgotten: set[str], shard: int,
+def write_dataset(store: ShardStore, codec: Codec, forgotten: set[str], shard: int,
                   calls: list[tuple[CuratedCall, int]]) -> list[Emit]:
     """Apply a batch of one captured partition's admitted calls (with their offsets) to its shard and
-    return the changed records, one per input touched, to send to partition `shard` of the dataset topic."""
+    return the changed records, one per input touched, to send to partition `shard` of the dataset
+    topic (encoded from the entries: building a DatasetRecord model each would double the cost)."""
     by_key: dict[str, list[tuple[CuratedCall, int]]] = defaultdict(list)
     for call, offset in calls:
         key = record_key(call.task, call.normalised_hash)
@@ -139,7 +140,8 @@ def write_dataset(store: ShardStore, forgotten: set[str], shard: int,
                 entry = changed[key] = out
     if changed:
         store.put_many(shard, changed)
-    return [Emit(catalog.DATASET, key, to_record(e), partition=shard) for key, e in changed.items()]
+    return [Emit(catalog.DATASET, key, codec.encode_fields(DatasetRecord, e), partition=shard)
+            for key, e in changed.items()]
 
 
 async def rebuild_shards(store: ShardStore, kafka: KafkaSettings, codec: Codec, topic: str,

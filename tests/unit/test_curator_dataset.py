@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from hypothesis import given, settings as hsettings, strategies as st
 
-from services.common.contracts import CapturedCall, ReviewedLabel
+from services.common.contracts import CapturedCall, DatasetRecord, ReviewedLabel
 from services.curator.dataset import MAX_ANSWERS, dataset_of, fold_calls, merge_shards, to_entry, to_record
 from services.curator.logic import build_dataset, curate_call
 
@@ -84,7 +84,7 @@ def test_records_round_trip_through_the_contract(codec):
     assert to_entry(codec.decode(codec.encode(record), type(record))) == entry
 
 
-def test_the_shard_files_fold_batches_as_the_pure_fold_does_and_skip_forgotten_inputs(tmp_path):
+def test_the_shard_files_fold_batches_as_the_pure_fold_does_and_skip_forgotten_inputs(tmp_path, codec):
     from services.curator.dataset import record_key
     from services.curator.shards import ShardStore, write_dataset
 
@@ -98,14 +98,19 @@ def test_the_shard_files_fold_batches_as_the_pure_fold_does_and_skip_forgotten_i
     for start in range(0, len(curated), 7):  # batches of 7 records, each partition's part apart
         for shard in range(3):
             part = [(c, o) for s, o, c in curated[start:start + 7] if s == shard]
-            for e in write_dataset(store, forgotten, shard, part):
+            for e in write_dataset(store, codec, forgotten, shard, part):
                 assert e.partition == shard and e.spec.name == "graduate.dataset"
-                sent[(shard, e.key)] = e.value
+                sent[(shard, e.key)] = codec.decode(e.value, DatasetRecord)
     want = {k: e for k, e in fold_calls(curated).items() if k[1] not in forgotten}
     assert {k: to_entry(v) for k, v in sent.items()} == want
     assert {(s, k): e for s in range(3) for k, e in store.get_many(s, [k for _, k in want]).items()} == want
     # replayed batches send nothing and change nothing
     for shard in range(3):
-        assert write_dataset(store, forgotten, shard, [(c, o) for s, o, c in curated if s == shard]) == []
+        assert write_dataset(store, codec, forgotten, shard, [(c, o) for s, o, c in curated if s == shard]) == []
     store.delete(next(iter(want))[1])
     assert sum(store.count(s) for s in range(3)) < len(want)
+
+
+def test_an_entry_encodes_to_the_same_bytes_as_its_record(codec):
+    for entry in fold(traffic(5, 30)).values():
+        assert codec.encode_fields(DatasetRecord, entry) == codec.encode(to_record(entry))
