@@ -156,6 +156,14 @@ async def rebuild_shards(store: ShardStore, kafka: KafkaSettings, codec: Codec, 
                               client_id=f"{kafka.client_id}-curator-dataset-restore")
     await reader.start()
     try:
+        have = reader.partitions_for_topic(topic)
+        if not have:
+            await reader._client.force_metadata_update()  # a topic created just now (as replay_topic does)
+            have = reader.partitions_for_topic(topic) or set()
+        missing = sorted(set(shards) - have)
+        if missing:  # the restore retries (the worker stays unready) until partitions are added
+            raise RuntimeError(f"{topic} has {len(have)} partitions: captured partitions {missing} have no "
+                               "dataset partition; give it as many partitions as the captured topic")
         tps = [TopicPartition(topic, p) for p in sorted(shards)]
         reader.assign(tps)
         ends = await reader.end_offsets(tps)
