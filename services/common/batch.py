@@ -104,7 +104,8 @@ class BatchProcessor(Generic[S]):
 
     def __init__(self, app: Any, source: TopicSpec, model: Model, step: Callable[[S, list[Item]], Any],
                  fold: Fold[S], *, max_records: int = 2000, checkpoint_s: float | None = None,
-                 on_restore: Callable[[set[int]], Awaitable[None]] | None = None) -> None:
+                 on_restore: Callable[[set[int]], Awaitable[None]] | None = None,
+                 aligned: tuple[str, ...] = ()) -> None:
         plumb = plumbing(app)
         self.app, self.plumb, self.model, self.step, self.fold = app, plumb, model, step, fold
         settings = plumb.settings
@@ -115,6 +116,7 @@ class BatchProcessor(Generic[S]):
         plumb.internal[self.state_topic] = (source.partitions, dict(STATE_TOPIC_CONFIG))
         self.max_records = max_records
         self.on_restore = on_restore  # after the states are read back: rebuild what derives from them
+        self.aligned = aligned  # topics written at partition p for source partition p (checked at start)
         self.checkpoint_s = settings.worker_commit_interval_s if checkpoint_s is None else checkpoint_s
         self.states: dict[int, PartitionState[S]] = {}
         self.ready = asyncio.Event()
@@ -352,8 +354,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 def state_partition_problems(partitions: dict[str, int], processors: Iterable[BatchProcessor]) -> list[str]:
-    """Processors whose source has more partitions than their state topic (pure): a state record
-    per source partition would have nowhere to go. `partitions`: topic -> partition count."""
-    return [f"{p.state_topic} has {partitions.get(p.state_topic, 0)} partitions, {p.topic} has "
-            f"{partitions[p.topic]}: add partitions to the state topic first"
-            for p in processors if partitions.get(p.topic, 0) > partitions.get(p.state_topic, 0)]
+    """Processors whose source has more partitions than their state topic or a topic they write per
+    source partition (`aligned`) (pure): a record per source partition would have nowhere to go.
+    `partitions`: topic -> partition count."""
+    return [f"{t} has {partitions.get(t, 0)} partitions, {p.topic} has {partitions[p.topic]}: add partitions "
+            f"to {t} first"
+            for p in processors for t in (p.state_topic, *p.aligned)
+            if partitions.get(p.topic, 0) > partitions.get(t, 0)]

@@ -60,12 +60,12 @@ async def restore_dataset(partitions: set[int]) -> None:
     await rebuild_shards(shards, settings.kafka, plumbing(app).codec, dataset_topic, partitions, forgotten.keys)
 
 
+dataset_topic = catalog.topic_name(catalog.DATASET, settings.topic_namespace)
 captured = BatchProcessor(app, catalog.CALLS_CAPTURED, CapturedCall, curate,
                           Fold(dict, tallies_json, tallies_from_json), max_records=curator.batch_size,
-                          on_restore=restore_dataset)
+                          on_restore=restore_dataset, aligned=(dataset_topic,))
 plumbing(app).topic(app, catalog.DATASET)  # created at start with the catalog's partitions
 plumbing(app).topic(app, catalog.DATASET_FORGOTTEN)
-dataset_topic = catalog.topic_name(catalog.DATASET, settings.topic_namespace)
 codec = plumbing(app).codec
 shards = ShardStore(Path(app.conf.datadir) / "dataset")
 

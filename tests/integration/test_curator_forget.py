@@ -2,6 +2,7 @@
 topic and the snapshot, and a replay of the older captured calls that carry it does not bring it back."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 from collections import Counter
@@ -106,3 +107,22 @@ def test_forget_refuses_an_ambiguous_request(tmp_path):
     done = subprocess.run([GRADUATE, "dataset", "forget", "--task", BANKING, "--input-hash", "XYZ"],
                           capture_output=True, text=True, cwd=REPO_ROOT, timeout=60)
     assert done.returncode == 2 and "64 lowercase hex" in done.stderr
+
+
+async def test_a_dataset_topic_with_too_few_partitions_stops_the_curator_at_start(namespace, kafka_settings,
+                                                                                  tmp_path):
+    from services.common import catalog
+    from services.common.kafka import delete_topics, ensure_topics
+
+    narrow = dataclasses.replace(catalog.DATASET, partitions=2)
+    await ensure_topics(kafka_settings, namespace, (narrow,))
+    worker = start_worker("curator", namespace, kafka_settings, tmp_path)
+    try:
+        rc = worker.proc.wait(timeout=120)
+        dataset = topic_name(catalog.DATASET, namespace)
+        assert rc != 0 and f"{dataset} has 2 partitions" in worker.tail(), worker.tail()
+    finally:
+        if worker.proc.poll() is None:
+            worker.proc.kill()
+            worker.proc.wait()
+        await delete_topics(kafka_settings, [topic_name(s, namespace) for s in catalog.CATALOG])
