@@ -107,9 +107,23 @@ def main() -> None:
             results.append(json.loads(done.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
     args.out.write_text(json.dumps({
-        "what": "curator dataset writing in-process: curate_call alone vs + write_dataset (SQLite shards)",
+        "benchmark": "curator dataset writing in-process: curate_call alone vs + write_dataset (SQLite shards)",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "partitions": PARTITIONS, "batch_per_partition": BATCH, "machine": platform.platform(),
-        "cpus": __import__("os").cpu_count(), "results": results}, indent=2) + "\n")
+        "cpus": __import__("os").cpu_count(), "headline": headline(results), "results": results}, indent=2) + "\n")
+
+
+def headline(results: list[dict]) -> list[dict]:
+    """Per n: µs a call the dataset writing adds; and RSS growth at the largest n over the smallest."""
+    by = {(r["n"], r["write_dataset"]): r for r in results}
+    ns = sorted({r["n"] for r in results})
+    out = [{"name": f"µs per call added by the dataset writing, {n:,} calls",
+            "value": round(by[(n, True)]["us_per_call"] - by[(n, False)]["us_per_call"], 1)} for n in ns]
+    if len(ns) > 1:
+        out.append({"name": f"curator RSS growth with the dataset shards, {ns[-1]:,} / {ns[0]:,} calls",
+                    "value": round(by[(ns[-1], True)]["rss_growth_mib"] / by[(ns[0], True)]["rss_growth_mib"], 3),
+                    "goal": "<= 1.2"})
+    return out
 
 
 if __name__ == "__main__":
