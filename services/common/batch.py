@@ -34,7 +34,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Iterable, Optional, TypeVar
+from typing import Any, Awaitable, Callable, Generic, Iterable, Optional, TypeVar
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
@@ -104,7 +104,9 @@ class BatchProcessor(Generic[S]):
     """
 
     def __init__(self, app: Any, source: TopicSpec, model: Model, step: Callable[[S, list[Item]], Any],
-                 fold: Fold[S], *, max_records: int = 2000, checkpoint_s: float | None = None) -> None:
+                 fold: Fold[S], *, max_records: int = 2000, checkpoint_s: float | None = None,
+                 on_restore: Callable[[set[int]], Awaitable[None]] | None = None,
+                 aligned: tuple[str, ...] = ()) -> None:
         plumb = plumbing(app)
         self.app, self.plumb, self.model, self.step, self.fold = app, plumb, model, step, fold
         settings = plumb.settings
@@ -114,6 +116,8 @@ class BatchProcessor(Generic[S]):
         self.state_topic = state_topic(plumb.processor, settings.topic_namespace, source)
         plumb.internal[self.state_topic] = (source.partitions, dict(STATE_TOPIC_CONFIG))
         self.max_records = max_records
+        self.on_restore = on_restore  # after the states are read back: rebuild what derives from them
+        self.aligned = aligned  # topics written at partition p for source partition p (checked at start)
         self.checkpoint_s = settings.worker_commit_interval_s if checkpoint_s is None else checkpoint_s
         self.states: dict[int, PartitionState[S]] = {}
         self.ready = asyncio.Event()
@@ -239,8 +243,9 @@ class BatchProcessor(Generic[S]):
 
     async def send(self, e: Emit) -> asyncio.Future:
         topic = topic_name(e.spec, self.plumb.settings.topic_namespace) if isinstance(e.spec, TopicSpec) else e.spec
-        return await self.producer.send(topic, key=e.key_bytes(), value=self.plumb.codec.encode(e.value),
-                                        headers=list(e.headers) or None)
+        value = e.value if isinstance(e.value, bytes) else self.plumb.codec.encode(e.value)
+        return await self.producer.send(topic, key=e.key_bytes(), value=value, headers=list(e.headers) or None,
+                                        partition=e.partition)
 
     def letter(self, meta: Meta, raw: Any, error: BaseException) -> Emit:
         payload = bytes(raw) if isinstance(raw, (bytes, bytearray, memoryview)) else repr(raw).encode()
@@ -278,6 +283,8 @@ class BatchProcessor(Generic[S]):
         while True:
             try:
                 saved = await self.read_states(partitions)
+                if self.on_restore is not None:
+                    await self.on_restore(partitions)
                 break
             except Exception as exc:  # noqa: BLE001 - Kafka away: keep trying, nothing is handled meanwhile
                 log.warning("%s: cannot read %s (%s); retrying in %.1f s", self.plumb.processor, self.state_topic,
@@ -332,8 +339,10 @@ class _Rebalance(ConsumerRebalanceListener):
 
 
 def state_partition_problems(partitions: dict[str, int], processors: Iterable[BatchProcessor]) -> list[str]:
-    """Processors whose source has more partitions than their state topic (pure): a state record
-    per source partition would have nowhere to go. `partitions`: topic -> partition count."""
-    return [f"{p.state_topic} has {partitions.get(p.state_topic, 0)} partitions, {p.topic} has "
-            f"{partitions[p.topic]}: add partitions to the state topic first"
-            for p in processors if partitions.get(p.topic, 0) > partitions.get(p.state_topic, 0)]
+    """Processors whose source has more partitions than their state topic or a topic they write per
+    source partition (`aligned`) (pure): a record per source partition would have nowhere to go.
+    `partitions`: topic -> partition count."""
+    return [f"{t} has {partitions.get(t, 0)} partitions, {p.topic} has {partitions[p.topic]}: add partitions "
+            f"to {t} first"
+            for p in processors for t in (p.state_topic, *p.aligned)
+            if partitions.get(p.topic, 0) > partitions.get(t, 0)]

@@ -53,12 +53,17 @@ RETRAIN_REQUESTS = TopicSpec("graduate.retrain.requests", "task", c.RetrainReque
                              "controller, CLI (graduate approve), review page", "trainer, controller")
 SHADOW_STATS = TopicSpec("graduate.shadow.stats", "task/version", c.ShadowStats, 1, "compact", None,
                          "judge", "controller, CLI")
+DATASET = TopicSpec("graduate.dataset", "task/normalised_hash", c.DatasetRecord, 12, "compact", None,
+                    "curator (partition p: what captured partition p held)",
+                    "snapshots (curator, trainer), review queue, controller, data engineers")
+DATASET_FORGOTTEN = TopicSpec("graduate.dataset.forgotten", "task/normalised_hash", c.DatasetForgotten, 1, "compact",
+                              None, "graduate dataset forget", "curator, snapshots")
 DEADLETTER = TopicSpec("graduate.deadletter", "original key", c.DeadLetter, 3, "delete", 30 * DAY_MS,
                        "every processor", "ops")
 
 CATALOG: tuple[TopicSpec, ...] = (
     CALLS_CAPTURED, LABELS_REVIEWED, SHADOW_RESULTS, DISAGREEMENTS, MODELS, ROUTING_DECISIONS,
-    ROUTING_HISTORY, ROUTER_OUTCOMES, RETRAIN_REQUESTS, SHADOW_STATS, DEADLETTER,
+    ROUTING_HISTORY, ROUTER_OUTCOMES, RETRAIN_REQUESTS, SHADOW_STATS, DATASET, DATASET_FORGOTTEN, DEADLETTER,
 )
 
 

@@ -163,10 +163,15 @@ class Codec:
         return self._by_id[schema_id]
 
     def encode(self, model: Contract, *, subject: str | None = None) -> bytes:
+        return self.encode_fields(type(model), _to_record(model), subject=subject)
+
+    def encode_fields(self, model: type[Contract], fields: dict[str, Any], *, subject: str | None = None) -> bytes:
+        """A record of `model` given as the plain values of its fields (timestamps may be epoch
+        milliseconds), for a hot path that builds no pydantic model; fastavro checks the types."""
         schema = self.schema_for(model)
         buf = io.BytesIO()
         try:
-            fastavro.schemaless_writer(buf, schema.parsed, _to_record(model))
+            fastavro.schemaless_writer(buf, schema.parsed, fields)
         except (ValueError, TypeError) as exc:
             raise CodecError(f"cannot encode {schema.full_name}: {exc}") from exc
         if self.registry is not None:

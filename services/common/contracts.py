@@ -213,7 +213,36 @@ class ShadowStats(Contract):
     confusion_json: str = "{}"
 
 
+class DatasetRecord(Contract):
+    avro_name: ClassVar[str] = "graduate.v1.DatasetRecord"
+    task: str
+    normalised_hash: str
+    shard: int
+    split: Literal["train", "holdout"]
+    call_id: str
+    input: str
+    label: Optional[str] = None
+    kept_ts: datetime
+    first_seen: datetime
+    last_seen: datetime
+    calls: int
+    usable: int
+    answers: list[str] = Field(default_factory=list)
+    answers_overflow: bool = False
+    recent_call_ids: list[str] = Field(default_factory=list)
+    last_offset: int
+
+
+class DatasetForgotten(Contract):
+    avro_name: ClassVar[str] = "graduate.v1.DatasetForgotten"
+    task: str
+    normalised_hash: str
+    requested_by: str
+    ts: datetime = Field(default_factory=utcnow)
+    reason: Optional[str] = None
+
+
 ALL_CONTRACTS: tuple[type[Contract], ...] = (
     CapturedCall, ReviewedLabel, ShadowResult, Disagreement, ModelRegistered,
-    RoutingDecision, RouterOutcome, DeadLetter, RetrainRequest, ShadowStats,
+    RoutingDecision, RouterOutcome, DeadLetter, RetrainRequest, ShadowStats, DatasetRecord, DatasetForgotten,
 )

@@ -177,13 +177,14 @@ class Replay(Generic[T]):
 
 async def replay_topic(kafka: KafkaSettings, codec: Codec, spec: TopicSpec, namespace: str, model: type[T], *,
                        end_offsets: dict[int, int] | None = None, missing_ok: bool = True,
-                       last: Optional[int] = None) -> Replay[T]:
+                       last: Optional[int] = None, tombstones: bool = False) -> Replay[T]:
     """Every record of a catalog topic from its start (or its `last` per partition) up to
     `end_offsets` (default: the end at the start of the read), decoded into `model`.
 
     Undecodable records are returned apart with the reason (the snapshot reports them; the
     workers dead-letter what they consume). A topic that does not exist reads as empty when
-    `missing_ok`, else raises LookupError.
+    `missing_ok`, else raises LookupError. With `tombstones`, a record without a value (a
+    compacted topic's deletion) reads as an item whose value is None.
     """
     from services.common.streams import Item, Meta
 
@@ -197,6 +198,9 @@ async def replay_topic(kafka: KafkaSettings, codec: Codec, spec: TopicSpec, name
             part = by_part.setdefault(records[0].partition, [])
             for m in records:
                 meta = Meta(m.topic, m.partition, m.offset, m.key, m.timestamp / 1000.0, tuple(m.headers or ()))
+                if tombstones and m.value is None:
+                    part.append(Item(None, meta))
+                    continue
                 try:
                     part.append(Item(codec.decode(m.value, model), meta))
                 except Exception as exc:  # noqa: BLE001 - reported apart, never fatal to a read

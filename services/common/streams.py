@@ -149,8 +149,9 @@ class Emit:
 
     spec: Any
     key: Union[str, bytes, None]
-    value: Contract
+    value: Union[Contract, bytes]  # bytes: already encoded (Codec.encode_fields), sent as they are
     headers: tuple[tuple[str, bytes], ...] = ()
+    partition: Optional[int] = None  # where the key's partition is chosen, not hashed (batch processors only)
 
     def key_bytes(self) -> Optional[bytes]:
         return self.key.encode() if isinstance(self.key, str) else self.key
@@ -380,7 +381,7 @@ async def ensure_app_topics(app: faust.App) -> None:
         if plumb.processors:
             from services.common.batch import state_partition_problems
 
-            names = [n for p in plumb.processors for n in (p.topic, p.state_topic)]
+            names = [n for p in plumb.processors for n in (p.topic, p.state_topic, *p.aligned)]
             counts = {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)
                       if t.get("error_code") == 0}
             problems = state_partition_problems(counts, plumb.processors)

@@ -6,10 +6,14 @@ graduate_curator_refused_total by producer) and added to its source partition's 
 (services/curator/logic.py): exact counts per task and split, and the distinct inputs as a hash
 sample that merges across partitions, so duplicates and conflicts are found without re-keying every
 call by its input through Kafka. The tally is written with the offset it reached to the state
-topic, so a replay after a crash or a rebalance never counts a call twice.
+topic, so a replay after a crash or a rebalance never counts a call twice. What was admitted also
+updates the dataset topic, one record per input and captured partition (services/curator/shards.py).
 GET /curator/stats/ shows this worker's partitions; /curator/review-queue/?task=T.
 """
 from __future__ import annotations
+
+import asyncio
+from pathlib import Path
 
 from prometheus_client import Counter, Gauge
 
@@ -17,11 +21,12 @@ from services.common import catalog
 from services.common.batch import BatchProcessor, Fold
 from services.common.contracts import CapturedCall
 from services.common.settings import load_settings
-from services.common.streams import Emit, Item, WorkerSettings, make_app, refusal
+from services.common.streams import Emit, Item, WorkerSettings, make_app, plumbing, refusal
 from services.common.tasks import load_tasks
 from services.curator.admission import Admission, Refused, producer_of
 from services.curator.logic import Tally, curate_call, tallies_from_json, tallies_json, tally_calls, tally_stats
 from services.curator.settings import CuratorSettings
+from services.curator.shards import Forgotten, ShardStore, rebuild_shards, write_dataset
 
 settings: WorkerSettings = load_settings(WorkerSettings)
 curator: CuratorSettings = load_settings(CuratorSettings)
@@ -36,19 +41,50 @@ REFUSED = Counter("graduate_curator_refused", "captured records not admitted int
 
 def curate(tallies: dict[str, Tally], items: list[Item[CapturedCall]]) -> list[Emit]:
     """Admit a partition's batch and tally what was admitted; the refused go to the dead letters."""
-    admitted, refused = [], []
+    admitted, offsets, refused = [], [], []
     for item in items:
         try:
             admitted.append(curate_call(admission.admit(item.value), curator.holdout_fraction))
+            offsets.append(item.meta.offset)
         except Refused as exc:
             REFUSED.labels(producer_of(item.value), exc.code).inc()
             refused.append(refusal(app, item, exc))
     tally_calls(tallies, admitted)
-    return refused
+    return refused + write_dataset(shards, codec, forgotten.keys, items[0].meta.partition, list(zip(admitted, offsets)))
 
 
+async def restore_dataset(partitions: set[int]) -> None:
+    """Rebuild the owned shards' files from the dataset topic (services/curator/shards.py)."""
+    await forgotten.ready.wait()
+    shards.keep_only(set(captured.states) | partitions)
+    await rebuild_shards(shards, settings.kafka, plumbing(app).codec, dataset_topic, partitions, forgotten.keys)
+
+
+dataset_topic = catalog.topic_name(catalog.DATASET, settings.topic_namespace)
 captured = BatchProcessor(app, catalog.CALLS_CAPTURED, CapturedCall, curate,
-                          Fold(dict, tallies_json, tallies_from_json), max_records=curator.batch_size)
+                          Fold(dict, tallies_json, tallies_from_json), max_records=curator.batch_size,
+                          on_restore=restore_dataset, aligned=(dataset_topic,))
+plumbing(app).topic(app, catalog.DATASET)  # created at start with the catalog's partitions
+plumbing(app).topic(app, catalog.DATASET_FORGOTTEN)
+codec = plumbing(app).codec
+shards = ShardStore(Path(app.conf.datadir) / "dataset")
+
+
+def tombstone_owned(key: str) -> None:
+    """A key forgotten while this worker runs: tombstone it on the shards it owns (a record it wrote
+    before it learnt of the deletion would otherwise stay until compaction meets a newer one)."""
+    if captured.producer is not None:
+        for p in list(captured.states):
+            asyncio.ensure_future(captured.producer.send(dataset_topic, None, key=key.encode(), partition=p))
+
+
+forgotten = Forgotten(settings.kafka, plumbing(app).codec, settings.topic_namespace, shards, on_forget=tombstone_owned)
+plumbing(app).health.require("forgotten inputs", forgotten.ready.is_set)
+
+
+@app.task
+async def follow_forgotten() -> None:
+    await forgotten.run()
 
 
 def local_stats() -> dict:

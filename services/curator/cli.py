@@ -1,4 +1,4 @@
-"""`graduate dataset snapshot|review-queue|stats`: the curator's commands."""
+"""`graduate dataset snapshot|review-queue|forget`: the curator's commands."""
 from __future__ import annotations
 
 import asyncio
@@ -72,6 +72,31 @@ def review_queue_cmd(task: str = typer.Option(..., "--task"),
         table.add_row(i.call_id, i.reason, i.frontier_label or "-", i.small_output or "-",
                       "-" if i.confidence is None else f"{i.confidence:.2f}", i.input[:60])
     console.print(table)
+
+
+@dataset_app.command("forget")
+def forget(task: str = typer.Option(..., "--task"),
+           text: Optional[str] = typer.Option(None, "--input", help="the input as a caller sent it"),
+           digest: Optional[str] = typer.Option(None, "--input-hash", help="its normalised hash (hex, 64 digits)"),
+           reason: Optional[str] = typer.Option(None, "--reason"),
+           requested_by: str = typer.Option("cli", "--by", help="who asked (kept with the deletion)")) -> None:
+    """Remove an input from the dataset for good: tombstones in the dataset topic, and a deletion the
+    curator keeps, so a replay of older captured calls never brings it back."""
+    import re
+
+    from services.common.codec import Codec
+    from services.curator.forget import forget_input, hash_of_input
+
+    common, _ = _settings()
+    spec = _task(common, task)
+    if (text is None) == (digest is None):
+        raise typer.BadParameter("give exactly one of --input and --input-hash")
+    if digest is not None and not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise typer.BadParameter("--input-hash must be 64 lowercase hex digits (sha256)")
+    digest = digest or hash_of_input(spec, text)
+    n = asyncio.run(forget_input(common, Codec(common.schema_registry_url), task, digest, requested_by=requested_by,
+                                 reason=reason))
+    print(f"forgot {task}/{digest}: deletion recorded, {n} dataset partitions tombstoned")
 
 
 def register(app: typer.Typer) -> None:

@@ -95,7 +95,6 @@ class Dataset:
     reviewed_applied: int = 0
     excluded_by_review: int = 0
     label_counts: dict = field(default_factory=dict)
-    refused: dict = field(default_factory=dict)  # captured records not admitted, by reason (admission.py)
 
     def split(self, which: Split) -> list[Example]:
         return [e for e in self.examples if e.split == which]
@@ -165,9 +164,12 @@ def build_dataset(task: str, calls: Iterable[CuratedCall], reviews: dict[str, Re
                                 kept.label, reviewed, digest, kept.split,
                                 tuple(sorted(c.call_id for c in group)), kept.ts_ms))
     stats.distinct_inputs = len(groups)
-    counts = {s: dict(sorted(Counter(e.label for e in examples if e.split == s).items()))
-              for s in ("train", "holdout")}
-    return Dataset(task, examples, stats, applied, excluded, counts)
+    return Dataset(task, examples, stats, applied, excluded, label_counts(examples))
+
+
+def label_counts(examples: list[Example]) -> dict[str, dict[str, int]]:
+    """Per split, how many examples carry each label."""
+    return {s: dict(sorted(Counter(e.label for e in examples if e.split == s).items())) for s in ("train", "holdout")}
 
 
 # --- the review queue -------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""Dataset snapshots: read the topics to fixed offsets, curate, write Parquet + manifest.
+"""Dataset snapshots: read the dataset topic to fixed offsets, apply reviews, write Parquet + manifest.
+
+The curator keeps the dataset topic (one record per distinct input and captured partition,
+services/curator/dataset.py), so a snapshot reads work proportional to distinct inputs, not calls,
+and is as fresh as the curator (its lag: graduate_processor_lag{processor="curator"}).
 
 The same offsets give the same snapshot byte for byte: rows are sorted by normalised hash,
 Parquet writer options are fixed, no wall-clock time is written (`created_at` is the time of
@@ -13,7 +17,6 @@ import json
 import os
 import shutil
 import tempfile
-from collections import Counter
 from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
@@ -24,13 +27,12 @@ import pyarrow.parquet as pq
 
 from services.common import catalog
 from services.common.codec import Codec
-from services.common.contracts import (CapturedCall, Disagreement, ReviewedLabel, ShadowResult)
+from services.common.contracts import DatasetForgotten, DatasetRecord, Disagreement, ReviewedLabel, ShadowResult
 from services.common.settings import CommonSettings
 from services.common.streams import Replay, replay_topic
-from services.common.tasks import TaskRegistry, TaskSpec, load_tasks
-from services.curator.admission import Admission, Refused
-from services.curator.logic import (Dataset, Example, ReviewItem, SmallAnswer, build_dataset, build_review_queue,
-                                    curate_call, latest_reviews)
+from services.common.tasks import TaskSpec, load_tasks
+from services.curator.dataset import dataset_of, live_records, merge_shards, record_key
+from services.curator.logic import Dataset, Example, ReviewItem, SmallAnswer, build_review_queue, latest_reviews
 
 COLUMNS = pa.schema([
     ("call_id", pa.string()),
@@ -47,37 +49,33 @@ PARQUET_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=T
 
 @dataclass(frozen=True)
 class SourceData:
-    """What the topics held up to the read offsets."""
+    """What the topics held up to the read offsets: the dataset records the curator wrote, the
+    reviews and the forgotten inputs (work proportional to distinct inputs, not to calls)."""
 
-    calls: Replay[CapturedCall]
+    records: Replay[DatasetRecord]
     reviews: Replay[ReviewedLabel]
+    forgotten: Replay[DatasetForgotten]
 
 
-async def read_sources(settings: CommonSettings, codec: Codec, *, captured_end: dict[int, int] | None = None,
+async def read_sources(settings: CommonSettings, codec: Codec, *, dataset_end: dict[int, int] | None = None,
                        reviewed_end: dict[int, int] | None = None) -> SourceData:
     kafka, ns = settings.kafka, settings.topic_namespace
-    calls, reviews = await asyncio.gather(
-        replay_topic(kafka, codec, catalog.CALLS_CAPTURED, ns, CapturedCall, end_offsets=captured_end),
-        replay_topic(kafka, codec, catalog.LABELS_REVIEWED, ns, ReviewedLabel, end_offsets=reviewed_end))
-    return SourceData(calls, reviews)
+    records, reviews, forgotten = await asyncio.gather(
+        replay_topic(kafka, codec, catalog.DATASET, ns, DatasetRecord, end_offsets=dataset_end, tombstones=True),
+        replay_topic(kafka, codec, catalog.LABELS_REVIEWED, ns, ReviewedLabel, end_offsets=reviewed_end),
+        replay_topic(kafka, codec, catalog.DATASET_FORGOTTEN, ns, DatasetForgotten))
+    return SourceData(records, reviews, forgotten)
+
+
+def forgotten_keys(data: SourceData) -> set[str]:
+    return {record_key(i.value.task, i.value.normalised_hash) for i in data.forgotten.records}
 
 
 def curate_sources(spec: TaskSpec, data: SourceData, holdout_fraction: float) -> Dataset:
-    """The task's dataset from what the topics held: only admitted calls (admission.py), the
-    refused ones counted by reason in `Dataset.refused`."""
-    admission = Admission.of(TaskRegistry(tasks={spec.name: spec}))
-    curated, refused = [], Counter()
-    for item in data.calls.records:
-        if item.value.task != spec.name:
-            continue
-        try:
-            curated.append(curate_call(admission.admit(item.value), holdout_fraction))
-        except Refused as exc:
-            refused[exc.code] += 1
+    """The task's dataset from the dataset topic (the curator admitted every call in it) and the reviews."""
+    records = [r for r in live_records(data.records.records, forgotten_keys(data)) if r.task == spec.name]
     reviews = latest_reviews(item.value for item in data.reviews.records if item.value.task == spec.name)
-    dataset = build_dataset(spec.name, curated, reviews)
-    dataset.refused = dict(sorted(refused.items()))
-    return dataset
+    return dataset_of(spec.name, merge_shards(records).values(), reviews, holdout_fraction)
 
 
 def rows_table(examples: list[Example]) -> pa.Table:
@@ -102,7 +100,8 @@ def offset_ranges(replay: Replay) -> dict[str, list[int]]:
 
 
 def newest_ts(data: SourceData) -> Optional[str]:
-    stamps = [i.value.ts for i in data.calls.records] + [i.value.ts for i in data.reviews.records]
+    stamps = [i.value.last_seen for i in data.records.records if i.value is not None]
+    stamps += [i.value.ts for i in data.reviews.records]
     if not stamps:
         return None
     newest = max(s if s.tzinfo else s.replace(tzinfo=timezone.utc) for s in stamps)
@@ -120,14 +119,14 @@ def manifest_for(spec: TaskSpec, dataset: Dataset, data: SourceData, holdout_fra
         "counts": {"train": len(train), "holdout": len(holdout)},
         "reviewed": {"train": sum(e.reviewed for e in train), "holdout": sum(e.reviewed for e in holdout)},
         "label_distribution": dataset.label_counts,
-        "source": {data.calls.topic: offset_ranges(data.calls), data.reviews.topic: offset_ranges(data.reviews)},
+        "source": {data.records.topic: offset_ranges(data.records), data.reviews.topic: offset_ranges(data.reviews),
+                   data.forgotten.topic: offset_ranges(data.forgotten)},
         "files": files,
         "holdout_fraction": holdout_fraction,
         **({"out_of_scope_label": spec.out_of_scope_label} if spec.out_of_scope_label else {}),
         "curation": {**dataset.stats.__dict__, "reviewed_applied": dataset.reviewed_applied,
                      "excluded_by_review": dataset.excluded_by_review,
-                     "undecodable_records": len(data.calls.undecodable) + len(data.reviews.undecodable),
-                     "refused_records": dataset.refused},
+                     "undecodable_records": len(data.records.undecodable) + len(data.reviews.undecodable)},
     }
     digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
     return {"snapshot_id": f"{spec.name}-{digest}", **body}

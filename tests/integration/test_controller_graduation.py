@@ -19,6 +19,8 @@ from services.common.contracts import CapturedCall, RetrainRequest, ReviewedLabe
 from services.common.normalize import split_of
 from tests.integration.test_controller import ControllerWorker, env, graduate  # noqa: F401 - env is a fixture
 from services.common.kafka import dead_letter
+from tests.integration.test_curator_worker import wait_for_dataset
+from tests.integration.test_workers import start_worker, stop_worker
 from tests.support import decode_all, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -55,6 +57,12 @@ async def test_auto_asks_for_the_first_model_once_the_reviews_are_in(tmp_path, e
            "GRADUATE_CURATOR_HOLDOUT_FRACTION": "0.5"}
     captured = calls(80)
     await produce(kafka_settings, codec, topic_name(catalog.CALLS_CAPTURED, namespace), [(c.call_id, c) for c in captured])
+    curator = start_worker("curator", namespace, kafka_settings, tmp_path,  # it keeps the dataset topic
+                           GRADUATE_TASKS_FILE=env["GRADUATE_TASKS_FILE"])
+    try:
+        await wait_for_dataset(kafka_settings, codec, namespace, {TASK: 80}, curator)
+    finally:
+        assert stop_worker(curator) == 0, curator.tail()
     worker = ControllerWorker(env, tmp_path).start()
     try:
         history = topic_name(catalog.ROUTING_HISTORY, namespace)

@@ -17,6 +17,7 @@ from services.common.normalize import input_hash, normalise_input
 from tests.integration.test_workers import (BANKING, app_topics, banking77_calls, feed_slowly, start_worker,  # noqa: F401
                                             stop_worker, wait_for)
 from tests.integration.test_curator_scaling import assert_state_counts_each_call_once
+from tests.integration.test_curator_worker import wait_for_dataset
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,6 +64,8 @@ async def test_killed_and_restarted_as_itself_nothing_lost(topics, app_topics, n
         assert stats[BANKING]["inputs"] == len(distinct)
 
         await assert_state_counts_each_call_once(kafka_settings, namespace, replay.calls)
+        # the dataset topic too: every call counted once in its input's records, whatever the kills replayed
+        await wait_for_dataset(kafka_settings, codec, namespace, {BANKING: CALLS}, worker)
     finally:
         rc = stop_worker(worker)
     assert rc == 0, worker.tail()

@@ -90,6 +90,9 @@ async def test_two_workers_one_killed_nothing_lost_or_doubled(topics, namespace,
         assert stats[BANKING]["holdout"] == sum(split_of(BANKING, c.input, 0.15) == "holdout" for c in replay.calls)
 
         await assert_state_counts_each_call_once(kafka_settings, namespace, replay.calls)
+        # the survivor rebuilt the killed worker's shards from the dataset topic: each call counted once
+        from tests.integration.test_curator_worker import wait_for_dataset
+        await wait_for_dataset(kafka_settings, codec, namespace, {BANKING: 3000}, b)
     finally:
         rc = stop_worker(b)
         if a.proc.poll() is None:

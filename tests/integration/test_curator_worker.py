@@ -1,18 +1,23 @@
 """The curator worker and the dataset commands on a replayed Banking77 stream (real broker, real worker)."""
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
+import time
 from collections import defaultdict
 from pathlib import Path
 
 import pytest
 
-from services.common.catalog import CALLS_CAPTURED, DEADLETTER, DISAGREEMENTS, LABELS_REVIEWED, SHADOW_RESULTS, topic_name
+from services.common.catalog import (CALLS_CAPTURED, DATASET, DATASET_FORGOTTEN, DEADLETTER, DISAGREEMENTS,
+                                     LABELS_REVIEWED, SHADOW_RESULTS, topic_name)
 from services.common.contracts import CapturedCall, DeadLetter, Disagreement, ReviewedLabel, ShadowResult
 from services.common.normalize import input_hash, normalise_input, split_of
 from services.common.settings import REPO_ROOT
-from services.curator.snapshot import read_snapshot
+from services.common.settings import CommonSettings
+from services.curator.dataset import live_records, merge_shards
+from services.curator.snapshot import forgotten_keys, read_snapshot, read_sources
 from tests.integration.test_workers import (BANKING, FREEFORM, GRADUATE, banking77_calls, freeform_calls,
                                             poison_payloads, produce_raw, start_worker, stop_worker, wait_for,
                                             worker_env)
@@ -38,6 +43,31 @@ def expected_dataset(calls: list[CapturedCall], reviews: dict[str, ReviewedLabel
             latest = max(usable, key=lambda c: (c.ts, c.call_id))
             out[digest] = (split_of(BANKING, group[0].input, fraction), latest.output, False)
     return out
+
+
+async def dataset_calls(kafka, codec, namespace: str) -> dict[str, int]:
+    """Calls per task in the dataset topic as a snapshot reads it (shards merged)."""
+    data = await read_sources(CommonSettings(kafka=kafka, topic_namespace=namespace), codec)
+    out: dict[str, int] = defaultdict(int)
+    for i in merge_shards(live_records(data.records.records, forgotten_keys(data))).values():
+        out[i.task] += i.calls
+    return dict(out)
+
+
+async def wait_for_dataset(kafka, codec, namespace: str, want: dict[str, int], worker, timeout: float = 120) -> None:
+    """Until the dataset topic counts `want` calls per task (the curator sends a batch's records after
+    updating its stats); fails on a count above (a call counted twice) as on a timeout."""
+    deadline = time.monotonic() + timeout
+    got: dict = {}
+    while time.monotonic() < deadline:
+        got = await dataset_calls(kafka, codec, namespace)
+        if got == want:
+            return
+        assert all(got.get(t, 0) <= n for t, n in want.items()), f"calls counted twice: {got} > {want}"
+        if worker is not None and worker.proc.poll() is not None:
+            raise AssertionError(f"{worker.name} exited:\n{worker.tail()}")
+        await asyncio.sleep(1.0)
+    raise AssertionError(f"the dataset topic holds {got}, not {want}")
 
 
 def run_cli(args: list[str], env: dict) -> str:
@@ -79,6 +109,7 @@ async def test_curator_worker_snapshot_and_review_queue(topics, namespace, kafka
             return stats if ok else None
 
         stats = await wait_for(caught_up, 240, "the curator to take in 3150 calls", worker)
+        await wait_for_dataset(kafka_settings, codec, ns, {BANKING: 3000, FREEFORM: 150}, worker)
         assert stats[BANKING]["parse_failures"] == len(replay.parse_failures)
         assert stats[BANKING]["conflicting_inputs"] == conflicting
         assert stats[BANKING]["inputs"] == len({input_hash(BANKING, normalise_input(c.input)) for c in replay.calls})
@@ -102,7 +133,8 @@ async def test_curator_worker_snapshot_and_review_queue(topics, namespace, kafka
         assert manifest["reviewed"] == {"train": 0, "holdout": 20}
         assert manifest["curation"]["conflicting_inputs"] == conflicting
         assert manifest["curation"]["excluded_by_review"] == 1
-        assert sum(hi - lo for lo, hi in manifest["source"][captured].values()) == 3000 + 150 + 3
+        assert manifest["curation"]["calls"] == 3000 and manifest["curation"]["distinct_inputs"] == stats[BANKING]["inputs"]
+        assert set(manifest["source"]) == {topic_name(t, ns) for t in (DATASET, LABELS_REVIEWED, DATASET_FORGOTTEN)}
         for table, want in ((train, want_train), (holdout, want_holdout)):
             rows = table.to_pylist()
             assert {r["normalised_hash"]: (r["label"], r["reviewed"]) for r in rows} == {

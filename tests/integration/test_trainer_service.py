@@ -12,6 +12,8 @@ import pytest
 
 from services.common.contracts import (CapturedCall, DeadLetter, ModelRegistered, PairedCounts, RetrainRequest,
                                        ReviewedLabel)
+from tests.integration.test_curator_worker import wait_for_dataset
+from tests.integration.test_workers import start_worker, stop_worker
 from tests.support import decode_all, produce, read_topic
 from trainer.pipeline import TrainRun
 from trainer.service import run
@@ -36,7 +38,7 @@ def captured(i: int) -> CapturedCall:
                         output_raw=label, output=label, latency_ms=400.0)
 
 
-async def test_worker_snapshots_the_topics_itself_and_refuses_without_reviews(
+async def test_worker_snapshots_the_dataset_topic_itself_and_refuses_without_reviews(
         tmp_path: Path, topics, namespace, kafka_settings, codec, group_id) -> None:
     """Calls without reviews: refused with the reason; with reviews: trained on its own fresh snapshot."""
     calls: list[tuple[str, str]] = []
@@ -51,6 +53,11 @@ async def test_worker_snapshots_the_topics_itself_and_refuses_without_reviews(
     requests = topics["graduate.retrain.requests"]
     history = [captured(i) for i in range(40)]
     await produce(kafka_settings, codec, topics["graduate.calls.captured"], [(c.call_id, c) for c in history])
+    curator = start_worker("curator", namespace, kafka_settings, tmp_path)  # it keeps the dataset topic
+    try:
+        await wait_for_dataset(kafka_settings, codec, namespace, {TASK: 40}, curator)
+    finally:
+        assert stop_worker(curator) == 0, curator.tail()
     await produce(kafka_settings, codec, requests, [
         (TASK, RetrainRequest(task=TASK, reason="first", kind="first", requested_by="controller"))])
     letters = await _serve(settings, kafka_settings, topics["graduate.deadletter"], 1, fake_train)

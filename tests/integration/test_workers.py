@@ -148,10 +148,11 @@ class Worker:
 
 
 def worker_env(namespace: str, kafka, var_dir: Path, **extra: str) -> dict:
-    return dict(os.environ, GRADUATE_TOPIC_NAMESPACE=namespace, GRADUATE_KAFKA_BOOTSTRAP=kafka.bootstrap,
-                GRADUATE_VAR_DIR=str(var_dir), GRADUATE_WORKER_SESSION_TIMEOUT_S="6",
-                GRADUATE_WORKER_HEARTBEAT_INTERVAL_S="1", GRADUATE_WORKER_COMMIT_INTERVAL_S="1",
-                GRADUATE_WORKER_LAG_INTERVAL_S="1", GRADUATE_CURATOR_STATS_INTERVAL_S="1", **extra)
+    """The environment of a test worker; `extra` adds settings or overrides these."""
+    return {**os.environ, "GRADUATE_TOPIC_NAMESPACE": namespace, "GRADUATE_KAFKA_BOOTSTRAP": kafka.bootstrap,
+            "GRADUATE_VAR_DIR": str(var_dir), "GRADUATE_WORKER_SESSION_TIMEOUT_S": "6",
+            "GRADUATE_WORKER_HEARTBEAT_INTERVAL_S": "1", "GRADUATE_WORKER_COMMIT_INTERVAL_S": "1",
+            "GRADUATE_WORKER_LAG_INTERVAL_S": "1", "GRADUATE_CURATOR_STATS_INTERVAL_S": "1", **extra}
 
 
 def start_worker(name: str, namespace: str, kafka, tmp_path: Path, tag: str = "", port: int | None = None,

@@ -32,6 +32,8 @@ from services.curator.snapshot import take_snapshot
 from services.router.keys import create_key
 from tests.reliability.support import (KillableBroker, TASK, Tally, capture_drained, knob, poll, router, scrape,
                                       simulator, until)
+from tests.integration.test_curator_worker import wait_for_dataset
+from tests.integration.test_workers import start_worker, stop_worker
 from tests.support import decode_all, read_topic
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -138,7 +140,12 @@ async def test_broker_sigkilled_during_a_replay_every_call_captured_exactly_once
         offsets = [position[c][1] for c in sent["outage"] if position[c][0] == p]
         assert offsets == sorted(offsets), f"partition {p}: spooled calls replayed out of order"
 
-    # the curator's snapshot of the captured topic: each call once
+    # the curator's dataset and its snapshot: each call once
+    curator = start_worker("curator", namespace, broker.settings, tmp_path)
+    try:
+        await wait_for_dataset(broker.settings, codec, namespace, {TASK: len(every)}, curator, timeout=180)
+    finally:
+        assert stop_worker(curator) == 0, curator.tail()
     common = CommonSettings(kafka=broker.settings, topic_namespace=namespace, var_dir=tmp_path)
     spec = load_tasks(REPO_ROOT / "config" / "tasks.yaml").get(TASK)
     folder, manifest = await take_snapshot(common, spec, 0.15, codec=codec, datasets_dir=tmp_path / "datasets")

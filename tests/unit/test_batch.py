@@ -118,4 +118,7 @@ def test_a_source_with_more_partitions_than_its_state_topic_is_named(tmp_path):
     _, proc = processor(tmp_path)
     assert state_partition_problems({proc.topic: 12, proc.state_topic: 12}, [proc]) == []
     [problem] = state_partition_problems({proc.topic: 24, proc.state_topic: 12}, [proc])
-    assert problem == f"{proc.state_topic} has 12 partitions, {proc.topic} has 24: add partitions to the state topic first"
+    assert problem == f"{proc.state_topic} has 12 partitions, {proc.topic} has 24: add partitions to {proc.state_topic} first"
+    proc.aligned = ("t.graduate.dataset",)  # a topic written per source partition is held to the same count
+    [problem] = state_partition_problems({proc.topic: 12, proc.state_topic: 12, "t.graduate.dataset": 2}, [proc])
+    assert problem == f"t.graduate.dataset has 2 partitions, {proc.topic} has 12: add partitions to t.graduate.dataset first"

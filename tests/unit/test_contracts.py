@@ -42,6 +42,10 @@ EXAMPLES: list[c.Contract] = [
     c.RetrainRequest(task="t", reason="fallback rate 0.4 > predicted 0.1", requested_by="controller", ts=TS),
     c.ShadowStats(task="t", model_version="2", ts=TS, compared=10, agreed=9,
                   paired=c.PairedCounts(both_correct=3, small_only=1)),
+    c.DatasetRecord(task="t", normalised_hash="ab" * 32, shard=3, split="holdout", call_id="c1", input="x",
+                    label="a", kept_ts=TS, first_seen=TS, last_seen=TS, calls=3, usable=2, answers=["a", "b"],
+                    recent_call_ids=["c0", "c1"], last_offset=41),
+    c.DatasetForgotten(task="t", normalised_hash="ab" * 32, requested_by="ana", ts=TS, reason="user request"),
 ]
 
 

@@ -10,11 +10,11 @@ from hypothesis import given, settings as hsettings, strategies as st
 
 from services.common.contracts import CapturedCall, ReviewedLabel
 from services.common.normalize import input_hash, normalise_input, split_of
-from services.common.streams import Item, Meta, Replay
 from services.common.tasks import TaskSpec
 from services.curator.logic import (SmallAnswer, Tally, build_dataset, build_review_queue, curate_call, latest_reviews,
                                     tallies_from_json, tallies_json, tally_calls, tally_stats)
-from services.curator.snapshot import SourceData, curate_sources, read_snapshot, write_snapshot
+from services.curator.snapshot import curate_sources, read_snapshot, write_snapshot
+from tests.dataset_support import source_data
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 TASK = "banking77-intent"
@@ -118,18 +118,14 @@ def test_no_input_on_both_sides_and_other_tasks_ignored():
     assert all(e.task == TASK for e in ds.examples)
 
 
-def replay(records, topic="t.graduate.calls.captured") -> Replay:
-    return Replay(topic, [Item(r, Meta(topic, 0, i)) for i, r in enumerate(records)], {0: (0, len(records))})
-
-
 def test_snapshot_is_byte_identical_whatever_the_order(tmp_path):
     calls = [cc(f"c{i}", f"question {i % 400}", f"label_{i % 7}", i) for i in range(1200)]
     reviews = [review("c5", "label_3")]
     spec = TaskSpec(name=TASK, kind="classification", labels=tuple(f"label_{i}" for i in range(7)))
-    first = SourceData(replay(calls), replay(reviews, "t.graduate.labels.reviewed"))
+    first = source_data([(i % 3, i, c) for i, c in enumerate(calls)], reviews)
     shuffled = calls[:]
     random.Random(1).shuffle(shuffled)
-    second = SourceData(replay(shuffled), replay(reviews, "t.graduate.labels.reviewed"))
+    second = source_data([(i % 3, i, c) for i, c in enumerate(shuffled)], reviews)
     a, ma = write_snapshot(spec, curate_sources(spec, first, 0.15), first, 0.15, tmp_path / "a")
     b, mb = write_snapshot(spec, curate_sources(spec, second, 0.15), second, 0.15, tmp_path / "b")
     assert ma == mb and a.name == b.name == ma["snapshot_id"]

@@ -5,9 +5,9 @@ import csv
 
 from services.common.contracts import CapturedCall, ReviewedLabel
 from services.common.settings import REPO_ROOT
-from services.common.streams import Item, Meta, Replay
 from services.common.tasks import load_tasks
 from services.curator.snapshot import SourceData, curate_sources, write_snapshot
+from tests.dataset_support import source_data
 from trainer.snapshot import load_snapshot
 
 
@@ -18,16 +18,14 @@ def _source(n: int = 600) -> SourceData:
     for i, row in enumerate(rows):
         call = CapturedCall(call_id=f"c{i}", task="banking77-intent", input=row["text"], output_raw=row["category"],
                             output=row["category"], latency_ms=500.0)
-        calls.append(Item(call, Meta("captured", i % 12, i)))
+        calls.append((i % 12, i, call))
     # a duplicate with different case and spacing, and a parse failure
-    calls.append(Item(CapturedCall(call_id="dup", task="banking77-intent", input="  " + rows[0]["text"].upper(),
-                                   output_raw=rows[0]["category"], output=rows[0]["category"], latency_ms=1.0),
-                      Meta("captured", 0, 10_000)))
-    calls.append(Item(CapturedCall(call_id="bad", task="banking77-intent", input="gibberish answer", output_raw="??",
-                                   output=None, parse_ok=False, latency_ms=1.0), Meta("captured", 1, 10_001)))
-    reviews = [Item(ReviewedLabel(call_id="c3", task="banking77-intent", label="card_linking", reviewer="ana"),
-                    Meta("reviewed", 0, 0))]
-    return SourceData(Replay("captured", calls, {p: (0, 1) for p in range(12)}), Replay("reviewed", reviews, {0: (0, 1)}))
+    calls.append((0, 10_000, CapturedCall(call_id="dup", task="banking77-intent", input="  " + rows[0]["text"].upper(),
+                                          output_raw=rows[0]["category"], output=rows[0]["category"], latency_ms=1.0)))
+    calls.append((1, 10_001, CapturedCall(call_id="bad", task="banking77-intent", input="gibberish answer",
+                                          output_raw="??", output=None, parse_ok=False, latency_ms=1.0)))
+    return source_data(calls, [ReviewedLabel(call_id="c3", task="banking77-intent", label="card_linking",
+                                             reviewer="ana")])
 
 
 def test_curator_snapshot_loads_in_the_trainer(tmp_path):
