@@ -418,16 +418,17 @@ def meta_of(event: Any) -> Meta:
 Model = Union[type[T], tuple[type[Contract], ...]]
 
 
-def decode(codec: Codec, model: Model, raw: Any) -> Any:
-    """Decode into `model`, or into whichever of a tuple of contracts the message was written as."""
+def decode(codec: Codec, model: Model, raw: Any, *, revalidate: bool = True) -> Any:
+    """Decode into `model`, or into whichever of a tuple of contracts the message was written as
+    (`revalidate`: see Codec.decode)."""
     if not isinstance(model, tuple):
-        return codec.decode(raw, model)
+        return codec.decode(raw, model, revalidate=revalidate)
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise CodecError(f"expected bytes, got {type(raw).__name__}")
     writer, _ = codec.writer_schema(bytes(raw))
     for m in model:
         if codec.schema_for(m).full_name == writer.full_name:
-            return codec.decode(raw, m)
+            return codec.decode(raw, m, revalidate=revalidate)
     raise CodecError(f"expected one of {', '.join(codec.schema_for(m).full_name for m in model)}, "
                      f"message is {writer.full_name}")
 
