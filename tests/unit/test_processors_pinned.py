@@ -15,6 +15,7 @@ import csv
 import hashlib
 import json
 import random
+import zlib
 from collections import namedtuple
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -101,7 +102,7 @@ def curator_results() -> dict:
     tallies after every batch went through the worker's `curate`, and its dead letters."""
     from services.curator import app as curator
     from services.curator.admission import Refused
-    from services.curator.logic import curate_call, tallies_json
+    from services.curator.logic import Tally, curate_call, tallies_json
 
     codec = plumbing(curator.app).codec
     per_record, tallies, letters = [], {}, []
@@ -124,8 +125,17 @@ def curator_results() -> dict:
             if emit.spec is catalog.DEADLETTER:
                 assert codec.decode(emit.value.payload, CapturedCall) == items[emit.value.offset - items[0].meta.offset].value
                 letters.append([emit.key.decode(), emit.value.reason, emit.value.offset])
+    # the same calls over three partitions, merged as /curator/stats/ does, with small input samples
+    # (cap 16: they shrink, and merge at different shares)
+    parts: list[dict] = [{t: Tally(inputs_cap=16) for t in ("banking77-intent", "restaurant8k-booking")}
+                         for _ in range(3)]
+    for batch in batches(codec, pinned_calls(), size=50):
+        items, _ = split_decoded(codec, CapturedCall, batch)
+        for p, part in enumerate(parts):
+            curator.curate(part, [i for i in items if zlib.crc32(i.meta.key) % len(parts) == p])
     return {"records": per_record, "tallies": tallies_json(tallies), "stats": curator.tally_stats([tallies]),
-            "dead_letters": letters}
+            "dead_letters": letters, "stats_of_partitions": curator.tally_stats(parts),
+            "tallies_of_partitions": [tallies_json(p) for p in parts]}
 
 
 def profiler_results() -> dict:
@@ -152,6 +162,8 @@ def test_the_curator_admits_counts_and_refuses_as_pinned():
     assert got["dead_letters"] == want["dead_letters"]
     assert got["tallies"] == want["tallies"]
     assert got["stats"] == want["stats"]
+    assert got["tallies_of_partitions"] == want["tallies_of_partitions"]
+    assert got["stats_of_partitions"] == want["stats_of_partitions"]
 
 
 def test_the_profiler_profiles_as_pinned():
