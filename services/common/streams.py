@@ -93,6 +93,7 @@ from services.common.codec import Codec, CodecError
 from services.common.contracts import Contract, DeadLetter
 from services.common.kafka import dead_letter, dead_letter_payload_limit
 from services.common.probes import Health
+from services.common.quick import quick_init
 from services.common.settings import CommonSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class WorkerSettings(CommonSettings):
                                         "handled for this long")
 
 
+@quick_init  # made per record: services/common/quick.py
 @dataclass(frozen=True)
 class Meta:
     """Where an event came from."""
@@ -136,6 +138,7 @@ class Meta:
     headers: tuple = ()
 
 
+@quick_init
 @dataclass(frozen=True)
 class Item(Generic[T]):
     value: T

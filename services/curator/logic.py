@@ -15,6 +15,7 @@ from typing import Iterable, Optional
 from services.common import sample
 from services.common.contracts import CapturedCall, ReviewedLabel
 from services.common.normalize import Split, input_hash, normalise_input, split_of_hash
+from services.common.quick import quick_init
 
 DEFAULT_HOLDOUT_FRACTION = 0.15
 
@@ -25,6 +26,7 @@ def ts_ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
 
 
+@quick_init  # made per call: services/common/quick.py
 @dataclass(frozen=True)
 class CuratedCall:
     """One captured call as the dataset sees it."""
