@@ -133,11 +133,14 @@ def trusted_constructor(model: type[T], reader: KnownSchema) -> Optional[Callabl
             or not all(_avro_gives(fields[f["name"]].annotation, f["type"]) for f in schema_fields)):
         return None
     new, set_attr = object.__new__, object.__setattr__
+    # Every field is set. A frozen model never changes its fields-set in place (a copy gets its own),
+    # so its instances can share one; a mutable model's each get theirs.
+    shared = set(fields) if model.model_config.get("frozen") else None
 
     def construct(record: dict) -> T:
         m = new(model)
         set_attr(m, "__dict__", record)
-        set_attr(m, "__pydantic_fields_set__", set(record))
+        set_attr(m, "__pydantic_fields_set__", shared if shared is not None else set(record))
         set_attr(m, "__pydantic_extra__", None)
         set_attr(m, "__pydantic_private__", None)
         return m
