@@ -214,8 +214,8 @@ def test_decoding_without_revalidation_gives_the_validated_model(codec, record):
         with pytest.raises(ValueError):
             setattr(fast, name, getattr(fast, name))
         assert fast.model_copy(update={name: getattr(fast, name)}) == fast
-        other = codec.decode(data, type(record), revalidate=False)
-        assert other.model_fields_set == checked.model_fields_set  # a copy's update touched only the copy
+        copied = fast.model_copy(update={name: getattr(fast, name)})
+        assert copied.__pydantic_fields_set__ is not fast.__pydantic_fields_set__  # updates touch the copy's own
 
 
 def test_only_what_avro_types_as_pydantic_would_skips_revalidation(codec):
