@@ -32,11 +32,11 @@ FIGURES: dict[str, Figure] = {
                          "assumed; bench/ router load test (issue 3) replaces it"),
     "curator_rps": Figure(44000, "records/s per curator process (1 vCPU: batch read, Avro decode, admission, tally)",
                           True, "bench/results/processors.json (2026-12-05 17:15, 100 k calls): 43,979 records per "
-                          "CPU second on a shared 2-core machine, one broker; 0.47x raw read+decode (0.44-0.51x "
-                          "in eight runs that day)"),
+                          "CPU second on a shared 2-core machine, one broker; 0.47x raw read+decode (0.42-0.51x "
+                          "in 16 runs that day)"),
     "profiler_rps": Figure(50400, "records/s per profiler process (1 vCPU: batch read, Avro decode, aggregates)",
                            True, "bench/results/processors.json (2026-12-05 17:15, 100 k calls): 50,363 records per "
-                           "CPU second, same run; 0.53x raw read+decode (0.45-0.61x in seven runs that day)"),
+                           "CPU second, same run; 0.53x raw read+decode (0.45-0.61x in ten runs that day)"),
     "shadow_rps": Figure(3000, "calls/s per shadow process (faust agent, 1 vCPU: routing, the Triton gRPC call, "
                          "results; the model's own inference is Triton's, sized above)", True,
                          "bench/results/processors.json agents (2026-12-05, 20 k calls): 3,016 calls per CPU second "
