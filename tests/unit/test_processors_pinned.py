@@ -4,8 +4,9 @@ path (decode, admission, caches) must not change what they admit, refuse, count 
 The batch is real-looking captured calls (Banking77 texts, repeated, re-cased and re-spaced; PII the
 producer left in; long inputs; answers that do not parse, differ in case or are JSON; unknown tasks,
 odd call_ids, empty inputs), Avro-encoded and decoded the way the batch processor does, then handed to
-the workers' own step functions. tests/unit/data/processors_pinned.json holds what the code gave
-before the speed work; regenerate it only for an intended change of results:
+the profiler's step and the curator's per-record path (admission, curation, tally, refusals).
+tests/unit/data/processors_pinned.json holds what the code gave before the speed work; regenerate it
+only for an intended change of results:
 
     .venv/bin/python -m tests.unit.test_processors_pinned
 """
@@ -97,9 +98,28 @@ def batches(codec: Codec, calls: list[CapturedCall], size: int = 200) -> list[li
     return [records[i:i + size] for i in range(0, len(records), size)]
 
 
+def curate_batch(tallies: dict, items: list) -> list:
+    """The curator worker's per-record path (services/curator/app.py `curate`: admit, curate, tally;
+    a refusal is a dead letter), composed here from the same functions, so the pin holds whatever
+    else the worker's step does with the admitted calls."""
+    from services.common.streams import refusal
+    from services.curator import app as curator
+    from services.curator.admission import Refused
+    from services.curator.logic import curate_call, tally_calls
+
+    admitted, letters = [], []
+    for item in items:
+        try:
+            admitted.append(curate_call(curator.admission.admit(item.value), curator.curator.holdout_fraction))
+        except Refused as exc:
+            letters.append(refusal(curator.app, item, exc))
+    tally_calls(tallies, admitted)
+    return letters
+
+
 def curator_results() -> dict:
     """Per record: what admission and curation made of it (or the refusal); then the partition's
-    tallies after every batch went through the worker's `curate`, and its dead letters."""
+    tallies after every batch went through the worker's per-record path, and its dead letters."""
     from services.curator import app as curator
     from services.curator.admission import Refused
     from services.curator.logic import Tally, curate_call, tallies_json
@@ -121,10 +141,10 @@ def curator_results() -> dict:
             per_record.append([short(admitted.input), short(admitted.output_raw), short(admitted.output),
                                admitted.parse_ok, admitted.redacted, curated.normalised_hash[:16], curated.split,
                                short(curated.label), curated.ts_ms])
-        for emit in curator.curate(tallies, items):
-            if emit.spec is catalog.DEADLETTER:
-                assert codec.decode(emit.value.payload, CapturedCall) == items[emit.value.offset - items[0].meta.offset].value
-                letters.append([emit.key.decode(), emit.value.reason, emit.value.offset])
+        for emit in curate_batch(tallies, items):
+            assert emit.spec is catalog.DEADLETTER
+            assert codec.decode(emit.value.payload, CapturedCall) == items[emit.value.offset - items[0].meta.offset].value
+            letters.append([emit.key.decode(), emit.value.reason, emit.value.offset])
     # the same calls over three partitions, merged as /curator/stats/ does, with small input samples
     # (cap 16: they shrink, and merge at different shares)
     parts: list[dict] = [{t: Tally(inputs_cap=16) for t in ("banking77-intent", "restaurant8k-booking")}
@@ -132,7 +152,7 @@ def curator_results() -> dict:
     for batch in batches(codec, pinned_calls(), size=50):
         items, _ = split_decoded(codec, CapturedCall, batch)
         for p, part in enumerate(parts):
-            curator.curate(part, [i for i in items if zlib.crc32(i.meta.key) % len(parts) == p])
+            curate_batch(part, [i for i in items if zlib.crc32(i.meta.key) % len(parts) == p])
     return {"records": per_record, "tallies": tallies_json(tallies), "stats": curator.tally_stats([tallies]),
             "dead_letters": letters, "stats_of_partitions": curator.tally_stats(parts),
             "tallies_of_partitions": [tallies_json(p) for p in parts]}
