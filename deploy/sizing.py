@@ -30,12 +30,13 @@ FIGURES: dict[str, Figure] = {
                              "assumed: ~15x the 2-core CPU rate; bench/ (issue 5, --device cuda) replaces it"),
     "router_rps": Figure(400, "req/s per router pod (1 vCPU, uvicorn, async frontier calls)", False,
                          "assumed; bench/ router load test (issue 3) replaces it"),
-    "curator_rps": Figure(28700, "records/s per curator process (1 vCPU: batch read, Avro decode, admission, tally)",
-                          True, "bench/results/processors.json (2026-12-05, 100 k calls): 28,735 records per CPU "
-                          "second on a shared 2-core machine, one broker; 0.32x raw read+decode"),
-    "profiler_rps": Figure(46100, "records/s per profiler process (1 vCPU: batch read, Avro decode, aggregates)",
-                           True, "bench/results/processors.json (2026-12-05, 100 k calls): 46,146 records per CPU "
-                           "second, same run; 0.52x raw read+decode (38,392, 0.45x, in the run before)"),
+    "curator_rps": Figure(15800, "records/s per curator process (1 vCPU: batch read, Avro decode, admission, tally, "
+                          "dataset writing)", True, "bench_processors.py on main 2b77659 merged with issue-16e "
+                          "(2026-12-05 17:23, 100 k calls): 15,756 records per CPU second with the dataset writing, "
+                          "0.18x raw read+decode (43,979, 0.47x, without it: bench/results/processors.json)"),
+    "profiler_rps": Figure(50400, "records/s per profiler process (1 vCPU: batch read, Avro decode, aggregates)",
+                           True, "bench/results/processors.json (2026-12-05 17:15, 100 k calls): 50,363 records per "
+                           "CPU second, same run; 0.53x raw read+decode (0.45-0.61x in ten runs that day)"),
     "shadow_rps": Figure(3000, "calls/s per shadow process (faust agent, 1 vCPU: routing, the Triton gRPC call, "
                          "results; the model's own inference is Triton's, sized above)", True,
                          "bench/results/processors.json agents (2026-12-05, 20 k calls): 3,016 calls per CPU second "

@@ -16,10 +16,12 @@ import io
 import json
 import os
 import struct
+import types
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Callable, Literal, Optional, TypeVar, Union, get_args, get_origin
 
 import fastavro
 from fastavro.schema import fingerprint, parse_schema, to_parsing_canonical_form
@@ -86,6 +88,65 @@ def _to_record(model: Contract) -> dict[str, Any]:
     return model.model_dump(mode="python")
 
 
+AVRO_PRIMITIVES = {"string": str, "boolean": bool, "double": float, "float": float, "int": int, "long": int,
+                   "bytes": bytes}
+TIMESTAMPS = ("timestamp-millis", "timestamp-micros")
+
+
+def _avro_gives(annotation: Any, avro: Any) -> bool:
+    """Whether what fastavro reads for the (parsed) Avro type `avro` is already what pydantic's
+    validation would make of it for a field annotated `annotation` (no coercion, no extra check)."""
+    if isinstance(avro, list):  # a union: only ["null", X] with Optional[X]
+        args = get_args(annotation)
+        if len(avro) != 2 or "null" not in avro or get_origin(annotation) not in (Union, types.UnionType) \
+                or len(args) != 2 or type(None) not in args:
+            return False
+        return _avro_gives(next(a for a in args if a is not type(None)), next(t for t in avro if t != "null"))
+    if isinstance(avro, str):
+        return AVRO_PRIMITIVES.get(avro, object) is annotation
+    if not isinstance(avro, dict):
+        return False
+    kind, origin, args = avro.get("type"), get_origin(annotation), get_args(annotation)
+    if avro.get("logicalType") in TIMESTAMPS:
+        return annotation is datetime
+    if kind == "enum":  # every symbol is one of the Literal's values
+        return origin is Literal and set(avro["symbols"]) <= set(args)
+    if kind == "map":
+        return origin is dict and args[0] is str and _avro_gives(args[1], avro["values"])
+    if kind == "array":
+        return origin is list and _avro_gives(args[0], avro["items"])
+    return len(avro) == 1 and _avro_gives(annotation, kind)
+
+
+def trusted_constructor(model: type[T], reader: KnownSchema) -> Optional[Callable[[dict], T]]:
+    """A constructor of `model` from a record that fastavro read with `reader` (every field there,
+    every type checked by Avro), or None where pydantic's validation could still change or refuse
+    something: a validator, a field Avro does not type the same way (a str read from an Avro string
+    where the model says Literal, a tuple, a nested model), or fields that differ from the schema's.
+    What it builds equals `model.model_validate(record)`; it skips the validation (half the decode)."""
+    fields, schema_fields = model.model_fields, reader.parsed.get("fields", ())
+    decorators = model.__pydantic_decorators__
+    if (tuple(fields) != tuple(f["name"] for f in schema_fields) or model.__pydantic_post_init__
+            or model.__pydantic_root_model__ or model.model_config.get("extra") == "allow"
+            or decorators.validators or decorators.field_validators or decorators.root_validators
+            or decorators.model_validators or any(f.alias or f.validation_alias for f in fields.values())
+            or not all(_avro_gives(fields[f["name"]].annotation, f["type"]) for f in schema_fields)):
+        return None
+    new, set_attr = object.__new__, object.__setattr__
+    # Every field is set. A frozen model never changes its fields-set in place (a copy gets its own),
+    # so its instances can share one; a mutable model's each get theirs.
+    shared = set(fields) if model.model_config.get("frozen") else None
+
+    def construct(record: dict) -> T:
+        m = new(model)
+        set_attr(m, "__dict__", record)
+        set_attr(m, "__pydantic_fields_set__", shared if shared is not None else set(record))
+        set_attr(m, "__pydantic_extra__", None)
+        set_attr(m, "__pydantic_private__", None)
+        return m
+    return construct
+
+
 class Codec:
     """Encodes contracts to bytes and back; one instance per process is enough.
 
@@ -100,6 +161,7 @@ class Codec:
         self.namespace = namespace
         self._ids: dict[str, int] = {}  # full Avro name -> id of its current schema
         self._by_id: dict[int, KnownSchema] = {}
+        self._trusted: dict[type, Optional[Callable[[dict], Any]]] = {}
 
     @classmethod
     def from_settings(cls, settings: CommonSettings, root: Path | None = None) -> Codec:
@@ -195,7 +257,9 @@ class Codec:
         raise CodecError(f"not Avro single-object encoding: starts with {data[:2].hex() or 'nothing'}, "
                          f"expected c301{hint}")
 
-    def decode(self, data: bytes, model: type[T]) -> T:
+    def decode(self, data: bytes, model: type[T], *, revalidate: bool = True) -> T:
+        """The contract a message holds. `revalidate=False`: where Avro's reader has already checked
+        everything pydantic would (`trusted_constructor`), build the model without validating again."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise CodecError(f"expected bytes, got {type(data).__name__}")
         data = bytes(data)
@@ -212,6 +276,12 @@ class Codec:
             raise CodecError(f"corrupt body for {reader.full_name}: {type(exc).__name__}: {exc}") from exc
         if body.tell() != len(data) - start:
             raise CodecError(f"trailing bytes after {reader.full_name}: {len(data) - start - body.tell()}")
+        if not revalidate:
+            if model not in self._trusted:
+                self._trusted[model] = trusted_constructor(model, reader)
+            construct = self._trusted[model]
+            if construct is not None:
+                return construct(record)
         try:
             return model.model_validate(record)
         except ValueError as exc:

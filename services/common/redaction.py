@@ -29,6 +29,8 @@ PHONE = re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,5}\)[ .-]?)?\d{2,5}
 ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 _DIGIT = re.compile(r"\d")
 PHONE_DIGITS = (9, 15)
+CARD_MIN_DIGITS = 13  # CARD's shortest match
+ASCII_DIGITS = "0123456789"
 
 
 @dataclass(frozen=True)
@@ -131,8 +133,13 @@ def redact(text: str, extra: tuple[tuple[str, re.Pattern], ...] = ()) -> Redacte
         text = _replace(EMAIL, "EMAIL", text, counts)
     if _DIGIT.search(text):  # an IBAN, a card and a phone number all hold digits
         text = _replace_ibans(text, counts)  # before cards and phones: an IBAN holds long digit runs
-        text = _replace_cards(text, counts)  # before phones: a card number also looks like digit groups
-        text = _replace_phones(text, counts)
+        # A card holds 13 digits or more, a phone number that is replaced 9 or more: fewer digits in
+        # all (counted exactly for ASCII text; `\d` also matches other scripts' digits) skip the scans.
+        digits = sum(map(text.count, ASCII_DIGITS)) if text.isascii() else CARD_MIN_DIGITS
+        if digits >= CARD_MIN_DIGITS:
+            text = _replace_cards(text, counts)  # before phones: a card number also looks like digit groups
+        if digits >= PHONE_DIGITS[0]:
+            text = _replace_phones(text, counts)
     for name, pattern in extra:
         text = _replace(pattern, name, text, counts)
     return Redacted(text, counts)

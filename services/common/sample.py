@@ -42,18 +42,24 @@ def shrink(entries: dict, share: float, cap: int) -> float:
     """Halve `share` until at most `cap` entries are kept (dropping the others, in place)."""
     while len(entries) > cap:
         share /= 2
-        for h in [h for h in entries if not kept(h, share)]:
-            del entries[h]
+        _drop_above(entries, share)
     return share
+
+
+def _drop_above(entries: dict, share: float) -> None:
+    """Drop the entries `share` does not keep (`kept`, for a whole sample at once)."""
+    if share >= 1.0:
+        return
+    for h in [h for h in entries if not int(h[:16], 16) / 2**64 < share]:  # fraction(h), inlined
+        del entries[h]
 
 
 def merge(entries: dict, share: float, other: dict, other_share: float, cap: int) -> float:
     """Add `other` (a sample at `other_share`) into `entries` (in place); returns the new share."""
     share = min(share, other_share)
-    for h in [h for h in entries if not kept(h, share)]:
-        del entries[h]
+    _drop_above(entries, share)
     for h, (answer, conflict, n) in other.items():
-        if not kept(h, share):
+        if share < 1.0 and not int(h[:16], 16) / 2**64 < share:  # kept(h, share), inlined
             continue
         mine = entries.get(h)
         if mine is None:

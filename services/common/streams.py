@@ -93,6 +93,7 @@ from services.common.codec import Codec, CodecError
 from services.common.contracts import Contract, DeadLetter
 from services.common.kafka import dead_letter, dead_letter_payload_limit
 from services.common.probes import Health
+from services.common.quick import quick_init
 from services.common.settings import CommonSettings, KafkaSettings
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,7 @@ class WorkerSettings(CommonSettings):
                                         "handled for this long")
 
 
+@quick_init  # made per record: services/common/quick.py
 @dataclass(frozen=True)
 class Meta:
     """Where an event came from."""
@@ -136,6 +138,7 @@ class Meta:
     headers: tuple = ()
 
 
+@quick_init
 @dataclass(frozen=True)
 class Item(Generic[T]):
     value: T
@@ -419,16 +422,17 @@ def meta_of(event: Any) -> Meta:
 Model = Union[type[T], tuple[type[Contract], ...]]
 
 
-def decode(codec: Codec, model: Model, raw: Any) -> Any:
-    """Decode into `model`, or into whichever of a tuple of contracts the message was written as."""
+def decode(codec: Codec, model: Model, raw: Any, *, revalidate: bool = True) -> Any:
+    """Decode into `model`, or into whichever of a tuple of contracts the message was written as
+    (`revalidate`: see Codec.decode)."""
     if not isinstance(model, tuple):
-        return codec.decode(raw, model)
+        return codec.decode(raw, model, revalidate=revalidate)
     if not isinstance(raw, (bytes, bytearray, memoryview)):
         raise CodecError(f"expected bytes, got {type(raw).__name__}")
     writer, _ = codec.writer_schema(bytes(raw))
     for m in model:
         if codec.schema_for(m).full_name == writer.full_name:
-            return codec.decode(raw, m)
+            return codec.decode(raw, m, revalidate=revalidate)
     raise CodecError(f"expected one of {', '.join(codec.schema_for(m).full_name for m in model)}, "
                      f"message is {writer.full_name}")
 

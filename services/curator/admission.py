@@ -35,13 +35,16 @@ class Admission:
     """The task registry and one compiled redactor per task (built once per worker)."""
 
     tasks: TaskRegistry
-    redactors: dict[str, Callable[[str], Redacted]]
+    redactors: dict[str, Callable[[str], Redacted]]  # of answers (a task's few labels, cached)
     parsers: dict[str, Callable[[str], str]]
+    input_redactors: dict[str, Callable[[str], Redacted]] | None = None  # of inputs (re-asked ones, cached)
 
     @classmethod
     def of(cls, tasks: TaskRegistry) -> "Admission":
-        return cls(tasks, {name: answers_cached(Redactor(spec.redaction.patterns)) for name, spec in tasks.tasks.items()},
-                   {name: parses_cached(spec) for name, spec in tasks.tasks.items()})
+        redactors = {name: Redactor(spec.redaction.patterns) for name, spec in tasks.tasks.items()}
+        return cls(tasks, {name: answers_cached(r) for name, r in redactors.items()},
+                   {name: parses_cached(spec) for name, spec in tasks.tasks.items()},
+                   {name: answers_cached(r, INPUTS_CACHED) for name, r in redactors.items()})
 
     def admit(self, call: CapturedCall) -> CapturedCall:
         """The call as the dataset may hold it, or `Refused` saying why not."""
@@ -53,12 +56,16 @@ class Admission:
                                           f"(known: {', '.join(sorted(self.tasks.tasks))})")
         if not call.input.strip():
             raise Refused("empty_input", "the input is empty")
-        return redact_by_policy(spec, self.redactors[spec.name], reparse(spec, call, self.parsers[spec.name]))
+        return redact_by_policy(spec, self.redactors[spec.name], reparse(spec, call, self.parsers[spec.name]),
+                                self.input_redactors[spec.name] if self.input_redactors else None)
+
+
+INPUTS_CACHED = 1 << 15  # inputs remembered per task: as many as the curator's input hashes (logic.py)
 
 
 def answers_cached(redactor: Redactor, size: int = 4096) -> Callable[[str], Redacted]:
-    """The redactor with the short texts it saw remembered: a task's answers repeat (labels), so
-    most are redacted once, not once per call (redaction is pure)."""
+    """The redactor with the short texts it saw remembered: a task's answers repeat (labels), and
+    so do the inputs of a hot task, so most are redacted once, not once per call (redaction is pure)."""
     cached = lru_cache(maxsize=size)(redactor)
 
     def redact(text: str) -> Redacted:
@@ -102,11 +109,14 @@ def reparse(spec: TaskSpec, call: CapturedCall, parse: Callable[[str], str] | No
     return call if output == call.output else call.model_copy(update={"output": output})
 
 
-def redact_by_policy(spec: TaskSpec, redactor: Callable[[str], Redacted], call: CapturedCall) -> CapturedCall:
+def redact_by_policy(spec: TaskSpec, redactor: Callable[[str], Redacted], call: CapturedCall,
+                     input_redactor: Callable[[str], Redacted] | None = None) -> CapturedCall:
     """Redact the input and answers again (placeholders never match, so a redacted record is
     unchanged). PII found is replaced; with `redaction.captured: refuse` the record is refused."""
-    red_input, red_raw = redactor(call.input), redactor(call.output_raw)
+    red_input, red_raw = (input_redactor or redactor)(call.input), redactor(call.output_raw)
     red_output = None if call.output is None else red_raw if call.output == call.output_raw else redactor(call.output)
+    if not (red_input.counts or red_raw.counts or (red_output is not None and red_output.counts)):
+        return call  # nothing found (most records)
     counts: dict[str, int] = {}
     for r in (red_input, red_raw, red_output):
         for name, n in (r.counts if r else {}).items():

@@ -15,6 +15,7 @@ from typing import Iterable, Optional
 from services.common import sample
 from services.common.contracts import CapturedCall, ReviewedLabel
 from services.common.normalize import Split, input_hash, normalise_input, split_of_hash
+from services.common.quick import quick_init
 
 DEFAULT_HOLDOUT_FRACTION = 0.15
 
@@ -25,6 +26,7 @@ def ts_ms(ts: datetime) -> int:
     return int(ts.timestamp() * 1000)
 
 
+@quick_init  # made per call: services/common/quick.py
 @dataclass(frozen=True)
 class CuratedCall:
     """One captured call as the dataset sees it."""
@@ -260,7 +262,7 @@ class Tally:
 
     def add(self, call: CuratedCall) -> None:
         self.calls += 1
-        if call.usable:
+        if call.label is not None:  # call.usable
             self.usable += 1
         else:
             self.parse_failures += 1
@@ -269,19 +271,22 @@ class Tally:
         else:
             self.train += 1
         digest = call.normalised_hash[:16]
-        if sample.kept(digest, self.inputs_sampled):
+        if self.inputs_sampled >= 1.0 or sample.fraction(digest) < self.inputs_sampled:  # sample.kept, inlined
             sample.note(self.inputs, digest, call.label)
             if len(self.inputs) > self.inputs_cap:
                 self.inputs_sampled = sample.shrink(self.inputs, self.inputs_sampled, self.inputs_cap)
 
     def merge(self, other: "Tally") -> "Tally":
-        out = Tally.from_json(self.to_json())
+        return Tally.from_json(self.to_json()).merge_in(other)
+
+    def merge_in(self, other: "Tally") -> "Tally":
+        """`merge`, into this tally (no copy of it): for a merged view built from copies."""
         for name in ("calls", "usable", "parse_failures", "train", "holdout"):
-            setattr(out, name, getattr(out, name) + getattr(other, name))
-        out.inputs_cap += other.inputs_cap  # a merged view keeps what both kept (bounded by the parts)
-        out.inputs_sampled = sample.merge(out.inputs, out.inputs_sampled, other.inputs, other.inputs_sampled,
-                                          out.inputs_cap)
-        return out
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.inputs_cap += other.inputs_cap  # a merged view keeps what both kept (bounded by the parts)
+        self.inputs_sampled = sample.merge(self.inputs, self.inputs_sampled, other.inputs, other.inputs_sampled,
+                                           self.inputs_cap)
+        return self
 
     def stats(self) -> dict:
         """calls, usable, parse_failures, train, holdout, inputs, duplicate_calls, conflicting_inputs
@@ -324,8 +329,11 @@ def tallies_from_json(data: dict) -> dict[str, Tally]:
 
 def tally_stats(parts: Iterable[dict[str, Tally]]) -> dict[str, dict]:
     """Per task, the stats of several partitions' tallies merged."""
-    merged: dict[str, Tally] = {}
+    merged: dict[str, Tally] = {}  # a copy of each task's first tally, the others merged into it
     for tallies in parts:
         for task, t in tallies.items():
-            merged[task] = merged[task].merge(t) if task in merged else t
+            if task in merged:
+                merged[task].merge_in(t)
+            else:
+                merged[task] = Tally.from_json(t.to_json())
     return {task: t.stats() for task, t in sorted(merged.items())}

@@ -92,6 +92,13 @@ def as_object(output: str) -> Optional[dict]:
     return obj if isinstance(obj, dict) else None
 
 
+@lru_cache(maxsize=1 << 15)
+def input_key(task: str, text: str) -> str:
+    """16 hex of the input's hash: pure, so a re-asked input (a hot task's duplicates) is normalised
+    and hashed once while it stays among the 32 Ki most recent."""
+    return input_hash(task, normalise_input(text))[:8].hex()
+
+
 def summarise_call(call: CapturedCall) -> list:
     """What the profile needs of a captured call, small enough to keep one per call (JSON):
     [ts_ms, latency_ms, cost_usd, output key or None, input hash] and, when the answer is a JSON
@@ -101,8 +108,7 @@ def summarise_call(call: CapturedCall) -> list:
     usable = call.parse_ok and call.output is not None and call.output != ""
     obj = as_object(call.output) if usable else None
     key = None if not usable else output_key(call.output if obj is None else json.dumps(obj, sort_keys=True))
-    record = [_ms(call.ts), call.latency_ms, call.cost_usd, key,
-              input_hash(call.task, normalise_input(call.input))[:8].hex()]
+    record = [_ms(call.ts), call.latency_ms, call.cost_usd, key, input_key(call.task, call.input)]
     if obj is not None and len(obj) <= MAX_OBJECT_FIELDS:
         record.append({str(k): None if v is None or v == "" else value_key(v) for k, v in obj.items()})
     return record

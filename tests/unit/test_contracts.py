@@ -200,3 +200,69 @@ def test_v1_readers_read_the_new_disagreement_and_shadow_result(codec):
         read = schemaless_reader(io.BytesIO(data[10:]), codec.schema_for(record).parsed, old)
         assert set(read) == {f["name"] for f in old["fields"]}
         assert read["small_output" if name == "Disagreement" else "output"] == '{"people": "2"}'
+
+
+@pytest.mark.parametrize("record", EXAMPLES, ids=lambda r: type(r).__name__)
+def test_decoding_without_revalidation_gives_the_validated_model(codec, record):
+    """The batch processors decode with `revalidate=False`: where Avro already checked every field
+    (trusted_constructor), the model is built without pydantic's second pass; it must be the same."""
+    data = codec.encode(record)
+    fast, checked = codec.decode(data, type(record), revalidate=False), codec.decode(data, type(record))
+    assert fast == checked == record
+    assert fast.model_dump() == checked.model_dump() and list(fast.model_dump()) == list(checked.model_dump())
+    assert fast.model_fields_set == checked.model_fields_set
+    assert {k: type(v) for k, v in fast.__dict__.items()} == {k: type(v) for k, v in checked.__dict__.items()}
+    assert codec.encode(fast) == data
+    if fast.model_fields:  # still a frozen pydantic model that copies like one
+        name = next(iter(type(record).model_fields))
+        with pytest.raises(ValueError):
+            setattr(fast, name, getattr(fast, name))
+        assert fast.model_copy(update={name: getattr(fast, name)}) == fast
+        copied = fast.model_copy(update={name: getattr(fast, name)})
+        assert copied.__pydantic_fields_set__ is not fast.__pydantic_fields_set__  # updates touch the copy's own
+
+
+def test_only_what_avro_types_as_pydantic_would_skips_revalidation(codec):
+    from typing import Literal, Optional
+
+    from pydantic import field_validator
+
+    from services.common.codec import trusted_constructor
+
+    schema = codec.schema_for(c.CapturedCall)
+    assert trusted_constructor(c.CapturedCall, schema) is not None
+
+    class Narrower(c.Contract):  # a Literal the Avro enum is wider than: pydantic would refuse a symbol
+        avro_name = c.CapturedCall.avro_name
+        call_id: str
+        task: str
+        tenant: str
+        ts: datetime
+        input: str
+        output_raw: str
+        output: Optional[str]
+        parse_ok: bool
+        provider: str
+        model: str
+        latency_ms: float
+        prompt_tokens: int
+        completion_tokens: int
+        cost_usd: float
+        source: Literal["frontier"]
+        redacted: bool
+        trace: dict[str, str]
+
+    class Checked(c.CapturedCall):
+        @field_validator("input")
+        @classmethod
+        def _strip(cls, v: str) -> str:
+            return v.strip()
+
+    class Coerced(c.CapturedCall):
+        prompt_tokens: float  # Avro int, pydantic would make it a float
+
+    for model in (Narrower, Checked, Coerced):
+        assert trusted_constructor(model, schema) is None, model.__name__
+    assert trusted_constructor(c.ModelRegistered, codec.schema_for(c.ModelRegistered)) is None  # nested records
+    data = codec.encode(EXAMPLES[0])
+    assert codec.decode(data, Checked, revalidate=False).input == EXAMPLES[0].input.strip()

@@ -92,3 +92,29 @@ def test_phone_numbers_are_redacted(phone, before, after):
 @given(words)
 def test_words_alone_are_kept(text):
     assert redact(text).text == text
+
+
+def redact_without_shortcuts(text: str):
+    """`redact` as it was before the digit-count shortcuts (every scan always runs): the reference."""
+    from services.common import redaction as r
+
+    counts: dict[str, int] = {}
+    if "@" in text:
+        text = r._replace(r.EMAIL, "EMAIL", text, counts)
+    if r._DIGIT.search(text):
+        text = r._replace_cards(r._replace_ibans(text, counts), counts)
+        text = r._replace_phones(text, counts)
+    return text, counts
+
+
+digit_runs = st.lists(st.one_of(st.text(alphabet=string.digits + " -+().", min_size=1, max_size=22), words,
+                                st.sampled_from(["4111 1111 1111 1111", "+44 20 7946 0958", "DE89 3704 0044 0532 0130 00",
+                                                 "2026-12-05", "\u0664\u0661\u0661\u0661 1111 1111 1111"])),
+                      max_size=6).map(" ".join)
+
+
+@SETTINGS
+@given(digit_runs)
+def test_the_digit_count_shortcuts_change_nothing(text):
+    found = redact(text)
+    assert (found.text, found.counts) == redact_without_shortcuts(text)
