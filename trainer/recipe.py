@@ -51,6 +51,10 @@ class Recipe:
     time_budget_s: Optional[float]  # for the fine-tune loop alone; None: no limit
     head_init: str  # "prototypes" (classification) or "random"
     why: dict[str, str] = field(default_factory=dict)
+    # Parameters (by name suffix, e.g. "word_embeddings") left as the base model has them.
+    frozen: tuple[str, ...] = ()
+    label_smoothing: float = 0.0
+    optimizer_impl: str = "default"  # AdamW's implementation: "default", "foreach" or "fused"
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
