@@ -36,9 +36,10 @@ VARIANTS: dict[str, dict] = {
     "frozen_all": {"frozen": FROZEN_ALL},
     "frozen_foreach": {"frozen": FROZEN_WORDS, "optimizer_impl": "foreach"},
     "frozen_fused": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused"},
-    "frozen_b64": {"frozen": FROZEN_WORDS, "batch_size": 64, "learning_rate": 1.4e-4, "head_learning_rate": 2.8e-3},
-    "frozen_lr2": {"frozen": FROZEN_WORDS, "learning_rate": 2e-4},
-    "frozen_ls": {"frozen": FROZEN_WORDS, "label_smoothing": 0.1},
+    "fused_b64": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "batch_size": 64, "learning_rate": 1.4e-4,
+                  "head_learning_rate": 2.8e-3},
+    "fused_lr2": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "learning_rate": 2e-4},
+    "fused_ls": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "label_smoothing": 0.1},
 }
 
 
