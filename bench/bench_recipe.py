@@ -31,7 +31,7 @@ FROZEN_WORDS = ("word_embeddings",)
 FROZEN_ALL = ("word_embeddings", "position_embeddings", "token_type_embeddings")
 # Each variant: the recipe's fields it changes (the rest as choose_recipe picks them).
 VARIANTS: dict[str, dict] = {
-    "base": {},
+    "base": {"frozen": (), "optimizer_impl": "default"},  # the recipe before issue 14's levers
     "frozen": {"frozen": FROZEN_WORDS},
     "frozen_all": {"frozen": FROZEN_ALL},
     "frozen_foreach": {"frozen": FROZEN_WORDS, "optimizer_impl": "foreach"},
@@ -91,9 +91,10 @@ def profile(args) -> dict:
             params = [p for p in model.parameters() if p.requires_grad]
             opt = torch.optim.AdamW(params, lr=1e-4, **adamw_impl(impl))
             model.train()
-            phases: dict[str, list[float]] = {k: [] for k in ("forward", "backward", "clip", "step", "total")}
+            phases: dict[str, list[float]] = {k: [] for k in ("forward", "backward", "clip", "step", "total",
+                                                              "cpu_total")}
             for i, rows in enumerate(batches[:args.steps + 2]):
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 batch = collate(ids, rows, tokenizer.pad_token_id)
                 loss = torch.nn.functional.cross_entropy(model(**batch), targets[rows])
                 t1 = time.perf_counter()
@@ -103,9 +104,9 @@ def profile(args) -> dict:
                 t3 = time.perf_counter()
                 opt.step()
                 opt.zero_grad(set_to_none=True)
-                t4 = time.perf_counter()
+                t4, c4 = time.perf_counter(), time.process_time()
                 if i >= 2:  # warm-up steps left out
-                    for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0)):
+                    for k, v in zip(phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0, c4 - c0)):
                         phases[k].append(v)
             row = {k: round(float(np.median(v)), 4) for k, v in phases.items()}
             row["frozen_values"] = n_frozen
@@ -121,14 +122,17 @@ def run(args) -> dict:
     from trainer.finetune import finetune
 
     kind, train, val = load_train(args.snapshot)
-    recipe = dataclasses.replace(base_recipe(kind, train, args.budget), **VARIANTS[args.variant])
-    started = time.perf_counter()
+    recipe = dataclasses.replace(base_recipe(kind, train, args.budget or None), **VARIANTS[args.variant])
+    if args.epochs:  # equal steps instead of equal time: a full schedule over this many epochs
+        recipe = dataclasses.replace(recipe, max_epochs=args.epochs)
+    started, cpu_started = time.perf_counter(), time.process_time()
     tuned = finetune(train.input, kind._ids(train.label), val.input, kind._ids(val.label), kind.classes,
                      recipe=recipe, base_model=None, seed=args.seed, threads=args.threads,
                      console=Console(stderr=True, quiet=True))
     s = tuned.summary()
     return {"task": kind.labels and Path(args.snapshot).parent.name, "variant": args.variant, "seed": args.seed,
-            "budget_s": args.budget, "threads": args.threads, "wall_s": round(time.perf_counter() - started, 1),
+            "budget_s": args.budget, "epochs": recipe.max_epochs, "threads": args.threads, "wall_s": round(time.perf_counter() - started, 1),
+            "cpu_s": round(time.process_time() - cpu_started, 1),
             "best_val_accuracy": s["best_val_accuracy"], "epochs_run": s["epochs_run"], "stopped_by": s["stopped_by"],
             "examples_per_s": round(s["examples_per_s"], 1), "train_size": len(train), "validation_size": len(val),
             "recipe": {k: v for k, v in recipe.as_dict().items() if k != "why"},
@@ -147,7 +151,8 @@ def main() -> None:
     r = sub.add_parser("run")
     r.add_argument("--snapshot", type=Path, required=True)
     r.add_argument("--variant", choices=sorted(VARIANTS), required=True)
-    r.add_argument("--budget", type=float, default=150.0, help="fine-tune loop budget in seconds")
+    r.add_argument("--budget", type=float, default=150.0, help="fine-tune loop budget in seconds (0: none)")
+    r.add_argument("--epochs", type=int, help="max epochs instead of the recipe's (with --budget 0: equal steps)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--seed", type=int, default=13)
     r.add_argument("--log", type=Path, default=ROOT / "var" / "bench" / "recipe" / "runs.jsonl")
