@@ -159,6 +159,8 @@ def main() -> None:
     s = sub.add_parser("summarise")
     s.add_argument("--log", type=Path, default=ROOT / "var" / "bench" / "recipe" / "runs.jsonl")
     s.add_argument("--out", type=Path, default=RESULTS / "recipe.json")
+    s.add_argument("--profile", type=Path, default=RESULTS / "recipe_profile.json")
+    s.add_argument("--notes", default="")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.command == "profile":
@@ -173,7 +175,11 @@ def main() -> None:
         print(json.dumps({k: v for k, v in line.items() if k not in ("history", "recipe")}))
     else:
         rows = [json.loads(x) for x in args.log.read_text().splitlines() if x.strip()]
-        args.out.write_text(json.dumps({"runs": rows}, indent=1) + "\n")
+        profile = json.loads(args.profile.read_text()) if args.profile.exists() else None
+        args.out.write_text(json.dumps({"benchmark": "recipe levers: validation accuracy per CPU second",
+                                        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                        "host": f"{platform.node()} ({os.cpu_count()} CPUs, shared)",
+                                        "notes": args.notes, "profile": profile, "runs": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
