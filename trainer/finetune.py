@@ -301,15 +301,17 @@ def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], to
     rng = np.random.default_rng(seed)
     steps_per_epoch = -(-len(lengths) // recipe.batch_size)
     plan = _Plan(steps_per_epoch * recipe.max_epochs, recipe.warmup_ratio)
-    head = [p for n, p in model.named_parameters() if n.startswith(head_prefix)]
-    body = [(n, p) for n, p in model.named_parameters() if not n.startswith(head_prefix)]
+    freeze(model, recipe.frozen)
+    trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    head = [p for n, p in trained if n.startswith(head_prefix)]
+    body = [(n, p) for n, p in trained if not n.startswith(head_prefix)]
     no_decay = ("bias", "LayerNorm", "layer_norm")
     groups = [{"params": [p for n, p in body if not any(k in n for k in no_decay)],
                "weight_decay": recipe.weight_decay, "lr": recipe.learning_rate},
               {"params": [p for n, p in body if any(k in n for k in no_decay)], "weight_decay": 0.0,
                "lr": recipe.learning_rate},
               {"params": head, "weight_decay": 0.0, "lr": recipe.head_learning_rate}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]])
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], **adamw_impl(recipe.optimizer_impl))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.factor)
     eval_every = max(1, steps_per_epoch // recipe.evals_per_epoch)
     best_key, best_state, stale, step, seen = None, None, 0, 0, 0
@@ -333,7 +335,7 @@ def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], to
                     t_step = time.perf_counter()
                 loss = step_loss(rows)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_([p for _, p in trained], 1.0)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -385,6 +387,21 @@ def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], to
     return result
 
 
+def freeze(model, suffixes: tuple[str, ...]) -> int:
+    """Stop training the parameters whose module name ends with one of `suffixes`; returns how many values."""
+    frozen = 0
+    for name, param in model.named_parameters():
+        if any(name.rsplit(".", 1)[0].endswith(s) for s in suffixes):
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
+def adamw_impl(impl: str) -> dict[str, bool]:
+    """AdamW's keyword for an implementation: the per-tensor loop, foreach (batched kernels) or fused."""
+    return {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
+
+
 def _fit_to_budget(plan: _Plan, step: int, train_seconds: float, eval_cost: float, left: float,
                    eval_every: int) -> None:
     """Shorten the plan so that the remaining steps (and their evaluations) end inside the budget."""
@@ -420,7 +437,8 @@ def finetune(train_texts: list[str], train_labels: list[int], val_texts: list[st
         batch = {k: v.to(dev) for k, v in collate(ids, rows, tokenizer.pad_token_id).items()}
         with autocast:
             logits = model(**batch)
-        return torch.nn.functional.cross_entropy(logits.float(), targets[rows].to(dev))
+        return torch.nn.functional.cross_entropy(logits.float(), targets[rows].to(dev),
+                                                 label_smoothing=recipe.label_smoothing)
 
     def validate() -> tuple[float, float]:
         return _validation_loss(model, tokenizer, val_texts, val_labels, recipe.max_length, dev)

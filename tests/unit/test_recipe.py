@@ -4,7 +4,8 @@ from types import SimpleNamespace
 import pytest
 
 from trainer.finetune import _fit_to_budget, _Plan
-from trainer.recipe import FINETUNE_SHARE, MAX_EPOCHS, MIN_EPOCHS, choose_epochs, choose_max_length, choose_recipe
+from trainer.recipe import (FINETUNE_SHARE, FROZEN_EMBEDDINGS, MAX_EPOCHS, MIN_EPOCHS, choose_epochs, choose_max_length,
+                            choose_recipe, describe)
 
 
 def knobs(**set_):
@@ -74,3 +75,14 @@ def test_thread_tuner_keeps_the_faster_count_and_measures_again():
         threads = tuner.threads_for(step)
         tuner.record(step, threads, cost[threads])
     assert tuner.best == 2 and len(tuner.choices) == 2
+
+
+def test_classification_freezes_the_word_embeddings_unless_the_user_says_no():
+    auto = choose_recipe(knobs(), n_train=5000, n_labels=5, token_lengths=[20], device="cpu")
+    assert auto.frozen == FROZEN_EMBEDDINGS and auto.optimizer_impl == "fused"
+    assert "19 % of a CPU step" in auto.why["freeze_word_embeddings"] and "frozen word_embeddings" in describe(auto)
+    kept = choose_recipe(knobs(freeze_word_embeddings=False), n_train=5000, n_labels=5, token_lengths=[20],
+                         device="cpu")
+    assert kept.frozen == () and kept.why["freeze_word_embeddings"] == "set by the user"
+    tokens = choose_recipe(knobs(), n_train=5000, n_labels=5, token_lengths=[20], device="cpu", kind="extraction")
+    assert tokens.frozen == ()
