@@ -63,6 +63,7 @@ class ReviewedLabel(Contract):
     reviewer: str
     ts: datetime = Field(default_factory=utcnow)
     note: Optional[str] = None
+    normalised_hash: Optional[str] = None
 
 
 class ShadowResult(Contract):

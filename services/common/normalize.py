@@ -39,3 +39,11 @@ def split_of_hash(digest: bytes, holdout_fraction: float) -> Split:
         raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
     bucket = int.from_bytes(digest[:8], "big") / 2**64
     return "holdout" if bucket < holdout_fraction else "train"
+
+
+def hash_of_input(spec, text: str) -> str:
+    """The hex hash the curator files a task's input under: redacted by the task's patterns (as the
+    curator's admission does), normalised, hashed with the task. `spec`: a TaskSpec."""
+    from services.common.redaction import Redactor
+
+    return input_hash(spec.name, normalise_input(Redactor(spec.redaction.patterns)(text).text)).hex()

@@ -177,9 +177,11 @@ class Replay(Generic[T]):
 
 async def replay_topic(kafka: KafkaSettings, codec: Codec, spec: TopicSpec, namespace: str, model: type[T], *,
                        end_offsets: dict[int, int] | None = None, missing_ok: bool = True,
-                       last: Optional[int] = None, tombstones: bool = False) -> Replay[T]:
-    """Every record of a catalog topic from its start (or its `last` per partition) up to
-    `end_offsets` (default: the end at the start of the read), decoded into `model`.
+                       last: Optional[int] = None, tombstones: bool = False,
+                       positions: dict[int, int] | None = None) -> Replay[T]:
+    """Every record of a catalog topic from its start (or its `last` per partition, or the offset
+    `positions` gives a partition) up to `end_offsets` (default: the end at the start of the read),
+    decoded into `model`.
 
     Undecodable records are returned apart with the reason (the snapshot reports them; the
     workers dead-letter what they consume). A topic that does not exist reads as empty when
@@ -191,7 +193,8 @@ async def replay_topic(kafka: KafkaSettings, codec: Codec, spec: TopicSpec, name
     name = topic_name(spec, namespace)
     out: Replay[T] = Replay(name, [], {})
     by_part: dict[int, list] = {}
-    async with TopicReader(kafka, name, until=end_offsets, missing_ok=missing_ok, last=last,
+    starts = {TopicPartition(name, p): o for p, o in (positions or {}).items()}
+    async with TopicReader(kafka, name, until=end_offsets, missing_ok=missing_ok, last=last, positions=starts,
                            client_id=f"{kafka.client_id}-replay") as reader:
         out.offsets = {tp.partition: (s.start, s.end) for tp, s in reader.spans.items()}
         async for records in reader:

@@ -154,27 +154,45 @@ def _merge(parts: list[DatasetRecord]) -> Input:
                  tuple(sorted({c for r in parts for c in r.recent_call_ids})))
 
 
-def review_of(call_ids: Iterable[str], reviews: dict[str, ReviewedLabel]) -> Optional[ReviewedLabel]:
-    """The newest review of any of these calls (verdict 'skip' does not count)."""
+def reviews_by_input(reviews: dict[str, ReviewedLabel]) -> dict[tuple[str, str], ReviewedLabel]:
+    """The newest review per (task, input hash), from the reviews that carry the hash (ReviewedLabel
+    v1.1): an input's review whichever of its calls was reviewed, however old ('skip' does not count)."""
+    out: dict[tuple[str, str], ReviewedLabel] = {}
+    for r in reviews.values():
+        if r.normalised_hash is None or r.verdict == "skip":
+            continue
+        key = (r.task, r.normalised_hash)
+        held = out.get(key)
+        if held is None or (_ms(r.ts), r.call_id) > (_ms(held.ts), held.call_id):
+            out[key] = r
+    return out
+
+
+def review_of(call_ids: Iterable[str], reviews: dict[str, ReviewedLabel],
+              by_input: Optional[ReviewedLabel] = None) -> Optional[ReviewedLabel]:
+    """The newest review of any of these calls or, given `by_input`, of the input itself
+    (verdict 'skip' does not count)."""
     found = [reviews[c] for c in call_ids if c in reviews and reviews[c].verdict != "skip"]
+    found += [by_input] if by_input is not None else []
     return max(found, key=lambda r: (_ms(r.ts), r.call_id)) if found else None
 
 
 def dataset_of(task: str, inputs: Iterable[Input], reviews: dict[str, ReviewedLabel],
                holdout_fraction: float) -> Dataset:
     """A task's Dataset from its merged inputs: the same rules as `logic.build_dataset` (a reviewed label
-    wins, 'not_in_label_set' removes the input, an input never parsed nor reviewed is no example);
-    the split is recomputed from the hash with `holdout_fraction`."""
+    wins — matched by the review's input hash, else by the input's latest call ids —, 'not_in_label_set'
+    removes the input, an input never parsed nor reviewed is no example); the split is recomputed from the hash with `holdout_fraction`."""
     stats = DedupStats()
     examples: list[Example] = []
     applied = excluded = 0
+    by_input = reviews_by_input(reviews)
     for i in sorted((i for i in inputs if i.task == task), key=lambda i: i.normalised_hash):
         stats.distinct_inputs += 1
         stats.calls += i.calls
         stats.parse_failures += i.calls - i.usable
         stats.duplicate_calls += i.calls - 1
         stats.conflicting_inputs += i.conflict
-        review = review_of(i.call_ids, reviews)
+        review = review_of(i.call_ids, reviews, by_input.get((task, i.normalised_hash)))
         if review is not None and review.verdict == "not_in_label_set":
             excluded += 1
             continue

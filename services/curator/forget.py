@@ -13,17 +13,9 @@ from services.common import catalog
 from services.common.codec import Codec
 from services.common.contracts import DatasetForgotten
 from services.common.kafka import ensure_topics, make_producer
-from services.common.normalize import input_hash, normalise_input
-from services.common.redaction import Redactor
+from services.common.normalize import hash_of_input  # noqa: F401 - the CLI and tests import it from here
 from services.common.settings import CommonSettings
-from services.common.tasks import TaskSpec
 from services.curator.dataset import record_key
-
-
-def hash_of_input(spec: TaskSpec, text: str) -> str:
-    """The hash the curator files this input under: redacted by the task's patterns (as admission
-    does), normalised, hashed with the task."""
-    return input_hash(spec.name, normalise_input(Redactor(spec.redaction.patterns)(text).text)).hex()
 
 
 async def forget_input(settings: CommonSettings, codec: Codec, task: str, digest: str, *, requested_by: str,

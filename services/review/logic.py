@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any, Optional, Protocol
 
 from services.common.contracts import RetrainRequest, ReviewedLabel, ReviewVerdict
+from services.common.normalize import hash_of_input
 from services.common.tasks import ParseFailure, TaskSpec
 from services.review.view import ReviewView
 
@@ -105,13 +106,23 @@ def make_review(task: TaskSpec, call_id: str, verdict: str, label: Optional[str]
     return ReviewedLabel(call_id=call_id, task=task.name, verdict=verdict, label=answer, reviewer=reviewer, note=note)
 
 
+def input_digest(task: TaskSpec, item) -> Optional[str]:
+    """The reviewed call's input hash as the curator files it, so the review applies to the input
+    whichever of its calls was reviewed; an item known only by its earlier review keeps that one's."""
+    if item.input:
+        return hash_of_input(task, item.input)
+    return item.review.normalised_hash if item.review is not None else None
+
+
 async def submit_review(view: ReviewView, publisher: Publisher, task: TaskSpec, call_id: str, verdict: str,
                         label: Optional[str], note: Optional[str], reviewer: str,
                         note_max_chars: int = 2000, fields: Optional[Mapping[str, Any]] = None) -> ReviewedLabel:
     """Publish a person's review of a call the page knows; a second one for the call replaces it."""
-    if view.item(task.name, call_id) is None:
+    item = view.item(task.name, call_id)
+    if item is None:
         raise ReviewRefused(f"call {call_id[:80]!r} is not an item of task {task.name} on this page", status=404)
     review = make_review(task, call_id, verdict, label, note, reviewer, note_max_chars, fields)
+    review = review.model_copy(update={"normalised_hash": input_digest(task, item)})
     partition, offset = await publisher.publish(review)
     view.apply_review(review, partition=partition, offset=offset)
     return review

@@ -9,8 +9,9 @@ import pytest
 
 from services.common.catalog import CALLS_CAPTURED, ROUTER_OUTCOMES, topic_name
 from services.common.contracts import CapturedCall, RouterOutcome
-from services.common.settings import REPO_ROOT
+from services.common.settings import REPO_ROOT, CommonSettings
 from services.common.tasks import load_tasks, parse_fields
+from services.profiler.report import read_profiles
 from tests.integration.test_curator_worker import run_cli
 from tests.integration.test_workers import (BANKING, FREEFORM, T_END, banking77_calls, freeform_calls, start_worker,
                                             stop_worker, wait_for, worker_env)
@@ -102,3 +103,16 @@ async def test_candidates_rank_the_hot_narrow_task_above_the_open_ended_one(
     finally:
         rc = stop_worker(worker)
     assert rc == 0, worker.tail()
+
+    # the stopped worker checkpointed its profiles: the report now reads those and replays nothing
+    common = CommonSettings(kafka=kafka_settings, topic_namespace=namespace)
+    profiles = await read_profiles(common, codec)
+    assert (profiles.replayed_calls, profiles.replayed_outcomes) == (0, 0)
+    run_cli(["candidates", "--json", str(out_file)], env)
+    assert json.loads(out_file.read_text()) == ranked
+    # calls captured after the checkpoint are replayed, and only they
+    later = [c.model_copy(update={"call_id": f"late{i}"}) for i, c in enumerate(replay.calls[:20])]
+    await produce(kafka_settings, codec, topic_name(CALLS_CAPTURED, namespace), [(c.call_id, c) for c in later])
+    profiles = await read_profiles(common, codec)
+    assert (profiles.replayed_calls, profiles.replayed_outcomes) == (20, 0)
+    assert profiles.by_task[BANKING].calls == 3020 and profiles.by_task[RESTAURANT].calls == 2000

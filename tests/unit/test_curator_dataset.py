@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 from hypothesis import given, settings as hsettings, strategies as st
 
 from services.common.contracts import CapturedCall, DatasetRecord, ReviewedLabel
-from services.curator.dataset import MAX_ANSWERS, dataset_of, fold_calls, merge_shards, to_entry, to_record
+from services.curator.dataset import MAX_ANSWERS, MAX_RECENT, dataset_of, fold_calls, merge_shards, to_entry, to_record
 from services.curator.logic import build_dataset, curate_call
 
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
@@ -114,3 +114,33 @@ def test_the_shard_files_fold_batches_as_the_pure_fold_does_and_skip_forgotten_i
 def test_an_entry_encodes_to_the_same_bytes_as_its_record(codec):
     for entry in fold(traffic(5, 30)).values():
         assert codec.encode_fields(DatasetRecord, entry) == codec.encode(to_record(entry))
+
+
+def test_a_review_of_an_old_call_of_a_frequent_input_is_kept_when_it_carries_the_input_hash():
+    calls = [(0, i, CapturedCall(call_id=f"c{i}", task=TASK, ts=T0 + timedelta(seconds=i), input="where is my card",
+                                 output_raw="card_arrival", output="card_arrival", latency_ms=1.0))
+             for i in range(MAX_RECENT + 10)]
+    (entry,) = fold(calls).values()
+    assert "c0" not in entry["recent_call_ids"]  # the reviewed call fell out of the record's latest ids
+    (merged,) = merge_shards([to_record(entry)]).values()
+
+    def review(**extra) -> ReviewedLabel:
+        return ReviewedLabel(call_id="c0", task=TASK, label="card_delivery_estimate", reviewer="r", ts=T0, **extra)
+
+    unmatched = dataset_of(TASK, [merged], {"c0": review()}, 0.3)
+    assert not unmatched.examples[0].reviewed and unmatched.reviewed_applied == 0
+    ds = dataset_of(TASK, [merged], {"c0": review(normalised_hash=merged.normalised_hash)}, 0.3)
+    (example,) = ds.examples
+    assert example.reviewed and example.label == "card_delivery_estimate" and example.frontier_label == "card_arrival"
+    assert ds.reviewed_applied == 1
+    # a newer review of another of its calls wins; a newer 'skip' does not count
+    newer = ReviewedLabel(call_id=f"c{MAX_RECENT + 9}", task=TASK, label="card_arrival", reviewer="r",
+                          ts=T0 + timedelta(hours=1))
+    skip = ReviewedLabel(call_id="c1", task=TASK, verdict="skip", reviewer="r", ts=T0 + timedelta(hours=2),
+                         normalised_hash=merged.normalised_hash)
+    both = {"c0": review(normalised_hash=merged.normalised_hash), newer.call_id: newer, "c1": skip}
+    assert dataset_of(TASK, [merged], both, 0.3).examples[0].label == "card_arrival"
+    # a hash of another task's input applies to nothing here
+    other = {"c0": ReviewedLabel(call_id="c0", task="other", label="x", reviewer="r", ts=T0,
+                                 normalised_hash=merged.normalised_hash)}
+    assert not dataset_of(TASK, [merged], other, 0.3).examples[0].reviewed

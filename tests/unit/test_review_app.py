@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from services.common import catalog
 from services.common.contracts import RouterOutcome, ShadowStats
+from services.common.normalize import hash_of_input
 from services.common.settings import CommonSettings
 from services.common.tasks import TaskRegistry, TaskSpec
 from services.curator.settings import CuratorSettings
@@ -97,6 +98,8 @@ def test_submitting_publishes_moves_on_and_a_second_submit_replaces_the_review(w
     [sent] = world["publisher"].sent
     assert (sent.call_id, sent.label, sent.reviewer, sent.note, sent.verdict) == \
            ("c5", "card_arrival", "ana", "frontier right", "label")
+    # the review names its input as the curator files it, so it applies whichever call of it was reviewed
+    assert sent.normalised_hash == hash_of_input(TASK, world["view"].item("intent", "c5").input)
     page = world["client"].get(r.headers["location"]).text
     assert 'id="call-id">c2<' in page and 'id="saved"' in page
     again = world["client"].post("/tasks/intent/items/c5/review", data={**form, "label": "lost_or_stolen_card"},
