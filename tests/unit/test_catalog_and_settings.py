@@ -98,7 +98,7 @@ def test_replication_settings_choose_replicas_and_min_insync_and_refuse_a_small_
     from services.common.catalog import CALLS_CAPTURED
     from services.common.kafka import replication_problem, topic_config
 
-    prod = KafkaSettings(replication_factor=3, min_insync_replicas=2)
+    prod = KafkaSettings(replication_factor=3, min_insync_replicas=2, bootstrap="127.0.0.1:9092")
     assert topic_config(CALLS_CAPTURED, prod)["min.insync.replicas"] == "2"
     assert "min.insync.replicas" not in topic_config(CALLS_CAPTURED, KafkaSettings())  # the broker's default
     assert replication_problem(3, prod) is None and replication_problem(5, prod) is None
