@@ -50,6 +50,8 @@ class ShardStore:
         path.unlink(missing_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        # No journal, no fsync: safe only because the file is a cache. rebuild_shards deletes it and
+        # rebuilds it from the dataset topic after every assignment and every failed batch.
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
         db.execute("CREATE TABLE entry (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
