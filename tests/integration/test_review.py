@@ -306,4 +306,5 @@ async def test_an_extraction_review_corrects_fields_and_lands_as_the_canonical_j
         (review,) = decode_all(codec, records, ReviewedLabel)
         assert (records[0].key, review.task, review.verdict) == (b"e-1", booking, "label")
         assert review.label == answer(people="2", time="7:15 pm")
-        assert review.normalised_hash == hash_of_input(load_tasks(REPO_ROOT / "config" / "tasks.yaml").get(booking), text)
+        spec = load_tasks(REPO_ROOT / "config" / "tasks.yaml").get(booking)
+        assert review.normalised_hash == hash_of_input(spec, text)
