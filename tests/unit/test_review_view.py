@@ -167,6 +167,12 @@ def test_the_queue_is_read_from_dataset_records_merged_across_shards():
     assert view.item("intent", "c1").input == "my card has NOT arrived"  # an earlier call shows its input
 
 
+def test_the_page_follows_the_dataset_topic_not_the_captured_calls():
+    followed = {s.name for s in ReviewView(0.15).followed}
+    assert {catalog.DATASET.name, catalog.DATASET_FORGOTTEN.name} <= followed
+    assert catalog.CALLS_CAPTURED.name not in followed
+
+
 def test_train_inputs_are_not_kept():
     view = ReviewView(0.0)  # every input trains
     capture(view, call("t1", "card never came"))
