@@ -187,7 +187,8 @@ async def small_answers(settings: CommonSettings, codec: Codec, task: str) -> li
 
 async def review_queue(settings: CommonSettings, task: str, *, holdout_fraction: float, limit: int = 50,
                        low_confidence: float = 0.6, codec: Codec | None = None) -> list[ReviewItem]:
-    """The review queue of a task, from the topics as they are now (the review page calls this)."""
+    """The review queue of a task, from the topics as they are now (`graduate dataset review-queue`; the
+    review page keeps the same inputs in memory, services/review/view.py)."""
     codec = codec or Codec(settings.schema_registry_url)
     spec = load_tasks(settings.tasks_file).get(task)
     data, answers = await asyncio.gather(read_sources(settings, codec), small_answers(settings, codec, task))

@@ -1,9 +1,12 @@
 """The page's Kafka side: follow the topics it shows into a `ReviewView`, publish reviews.
 
 Why a follower (a services.common.follow.TopicFollower) rather than the curator's `review_queue()`
-per request: that function replays the captured topic (90 days) on every call; the page instead replays each followed topic once
-at start (no consumer group: every replica sees everything) and then applies new records live,
-so a queue or task page is a read of memory. `ready` is set once every partition is read to the
+per request: that function replays the dataset topic and the answers on every call; the page
+instead replays each followed topic once at start (no consumer group: every replica sees
+everything) and then applies new records live, so a queue or task page is a read of memory. The
+queue's inputs come from the dataset topic that the curator writes (one record per distinct input
+and captured partition, and the forgotten inputs), never from the captured calls: the page is as
+fresh as the curator (its lag). `ready` is set once every partition is read to the
 end it had at start; pages say "replaying" until then. A topic missing at start is looked for
 again every few seconds. Undecodable records are counted and logged, not dead-lettered: this is
 a reader, and the processors that own those topics already dead-letter what they cannot read.

@@ -1,10 +1,13 @@
 """What the review page shows, as plain state fed one record at a time (no broker, no clock).
 
-The tailer (tail.py) feeds every record of the followed topics to `ReviewView.apply`; the page
-reads queues, items and task summaries off it. The queue itself is the curator's
-(`build_review_queue` over `build_dataset`), so the page and `graduate dataset review-queue`
-agree. Memory: the holdout calls of each task (the queue is drawn from them), the small model's
-answers on holdout inputs, the latest review of every call, and bounded windows of
+The follower (topics.py) feeds every record of the followed topics to `ReviewView.apply`; the page
+reads queues, items and task summaries off it. The queue is the curator's (`build_review_queue`
+over `dataset_of`, the dataset topic's records merged per input), so the page and `graduate dataset
+review-queue` agree. It reads the dataset topic the curator writes (one record per distinct input
+and captured partition), not the captured calls: work and memory follow the distinct holdout
+inputs, not the calls. Memory: the dataset records of each task's holdout inputs (the queue is
+drawn from them; a train input's record is read and dropped), the forgotten inputs, the small
+model's answers on holdout inputs, the latest review of every call, and bounded windows of
 disagreements, routing history, shadow statistics and fallback-rate buckets.
 """
 from __future__ import annotations
@@ -16,11 +19,11 @@ from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
 from services.common import catalog
-from services.common.contracts import (CapturedCall, Contract, Disagreement, ReviewedLabel, RouterOutcome,
-                                       RoutingDecision, ShadowResult, ShadowStats)
-from services.common.normalize import split_of
-from services.curator.logic import (CuratedCall, Dataset, ReviewItem, SmallAnswer, build_dataset,
-                                    build_review_queue, curate_call)
+from services.common.contracts import (Contract, DatasetForgotten, DatasetRecord, Disagreement, ReviewedLabel,
+                                       RouterOutcome, RoutingDecision, ShadowResult, ShadowStats)
+from services.common.normalize import split_of, split_of_hash
+from services.curator.dataset import Input, dataset_of, merge_shards
+from services.curator.logic import Dataset, ReviewItem, SmallAnswer, build_review_queue
 from services.judge.logic import same_output
 
 MAX_OUTCOME_BUCKETS = 7 * 24 * 60  # a week of one-minute buckets
@@ -52,10 +55,13 @@ class Positioned:
 
 @dataclass
 class TaskView:
-    holdout: dict[str, CuratedCall] = field(default_factory=dict)
-    captured: int = 0
-    parse_failures: int = 0
-    frontier_labels: Counter = field(default_factory=Counter)
+    holdout: dict[str, dict[int, DatasetRecord]] = field(default_factory=dict)  # input hash -> partition -> record
+    inputs: dict[str, Input] = field(default_factory=dict)  # input hash -> its shards merged
+    by_call: dict[str, str] = field(default_factory=dict)  # a holdout input's latest call ids -> its hash
+    forgotten: set[str] = field(default_factory=set)  # input hashes deleted by `graduate dataset forget`
+    holdout_calls: int = 0  # calls of the holdout inputs (as the dataset records count them)
+    parse_failures: int = 0  # of those, answers that did not parse
+    frontier_labels: Counter = field(default_factory=Counter)  # holdout inputs per kept frontier label
     answers: dict[str, dict[str, SmallAnswer]] = field(default_factory=dict)  # call_id -> version -> answer
     disagreements: "OrderedDict[str, Disagreement]" = field(default_factory=OrderedDict)
     reviews: dict[str, Positioned] = field(default_factory=dict)
@@ -94,7 +100,8 @@ class ReviewView:
         self.tasks: dict[str, TaskView] = {}
         self.task_of_review: dict[str, str] = {}  # call_id -> task, for tombstones (key only)
         self._apply = {
-            catalog.CALLS_CAPTURED.name: self.apply_captured,
+            catalog.DATASET.name: self.apply_record,
+            catalog.DATASET_FORGOTTEN.name: self.apply_forgotten,
             catalog.LABELS_REVIEWED.name: self.apply_review,
             catalog.DISAGREEMENTS.name: self.apply_disagreement,
             catalog.SHADOW_RESULTS.name: self.apply_shadow_result,
@@ -122,6 +129,8 @@ class ReviewView:
             self.apply_review(value, partition=partition, offset=offset)
         elif spec.name == catalog.ROUTING_DECISIONS.name:
             self.apply_decision(value, key=key)
+        elif spec.name == catalog.DATASET.name:
+            self.apply_record(value, partition=partition)
         else:
             self._apply[spec.name](value)
 
@@ -136,18 +145,54 @@ class ReviewView:
                 t.version += 1
         elif spec.name == catalog.ROUTING_DECISIONS.name and key:
             self.task(key).decision = None
+        elif spec.name == catalog.DATASET.name and "/" in key and partition is not None:
+            task, digest = key.rsplit("/", 1)
+            t = self.tasks.get(task)
+            if t is not None and t.holdout.get(digest, {}).pop(partition, None) is not None:
+                self._merge_input(t, task, digest)
 
-    def apply_captured(self, call: CapturedCall) -> None:
-        t = self.task(call.task)
-        curated = curate_call(call, self.holdout_fraction)
-        t.captured += 1
-        if curated.label is None:
-            t.parse_failures += 1
+    def apply_record(self, record: DatasetRecord, *, partition: Optional[int] = None) -> None:
+        """A dataset record (one input on one captured partition, the latest per partition wins, as
+        the compacted topic keeps it); only the holdout's are kept, split by this page's fraction."""
+        digest = record.normalised_hash
+        if split_of_hash(bytes.fromhex(digest), self.holdout_fraction) != "holdout":
+            return
+        t = self.task(record.task)
+        if digest in t.forgotten:
+            return
+        t.holdout.setdefault(digest, {})[record.shard if partition is None else partition] = record
+        self._merge_input(t, record.task, digest)
+
+    def apply_forgotten(self, f: DatasetForgotten) -> None:
+        """A forgotten input leaves the page for good, also if a record of it is read later."""
+        t = self.task(f.task)
+        t.forgotten.add(f.normalised_hash)
+        if t.holdout.pop(f.normalised_hash, None) is not None:
+            self._merge_input(t, f.task, f.normalised_hash)
+
+    def _merge_input(self, t: TaskView, task: str, digest: str) -> None:
+        """Re-merge one input's shards after one of them changed, and its counts with it."""
+        old = t.inputs.pop(digest, None)
+        if old is not None:
+            t.holdout_calls -= old.calls
+            t.parse_failures -= old.calls - old.usable
+            if old.label is not None:
+                t.frontier_labels[old.label] -= 1
+                if t.frontier_labels[old.label] <= 0:
+                    del t.frontier_labels[old.label]
+            for cid in old.call_ids:
+                t.by_call.pop(cid, None)
+        shards = t.holdout.get(digest)
+        if shards:
+            new = t.inputs[digest] = merge_shards(shards.values())[(task, digest)]
+            t.holdout_calls += new.calls
+            t.parse_failures += new.calls - new.usable
+            if new.label is not None:
+                t.frontier_labels[new.label] += 1
+            t.by_call.update(dict.fromkeys(new.call_ids, digest))
         else:
-            t.frontier_labels[curated.label] += 1
-        if curated.split == "holdout":
-            t.holdout[call.call_id] = curated
-            t.version += 1
+            t.holdout.pop(digest, None)
+        t.version += 1
 
     def apply_review(self, review: ReviewedLabel, *, partition: Optional[int] = None,
                      offset: Optional[int] = None) -> bool:
@@ -237,7 +282,8 @@ class ReviewView:
         t = self.task(task)
 
         def compute() -> Dataset:
-            return build_dataset(task, t.holdout.values(), {cid: p.review for cid, p in t.reviews.items()})
+            return dataset_of(task, t.inputs.values(), {cid: p.review for cid, p in t.reviews.items()},
+                              self.holdout_fraction)
         return self._cached(t, ("dataset",), compute)
 
     def queue(self, task: str, *, limit: int, low_confidence: float, since_ms: Optional[int] = None) -> list[Item]:
@@ -249,8 +295,10 @@ class ReviewView:
         def compute() -> list[Item]:
             dataset = self.dataset(task)
             skipped = {cid for cid, p in t.reviews.items() if p.review.verdict == "skip"}
+            skipped_inputs = {t.reviews[cid].review.normalised_hash for cid in skipped} - {None}
             if skipped:
-                dataset = Dataset(dataset.task, [e for e in dataset.examples if skipped.isdisjoint(e.call_ids)],
+                dataset = Dataset(dataset.task, [e for e in dataset.examples if skipped.isdisjoint(e.call_ids)
+                                                 and e.normalised_hash not in skipped_inputs],
                                   dataset.stats, dataset.reviewed_applied, dataset.excluded_by_review,
                                   dataset.label_counts)
             answers = (a for of_call in t.answers.values() for a in of_call.values())
@@ -275,13 +323,14 @@ class ReviewView:
                     held.review if held else None)
 
     def item(self, task: str, call_id: str) -> Optional[Item]:
-        """Any call of the task the page knows: a holdout call, a recent disagreement, a reviewed call."""
+        """Any call of the task the page knows: one of a holdout input's latest calls (as its dataset
+        records name them), a recent disagreement, a reviewed call."""
         t = self.task(task)
         held = t.reviews.get(call_id)
         review = held.review if held else None
         best = self._best_answer(t, call_id)
         d = t.disagreements.get(call_id)
-        call = t.holdout.get(call_id)
+        call = t.inputs.get(t.by_call.get(call_id, ""))
         if call is not None:
             reason = "disagreement" if (best and best.disagrees) or d else "reviewed" if review else "sample"
             small = best or (SmallAnswer(call_id, d.small_output, d.confidence, d.model_version, True) if d else None)

@@ -3,7 +3,8 @@ and the mouse, and the ReviewedLabel records are read back from the real Kafka t
 holding HTML and a script is shown as text. Screenshots: <var>/screenshots/review-queue.png and
 review-task.png.
 
-The page runs as `graduate review serve` (a process of its own); the browser is driven by
+The page runs as `graduate review serve` (a process of its own), after a curator (`graduate worker
+curator`) has filed the seeded calls in the dataset topic the queue is drawn from; the browser is driven by
 playwright-core (npm, package.json at the repository root) against the system's Chromium —
 `make test` installs both. Where either is missing the test skips and says what to install.
 """
@@ -23,8 +24,8 @@ from services.common.catalog import topic_name
 from services.common.contracts import ReviewedLabel
 from services.common.settings import REPO_ROOT, CommonSettings
 from services.router.keys import create_key
-from tests.integration.test_review import (SCRIPT_TEXT, TASK, free_port, publish_records, seed_records,
-                                           wait_ready)
+from tests.integration.test_review import (SCRIPT_TEXT, TASK, curated, free_port, publish_records,
+                                           running_curator, seed_records, wait_ready)
 from tests.support import decode_all, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
@@ -87,8 +88,10 @@ async def test_a_person_reviews_three_items_in_chromium(browser, start_review_pa
                                                         tmp_path):
     chromium, node = browser
     records, texts = seed_records("b-")
-    await publish_records(kafka_settings, codec, namespace, records)
-    url, key = start_review_page()  # after the seed: it is ready once it has read them
+    async with running_curator(namespace, kafka_settings, tmp_path) as curator:
+        await publish_records(kafka_settings, codec, namespace, records)
+        await curated(kafka_settings, codec, namespace, records, curator)
+    url, key = start_review_page()  # after the curator filed the seed: it is ready once it has read them
     screenshots = CommonSettings().var_dir / "screenshots"
     screenshots.mkdir(parents=True, exist_ok=True)
     run = subprocess.run([node, str(DRIVER)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
@@ -134,12 +137,15 @@ async def test_a_person_corrects_one_field_of_an_extraction_item_in_chromium(bro
     def answer(**v):
         return json.dumps({f: v.get(f) for f in ("date", "first_name", "last_name", "people", "time")}, sort_keys=True)
     frontier, small = answer(people="2", time="7 pm"), answer(people="2", time="8 pm", date="friday")
-    await publish_records(kafka_settings, codec, namespace, [
+    records = [
         (catalog.CALLS_CAPTURED, "f-1", CapturedCall(call_id="f-1", task=booking, input=text, output_raw=frontier,
                                                      output=frontier, latency_ms=500.0)),
         (catalog.DISAGREEMENTS, "f-1", Disagreement(call_id="f-1", task=booking, model_version="1", input=text,
                                                     frontier_output=frontier, small_output=small, confidence=0.3,
-                                                    differing_fields=["date", "time"]))])
+                                                    differing_fields=["date", "time"]))]
+    async with running_curator(namespace, kafka_settings, tmp_path) as curator:
+        await publish_records(kafka_settings, codec, namespace, records)
+        await curated(kafka_settings, codec, namespace, records, curator)
     url, key = start_review_page()
     screenshots = CommonSettings().var_dir / "screenshots"
     screenshots.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,12 @@
-"""The review page as a real HTTP server against the real Kafka: it replays the topics at start,
-follows them live, and its reviews land on the compacted reviewed-labels topic keyed by call_id
-(a second review of a call replaces the first, also across a restart of the page).
+"""The review page as a real HTTP server against the real Kafka and a real curator: it replays the
+topics at start, follows them live, draws its queue from the dataset topic that the curator writes
+from the captured calls, and its reviews land on the compacted reviewed-labels topic keyed by
+call_id, naming their input (a second review of a call replaces the first, also across a restart
+of the page).
 
 Each test gets its own topic namespace; the page runs in-process under uvicorn on a free port
-(its own thread and event loop). The seed helpers are shared with the browser test.
+(its own thread and event loop), the curator as `graduate worker curator`. The seed helpers are
+shared with the browser test.
 """
 from __future__ import annotations
 
@@ -11,6 +14,8 @@ import asyncio
 import socket
 import threading
 import time
+from collections import Counter
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -21,12 +26,16 @@ from services.common import catalog
 from services.common.catalog import topic_name
 from services.common.contracts import (CapturedCall, Contract, Disagreement, ReviewedLabel, RoutingDecision,
                                        ShadowResult, ShadowStats)
-from services.common.normalize import split_of
-from services.common.settings import CommonSettings, KafkaSettings
+from services.common.normalize import hash_of_input, split_of
+from services.common.settings import REPO_ROOT, CommonSettings, KafkaSettings
+from services.common.tasks import load_tasks
+from services.curator.forget import forget_input
 from services.curator.logic import DEFAULT_HOLDOUT_FRACTION
 from services.review.app import create_app
 from services.review.settings import ReviewSettings
 from services.router.keys import create_key
+from tests.integration.test_curator_worker import wait_for_dataset
+from tests.integration.test_workers import start_worker, stop_worker, wait_for
 from tests.support import decode_all, produce, read_topic
 
 pytestmark = pytest.mark.integration
@@ -106,6 +115,26 @@ async def publish_records(kafka: KafkaSettings, codec, namespace: str, records) 
         await produce(kafka, codec, topic, items)
 
 
+@asynccontextmanager
+async def running_curator(namespace: str, kafka: KafkaSettings, tmp_path: Path):
+    """`graduate worker curator` on this test's topics, ready; stopped (and checked) afterwards."""
+    worker = start_worker("curator", namespace, kafka, tmp_path)
+    try:
+        await wait_for(lambda: worker.get("/readyz") is not None, 90, "the curator ready", worker)
+        yield worker
+    except BaseException:
+        stop_worker(worker)
+        raise
+    rc = stop_worker(worker)
+    assert rc == 0, worker.tail()
+
+
+async def curated(kafka: KafkaSettings, codec, namespace: str, records, worker) -> None:
+    """Until the curator has filed every captured call of `records` in the dataset topic."""
+    calls = Counter(v.task for spec, _, v in records if spec.name == catalog.CALLS_CAPTURED.name)
+    await wait_for_dataset(kafka, codec, namespace, dict(calls), worker)
+
+
 def review_settings(tmp_path: Path, kafka: KafkaSettings, namespace: str, port: int | None = None) -> ReviewSettings:
     return ReviewSettings(port=port or free_port(), api_keys_file=tmp_path / "keys.json", retry_s=0.5,
                           common=CommonSettings(kafka=kafka, topic_namespace=namespace, var_dir=tmp_path))
@@ -155,10 +184,12 @@ async def eventually(check, timeout: float = 20.0):
 async def test_reviews_land_on_the_compacted_topic_and_the_latest_one_wins_across_restarts(
         topics, tmp_path, kafka_settings, namespace, codec, reviewer_key):
     records, texts = seed_records("r-")
-    await publish_records(kafka_settings, codec, namespace, records)
     settings = review_settings(tmp_path, kafka_settings, namespace)
     headers = {"Authorization": f"Bearer {reviewer_key}"}
-    async with httpx.AsyncClient(headers=headers, timeout=10) as client:
+    async with running_curator(namespace, kafka_settings, tmp_path) as curator, \
+            httpx.AsyncClient(headers=headers, timeout=10) as client:
+        await publish_records(kafka_settings, codec, namespace, records)
+        await curated(kafka_settings, codec, namespace, records, curator)
         with ReviewServer(settings) as page:
             ids = await queue_ids(client, page.url)
             assert ids[:4] == ["r-d1", "r-d2", "r-l1", "r-x1"] and set(ids[4:]) == {"r-s1", "r-s2"}
@@ -188,14 +219,15 @@ async def test_reviews_land_on_the_compacted_topic_and_the_latest_one_wins_acros
             async def live():
                 ids = await queue_ids(client, page.url)
                 return ids[:1] == ["r-new"] and "r-s2" not in ids
-            assert await eventually(live), await queue_ids(client, page.url)
+            assert await eventually(live, timeout=60), await queue_ids(client, page.url)
 
         records = await read_topic(kafka_settings, topic_name(catalog.LABELS_REVIEWED, namespace), min_count=3)
         reviews = decode_all(codec, records, ReviewedLabel)
-        mine = [(rec.key, r.label, r.reviewer, r.note)
+        mine = [(rec.key, r.label, r.reviewer, r.note, r.normalised_hash)
                 for rec, r in zip(records, reviews, strict=True) if r.call_id == "r-d1"]
-        assert mine == [(b"r-d1", "card_arrival", "ana", "<i>card_arrival</i>"),
-                        (b"r-d1", "card_delivery_estimate", "ana", "<i>card_delivery_estimate</i>")]
+        digest = hash_of_input(load_tasks(REPO_ROOT / "config" / "tasks.yaml").get(TASK), texts["r-d1"])
+        assert mine == [(b"r-d1", "card_arrival", "ana", "<i>card_arrival</i>", digest),
+                        (b"r-d1", "card_delivery_estimate", "ana", "<i>card_delivery_estimate</i>", digest)]
         assert len({rec.partition for rec, r in zip(records, reviews, strict=True) if r.call_id == "r-d1"}) == 1
 
         # a fresh page replays the topic: the latest review is the one it shows, the item stays out
@@ -206,6 +238,15 @@ async def test_reviews_land_on_the_compacted_topic_and_the_latest_one_wins_acros
             assert item["review"]["label"] == "card_delivery_estimate"
             reviewed = (await client.get(f"{again.url}/api/tasks/{TASK}/summary")).json()["reviewed"]
             assert reviewed["total"] == 2  # r-d1 once, r-s2
+
+            # `graduate dataset forget`: the input leaves the page that follows the dataset topic
+            spec = load_tasks(REPO_ROOT / "config" / "tasks.yaml").get(TASK)
+            await forget_input(settings.common, codec, TASK, hash_of_input(spec, texts["r-x1"]), requested_by="test")
+
+            async def forgotten():
+                return "r-x1" not in await queue_ids(client, again.url)
+            assert await eventually(forgotten, timeout=30), await queue_ids(client, again.url)
+            assert (await client.get(f"{again.url}/api/tasks/{TASK}/items/r-x1")).status_code == 404
 
 
 async def test_a_page_started_before_its_topics_exist_finds_them(tmp_path, kafka_settings, namespace, codec,
@@ -219,12 +260,13 @@ async def test_a_page_started_before_its_topics_exist_finds_them(tmp_path, kafka
                 status = (await client.get(f"{page.url}/readyz")).json()
                 assert topic_name(catalog.LABELS_REVIEWED, namespace) in status["missing_topics"]
                 await ensure_topics(kafka_settings, namespace)
-                records, _ = seed_records("m-")
-                await publish_records(kafka_settings, codec, namespace, records)
+                async with running_curator(namespace, kafka_settings, tmp_path):
+                    records, _ = seed_records("m-")
+                    await publish_records(kafka_settings, codec, namespace, records)
 
-                async def found():
-                    return "m-d1" in await queue_ids(client, page.url)
-                assert await eventually(found, timeout=30)
+                    async def found():
+                        return "m-d1" in await queue_ids(client, page.url)
+                    assert await eventually(found, timeout=60)
     finally:
         await delete_topics(kafka_settings, [topic_name(s, namespace) for s in catalog.CATALOG])
 
@@ -246,12 +288,13 @@ async def test_an_extraction_review_corrects_fields_and_lands_as_the_canonical_j
                                                     frontier_output=frontier, small_output=small, confidence=0.3,
                                                     differing_fields=["time"]))])
     headers = {"Authorization": f"Bearer {reviewer_key}"}
-    async with httpx.AsyncClient(headers=headers, timeout=10) as client:
+    async with running_curator(namespace, kafka_settings, tmp_path), \
+            httpx.AsyncClient(headers=headers, timeout=10) as client:
         with ReviewServer(review_settings(tmp_path, kafka_settings, namespace)) as page:
-            async def queued():
+            async def queued():  # once the curator has filed the call in the dataset topic
                 r = await client.get(f"{page.url}/api/tasks/{booking}/queue")
                 return [i for i in r.json()["items"] if i["call_id"] == "e-1"]
-            (item,) = await eventually(queued)
+            (item,) = await eventually(queued, timeout=60)
             assert item["differing_fields"] == ["time"] and item["frontier_label"] == frontier
             bad = await client.post(f"{page.url}/api/tasks/{booking}/reviews",
                                     json={"call_id": "e-1", "fields": {"time": "7 pm", "party": "2"}})
@@ -263,3 +306,5 @@ async def test_an_extraction_review_corrects_fields_and_lands_as_the_canonical_j
         (review,) = decode_all(codec, records, ReviewedLabel)
         assert (records[0].key, review.task, review.verdict) == (b"e-1", booking, "label")
         assert review.label == answer(people="2", time="7:15 pm")
+        spec = load_tasks(REPO_ROOT / "config" / "tasks.yaml").get(booking)
+        assert review.normalised_hash == hash_of_input(spec, text)

@@ -18,7 +18,7 @@ from services.review.app import create_app
 from services.review.auth import COOKIE
 from services.review.settings import ReviewSettings
 from services.router.keys import create_key
-from tests.unit.test_review_view import (ALL_HOLDOUT, T0, TASK, FakePublisher, decision, disagreement,
+from tests.unit.test_review_view import (ALL_HOLDOUT, T0, TASK, FakePublisher, capture, decision, disagreement,
                                          seeded_view)
 
 FREEFORM = TaskSpec(name="draft", kind="freeform")
@@ -227,8 +227,8 @@ def booking_world(keys, tmp_path):
     view, publisher = ReviewView(ALL_HOLDOUT), FakePublisher()
     frontier = booking_answer(people="2", time="7 pm")
     small = booking_answer(people="2", time="8 pm", date="friday")
-    view.apply(catalog.CALLS_CAPTURED, CapturedCall(call_id="b1", task="booking", input=f"table for 2 at 7 pm {SCRIPT}",
-                                                    output_raw=frontier, output=frontier, latency_ms=500.0, ts=T0))
+    capture(view, CapturedCall(call_id="b1", task="booking", input=f"table for 2 at 7 pm {SCRIPT}",
+                               output_raw=frontier, output=frontier, latency_ms=500.0, ts=T0))
     view.apply(catalog.DISAGREEMENTS, Disagreement(call_id="b1", task="booking", model_version="2",
                                                    input=f"table for 2 at 7 pm {SCRIPT}", frontier_output=frontier,
                                                    small_output=small, confidence=0.4, ts=T0,
@@ -312,7 +312,7 @@ def test_after_a_drift_the_page_asks_for_reviews_of_what_was_captured_since(worl
     view.apply(catalog.ROUTING_HISTORY, note)
     launch = call("n1", "what is the exchange rate for euros", "card_arrival").model_copy(
         update={"ts": demotion.ts + timedelta(minutes=1)})
-    view.apply(catalog.CALLS_CAPTURED, launch)
+    capture(view, launch)
     queue = client.get("/api/tasks/intent/queue", headers=bearer(world)).json()
     assert queue["reviews_needed"] == 2 and queue["items"][0]["call_id"] == "n1"  # the new traffic first
     assert client.post("/api/tasks/intent/reviews", headers=bearer(world),

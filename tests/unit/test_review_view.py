@@ -2,13 +2,17 @@
 inputs), compacted-review semantics, items, series; review checks; sessions; chart geometry."""
 from __future__ import annotations
 
+import itertools
+import weakref
 from datetime import datetime, timedelta, timezone
 
 import pytest
 
 from services.common import catalog
-from services.common.contracts import (CapturedCall, Disagreement, ReviewedLabel, RouterOutcome, RoutingDecision,
-                                       ShadowResult, ShadowStats)
+from services.common.contracts import (CapturedCall, DatasetForgotten, Disagreement, ReviewedLabel, RouterOutcome,
+                                       RoutingDecision, ShadowResult, ShadowStats)
+from services.curator.dataset import apply_call, record_key, to_record
+from services.curator.logic import curate_call
 from services.common.tasks import FieldSpec, TaskSpec
 from services.review.auth import AuthError, Sessions, authenticate, check_csrf, safe_next
 from services.review.charts import thin, time_chart
@@ -26,6 +30,22 @@ T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 def call(call_id: str, text: str, label: str | None = "card_arrival", task: str = "intent") -> CapturedCall:
     return CapturedCall(call_id=call_id, task=task, input=text, output_raw=label or "??", output=label,
                         parse_ok=label is not None, latency_ms=100.0, ts=T0)
+
+
+_SHARDS: "weakref.WeakKeyDictionary[ReviewView, dict]" = weakref.WeakKeyDictionary()
+_OFFSETS = itertools.count()
+
+
+def capture(view: ReviewView, c: CapturedCall, shard: int = 0) -> None:
+    """`c` as the curator files it: folded into its input's record on captured partition `shard`
+    (services/curator/dataset.py), which the view reads from partition `shard` of the dataset topic."""
+    entries = _SHARDS.setdefault(view, {})
+    curated = curate_call(c, view.holdout_fraction)
+    key = record_key(curated.task, curated.normalised_hash)
+    entry = apply_call(entries.get((shard, key)), curated, next(_OFFSETS), shard)
+    if entry is not None:
+        entries[(shard, key)] = entry
+        view.apply(catalog.DATASET, to_record(entry), key=key, partition=shard)
 
 
 def review(call_id: str, verdict: str = "label", label: str | None = "card_arrival", reviewer: str = "ana",
@@ -59,7 +79,7 @@ def seeded_view(fraction: float = ALL_HOLDOUT) -> ReviewView:
     labels = {"c1": "card_arrival", "c2": "card_delivery_estimate", "c3": "lost_or_stolen_card",
               "c4": "top_up_failed", "c5": "card_arrival"}
     for cid, text in texts.items():
-        view.apply(catalog.CALLS_CAPTURED, call(cid, text, labels[cid]))
+        capture(view, call(cid, text, labels[cid]))
     view.apply(catalog.DISAGREEMENTS, disagreement("c5", texts["c5"], confidence=0.4))
     view.apply(catalog.SHADOW_RESULTS, shadow("c2", texts["c2"], "card_delivery_estimate", 0.3,
                                               frontier="card_delivery_estimate"))
@@ -130,10 +150,60 @@ def test_a_tombstone_puts_the_item_back_and_an_older_record_does_not_undo_a_newe
 
 def test_the_same_input_twice_is_one_item_and_its_review_covers_both_calls():
     view = seeded_view()
-    view.apply(catalog.CALLS_CAPTURED, call("c1b", "  MY card has not   arrived "))
+    capture(view, call("c1b", "  MY card has not   arrived "), shard=3)  # another partition: merged
     assert len(queue_ids(view)) == 5
     view.apply(catalog.LABELS_REVIEWED, review("c1b"))
     assert not {"c1", "c1b"} & set(queue_ids(view))
+
+
+def test_the_queue_is_read_from_dataset_records_merged_across_shards():
+    view = seeded_view()
+    capture(view, call("c1-later", "my card has NOT arrived", "card_delivery_estimate"), shard=5)
+    items = {i.call_id: i for i in view.queue("intent", limit=50, low_confidence=0.6)}
+    assert "c1" not in items and items["c1-later"].frontier_label == "card_delivery_estimate"  # the kept call
+    t = view.task("intent")
+    digest = t.by_call["c1"]
+    assert set(t.holdout[digest]) == {0, 5} and t.inputs[digest].calls == 2 and t.inputs[digest].conflict
+    assert view.item("intent", "c1").input == "my card has NOT arrived"  # an earlier call shows its input
+
+
+def test_the_page_follows_the_dataset_topic_not_the_captured_calls():
+    followed = {s.name for s in ReviewView(0.15).followed}
+    assert {catalog.DATASET.name, catalog.DATASET_FORGOTTEN.name} <= followed
+    assert catalog.CALLS_CAPTURED.name not in followed
+
+
+def test_train_inputs_are_not_kept():
+    view = ReviewView(0.0)  # every input trains
+    capture(view, call("t1", "card never came"))
+    t = view.task("intent")
+    assert (t.holdout, t.inputs, t.by_call, t.holdout_calls) == ({}, {}, {}, 0) and queue_ids(view) == []
+
+
+def test_a_forgotten_input_leaves_for_good_and_a_tombstone_removes_one_shard():
+    view = seeded_view()
+    capture(view, call("c1b", "my card has not arrived"), shard=2)
+    digest = view.task("intent").by_call["c1"]
+    key = f"intent/{digest}"
+    view.apply(catalog.DATASET, None, key=key, partition=2)  # the tombstone of one shard's record
+    assert set(view.task("intent").holdout[digest]) == {0} and "c1" in queue_ids(view)
+    view.apply(catalog.DATASET_FORGOTTEN, DatasetForgotten(task="intent", normalised_hash=digest, requested_by="ops"))
+    assert "c1" not in queue_ids(view) and view.item("intent", "c1") is None
+    capture(view, call("c1c", "my card has not arrived"), shard=4)  # a record written before the curator knew
+    assert not {"c1", "c1c"} & set(queue_ids(view)) and digest not in view.task("intent").inputs
+    assert view.task("intent").holdout_calls == 4
+
+
+def test_a_review_naming_the_input_covers_a_call_the_records_no_longer_list():
+    view = seeded_view()
+    digest = view.task("intent").by_call["c1"]
+    old = review("c1-long-ago", label="top_up_failed").model_copy(update={"normalised_hash": digest})
+    view.apply(catalog.LABELS_REVIEWED, old, partition=0, offset=1)
+    assert "c1" not in queue_ids(view) and view.gold_labels("intent")["top_up_failed"] == 2
+    skipped = review("c3-long-ago", verdict="skip").model_copy(
+        update={"normalised_hash": view.task("intent").by_call["c3"]})
+    view.apply(catalog.LABELS_REVIEWED, skipped, partition=0, offset=2)
+    assert "c3" not in queue_ids(view)
 
 
 def test_the_limit_and_the_cache_follow_changes():
@@ -145,7 +215,7 @@ def test_the_limit_and_the_cache_follow_changes():
 
 def test_an_item_outside_the_holdout_is_known_from_its_disagreement():
     view = ReviewView(0.0)  # every input trains: the queue is empty, a disagreement is still reviewable
-    view.apply(catalog.CALLS_CAPTURED, call("t1", "card never came"))
+    capture(view, call("t1", "card never came"))
     view.apply(catalog.DISAGREEMENTS, disagreement("t1", "card never came"))
     assert queue_ids(view) == []
     item = view.item("intent", "t1")
@@ -178,9 +248,10 @@ def test_task_state_series_history_and_decisions():
 
 def test_label_counts_and_parse_failures():
     view = seeded_view()
-    view.apply(catalog.CALLS_CAPTURED, call("bad", "??", None))
+    capture(view, call("bad", "??", None))
+    capture(view, call("c1c", "my card has not arrived"), shard=1)  # a repeat of c1: one more call, not an input
     t = view.task("intent")
-    assert (t.captured, t.parse_failures, t.frontier_labels["card_arrival"]) == (6, 1, 2)
+    assert (t.holdout_calls, t.parse_failures, t.frontier_labels["card_arrival"]) == (7, 1, 2)
 
 
 # --- what a reviewer may submit -------------------------------------------------------------
