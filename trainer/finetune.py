@@ -6,8 +6,8 @@ L2-normalised sentence embedding) with a linear head that starts from the labels
 fine-tuning refines it; a random head on the [CLS] pooler (transformers' default) needed many
 more epochs than a CPU has time for. `train_loop` is shared with the token classifier of
 extraction tasks: length-bucketed batches with dynamic padding, a learning-rate schedule that
-re-plans itself to end inside the time budget, early stopping on validation accuracy with the best
-state restored, a rich progress bar. On CPU a run is deterministic given the seed and thread count
+re-plans itself from the recent pace to use the time budget, shorter or longer (trainer/schedule.py),
+early stopping on validation accuracy with the best state restored, a rich progress bar. On CPU a run is deterministic given the seed and thread count
 (and the budget, which can end it sooner on a busier machine).
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from trainer.recipe import Recipe, describe
+from trainer.schedule import BudgetPlan, Pace, fit_to_budget
 
 # Batches are length-sorted within pools of this many batches, then the batch order is shuffled.
 BUCKET_POOL_BATCHES = 50
@@ -35,6 +36,8 @@ HEAD_FILE = "graduate_head.pt"
 PROTOTYPE_EXAMPLES = 64
 # Logit scale of the prototype head: cosine similarities in [-1, 1] times this.
 PROTOTYPE_SCALE = 20.0
+# Steps between re-fits of the plan to the time budget (and at once when the budget is spent).
+REPLAN_EVERY = 20
 
 
 def default_base_model() -> Path:
@@ -275,32 +278,22 @@ class ThreadTuner:
             self.timings.clear()
 
 
-class _Plan:
-    """Warm-up then linear decay to zero at `total`, which the loop may shorten to fit the budget."""
-
-    def __init__(self, total: int, warmup_ratio: float):
-        self.total, self.warmup = max(1, total), max(1, int(total * warmup_ratio))
-
-    def factor(self, step: int) -> float:
-        if step < self.warmup:
-            return (step + 1) / self.warmup
-        return max(0.0, (self.total - step) / max(1, self.total - self.warmup))
-
-
 def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], torch.Tensor],
                validate: Callable[[], tuple[float, float]], recipe: Recipe, seed: int, head_prefix: str,
                result: "FineTuned", label: str, console: Optional[Console] = None,
-               tune_threads: bool = False) -> "FineTuned":
+               tune_threads: bool = False, clock: Callable[[], float] = time.perf_counter) -> "FineTuned":
     """Train until the schedule, early stopping or the time budget ends it; keep the best state.
 
     `step_loss(rows)` returns the loss of one batch of train rows; `validate()` returns
-    (validation loss, validation accuracy). The best state is the one with the highest validation
+    (validation loss, validation accuracy). With a time budget the plan is re-fitted every
+    `REPLAN_EVERY` steps from the recent pace, shorter or longer (trainer/schedule.py); `clock` is
+    the loop's time source (a test drives it). The best state is the one with the highest validation
     accuracy (lower loss breaks ties): with labels from the frontier, the loss keeps rising on the
     items the frontier got wrong while accuracy still improves.
     """
     rng = np.random.default_rng(seed)
     steps_per_epoch = -(-len(lengths) // recipe.batch_size)
-    plan = _Plan(steps_per_epoch * recipe.max_epochs, recipe.warmup_ratio)
+    plan, pace = BudgetPlan(steps_per_epoch * recipe.max_epochs, recipe.warmup_ratio), Pace()
     freeze(model, recipe.frozen)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     head = [p for n, p in trained if n.startswith(head_prefix)]
@@ -315,7 +308,7 @@ def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], to
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.factor)
     eval_every = max(1, steps_per_epoch // recipe.evals_per_epoch)
     best_key, best_state, stale, step, seen = None, None, 0, 0, 0
-    started = time.perf_counter()
+    started = clock()
     eval_seconds, evals = 0.0, 0
     tuner = ThreadTuner([torch.get_num_threads(), 1]) if tune_threads and torch.get_num_threads() > 1 else None
     console = console or Console(stderr=True)
@@ -343,22 +336,25 @@ def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], to
                     tuner.record(step, threads, time.perf_counter() - t_step)
                 step, seen = step + 1, seen + len(rows)
                 running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
-                elapsed = time.perf_counter() - started
-                progress.update(bar, advance=1, epoch=epoch, loss=running, eps=seen / elapsed)
+                elapsed = clock() - started
+                progress.update(bar, advance=1, epoch=epoch, loss=running, eps=seen / max(elapsed, 1e-9))
                 at_eval = batch_no % eval_every == 0 or batch_no == steps_per_epoch
-                if recipe.time_budget_s and step % 20 == 0:
-                    _fit_to_budget(plan, step, elapsed - eval_seconds, eval_seconds / max(evals, 1),
-                                   recipe.time_budget_s - elapsed, eval_every)
-                    progress.update(bar, total=plan.total)
+                if recipe.time_budget_s:
+                    pace.mark(step, elapsed - eval_seconds)
+                    if step % REPLAN_EVERY == 0 or elapsed >= recipe.time_budget_s:
+                        fit_to_budget(plan, step, pace.per_step(), eval_seconds / max(evals, 1),
+                                      recipe.time_budget_s - elapsed, eval_every)
+                        progress.update(bar, total=plan.total)
                 if not at_eval and step < plan.total:
                     continue
-                t0 = time.perf_counter()
+                t0 = clock()
                 val_loss, val_acc = validate()
-                eval_seconds, evals = eval_seconds + time.perf_counter() - t0, evals + 1
+                eval_seconds, evals = eval_seconds + clock() - t0, evals + 1
                 model.train()
                 result.history.append({"step": step, "epoch": round(step / steps_per_epoch, 3),
                                        "train_loss": running, "val_loss": val_loss, "val_accuracy": val_acc,
-                                       "seconds": round(time.perf_counter() - started, 1)})
+                                       "seconds": round(clock() - started, 1), "planned_steps": plan.total,
+                                       "lr_factor": round(plan.factor(step), 4)})
                 progress.update(bar, val=f"loss {val_loss:.3f} acc {val_acc:.3f}")
                 key = (round(val_acc, 6), -val_loss)
                 if best_key is None or key > best_key:
@@ -369,14 +365,14 @@ def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], to
                 if stale >= recipe.patience and step >= steps_per_epoch:
                     result.stopped_early, result.stopped_by, done = True, "early stopping", True
                 elif step >= plan.total:
-                    result.stopped_by = "time budget" if plan.total < steps_per_epoch * recipe.max_epochs else "schedule"
+                    result.stopped_by = "time budget" if plan.shortened else "schedule"
                     result.stopped_early = result.stopped_by == "time budget"
                     done = True
                 if done:
                     break
             if done:
                 break
-    result.seconds = time.perf_counter() - started
+    result.seconds = clock() - started
     result.examples_per_s = seen / result.seconds if result.seconds else 0.0
     result.epochs_run = step / steps_per_epoch
     result.threads = {"tuned": tuner is not None, "final": torch.get_num_threads(),
@@ -400,15 +396,6 @@ def freeze(model, suffixes: tuple[str, ...]) -> int:
 def adamw_impl(impl: str) -> dict[str, bool]:
     """AdamW's keyword for an implementation: the per-tensor loop, foreach (batched kernels) or fused."""
     return {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
-
-
-def _fit_to_budget(plan: _Plan, step: int, train_seconds: float, eval_cost: float, left: float,
-                   eval_every: int) -> None:
-    """Shorten the plan so that the remaining steps (and their evaluations) end inside the budget."""
-    per_step = train_seconds / max(step, 1) + eval_cost / eval_every
-    affordable = step + max(0, int(left / per_step) - 1)
-    if affordable < plan.total:
-        plan.total = max(step + 1, affordable)
 
 
 def prepare(device: str, threads: Optional[int], seed: int) -> tuple[torch.device, Any, bool]:

@@ -21,7 +21,8 @@ never its test set; bench/results/quality.json then checks them on tasks nobody 
 - epochs: as many as it takes to see the data at least `MIN_EPOCHS` times and at least
   `MIN_EXAMPLES_SEEN` examples (a 500-example task needs far more than 3 epochs), at most
   `MAX_EPOCHS`; early stopping on validation accuracy ends sooner, and the time budget ends
-  sooner still: the loop measures its own speed and re-plans the schedule to end inside it.
+  sooner still: the loop measures its recent pace and re-plans the schedule to end inside it,
+  longer again when the machine speeds up (trainer/schedule.py).
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from trainer.finetune import _fit_to_budget, _Plan
+from trainer.schedule import BudgetPlan, fit_to_budget
 from trainer.recipe import (FINETUNE_SHARE, FROZEN_EMBEDDINGS, MAX_EPOCHS, MIN_EPOCHS, choose_epochs, choose_max_length,
                             choose_recipe, describe)
 
@@ -48,16 +48,16 @@ def test_time_budget_is_a_share_of_the_run_and_zero_means_none():
                          device="cpu").time_budget_s is None
 
 
-def test_the_plan_shrinks_to_the_budget_and_decays_to_zero_at_its_end():
-    plan = _Plan(total=1000, warmup_ratio=0.1)
+def test_the_plan_fits_the_budget_both_ways_and_decays_to_zero_at_its_end():
+    plan = BudgetPlan(total=1000, warmup_ratio=0.1)
     assert plan.factor(0) == pytest.approx(0.01) and plan.factor(99) == pytest.approx(1.0)
-    # 100 steps took 50 s (0.5 s/step), evaluations cost 5 s every 50 steps, 100 s left: ~181 more steps
-    _fit_to_budget(plan, step=100, train_seconds=50.0, eval_cost=5.0, left=100.0, eval_every=50)
-    assert 250 < plan.total < 300
+    # 0.5 s a step + 5 s evaluations every 50 steps (0.6 s a step), 100 s left less two evaluations: 150 more
+    fit_to_budget(plan, step=100, per_step=0.5, eval_cost=5.0, left=100.0, eval_every=50)
+    assert plan.total == 250 and plan.shortened
     assert plan.factor(plan.total) == 0.0 and plan.factor(plan.total - 10) > 0.0
-    before = plan.total
-    _fit_to_budget(plan, step=110, train_seconds=55.0, eval_cost=5.0, left=1e9, eval_every=50)
-    assert plan.total == before  # a budget never lengthens the plan
+    fit_to_budget(plan, step=110, per_step=0.1, eval_cost=5.0, left=1e4, eval_every=50)
+    assert plan.total == plan.max_total == 1000  # a faster pace lengthens it again, up to max_epochs
+    assert fit_to_budget(plan, step=120, per_step=0.5, eval_cost=5.0, left=-1.0, eval_every=50) == 120  # spent
 
 
 def test_thread_tuner_keeps_the_faster_count_and_measures_again():
