@@ -278,6 +278,14 @@ class ThreadTuner:
             self.timings.clear()
 
 
+def is_eval_step(batch_no: int, steps_per_epoch: int, eval_every: int) -> bool:
+    """Validate every `eval_every` batches and at the epoch's end, but not twice in a row: a periodic
+    evaluation less than half a period before the epoch's end gives way to the end's."""
+    if batch_no == steps_per_epoch:
+        return True
+    return batch_no % eval_every == 0 and steps_per_epoch - batch_no >= (eval_every + 1) // 2
+
+
 def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], torch.Tensor],
                validate: Callable[[], tuple[float, float]], recipe: Recipe, seed: int, head_prefix: str,
                result: "FineTuned", label: str, console: Optional[Console] = None,
@@ -338,7 +346,7 @@ def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], to
                 running = loss.item() if running is None else 0.9 * running + 0.1 * loss.item()
                 elapsed = clock() - started
                 progress.update(bar, advance=1, epoch=epoch, loss=running, eps=seen / max(elapsed, 1e-9))
-                at_eval = batch_no % eval_every == 0 or batch_no == steps_per_epoch
+                at_eval = is_eval_step(batch_no, steps_per_epoch, eval_every)
                 if recipe.time_budget_s:
                     pace.mark(step, elapsed - eval_seconds)
                     if step % REPLAN_EVERY == 0 or elapsed >= recipe.time_budget_s:

@@ -125,3 +125,13 @@ def test_the_pace_is_the_recent_window_not_the_run_average():
     assert pace.per_step() == pytest.approx(0.2)
     plan = BudgetPlan(total=10_000, warmup_ratio=0.0)
     assert fit_to_budget(plan, 100, pace.per_step(), eval_cost=0.0, left=20.0, eval_every=10) == 200
+
+
+def test_an_epoch_is_not_validated_twice_in_a_row():
+    from trainer.finetune import is_eval_step
+
+    # Banking77: 265 batches an epoch, two evaluations an epoch (every 132): 132 and 265, not 264 too.
+    assert [b for b in range(1, 266) if is_eval_step(b, 265, 132)] == [132, 265]
+    assert [b for b in range(1, 265) if is_eval_step(b, 264, 132)] == [132, 264]
+    assert [b for b in range(1, 8) if is_eval_step(b, 7, 1)] == list(range(1, 8))
+    assert [b for b in range(1, 11) if is_eval_step(b, 10, 3)] == [3, 6, 10]
