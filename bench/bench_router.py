@@ -54,14 +54,14 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 
-from services.common.catalog import CATALOG, ROUTING_DECISIONS, topic_name  # noqa: E402
+from services.common.catalog import CATALOG, ROUTER_OUTCOMES, ROUTING_DECISIONS, topic_name  # noqa: E402
 from services.common.codec import Codec  # noqa: E402
-from services.common.contracts import RoutingDecision  # noqa: E402
+from services.common.contracts import RouterOutcome, RoutingDecision  # noqa: E402
 from services.common.kafka import delete_topics, ensure_topics  # noqa: E402
 from services.common.settings import CommonSettings  # noqa: E402
 from services.common.triton import SmallModelClient  # noqa: E402
 from services.router.keys import create_key  # noqa: E402
-from tests.support import produce  # noqa: E402
+from tests.support import decode_all, produce, read_topic  # noqa: E402
 from tests.support_triton import load_model, unload_and_remove  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -226,7 +226,8 @@ async def load(url: str, key: str, texts: list[str], concurrency: int, expect: s
 
 
 async def load_lean(url: str, key: str, texts: list[str], expect: str | None = None,
-                    server_side: list[float] | None = None) -> tuple[list[float], int]:
+                    server_side: list[float] | None = None,
+                    call_ids: list[str] | None = None) -> tuple[list[float], int]:
     """As `load` with concurrency 1, through aiohttp (one keep-alive connection): the client's own CPU
     per call is a fraction of httpx's, as the gRPC stub's is for the direct Triton baseline."""
     latencies: list[float] = []
@@ -246,6 +247,8 @@ async def load_lean(url: str, key: str, texts: list[str], expect: str | None = N
                 latencies.append(elapsed)
                 if server_side is not None:
                     server_side.append(body["latency_ms"])
+                if call_ids is not None:
+                    call_ids.append(body["call_id"])
     return latencies, errors
 
 
@@ -324,11 +327,12 @@ async def bench_small(url: str, hop_url: str, key: str, grpc_url: str, model: st
     await load(hop_url, key, warm, 1)
     client = SmallModelClient(grpc_url, timeout_s=5)  # the router's own client class and channel options
     routed, inside, direct, hop, routed_httpx, hop_httpx, errors = [], [], [], [], [], [], 0
+    call_ids: list[str] = []
     per = max(1, n // blocks)
 
     async def routed_lean(chunk: list[str]) -> None:
         nonlocal errors
-        r, e = await load_lean(url, key, chunk, expect="small", server_side=inside)
+        r, e = await load_lean(url, key, chunk, expect="small", server_side=inside, call_ids=call_ids)
         routed.extend(r)
         errors += e
 
@@ -357,7 +361,7 @@ async def bench_small(url: str, hop_url: str, key: str, grpc_url: str, model: st
                 await path(chunk)
     finally:
         await client.close()
-    return {"router_small": percentiles(routed, errors), "direct_triton": percentiles(direct),
+    return {"call_ids": call_ids, "router_small": percentiles(routed, errors), "direct_triton": percentiles(direct),
             "router_small_inside_route": percentiles(inside), "asgi_hop_floor": percentiles(hop),
             "router_small_httpx": percentiles(routed_httpx), "asgi_hop_floor_httpx": percentiles(hop_httpx)}
 
@@ -377,6 +381,14 @@ async def bench_frontier(workdir: Path, namespace: str, key: str, common: Common
     finally:
         rt.stop()
         sim.stop()
+
+
+async def router_triton_legs(common: CommonSettings, namespace: str, at_least: int) -> dict[str, float]:
+    """call_id -> the router's own Triton round trip (RouterOutcome.small_latency_ms: timed around the same
+    SmallModelClient.classify call as the direct baseline), for every small answer the router published."""
+    records = await read_topic(common.kafka, topic_name(ROUTER_OUTCOMES, namespace), min_count=at_least, timeout=30)
+    return {o.call_id: o.small_latency_ms for o in decode_all(Codec(), records, RouterOutcome)
+            if o.small_latency_ms is not None}
 
 
 async def decide(common: CommonSettings, namespace: str, model: str, url: str, key: str) -> None:
@@ -508,6 +520,7 @@ async def main() -> None:
     key = create_key(workdir / "keys.json", "bench")
     await ensure_topics(common.kafka, namespace)
     results: dict = {}
+    call_ids: dict[str, list[str]] = {}
     throughput: dict = {}
     queue_delay: dict = {}
     profile: dict = {}
@@ -531,9 +544,13 @@ async def main() -> None:
         try:
             for variant, model in models.items():
                 await decide(common, namespace, model, url, key)
-                for k, v in (await bench_small(url, hop_url, key, common.triton_grpc_url, model,
-                                               args.small_n)).items():
+                small = await bench_small(url, hop_url, key, common.triton_grpc_url, model, args.small_n)
+                call_ids[variant] = small.pop("call_ids")
+                for k, v in small.items():
                     results[f"{k}_{variant}"] = v
+            legs = await router_triton_legs(common, namespace, sum(map(len, call_ids.values())))
+            for variant, ids in call_ids.items():
+                results[f"router_triton_call_{variant}"] = percentiles([legs[c] for c in ids if c in legs])
         finally:
             hop.terminate()
             hop.wait(10)
@@ -565,6 +582,8 @@ async def main() -> None:
         ratios[f"router_small_over_direct_triton_p50_ratio_{v}"] = round(small["p50_ms"] / direct["p50_ms"], 3)
         ratios[f"inside_route_over_direct_triton_p50_ratio_{v}"] = round(
             results[f"router_small_inside_route_{v}"]["p50_ms"] / direct["p50_ms"], 3)
+        ratios[f"router_triton_call_over_direct_triton_p50_ratio_{v}"] = round(
+            results[f"router_triton_call_{v}"]["p50_ms"] / direct["p50_ms"], 3)
         ratios[f"router_small_httpx_over_direct_triton_p50_ratio_{v}"] = round(
             results[f"router_small_httpx_{v}"]["p50_ms"] / direct["p50_ms"], 3)
         ratios[f"router_small_over_asgi_hop_plus_triton_p50_ratio_{v}"] = round(
