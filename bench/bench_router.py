@@ -11,7 +11,8 @@ simulator and routers as real processes:
   every answer served small), one request at a time on Banking77 test texts, against direct Triton
   gRPC calls with the client the router uses (SmallModelClient: the raw KServe stub on grpc.aio, the
   leanest Python client) and a do-nothing plain-ASGI endpoint under uvicorn (the floor of any Python
-  HTTP hop), in interleaved blocks. The HTTP calls are made with aiohttp, a lean client like the
+  HTTP hop), in interleaved blocks whose order rotates from block to block; beside them the router's
+  own Triton round trip (RouterOutcome.small_latency_ms, timed around the same classify call). The HTTP calls are made with aiohttp, a lean client like the
   baseline's, and again with httpx (whose own CPU, ~0.6 ms a call here, a caller pays on any HTTP
   hop): the headline ratio is aiohttp's, httpx's is reported beside it;
 - frontier path: the simulator at its default latency (400-900 ms; a SIMULATED frontier, not a real
