@@ -11,7 +11,8 @@ simulator and routers as real processes:
   every answer served small), one request at a time on Banking77 test texts, against direct Triton
   gRPC calls with the client the router uses (SmallModelClient: the raw KServe stub on grpc.aio, the
   leanest Python client) and a do-nothing plain-ASGI endpoint under uvicorn (the floor of any Python
-  HTTP hop), in interleaved blocks. The HTTP calls are made with aiohttp, a lean client like the
+  HTTP hop), in interleaved blocks whose order rotates from block to block; beside them the router's
+  own Triton round trip (RouterOutcome.small_latency_ms, timed around the same classify call). The HTTP calls are made with aiohttp, a lean client like the
   baseline's, and again with httpx (whose own CPU, ~0.6 ms a call here, a caller pays on any HTTP
   hop): the headline ratio is aiohttp's, httpx's is reported beside it;
 - frontier path: the simulator at its default latency (400-900 ms; a SIMULATED frontier, not a real
@@ -54,14 +55,14 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 import httpx  # noqa: E402
 
-from services.common.catalog import CATALOG, ROUTING_DECISIONS, topic_name  # noqa: E402
+from services.common.catalog import CATALOG, ROUTER_OUTCOMES, ROUTING_DECISIONS, topic_name  # noqa: E402
 from services.common.codec import Codec  # noqa: E402
-from services.common.contracts import RoutingDecision  # noqa: E402
+from services.common.contracts import RouterOutcome, RoutingDecision  # noqa: E402
 from services.common.kafka import delete_topics, ensure_topics  # noqa: E402
 from services.common.settings import CommonSettings  # noqa: E402
 from services.common.triton import SmallModelClient  # noqa: E402
 from services.router.keys import create_key  # noqa: E402
-from tests.support import produce  # noqa: E402
+from tests.support import decode_all, produce, read_topic  # noqa: E402
 from tests.support_triton import load_model, unload_and_remove  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -136,14 +137,15 @@ def simulator(workdir: Path, name: str, latency: str) -> tuple[Process, str]:
 
 
 def router(workdir: Path, name: str, namespace: str, frontier_url: str, capture: bool,
-           common: CommonSettings, prefix: list[str] | None = None) -> tuple[Process, str]:
+           common: CommonSettings, prefix: list[str] | None = None,
+           extra_env: dict[str, str] | None = None) -> tuple[Process, str]:
     port = free_port()
     env = {"GRADUATE_TOPIC_NAMESPACE": namespace, "GRADUATE_VAR_DIR": str(workdir / name),
            "GRADUATE_KAFKA_BOOTSTRAP": common.kafka.bootstrap, "GRADUATE_TRITON_GRPC_URL": common.triton_grpc_url,
            "GRADUATE_ROUTER_API_KEYS_FILE": str(workdir / "keys.json"), "GRADUATE_FRONTIER_BASE_URL": frontier_url,
            "GRADUATE_ROUTER_CAPTURE_ENABLED": "true" if capture else "false", "GRADUATE_ROUTER_CAPTURE_NAME": name,
            "GRADUATE_ROUTER_SMALL_SAMPLE_RATE": "0", "GRADUATE_FRONTIER_MAX_CONNECTIONS": "256",
-           "GRADUATE_ROUTER_METRICS_PORT": str(free_port())}
+           "GRADUATE_ROUTER_METRICS_PORT": str(free_port()), **(extra_env or {})}
     p = Process(["serve", "router", "--port", str(port), "--log-level", "warning"], env,
                 f"http://127.0.0.1:{port}/readyz", workdir / f"{name}.log", prefix)
     return p.wait(), f"http://127.0.0.1:{port}"
@@ -225,7 +227,8 @@ async def load(url: str, key: str, texts: list[str], concurrency: int, expect: s
 
 
 async def load_lean(url: str, key: str, texts: list[str], expect: str | None = None,
-                    server_side: list[float] | None = None) -> tuple[list[float], int]:
+                    server_side: list[float] | None = None,
+                    call_ids: list[str] | None = None) -> tuple[list[float], int]:
     """As `load` with concurrency 1, through aiohttp (one keep-alive connection): the client's own CPU
     per call is a fraction of httpx's, as the gRPC stub's is for the direct Triton baseline."""
     latencies: list[float] = []
@@ -245,6 +248,8 @@ async def load_lean(url: str, key: str, texts: list[str], expect: str | None = N
                 latencies.append(elapsed)
                 if server_side is not None:
                     server_side.append(body["latency_ms"])
+                if call_ids is not None:
+                    call_ids.append(body["call_id"])
     return latencies, errors
 
 
@@ -312,9 +317,9 @@ def in_process_throughput(staged: Path, texts: list[str], batch: int = 32) -> di
 
 
 
-async def bench_small(url: str, hop_url: str, key: str, grpc_url: str, model: str, n: int, blocks: int = 6) -> dict:
+async def bench_small(url: str, hop_url: str, key: str, grpc_url: str, model: str, n: int, blocks: int = 10) -> dict:
     """Router small path, direct Triton and a do-nothing plain-ASGI hop, one request at a time,
-    interleaved blocks; the HTTP calls with aiohttp, then again with httpx."""
+    interleaved blocks in a rotating order; the HTTP calls with aiohttp and with httpx."""
     texts = banking77_texts(n, offset=WARMUP)
     warm = banking77_texts(WARMUP)
     await load_lean(url, key, warm, expect="small")
@@ -323,23 +328,41 @@ async def bench_small(url: str, hop_url: str, key: str, grpc_url: str, model: st
     await load(hop_url, key, warm, 1)
     client = SmallModelClient(grpc_url, timeout_s=5)  # the router's own client class and channel options
     routed, inside, direct, hop, routed_httpx, hop_httpx, errors = [], [], [], [], [], [], 0
+    call_ids: list[str] = []
     per = max(1, n // blocks)
+
+    async def routed_lean(chunk: list[str]) -> None:
+        nonlocal errors
+        r, e = await load_lean(url, key, chunk, expect="small", server_side=inside, call_ids=call_ids)
+        routed.extend(r)
+        errors += e
+
+    async def routed_with_httpx(chunk: list[str]) -> None:
+        nonlocal errors
+        r, e = await load(url, key, chunk, 1, expect="small")
+        routed_httpx.extend(r)
+        errors += e
+
+    async def direct_block(chunk: list[str]) -> None:
+        direct.extend(await direct_triton(client, model, chunk))
+
+    async def hop_lean(chunk: list[str]) -> None:
+        hop.extend((await load_lean(hop_url, key, chunk))[0])
+
+    async def hop_with_httpx(chunk: list[str]) -> None:
+        hop_httpx.extend((await load(hop_url, key, chunk, 1))[0])
+
+    paths = [routed_lean, direct_block, hop_lean, routed_with_httpx, hop_with_httpx]
     try:
         await direct_triton(client, model, warm)
         for b in range(blocks):
             chunk = texts[b * per:(b + 1) * per]
-            r, e = await load_lean(url, key, chunk, expect="small", server_side=inside)
-            routed += r
-            errors += e
-            direct += await direct_triton(client, model, chunk)
-            hop += (await load_lean(hop_url, key, chunk))[0]
-            r, e = await load(url, key, chunk, 1, expect="small")
-            routed_httpx += r
-            errors += e
-            hop_httpx += (await load(hop_url, key, chunk, 1))[0]
+            # the order rotates every block, so no path always runs right after the same other one
+            for path in paths[b % len(paths):] + paths[:b % len(paths)]:
+                await path(chunk)
     finally:
         await client.close()
-    return {"router_small": percentiles(routed, errors), "direct_triton": percentiles(direct),
+    return {"call_ids": call_ids, "router_small": percentiles(routed, errors), "direct_triton": percentiles(direct),
             "router_small_inside_route": percentiles(inside), "asgi_hop_floor": percentiles(hop),
             "router_small_httpx": percentiles(routed_httpx), "asgi_hop_floor_httpx": percentiles(hop_httpx)}
 
@@ -359,6 +382,14 @@ async def bench_frontier(workdir: Path, namespace: str, key: str, common: Common
     finally:
         rt.stop()
         sim.stop()
+
+
+async def router_triton_legs(common: CommonSettings, namespace: str, at_least: int) -> dict[str, float]:
+    """call_id -> the router's own Triton round trip (RouterOutcome.small_latency_ms: timed around the same
+    SmallModelClient.classify call as the direct baseline), for every small answer the router published."""
+    records = await read_topic(common.kafka, topic_name(ROUTER_OUTCOMES, namespace), min_count=at_least, timeout=30)
+    return {o.call_id: o.small_latency_ms for o in decode_all(Codec(), records, RouterOutcome)
+            if o.small_latency_ms is not None}
 
 
 async def decide(common: CommonSettings, namespace: str, model: str, url: str, key: str) -> None:
@@ -473,9 +504,10 @@ async def main() -> None:
     parser.add_argument("--small-n", type=int, default=300)
     parser.add_argument("--frontier-n", type=int, default=128)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--throughput-n", type=int, default=640)
+    parser.add_argument("--throughput-n", type=int, default=640, help="texts per throughput run (0: none)")
     parser.add_argument("--profile-s", type=float, default=15,
                         help="py-spy the router this long (0: no profile; skipped without py-spy in the venv)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
     args = parser.parse_args()
 
     common = CommonSettings()
@@ -489,6 +521,7 @@ async def main() -> None:
     key = create_key(workdir / "keys.json", "bench")
     await ensure_topics(common.kafka, namespace)
     results: dict = {}
+    call_ids: dict[str, list[str]] = {}
     throughput: dict = {}
     queue_delay: dict = {}
     profile: dict = {}
@@ -512,23 +545,28 @@ async def main() -> None:
         try:
             for variant, model in models.items():
                 await decide(common, namespace, model, url, key)
-                for k, v in (await bench_small(url, hop_url, key, common.triton_grpc_url, model,
-                                               args.small_n)).items():
+                small = await bench_small(url, hop_url, key, common.triton_grpc_url, model, args.small_n)
+                call_ids[variant] = small.pop("call_ids")
+                for k, v in small.items():
                     results[f"{k}_{variant}"] = v
+            legs = await router_triton_legs(common, namespace, sum(map(len, call_ids.values())))
+            for variant, ids in call_ids.items():
+                results[f"router_triton_call_{variant}"] = percentiles([legs[c] for c in ids if c in legs])
         finally:
             hop.terminate()
             hop.wait(10)
             rt.stop()
         tp_texts = banking77_texts(args.throughput_n, offset=1000)
-        for variant, model in models.items():
+        for variant, model in models.items() if args.throughput_n > 0 else ():
             throughput[f"triton_8_clients_{variant}"] = await triton_throughput(common.triton_grpc_url, model,
                                                                                 tp_texts)
             throughput[f"in_process_batch32_{variant}"] = await asyncio.to_thread(in_process_throughput,
                                                                                   staged[variant], tp_texts)
         queue_delay = await queue_delay_effect(common.triton_grpc_url, models["int8"], delayed, args.small_n)
-        queue_delay["triton_8_clients_delay_0us"] = throughput["triton_8_clients_int8"]
-        queue_delay["triton_8_clients_delay_500us"] = await triton_throughput(common.triton_grpc_url, delayed,
-                                                                              tp_texts)
+        if args.throughput_n > 0:
+            queue_delay["triton_8_clients_delay_0us"] = throughput["triton_8_clients_int8"]
+            queue_delay["triton_8_clients_delay_500us"] = await triton_throughput(common.triton_grpc_url, delayed,
+                                                                                  tp_texts)
         if args.profile_s > 0:
             profile = await profile_router(workdir, namespace, key, common, sim_url, args.profile_s)
         sim.stop()
@@ -545,6 +583,8 @@ async def main() -> None:
         ratios[f"router_small_over_direct_triton_p50_ratio_{v}"] = round(small["p50_ms"] / direct["p50_ms"], 3)
         ratios[f"inside_route_over_direct_triton_p50_ratio_{v}"] = round(
             results[f"router_small_inside_route_{v}"]["p50_ms"] / direct["p50_ms"], 3)
+        ratios[f"router_triton_call_over_direct_triton_p50_ratio_{v}"] = round(
+            results[f"router_triton_call_{v}"]["p50_ms"] / direct["p50_ms"], 3)
         ratios[f"router_small_httpx_over_direct_triton_p50_ratio_{v}"] = round(
             results[f"router_small_httpx_{v}"]["p50_ms"] / direct["p50_ms"], 3)
         ratios[f"router_small_over_asgi_hop_plus_triton_p50_ratio_{v}"] = round(
@@ -553,14 +593,17 @@ async def main() -> None:
             ratios[f"asgi_hop{client}_plus_triton_over_direct_triton_p50_ratio_{v}"] = round(
                 (results[f"asgi_hop_floor{client}_{v}"]["p50_ms"] + direct["p50_ms"]) / direct["p50_ms"], 3)
         ratios[f"small_over_frontier_p95_ratio_{v}"] = round(small["p95_ms"] / on["p95_ms"], 5)
+        if not throughput:
+            continue
         ratios[f"triton_8_clients_over_in_process_batch32_ratio_{v}"] = round(
             throughput[f"triton_8_clients_{v}"]["texts_per_s"] / throughput[f"in_process_batch32_{v}"]["texts_per_s"],
             3)
     ratios["lone_request_delay_0_over_500us_p50_ratio_int8"] = round(
         queue_delay["lone_request_delay_0us"]["p50_ms"] / queue_delay["lone_request_delay_500us"]["p50_ms"], 3)
-    ratios["triton_8_clients_delay_0_over_500us_ratio_int8"] = round(
-        queue_delay["triton_8_clients_delay_0us"]["texts_per_s"]
-        / queue_delay["triton_8_clients_delay_500us"]["texts_per_s"], 3)
+    if throughput:
+        ratios["triton_8_clients_delay_0_over_500us_ratio_int8"] = round(
+            queue_delay["triton_8_clients_delay_0us"]["texts_per_s"]
+            / queue_delay["triton_8_clients_delay_500us"]["texts_per_s"], 3)
     ratios["capture_on_over_off_p50_ratio"] = round(on["p50_ms"] / off["p50_ms"], 4)
     ratios["capture_on_over_off_p95_ratio"] = round(on["p95_ms"] / off["p95_ms"], 4)
     goals = {"router_small_over_direct_triton_p50_ratio_fp32": ("<=", 1.3),
@@ -571,7 +614,7 @@ async def main() -> None:
              "triton_8_clients_over_in_process_batch32_ratio_int8": (">=", 0.8)}
     headline = [{"name": name, "value": ratios[name], "goal": f"{op} {goal}",
                  "met": ratios[name] <= goal if op == "<=" else ratios[name] >= goal}
-                for name, (op, goal) in goals.items()]
+                for name, (op, goal) in goals.items() if name in ratios]
     report = {
         "benchmark": "router latency with a real fine-tuned MiniLM (fp32, int8): small path, frontier path, "
                      "direct Triton, capture on/off, Triton throughput",
@@ -597,8 +640,8 @@ async def main() -> None:
     if profile:
         report["profile"] = profile.get("shares", profile)
         report["profile_samples"] = {k: v for k, v in profile.items() if k != "shares"}
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({"results": results, "throughput": throughput, "ratios": ratios, "profile": profile}, indent=2))
 
 
