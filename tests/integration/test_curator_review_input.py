@@ -11,14 +11,13 @@ import pytest
 
 from services.common.catalog import CALLS_CAPTURED, LABELS_REVIEWED, topic_name
 from services.common.contracts import CapturedCall, ReviewedLabel
-from services.common.kafka import make_producer
 from services.common.settings import REPO_ROOT, CommonSettings
 from services.common.tasks import load_tasks
 from services.curator.dataset import MAX_RECENT, live_records
 from services.curator.forget import hash_of_input
 from services.curator.snapshot import read_snapshot, read_sources
 from tests.integration.test_curator_worker import run_cli, wait_for_dataset
-from tests.integration.test_workers import BANKING, start_worker, stop_worker, wait_for, worker_env
+from tests.integration.test_workers import BANKING, produce_to_partition, start_worker, stop_worker, wait_for, worker_env
 from tests.support import produce
 
 pytestmark = pytest.mark.integration
@@ -30,16 +29,6 @@ OTHERS = ["How do I change my PIN?", "My top-up failed", "I was charged twice fo
 def call(call_id: str, text: str, label: str, seconds: int) -> CapturedCall:
     return CapturedCall(call_id=call_id, task=BANKING, ts=T0 + timedelta(seconds=seconds), input=text,
                         output_raw=label, output=label, latency_ms=500.0, model="frontier-sim")
-
-
-async def produce_on_partition(kafka, codec, topic: str, calls: list[CapturedCall], partition: int) -> None:
-    producer = make_producer(kafka)
-    await producer.start()
-    try:
-        for c in calls:
-            await producer.send_and_wait(topic, codec.encode(c), key=c.call_id.encode(), partition=partition)
-    finally:
-        await producer.stop()
 
 
 def snapshot_rows(env: dict) -> dict[str, dict]:
@@ -57,7 +46,7 @@ async def test_a_review_of_an_old_call_of_a_hot_input_is_gold_and_forget_removes
     worker = start_worker("curator", namespace, kafka_settings, tmp_path)
     try:
         await wait_for(lambda: worker.get("/readyz") is not None, 90, "the curator ready", worker)
-        await produce_on_partition(kafka_settings, codec, topic_name(CALLS_CAPTURED, namespace), hot, partition=0)
+        await produce_to_partition(kafka_settings, codec, topic_name(CALLS_CAPTURED, namespace), hot, partition=0)
         await produce(kafka_settings, codec, topic_name(CALLS_CAPTURED, namespace), [(c.call_id, c) for c in others])
         await wait_for_dataset(kafka_settings, codec, namespace, {BANKING: len(hot) + len(others)}, worker)
         data = await read_sources(CommonSettings(kafka=kafka_settings, topic_namespace=namespace), codec)
