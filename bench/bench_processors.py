@@ -203,18 +203,6 @@ async def raw_consume(kafka: KafkaSettings, topic: str, n: int, codec: Codec | N
         await consumer.stop()
 
 
-async def namespace_topics(kafka: KafkaSettings, namespace: str) -> list[str]:
-    """Every topic of the run: the catalog's and the workers' own (state topics)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(**kafka.client_config())
-    await admin.start()
-    try:
-        return [t for t in await admin.list_topics() if t.startswith(namespace)]
-    finally:
-        await admin.close()
-
-
 async def restore_seconds(name: str, namespace: str, kafka: KafkaSettings, workdir: Path) -> float:
     """How long a new owner takes to read the processor's state back (all 12 partitions of the
     captured calls' state topic): one record per partition, whatever the volume behind it."""
@@ -429,7 +417,7 @@ async def agent_rates(kafka: KafkaSettings, n: int, agents: list[str]) -> dict:
         report["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return report
     finally:
-        await delete_topics(kafka, await namespace_topics(kafka, namespace))
+        await delete_topics(kafka, namespace=namespace)
         if shadow_setup.get("shadow_mode"):
             from tests.support_triton import unload_and_remove
             unload_and_remove(shadow_setup["triton_http"], Path(shadow_setup["repository"]), shadow_setup["triton_model"])
@@ -449,7 +437,7 @@ async def kill_restore_all(kafka: KafkaSettings, n: int) -> dict:
         report["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return report
     finally:
-        await delete_topics(kafka, await namespace_topics(kafka, namespace))
+        await delete_topics(kafka, namespace=namespace)
 
 
 NOTES = ("processor rate = captured calls per second between its first and last processed record "
@@ -562,7 +550,7 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path, kill
         out.write_text(json.dumps(report, indent=2) + "\n")
         return report
     finally:
-        await delete_topics(kafka, await namespace_topics(kafka, namespace))
+        await delete_topics(kafka, namespace=namespace)
 
 
 if __name__ == "__main__":

@@ -154,12 +154,17 @@ async def ensure_topics(kafka: KafkaSettings, namespace: str = "", specs: tuple[
         await admin.close()
 
 
-async def delete_topics(kafka: KafkaSettings, names: list[str]) -> None:
+async def delete_topics(kafka: KafkaSettings, names: list[str] | None = None, *, namespace: str = "") -> None:
+    """Delete `names` that exist; with `namespace` instead, every topic of that namespace (the catalog's
+    and the workers' own state topics) — a test's or a bench's clean-up."""
+    if names is None and not namespace:
+        raise ValueError("delete_topics needs names or a non-empty namespace")
     admin = AIOKafkaAdminClient(**kafka.client_config())
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        doomed = [n for n in names if n in existing]
+        wanted = names if names is not None else [t for t in existing if t.startswith(namespace)]
+        doomed = [n for n in wanted if n in existing]
         if doomed:
             await admin.delete_topics(doomed)
     finally:

@@ -1,6 +1,7 @@
 """The catalog against the real broker: ensure creates, is idempotent, reports drift; every schema travels."""
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 
@@ -122,3 +123,25 @@ async def test_a_worker_refuses_to_start_when_its_state_topic_has_fewer_partitio
         assert f"{state} has 4 partitions, {topic_name(CALLS_CAPTURED, namespace)} has 12" in worker.tail()
     finally:
         await delete_topics(kafka_settings, [state] + [topic_name(s, namespace) for s in CATALOG])
+
+
+async def test_delete_topics_by_namespace_takes_that_namespace_only(kafka_settings, namespace):
+    other = namespace.rstrip(".") + "x."  # shares the prefix up to the dot, so the dot must matter
+    names = [f"{namespace}a", f"{namespace}b-state", f"{other}a"]
+    admin = AIOKafkaAdminClient(**kafka_settings.client_config())
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        await delete_topics(kafka_settings, namespace=namespace)
+        for _ in range(50):  # deletion reaches the metadata a moment later
+            left = set(await admin.list_topics())
+            if f"{namespace}a" not in left and f"{namespace}b-state" not in left:
+                break
+            await asyncio.sleep(0.2)
+        assert f"{namespace}a" not in left and f"{namespace}b-state" not in left
+        assert f"{other}a" in left
+    finally:
+        await admin.close()
+        await delete_topics(kafka_settings, [f"{other}a"])
+    with pytest.raises(ValueError, match="non-empty namespace"):
+        await delete_topics(kafka_settings, namespace="")

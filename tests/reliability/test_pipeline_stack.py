@@ -85,15 +85,6 @@ async def create_internal_topics(kafka: KafkaSettings, namespace: str) -> None:
         await admin.close()
 
 
-async def namespace_topics(kafka: KafkaSettings, namespace: str) -> list[str]:
-    admin = AIOKafkaAdminClient(**kafka.client_config())
-    await admin.start()
-    try:
-        return [t for t in await admin.list_topics() if t.startswith(namespace)]
-    finally:
-        await admin.close()
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, kafka_settings, triton_urls, model_repository):
     namespace = f"t{uuid.uuid4().hex[:10]}."
@@ -117,7 +108,7 @@ def stack(tmp_path_factory, kafka_settings, triton_urls, model_repository):
         s.router.stop()
         s.sim.stop()
         unload_and_remove(triton_urls["http"], model_repository, model)
-        asyncio.run(delete_topics(kafka_settings, asyncio.run(namespace_topics(kafka_settings, namespace))))
+        asyncio.run(delete_topics(kafka_settings, namespace=namespace))
 
 
 # -- 1. bad input on every input topic -----------------------------------------------------------
