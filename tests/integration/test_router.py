@@ -133,20 +133,28 @@ def api_key(tmp_path) -> str:
 
 
 @pytest.fixture
-def start_router(topics, tmp_path, kafka_settings, namespace, simulator, triton_urls, api_key):
-    """Start a router on this test's topics (settings can be overridden); stops them all afterwards."""
+def routers():
+    """Start routers from their settings (`routers(settings, ready=True)`); stops them all afterwards."""
     servers: list[RouterServer] = []
 
-    def start(ready: bool = True, triton_grpc: str | None = None, **overrides) -> RouterServer:
-        settings = router_settings(tmp_path, kafka_settings, namespace, simulator, triton_grpc or triton_urls["grpc"],
-                                   **overrides)
-        server = RouterServer(settings)
-        servers.append(server)
-        return server.start(ready)
+    def launch(settings: RouterSettings, ready: bool = True) -> RouterServer:
+        servers.append(RouterServer(settings))
+        return servers[-1].start(ready)
 
-    yield start
+    yield launch
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def start_router(topics, tmp_path, kafka_settings, namespace, simulator, triton_urls, api_key, routers):
+    """Start a router on this test's topics and the simulator (settings can be overridden)."""
+
+    def start(ready: bool = True, triton_grpc: str | None = None, **overrides) -> RouterServer:
+        return routers(router_settings(tmp_path, kafka_settings, namespace, simulator,
+                                       triton_grpc or triton_urls["grpc"], **overrides), ready)
+
+    return start
 
 
 @pytest.fixture(scope="module")

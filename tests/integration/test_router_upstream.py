@@ -14,14 +14,15 @@ import pytest
 
 from services.common.frontier import FrontierSettings
 from services.common.settings import REPO_ROOT
-from services.router.keys import create_key
 from tests.integration.test_router import (
     TASK,
     RouterServer,
+    api_key,  # noqa: F401 - a fixture, shared
     captured,
     free_port,
     outcomes,
     router_settings,
+    routers,  # noqa: F401 - a fixture, shared
     sdk,
     wait_http,
 )
@@ -60,25 +61,16 @@ def litellm(tmp_path_factory):
 
 
 @pytest.fixture
-def api_key(tmp_path) -> str:
-    return create_key(tmp_path / "keys.json", "billing-service")
-
-
-@pytest.fixture
-def start_router(topics, tmp_path, kafka_settings, namespace, litellm, triton_urls, api_key):
-    servers: list[RouterServer] = []
+def start_router(topics, tmp_path, kafka_settings, namespace, litellm, triton_urls, api_key, routers):
+    """Start a router on this test's topics with LiteLLM as its frontier (its key can be overridden)."""
 
     def start(key: str = MASTER_KEY, **frontier) -> RouterServer:
         settings = FrontierSettings(**{"base_url": litellm[0], "api_key": key, "timeout_s": 30.0, "max_retries": 1,
                                        "backoff_base_s": 0.05, "breaker_failures": 50, **frontier})
-        server = RouterServer(router_settings(tmp_path, kafka_settings, namespace, litellm[0], triton_urls["grpc"],
-                                              frontier=settings))
-        servers.append(server)
-        return server.start()
+        return routers(router_settings(tmp_path, kafka_settings, namespace, litellm[0], triton_urls["grpc"],
+                                       frontier=settings))
 
-    yield start
-    for server in servers:
-        server.stop()
+    return start
 
 
 @pytest.fixture
