@@ -19,6 +19,7 @@ import pytest
 
 from services.capture.client import CaptureSettings
 from services.common.catalog import CALLS_CAPTURED, CATALOG, ROUTER_OUTCOMES, topic_name
+from services.common.contracts import RouterOutcome
 from services.common.kafka import ensure_topics
 from services.common.settings import REPO_ROOT, KafkaSettings
 from tests.integration.test_router import (
@@ -30,7 +31,7 @@ from tests.integration.test_router import (
     router_settings,
     simulator,  # noqa: F401 (fixture)
 )
-from tests.support import read_topic
+from tests.support import decode_all, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -81,7 +82,7 @@ async def until(predicate, timeout: float, what: str) -> None:
 
 
 async def test_kafka_outage_spools_then_every_call_lands_exactly_once(own_broker, simulator, tmp_path, namespace,  # noqa: F811
-                                                                      triton_urls):
+                                                                      triton_urls, codec):
     from services.router.keys import create_key
 
     kafka = own_broker.settings
@@ -117,7 +118,8 @@ async def test_kafka_outage_spools_then_every_call_lands_exactly_once(own_broker
     keys = [r.key.decode() for r in records]
     assert sorted(keys) == sorted(call_ids), f"{len(keys)} records for {len(call_ids)} calls"
     outcomes = await read_topic(kafka, topic_name(ROUTER_OUTCOMES, namespace), min_count=len(call_ids), timeout=30)
-    assert sorted(r.key.decode() for r in outcomes) == sorted(call_ids)
+    assert {r.key.decode() for r in outcomes} == {TASK}  # outcomes are keyed by task (the controller's partitions)
+    assert sorted(o.call_id for o in decode_all(codec, outcomes, RouterOutcome)) == sorted(call_ids)
 
 
 async def _positive(h: httpx.AsyncClient, url: str, name: str) -> bool:
