@@ -42,6 +42,7 @@ from services.common import catalog
 from services.common.catalog import TopicSpec, topic_name
 from services.common.kafka import dead_letter, dead_letter_payload_limit, make_producer
 from services.common.reader import TopicReader
+from services.common.settings import RECORD_OVERHEAD_BYTES
 from services.common.streams import (DEADLETTERED, FAILED, PROCESSED, PROCESSING_SECONDS, Emit, Item, Meta, Model,
                                      app_id, decode, plumbing, source_topic)
 
@@ -66,6 +67,10 @@ class PartitionState(Generic[S]):
     next_offset: Optional[int]  # where the partition resumes; None: at the beginning
     saved: Any = None  # the JSON last written (what a failed step goes back to)
     dirty: bool = False
+
+
+class RecordTooLarge(ValueError):
+    """A result larger than the worker's producer may send."""
 
 
 def state_topic(app_name: str, namespace: str, source: TopicSpec) -> str:
@@ -228,7 +233,9 @@ class BatchProcessor(Generic[S]):
             st.dirty = True
             handled += len(fresh) - len(failures)
             failed += len(failures)
-            sends += [await self.send(e) for e in emits]
+            last = fresh[-1]
+            source = Meta(last.topic, last.partition, last.offset, last.key, last.timestamp / 1000.0)
+            sends += [await self.send(e, source) for e in emits]
             sends += [await self.send(self.letter(meta, raw, exc)) for meta, raw, exc in failures]
         if sends:
             await asyncio.gather(*sends)
@@ -243,9 +250,18 @@ class BatchProcessor(Generic[S]):
         if handled or failed or not self.lag():
             self.plumb.health.progressed()
 
-    async def send(self, e: Emit) -> asyncio.Future:
+    async def send(self, e: Emit, source: Optional[Meta] = None) -> asyncio.Future:
+        """Send one emit. One larger than the producer may send would fail the whole batch, again at
+        every retry: it is dead-lettered instead (with `source`, the batch's last record), alone."""
         topic = topic_name(e.spec, self.plumb.settings.topic_namespace) if isinstance(e.spec, TopicSpec) else e.spec
         value = e.value if isinstance(e.value, bytes) else self.plumb.codec.encode(e.value)
+        size = len(value) + len(e.key_bytes() or b"") + sum(len(k) + len(v) for k, v in e.headers)
+        limit = self.plumb.settings.kafka.limits.request_bytes - RECORD_OVERHEAD_BYTES
+        if source is not None and size > limit:
+            DEADLETTERED.labels(self.plumb.processor).inc()
+            return await self.send(self.letter(source, value, RecordTooLarge(
+                f"{topic} record (key {e.key_bytes()!r}) is {size} bytes, over the {limit} a producer of this "
+                f"worker may send (GRADUATE_KAFKA_MAX_MESSAGE_BYTES): not sent, dead-lettered")))
         return await self.producer.send(topic, key=e.key_bytes(), value=value, headers=list(e.headers) or None,
                                         partition=e.partition)
 

@@ -1,6 +1,6 @@
 """Record sizes at the curator: a captured call larger than the worker's own producer may send is
-curated like any other (the curator forwards nothing per call: it no longer re-keys calls by input,
-so only its state records, bounded, and dead letters, truncated, are sent), and a worker whose
+counted like any other, and its dataset record — too large to send — is dead-lettered alone with
+the reason instead of failing the batch again and again (BatchProcessor.send); a worker whose
 records the topics would refuse does not start.
 
 (The agents' path, where a result too large to send is dead-lettered alone, is
@@ -11,17 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from services.common.catalog import CALLS_CAPTURED, topic_name
+from services.common.catalog import CALLS_CAPTURED, DEADLETTER, topic_name
+from services.common.contracts import DeadLetter
 from tests.integration.test_workers import BANKING, banking77_calls, metric, start_worker, stop_worker, wait_for
-from tests.support import produce
+from tests.support import decode_all, produce, read_topic
 
 pytestmark = pytest.mark.integration
 
 WORKER_MAX_MESSAGE_BYTES = 256 * 1024  # the worker's one size setting; the topics keep the default 1 MiB
 
 
-async def test_an_oversized_captured_call_is_curated_and_nothing_is_dead_lettered(topics, namespace, kafka_settings,
-                                                                                  codec, tmp_path: Path):
+async def test_an_oversized_captured_call_is_counted_and_only_its_dataset_record_is_dead_lettered(
+        topics, namespace, kafka_settings, codec, tmp_path: Path):
     calls = banking77_calls(600, duplicates=0, conflicts=0, parse_failures=0).calls
     big = calls[300] = calls[300].model_copy(update={"input": "my card has not arrived " * 13_000})  # ~312 KB
     assert len(codec.encode(big)) > WORKER_MAX_MESSAGE_BYTES
@@ -39,10 +40,15 @@ async def test_an_oversized_captured_call_is_curated_and_nothing_is_dead_lettere
         assert stats["inputs"] == 600 and stats["usable"] == 600
         text = worker.get("/metrics")
         assert metric(text, "graduate_processor_processed_total", processor="curator") == 600
-        assert not metric(text, "graduate_processor_deadletter_total", processor="curator")
+        assert metric(text, "graduate_processor_deadletter_total", processor="curator") == 1
     finally:
         rc = stop_worker(worker)
     assert rc == 0, worker.tail()
+    letters = decode_all(codec, await read_topic(kafka_settings, topic_name(DEADLETTER, namespace), min_count=1,
+                                                 timeout=30), DeadLetter)
+    assert len(letters) == 1 and letters[0].processor == "curator", letters
+    assert "graduate.dataset record" in letters[0].reason and "not sent, dead-lettered" in letters[0].reason
+    assert letters[0].payload_truncated  # the letter itself fits
 
 
 async def test_a_worker_whose_records_the_topics_would_refuse_does_not_start(topics, namespace, kafka_settings,

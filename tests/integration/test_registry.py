@@ -173,12 +173,17 @@ async def test_the_registry_accepts_every_released_schema_then_the_current_one(c
 
     run = uuid.uuid4().hex[:10]
     codec = Codec()
+    changelog = (schemas_dir() / "CHANGELOG.md").read_text().split("\n## v1", 1)[0]  # the Unreleased part
     async with RegistryClient(config) as client:
         for spec in CATALOG:
             name = spec.value.__name__
             subject = f"t{run}.{spec.name}-value"
             released = sorted(schemas_dir().glob(f"released/*/{name}.avsc"), key=lambda p: p.parent.name)
-            assert released, f"{name} was never released"
+            if not released:  # a record new since the last release: only the changelog may say so
+                assert f"`{name}` (new" in changelog, \
+                    f"{name} was never released and schemas/CHANGELOG.md does not list it as new"
+                await client.register(subject, codec.schema_for(spec.value).text)
+                continue
             await client.register(subject, schema_text(json.loads(released[0].read_text())))
             await client.set_compatibility(subject, "BACKWARD_TRANSITIVE")
             for path in released[1:]:
