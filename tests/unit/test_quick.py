@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import pytest
 
@@ -11,14 +10,10 @@ from services.common.streams import Item, Meta
 from services.curator.logic import CuratedCall
 
 
-@dataclasses.dataclass(frozen=True)
-class Generated:  # the same fields as Meta, with the dataclass's own __init__
-    topic: str
-    partition: int
-    offset: int
-    key: Optional[bytes] = None
-    timestamp: Optional[float] = None
-    headers: tuple = ()
+# Meta's own fields, with the dataclass's generated __init__ (not quick_init's): what quick_init must match.
+Generated = dataclasses.make_dataclass(
+    "Generated", [(f.name, f.type, dataclasses.field(default=f.default)) if f.default is not dataclasses.MISSING
+                  else (f.name, f.type) for f in dataclasses.fields(Meta)], frozen=True)
 
 
 @pytest.mark.parametrize("args, kwargs", [(("t", 1, 2), {}), (("t", 1, 2, b"k", 1.5, (("h", b"v"),)), {}),
