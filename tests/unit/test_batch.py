@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections import namedtuple
 
+from aiokafka.producer.message_accumulator import BatchBuilder
+
 from services.common import catalog
 from services.common.batch import BatchProcessor, Fold, PartitionState, read_state_record, state_record, state_topic
 from services.common.codec import Codec
 from services.common.contracts import CapturedCall, DeadLetter
-from services.common.streams import WorkerSettings, make_app, plumbing
+from services.common.streams import Emit, WorkerSettings, make_app, plumbing
 
 Record = namedtuple("Record", "topic partition offset key value timestamp headers")
 
@@ -20,16 +22,40 @@ def call(call_id: str, task: str = "t1") -> CapturedCall:
 
 
 class Sent:
-    """Records what the processor would send; every send is delivered at once."""
+    """Records what the processor would send; every send is delivered at once. Record batches are
+    aiokafka's own builders (of `batch_bytes`), read back when sent."""
 
-    def __init__(self) -> None:
+    def __init__(self, batch_bytes: int = 16384) -> None:
         self.records: list[tuple] = []
+        self.batches: list[tuple[str, int, int]] = []  # (topic, partition, records)
+        self.batch_bytes = batch_bytes
 
     async def send(self, topic, key=None, value=None, headers=None, partition=None):
         self.records.append((topic, key, value, partition))
+        return self.delivered()
+
+    def create_batch(self):
+        return BatchBuilder(self.batch_bytes, 0)  # 0: no compression
+
+    async def send_batch(self, builder, topic, *, partition):
+        records = [r for batch in DefaultRecordBatch_of(builder) for r in batch]
+        self.records += [(topic, r.key, r.value, partition) for r in records]
+        self.batches.append((topic, partition, len(records)))
+        return self.delivered()
+
+    @staticmethod
+    def delivered():
         fut = asyncio.get_running_loop().create_future()
         fut.set_result(None)
         return fut
+
+
+def DefaultRecordBatch_of(builder):
+    """The records a closed BatchBuilder holds, as the broker would read them."""
+    from aiokafka.record.default_records import DefaultRecordBatch
+
+    buffer = builder._build()
+    return [DefaultRecordBatch(bytes(buffer))]
 
 
 def count_tasks(state: dict, items) -> None:
@@ -122,3 +148,37 @@ def test_a_source_with_more_partitions_than_its_state_topic_is_named(tmp_path):
     proc.aligned = ("t.graduate.dataset",)  # a topic written per source partition is held to the same count
     [problem] = state_partition_problems({proc.topic: 12, proc.state_topic: 12, "t.graduate.dataset": 2}, [proc])
     assert problem == f"t.graduate.dataset has 2 partitions, {proc.topic} has 12: add partitions to t.graduate.dataset first"
+
+
+async def test_emits_to_a_chosen_partition_go_in_record_batches_in_order_and_the_rest_one_by_one(tmp_path):
+    app, proc = processor(tmp_path)
+    proc.producer = Sent(batch_bytes=4096)  # ~40 of these records a batch: the builder fills and rolls over
+    spec = catalog.DATASET
+    outbox = [(Emit(spec, f"k{i}", b"v%03d" % i + b"." * 80, partition=i % 2), None) for i in range(200)]
+    outbox.append((Emit(catalog.DEADLETTER, "dl", call("x")), None))  # a model, partitioned by key: sent alone
+    futures = await proc.send_many(outbox)
+    assert len(futures) == len(proc.producer.batches) + 1
+    topic = "tb." + spec.name
+    for p in (0, 1):
+        sent = [(k, v[:4]) for t, k, v, part in proc.producer.records if t == topic and part == p]
+        assert sent == [(f"k{i}".encode(), b"v%03d" % i) for i in range(p, 200, 2)]  # every one, in order
+        assert sum(n for t, part, n in proc.producer.batches if part == p) == 100
+    assert max(n for _, _, n in proc.producer.batches) < 100  # more than one batch per partition
+    assert [(t, k) for t, k, _, part in proc.producer.records if part is None] == [("tb.graduate.deadletter", b"dl")]
+
+
+async def test_an_oversized_emit_to_a_chosen_partition_is_dead_lettered_alone(tmp_path):
+    app, proc = processor(tmp_path)
+    codec = plumbing(app).codec
+    source = records(codec, 3, 41, [call("big")])[0]
+    from services.common.streams import Meta
+
+    meta = Meta(source.topic, 3, 41, b"big", 0.0)
+    limit = proc.record_limit()
+    outbox = [(Emit(catalog.DATASET, "small", b"s", partition=3), meta),
+              (Emit(catalog.DATASET, "huge", b"h" * (limit + 1), partition=3), meta)]
+    await proc.send_many(outbox)
+    assert [(t, k, part) for t, k, _, part in proc.producer.records] == [
+        ("tb.graduate.deadletter", b"big", None), ("tb." + catalog.DATASET.name, b"small", 3)]
+    letter = codec.decode(proc.producer.records[0][2], DeadLetter)
+    assert letter.offset == 41 and "over the" in letter.reason
