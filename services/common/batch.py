@@ -134,6 +134,7 @@ class BatchProcessor(Generic[S]):
         self.producer = None
         self.checkpointed_at = 0.0
         self.in_flight = False  # a batch folded into the states whose sends are not all awaited yet
+        self._record_limit: Optional[int] = None
         plumb.health.require(f"state {self.short}", self.ready.is_set)
         plumb.processors.append(self)
         app.producer_only = True  # faust runs the web server and the timers; this loop consumes
@@ -288,7 +289,10 @@ class BatchProcessor(Generic[S]):
         return topic_name(e.spec, self.plumb.settings.topic_namespace) if isinstance(e.spec, TopicSpec) else e.spec
 
     def record_limit(self) -> int:
-        return self.plumb.settings.kafka.limits.request_bytes - RECORD_OVERHEAD_BYTES
+        """The largest record this worker's producer may send (the settings are frozen: computed once)."""
+        if self._record_limit is None:
+            self._record_limit = self.plumb.settings.kafka.limits.request_bytes - RECORD_OVERHEAD_BYTES
+        return self._record_limit
 
     @staticmethod
     def size_of(value: bytes, key: Optional[bytes], headers: Iterable[tuple[str, bytes]]) -> int:

@@ -145,6 +145,7 @@ class Item(Generic[T]):
     meta: Meta
 
 
+@quick_init  # made per record by the curator (a dataset record per input touched)
 @dataclass(frozen=True)
 class Emit:
     """A result to send: `value` encoded with the codec to `spec` under the app's namespace

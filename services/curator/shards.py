@@ -141,8 +141,8 @@ def write_dataset(store: ShardStore, codec: Codec, forgotten: set[str], shard: i
                 entry = changed[key] = out
     if changed:
         store.put_many(shard, changed)
-    return [Emit(catalog.DATASET, key, codec.encode_fields(DatasetRecord, e), partition=shard)
-            for key, e in changed.items()]
+    encode = codec.fields_encoder(DatasetRecord)
+    return [Emit(catalog.DATASET, key, encode(e), partition=shard) for key, e in changed.items()]
 
 
 async def rebuild_shards(store: ShardStore, kafka: KafkaSettings, codec: Codec, topic: str,

@@ -4,6 +4,7 @@ from __future__ import annotations
 import random
 from datetime import datetime, timedelta, timezone
 
+import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
 from services.common.contracts import CapturedCall, DatasetRecord, ReviewedLabel
@@ -112,8 +113,17 @@ def test_the_shard_files_fold_batches_as_the_pure_fold_does_and_skip_forgotten_i
 
 
 def test_an_entry_encodes_to_the_same_bytes_as_its_record(codec):
+    encode = codec.fields_encoder(DatasetRecord)  # the curator's bound encoder (timestamps as epoch ms)
     for entry in fold(traffic(5, 30)).values():
-        assert codec.encode_fields(DatasetRecord, entry) == codec.encode(to_record(entry))
+        assert codec.encode_fields(DatasetRecord, entry) == codec.encode(to_record(entry)) == encode(entry)
+
+
+def test_the_bound_encoder_refuses_a_datetime_where_the_schema_has_a_timestamp(codec):
+    from services.common.codec import CodecError
+
+    entry = next(iter(fold(traffic(5, 3)).values()))
+    with pytest.raises(CodecError, match="DatasetRecord"):
+        codec.fields_encoder(DatasetRecord)({**entry, "kept_ts": T0})
 
 
 def test_a_review_of_an_old_call_of_a_frequent_input_is_kept_when_it_carries_the_input_hash():

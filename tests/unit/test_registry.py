@@ -118,6 +118,11 @@ async def test_codec_registers_every_topic_and_frames_with_the_schema_id():
         assert data[:1] == CONFLUENT_MAGIC
         assert struct.unpack(">I", data[1:5])[0] == codec._ids[example.avro_name]
         assert codec.decode(data, type(example)) == example
+    from services.common.contracts import DatasetRecord
+    from services.curator.dataset import to_entry
+
+    record = next(e for e in EXAMPLES if isinstance(e, DatasetRecord))  # the curator's bound encoder frames alike
+    assert codec.fields_encoder(DatasetRecord)(to_entry(record)) == codec.encode(record)
 
 
 def test_confluent_framing_without_a_registry_is_refused_clearly():
