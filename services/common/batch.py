@@ -9,7 +9,8 @@ its handler does. Here a plain aiokafka consumer-group member does, per `getmany
    that partition's state (a bounded aggregate) and returns what to send (dead letters of refused
    records, say). It must be all-or-nothing: when it raises, its items are dead-lettered and the
    partition's state goes back to the last one written;
-3. send the emits and await them once;
+3. send the emits and await them once (those bound for a chosen partition, like the curator's
+   dataset records, in one record batch per topic partition: `send_many`);
 4. at most every `checkpoint_s` (and when partitions are revoked): write each changed partition's
    state WITH the offset it has reached to a compacted state topic, await, then commit the offsets.
 
