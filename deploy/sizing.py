@@ -30,10 +30,11 @@ FIGURES: dict[str, Figure] = {
                              "assumed: ~15x the 2-core CPU rate; bench/ (issue 5, --device cuda) replaces it"),
     "router_rps": Figure(400, "req/s per router pod (1 vCPU, uvicorn, async frontier calls)", False,
                          "assumed; bench/ router load test (issue 3) replaces it"),
-    "curator_rps": Figure(15800, "records/s per curator process (1 vCPU: batch read, Avro decode, admission, tally, "
-                          "dataset writing)", True, "bench_processors.py on main 2b77659 merged with issue-16e "
-                          "(2026-12-05 17:23, 100 k calls): 15,756 records per CPU second with the dataset writing, "
-                          "0.18x raw read+decode (43,979, 0.47x, without it: bench/results/processors.json)"),
+    "curator_rps": Figure(20900, "records/s per curator process (1 vCPU: batch read, Avro decode, admission, tally, "
+                          "dataset writing)", True, "bench/results/processors.json (issue 16j, 2026-12-05 19:44, "
+                          "100 k calls): 20,851 records per CPU second with the dataset writing, 0.23x raw "
+                          "read+decode (19.1-22.3 k, 0.23-0.24x, in five runs that day; 14.4-14.8 k, 0.16x, before "
+                          "the dataset records went in record batches)"),
     "profiler_rps": Figure(50400, "records/s per profiler process (1 vCPU: batch read, Avro decode, aggregates)",
                            True, "bench/results/processors.json (2026-12-05 17:15, 100 k calls): 50,363 records per "
                            "CPU second, same run; 0.53x raw read+decode (0.45-0.61x in ten runs that day)"),
