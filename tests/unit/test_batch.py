@@ -155,14 +155,18 @@ async def test_emits_to_a_chosen_partition_go_in_record_batches_in_order_and_the
     proc.producer = Sent(batch_bytes=4096)  # ~40 of these records a batch: the builder fills and rolls over
     spec = catalog.DATASET
     outbox = [(Emit(spec, f"k{i}", b"v%03d" % i + b"." * 80, partition=i % 2), None) for i in range(200)]
+    outbox.insert(100, (Emit(spec, "large", b"L" * 10_000, partition=0), None))  # over a batch: one of its own
     outbox.append((Emit(catalog.DEADLETTER, "dl", call("x")), None))  # a model, partitioned by key: sent alone
     futures = await proc.send_many(outbox)
     assert len(futures) == len(proc.producer.batches) + 1
     topic = "tb." + spec.name
     for p in (0, 1):
         sent = [(k, v[:4]) for t, k, v, part in proc.producer.records if t == topic and part == p]
-        assert sent == [(f"k{i}".encode(), b"v%03d" % i) for i in range(p, 200, 2)]  # every one, in order
-        assert sum(n for t, part, n in proc.producer.batches if part == p) == 100
+        want = [(f"k{i}".encode(), b"v%03d" % i) for i in range(p, 200, 2)]  # every one, in order
+        if p == 0:
+            want.insert(50, (b"large", b"LLLL"))
+        assert sent == want
+        assert sum(n for t, part, n in proc.producer.batches if part == p) == len(want)
     assert max(n for _, _, n in proc.producer.batches) < 100  # more than one batch per partition
     assert [(t, k) for t, k, _, part in proc.producer.records if part is None] == [("tb.graduate.deadletter", b"dl")]
 
