@@ -25,10 +25,11 @@ simulator and routers as real processes:
   same upstream latencies, so the difference is the router's own; beside it the router's added time
   (the caller's latency minus the simulated latency of that text);
 - throughput, per variant: Triton with 8 concurrent gRPC clients (one text per request, so Triton's
-  dynamic batcher forms the batches) against in-process onnxruntime on batches of 32 (the same
-  TextClassifier Triton runs: tokenizer, graph, calibration, same threads);
-- Triton's queue delay: the int8 model under the trainer's config (no delay) and under a 500 us
-  delay, a lone request one at a time and 8 clients;
+  dynamic batcher forms the batches; one asyncio process with grpc.aio) against in-process
+  onnxruntime on batches of 32 (the same TextClassifier Triton runs: tokenizer, graph, calibration,
+  session options, every core), in interleaved rounds;
+- the trainer's config against the configs it replaced (int8): a 500 us queue delay, and one
+  instance with onnxruntime's default threads; a lone request one at a time, and 8 clients;
 - with --profile-s: py-spy samples the small-path router under load and the active CPU is split by
   where it goes (needs py-spy in the venv: `uv pip install py-spy`).
 Writes bench/results/router.json with p50/p95/p99 per path, the throughputs, the profile and the
@@ -299,22 +300,39 @@ async def triton_throughput(grpc_url: str, model: str, texts: list[str], clients
     return {"texts": len(texts), "clients": clients, "wall_s": round(wall, 3), "texts_per_s": round(len(texts) / wall, 1)}
 
 
-async def queue_delay_effect(grpc_url: str, ours: str, delayed: str, n: int, blocks: int = 6) -> dict:
-    """The same int8 model under the trainer's config (no queue delay) and under a 500 us delay (the
-    config before): a lone request's latency, one at a time in interleaved blocks."""
+async def lone_requests(grpc_url: str, models: dict[str, str], n: int, blocks: int = 6) -> dict:
+    """A lone request's latency (one at a time, interleaved blocks) per {label: Triton model}: the same
+    int8 model under the trainer's config and under the configs it is compared with."""
     texts = banking77_texts(n, offset=2000)
     client = SmallModelClient(grpc_url, timeout_s=5)
-    lone: dict[str, list[float]] = {ours: [], delayed: []}
+    lone: dict[str, list[float]] = {label: [] for label in models}
     per = max(1, n // blocks)
     try:
-        for model in (ours, delayed):
+        for model in models.values():
             await direct_triton(client, model, banking77_texts(WARMUP))
         for b in range(blocks):
-            for model in (ours, delayed):
-                lone[model] += await direct_triton(client, model, texts[b * per:(b + 1) * per])
+            for label, model in models.items():
+                lone[label] += await direct_triton(client, model, texts[b * per:(b + 1) * per])
     finally:
         await client.close()
-    return {"lone_request_delay_0us": percentiles(lone[ours]), "lone_request_delay_500us": percentiles(lone[delayed])}
+    return {f"lone_request_{label}": percentiles(samples) for label, samples in lone.items()}
+
+
+async def throughput_rounds(grpc_url: str, models: dict[str, str], staged: dict[str, Path], texts: list[str],
+                            rounds: int) -> dict:
+    """Triton with 8 clients per {label: model} and the in-process batch-32 baseline of each variant, in
+    `rounds` interleaved rounds (the load on the shared cores moves: one run each would measure it):
+    per measure the median texts/s and every run's."""
+    runs: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, model in models.items():
+            runs.setdefault(f"triton_8_clients_{label}", []).append(
+                (await triton_throughput(grpc_url, model, texts))["texts_per_s"])
+        for variant, folder in staged.items():
+            runs.setdefault(f"in_process_batch32_{variant}", []).append(
+                (await asyncio.to_thread(in_process_throughput, folder, texts))["texts_per_s"])
+    return {name: {"texts": len(texts), "texts_per_s": round(statistics.median(r), 1), "runs": r}
+            for name, r in runs.items()}
 
 
 def in_process_throughput(staged: Path, texts: list[str], batch: int = 32) -> dict:
@@ -546,6 +564,7 @@ async def main() -> None:
     parser.add_argument("--frontier-blocks", type=int, default=8, help="interleaved blocks of the frontier arms")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--throughput-n", type=int, default=640, help="texts per throughput run (0: none)")
+    parser.add_argument("--throughput-rounds", type=int, default=3, help="interleaved rounds of the throughput runs")
     parser.add_argument("--profile-s", type=float, default=15,
                         help="py-spy the router this long (0: no profile; skipped without py-spy in the venv)")
     parser.add_argument("--out", type=Path, default=None, help="where the JSON goes (default: bench/results/"
@@ -560,6 +579,7 @@ async def main() -> None:
     suffix = uuid.uuid4().hex[:6]
     models = {v: f"bench-router-{suffix}-{v}" for v in staged}
     delayed = f"bench-router-{suffix}-int8-delay500"
+    one_instance = f"bench-router-{suffix}-int8-one-instance"
     workdir = Path(tempfile.mkdtemp(prefix="graduate-bench-router-"))
     key = create_key(workdir / "keys.json", "bench")
     await ensure_topics(common.kafka, namespace)
@@ -574,6 +594,9 @@ async def main() -> None:
             load_model(common.triton_http_url, model)
         router_model.install(staged["int8"], common.model_repository, delayed, queue_delay_us=500)
         load_model(common.triton_http_url, delayed)
+        # the config before: one instance, onnxruntime's default threads (every core)
+        router_model.install(staged["int8"], common.model_repository, one_instance, instances=1, threads="0")
+        load_model(common.triton_http_url, one_instance)
         # Frontier path first (no routing decision yet = frontier mode): capture on and off, interleaved.
         if args.frontier_n > 0:
             results |= await bench_frontier(workdir, namespace, key, common, banking77_texts(args.frontier_n),
@@ -597,23 +620,19 @@ async def main() -> None:
             hop.terminate()
             hop.wait(10)
             rt.stop()
-        tp_texts = banking77_texts(args.throughput_n, offset=1000)
-        for variant, model in models.items() if args.throughput_n > 0 else ():
-            throughput[f"triton_8_clients_{variant}"] = await triton_throughput(common.triton_grpc_url, model,
-                                                                                tp_texts)
-            throughput[f"in_process_batch32_{variant}"] = await asyncio.to_thread(in_process_throughput,
-                                                                                  staged[variant], tp_texts)
-        if args.small_n > 0:
-            queue_delay = await queue_delay_effect(common.triton_grpc_url, models["int8"], delayed, args.small_n)
+        compared = {**models, "int8_one_instance": one_instance, "int8_delay500": delayed}
         if args.throughput_n > 0:
-            queue_delay["triton_8_clients_delay_0us"] = throughput["triton_8_clients_int8"]
-            queue_delay["triton_8_clients_delay_500us"] = await triton_throughput(common.triton_grpc_url, delayed,
-                                                                                  tp_texts)
+            throughput = await throughput_rounds(common.triton_grpc_url, compared, staged,
+                                                 banking77_texts(args.throughput_n, offset=1000),
+                                                 args.throughput_rounds)
+        if args.small_n > 0:
+            lone = {"int8": models["int8"], "int8_delay500": delayed, "int8_one_instance": one_instance}
+            queue_delay = await lone_requests(common.triton_grpc_url, lone, args.small_n)
         if args.profile_s > 0:
             profile = await profile_router(workdir, namespace, key, common, sim_url, args.profile_s)
         sim.stop()
     finally:
-        for model in (*models.values(), delayed):
+        for model in (*models.values(), delayed, one_instance):
             unload_and_remove(common.triton_http_url, common.model_repository, model)
         await delete_topics(common.kafka, [topic_name(s, namespace) for s in CATALOG])
         shutil.rmtree(workdir, ignore_errors=True)
@@ -640,13 +659,16 @@ async def main() -> None:
         ratios[f"triton_8_clients_over_in_process_batch32_ratio_{v}"] = round(
             throughput[f"triton_8_clients_{v}"]["texts_per_s"] / throughput[f"in_process_batch32_{v}"]["texts_per_s"],
             3)
-    if "lone_request_delay_0us" in queue_delay:
-        ratios["lone_request_delay_0_over_500us_p50_ratio_int8"] = round(
-            queue_delay["lone_request_delay_0us"]["p50_ms"] / queue_delay["lone_request_delay_500us"]["p50_ms"], 3)
-    if throughput:
-        ratios["triton_8_clients_delay_0_over_500us_ratio_int8"] = round(
-            queue_delay["triton_8_clients_delay_0us"]["texts_per_s"]
-            / queue_delay["triton_8_clients_delay_500us"]["texts_per_s"], 3)
+    for other in ("delay500", "one_instance") if queue_delay else ():
+        ratios[f"lone_request_over_{other}_p50_ratio_int8"] = round(
+            queue_delay["lone_request_int8"]["p50_ms"] / queue_delay[f"lone_request_int8_{other}"]["p50_ms"], 3)
+    for other in ("delay500", "one_instance") if throughput else ():
+        ratios[f"triton_8_clients_over_{other}_ratio_int8"] = round(
+            throughput["triton_8_clients_int8"]["texts_per_s"]
+            / throughput[f"triton_8_clients_int8_{other}"]["texts_per_s"], 3)
+        ratios[f"triton_8_clients_{other}_over_in_process_batch32_ratio_int8"] = round(
+            throughput[f"triton_8_clients_int8_{other}"]["texts_per_s"]
+            / throughput["in_process_batch32_int8"]["texts_per_s"], 3)
     if on:
         ratios["capture_on_over_off_p50_ratio"] = round(on["p50_ms"] / off["p50_ms"], 4)
         ratios["capture_on_over_off_p95_ratio"] = round(on["p95_ms"] / off["p95_ms"], 4)
@@ -677,13 +699,16 @@ async def main() -> None:
                   f"two routers up at once in {args.frontier_blocks} interleaved blocks (the order alternating), one "
                   f"simulator with seed {SIM_SEED} and --latency-per-input (both arms wait the same upstream latency "
                   f"per text); frontier_added_*: the caller's latency minus the simulated latency of that text; "
-                  f"throughput: {args.throughput_n} texts. Shared 2-core machine."),
+                  f"throughput: {args.throughput_n} texts per run, {args.throughput_rounds} interleaved rounds (median "
+                  f"and every run), the load generator one asyncio process with grpc.aio (8 channels); "
+                  f"*_one_instance: the trainer's config before (1 instance, onnxruntime's default threads). "
+                  f"Shared 2-core machine."),
         "config": {"small_n": args.small_n, "frontier_n": args.frontier_n, "frontier_blocks": args.frontier_blocks,
                    "concurrency": args.concurrency,
-                   "throughput_n": args.throughput_n, "warmup": WARMUP, "model": trained},
+                   "throughput_n": args.throughput_n, "throughput_rounds": args.throughput_rounds, "warmup": WARMUP, "model": trained},
         "results": results,
         "throughput": throughput,
-        "triton_queue_delay": queue_delay,
+        "triton_lone_request": queue_delay,
         "ratios": ratios,
         "headline": headline,
     }

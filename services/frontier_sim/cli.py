@@ -59,7 +59,8 @@ def register(app: typer.Typer) -> None:
 
         overrides = {"host": host, "port": port, "accuracy": accuracy, "seed": seed, "malformed_rate": malformed_rate,
                      "data_dir": data_dir, "latency_per_input": latency_per_input, "fault_rate_500": fault_500,
-                     "fault_rate_429": fault_429, "fault_rate_timeout": fault_timeout, "fault_rate_garbage": fault_garbage}
+                     "fault_rate_429": fault_429, "fault_rate_timeout": fault_timeout,
+                     "fault_rate_garbage": fault_garbage}
         if len(data) != len(task):
             raise typer.BadParameter(f"{len(data)} --data and {len(task)} --task: give one task per data folder")
         if data:
