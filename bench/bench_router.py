@@ -1,7 +1,10 @@
 """Router latency and Triton throughput with a REAL fine-tuned MiniLM, side by side in one run.
 
-    .venv/bin/python bench/bench_router.py [--small-n 300] [--frontier-n 128] [--concurrency 16]
-                                           [--throughput-n 640] [--profile-s 15]
+    .venv/bin/python bench/bench_router.py [--small-n 300] [--frontier-n 512] [--frontier-blocks 8]
+                                           [--concurrency 16] [--throughput-n 640] [--profile-s 15]
+
+A part given 0 (--small-n 0: small path and queue delay; --frontier-n 0; --throughput-n 0; --profile-s 0)
+is left out, and the JSON then goes to <var>/bench/router-partial.json unless --out says otherwise.
 
 Needs Kafka and Triton (`make up`). The small model is all-MiniLM-L6-v2 fine-tuned by the product's
 trainer on a Banking77 slice (bench/router_model.py: trained once, cached under var/bench), served
@@ -16,14 +19,17 @@ simulator and routers as real processes:
   baseline's, and again with httpx (whose own CPU, ~0.6 ms a call here, a caller pays on any HTTP
   hop): the headline ratio is aiohttp's, httpx's is reported beside it;
 - frontier path: the simulator at its default latency (400-900 ms; a SIMULATED frontier, not a real
-  LLM), N requests at a bounded concurrency, through a router with capture on and one with capture
-  off; each gets a fresh simulator with the same seed and warm-up, so both draw the same upstream
-  latencies and the difference is the router's own overhead;
+  LLM) with --latency-per-input (each text's latency a function of the text and seed), N requests
+  per arm at a bounded concurrency through a router with capture on and one with capture off, both
+  up at once, in interleaved blocks of the same texts (the order alternating): both arms wait the
+  same upstream latencies, so the difference is the router's own; beside it the router's added time
+  (the caller's latency minus the simulated latency of that text);
 - throughput, per variant: Triton with 8 concurrent gRPC clients (one text per request, so Triton's
-  dynamic batcher forms the batches) against in-process onnxruntime on batches of 32 (the same
-  TextClassifier Triton runs: tokenizer, graph, calibration, same threads);
-- Triton's queue delay: the int8 model under the trainer's config (no delay) and under a 500 us
-  delay, a lone request one at a time and 8 clients;
+  dynamic batcher forms the batches; one asyncio process with grpc.aio) against in-process
+  onnxruntime on batches of 32 (the same TextClassifier Triton runs: tokenizer, graph, calibration,
+  session options, every core), in interleaved rounds;
+- the trainer's config against the configs it replaced (int8): a 500 us queue delay, and one
+  instance with onnxruntime's default threads; a lone request one at a time, and 8 clients;
 - with --profile-s: py-spy samples the small-path router under load and the active CPU is split by
   where it goes (needs py-spy in the venv: `uv pip install py-spy`).
 Writes bench/results/router.json with p50/p95/p99 per path, the throughputs, the profile and the
@@ -61,6 +67,7 @@ from services.common.contracts import RouterOutcome, RoutingDecision  # noqa: E4
 from services.common.kafka import delete_topics, ensure_topics  # noqa: E402
 from services.common.settings import CommonSettings  # noqa: E402
 from services.common.triton import SmallModelClient  # noqa: E402
+from services.frontier_sim.simulator import input_latency_ms  # noqa: E402
 from services.router.keys import create_key  # noqa: E402
 from tests.support import decode_all, produce, read_topic  # noqa: E402
 from tests.support_triton import load_model, unload_and_remove  # noqa: E402
@@ -72,6 +79,7 @@ TASK = "banking77-intent"
 RESULTS = ROOT / "bench" / "results" / "router.json"
 WARMUP = 16
 SIM_LATENCY = "400-900"  # the simulator's default (GRADUATE_SIM_LATENCY_MIN_MS/MAX_MS)
+SIM_SEED = 0
 GRADUATE = [str(Path(sys.executable).with_name("graduate"))]
 
 
@@ -129,10 +137,11 @@ class Process:
             self.proc.wait(5)
 
 
-def simulator(workdir: Path, name: str, latency: str) -> tuple[Process, str]:
+def simulator(workdir: Path, name: str, latency: str, per_input: bool = False) -> tuple[Process, str]:
     port = free_port()
-    p = Process(["frontier-sim", "--port", str(port), "--latency-ms", latency, "--seed", "0",
-                 "--log-level", "warning"], {}, f"http://127.0.0.1:{port}/healthz", workdir / f"{name}.log")
+    p = Process(["frontier-sim", "--port", str(port), "--latency-ms", latency, "--seed", str(SIM_SEED),
+                 "--latency-per-input" if per_input else "--latency-in-arrival-order", "--log-level", "warning"],
+                {}, f"http://127.0.0.1:{port}/healthz", workdir / f"{name}.log")
     return p.wait(), f"http://127.0.0.1:{port}/v1"
 
 
@@ -198,9 +207,12 @@ def http_hop(workdir: Path, app: str = "app") -> tuple[subprocess.Popen, str]:
 
 
 async def load(url: str, key: str, texts: list[str], concurrency: int, expect: str | None = None,
-               server_side: list[float] | None = None) -> tuple[list[float], int]:
+               server_side: list[float] | None = None, answered: list[str] | None = None,
+               stagger_s: float = 0.0) -> tuple[list[float], int]:
     """POST predict for every text with at most `concurrency` in flight; latencies in ms, and errors.
-    `server_side` collects the latency the router itself reports (`latency_ms`, inside the route)."""
+    `server_side` collects the latency the router itself reports (`latency_ms`, inside the route),
+    `answered` the text of each latency, in the same order; `stagger_s` apart, the workers start one
+    after the other (a steady arrival rate from the start, not a burst of `concurrency` at once)."""
     latencies: list[float] = []
     errors = 0
     queue: asyncio.Queue[str] = asyncio.Queue()
@@ -209,8 +221,9 @@ async def load(url: str, key: str, texts: list[str], concurrency: int, expect: s
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, limits=limits,
                                  timeout=60) as client:
-        async def worker() -> None:
+        async def worker(i: int) -> None:
             nonlocal errors
+            await asyncio.sleep(i * stagger_s)
             while not queue.empty():
                 text = queue.get_nowait()
                 start = time.perf_counter()
@@ -222,7 +235,9 @@ async def load(url: str, key: str, texts: list[str], concurrency: int, expect: s
                     latencies.append(elapsed)
                     if server_side is not None:
                         server_side.append(r.json()["latency_ms"])
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+                    if answered is not None:
+                        answered.append(text)
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
     return latencies, errors
 
 
@@ -285,22 +300,39 @@ async def triton_throughput(grpc_url: str, model: str, texts: list[str], clients
     return {"texts": len(texts), "clients": clients, "wall_s": round(wall, 3), "texts_per_s": round(len(texts) / wall, 1)}
 
 
-async def queue_delay_effect(grpc_url: str, ours: str, delayed: str, n: int, blocks: int = 6) -> dict:
-    """The same int8 model under the trainer's config (no queue delay) and under a 500 us delay (the
-    config before): a lone request's latency, one at a time in interleaved blocks."""
+async def lone_requests(grpc_url: str, models: dict[str, str], n: int, blocks: int = 6) -> dict:
+    """A lone request's latency (one at a time, interleaved blocks) per {label: Triton model}: the same
+    int8 model under the trainer's config and under the configs it is compared with."""
     texts = banking77_texts(n, offset=2000)
     client = SmallModelClient(grpc_url, timeout_s=5)
-    lone: dict[str, list[float]] = {ours: [], delayed: []}
+    lone: dict[str, list[float]] = {label: [] for label in models}
     per = max(1, n // blocks)
     try:
-        for model in (ours, delayed):
+        for model in models.values():
             await direct_triton(client, model, banking77_texts(WARMUP))
         for b in range(blocks):
-            for model in (ours, delayed):
-                lone[model] += await direct_triton(client, model, texts[b * per:(b + 1) * per])
+            for label, model in models.items():
+                lone[label] += await direct_triton(client, model, texts[b * per:(b + 1) * per])
     finally:
         await client.close()
-    return {"lone_request_delay_0us": percentiles(lone[ours]), "lone_request_delay_500us": percentiles(lone[delayed])}
+    return {f"lone_request_{label}": percentiles(samples) for label, samples in lone.items()}
+
+
+async def throughput_rounds(grpc_url: str, models: dict[str, str], staged: dict[str, Path], texts: list[str],
+                            rounds: int) -> dict:
+    """Triton with 8 clients per {label: model} and the in-process batch-32 baseline of each variant, in
+    `rounds` interleaved rounds (the load on the shared cores moves: one run each would measure it):
+    per measure the median texts/s and every run's."""
+    runs: dict[str, list[float]] = {}
+    for _ in range(rounds):
+        for label, model in models.items():
+            runs.setdefault(f"triton_8_clients_{label}", []).append(
+                (await triton_throughput(grpc_url, model, texts))["texts_per_s"])
+        for variant, folder in staged.items():
+            runs.setdefault(f"in_process_batch32_{variant}", []).append(
+                (await asyncio.to_thread(in_process_throughput, folder, texts))["texts_per_s"])
+    return {name: {"texts": len(texts), "texts_per_s": round(statistics.median(r), 1), "runs": r}
+            for name, r in runs.items()}
 
 
 def in_process_throughput(staged: Path, texts: list[str], batch: int = 32) -> dict:
@@ -367,21 +399,47 @@ async def bench_small(url: str, hop_url: str, key: str, grpc_url: str, model: st
             "router_small_httpx": percentiles(routed_httpx), "asgi_hop_floor_httpx": percentiles(hop_httpx)}
 
 
-async def bench_frontier(workdir: Path, namespace: str, key: str, common: CommonSettings, capture: bool,
-                         texts: list[str], concurrency: int) -> dict:
-    name = "capture_on" if capture else "capture_off"
-    sim, sim_url = simulator(workdir, f"sim-{name}", SIM_LATENCY)
-    rt, url = router(workdir, f"router-{name}", namespace, sim_url, capture, common)
+async def bench_frontier(workdir: Path, namespace: str, key: str, common: CommonSettings, texts: list[str],
+                         concurrency: int, blocks: int) -> dict:
+    """Capture on against capture off on the frontier path, for the same traffic: both routers up at once
+    in front of one simulator whose latency is a function of the input (--latency-per-input), so both
+    arms wait the same upstream latencies whatever the arrival order; the texts go in `blocks` blocks,
+    each block through both routers, the order alternating, its workers starting one after the other
+    (no burst of `concurrency` requests at each block's start). Beside the caller's latency, the router's
+    added time: the caller's latency minus the simulated latency of that input."""
+    low, high = map(float, SIM_LATENCY.split("-"))
+    sim, sim_url = simulator(workdir, "sim-frontier", SIM_LATENCY, per_input=True)
+    routers = {arm: router(workdir, f"router-{arm}", namespace, sim_url, arm == "capture_on", common)
+               for arm in ("capture_on", "capture_off")}
+    latencies: dict[str, list[float]] = {arm: [] for arm in routers}
+    added: dict[str, list[float]] = {arm: [] for arm in routers}
+    errors = dict.fromkeys(routers, 0)
+    wall = dict.fromkeys(routers, 0.0)
+    per = max(1, len(texts) // blocks)
+    stagger = (low + high) / 2000 / concurrency  # the closed loop's steady arrival interval
     try:
-        await load(url, key, banking77_texts(WARMUP), concurrency)  # same warm-up, same simulator draws
-        started = time.perf_counter()
-        latencies, errors = await load(url, key, texts, concurrency, expect="frontier")
-        result = percentiles(latencies, errors)
-        result["wall_s"] = round(time.perf_counter() - started, 2)
-        return result
+        for _, url in routers.values():  # the same warm-up for both
+            await load(url, key, banking77_texts(WARMUP, offset=3000), concurrency)
+        for b in range(blocks):
+            chunk = texts[b * per:(b + 1) * per]
+            for arm in (("capture_on", "capture_off") if b % 2 == 0 else ("capture_off", "capture_on")):
+                answered: list[str] = []
+                started = time.perf_counter()
+                ms, e = await load(routers[arm][1], key, chunk, concurrency, expect="frontier", answered=answered,
+                                   stagger_s=stagger)
+                wall[arm] += time.perf_counter() - started
+                latencies[arm] += ms
+                errors[arm] += e
+                added[arm] += [m - input_latency_ms(TASK, t, SIM_SEED, low, high) for m, t in zip(ms, answered)]
     finally:
-        rt.stop()
+        for p, _ in routers.values():
+            p.stop()
         sim.stop()
+    out = {}
+    for arm in routers:
+        out[f"frontier_{arm}"] = percentiles(latencies[arm], errors[arm]) | {"wall_s": round(wall[arm], 2)}
+        out[f"frontier_added_{arm}"] = percentiles(added[arm])
+    return out
 
 
 async def router_triton_legs(common: CommonSettings, namespace: str, at_least: int) -> dict[str, float]:
@@ -501,14 +559,18 @@ async def profile_router(workdir: Path, namespace: str, key: str, common: Common
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--small-n", type=int, default=300)
-    parser.add_argument("--frontier-n", type=int, default=128)
+    parser.add_argument("--small-n", type=int, default=300, help="requests per small-path measure (0: none)")
+    parser.add_argument("--frontier-n", type=int, default=512, help="requests per arm, capture on and off (0: none)")
+    parser.add_argument("--frontier-blocks", type=int, default=8, help="interleaved blocks of the frontier arms")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--throughput-n", type=int, default=640, help="texts per throughput run (0: none)")
+    parser.add_argument("--throughput-rounds", type=int, default=3, help="interleaved rounds of the throughput runs")
     parser.add_argument("--profile-s", type=float, default=15,
                         help="py-spy the router this long (0: no profile; skipped without py-spy in the venv)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--out", type=Path, default=None, help="where the JSON goes (default: bench/results/"
+                        "router.json for a whole run, <var>/bench/router-partial.json when a part is left out)")
     args = parser.parse_args()
+    whole = min(args.small_n, args.frontier_n, args.throughput_n, args.profile_s) > 0
 
     common = CommonSettings()
     staged = router_model.cached_models(common.var_dir, common.model_repository, common.triton_http_url)
@@ -517,6 +579,7 @@ async def main() -> None:
     suffix = uuid.uuid4().hex[:6]
     models = {v: f"bench-router-{suffix}-{v}" for v in staged}
     delayed = f"bench-router-{suffix}-int8-delay500"
+    one_instance = f"bench-router-{suffix}-int8-one-instance"
     workdir = Path(tempfile.mkdtemp(prefix="graduate-bench-router-"))
     key = create_key(workdir / "keys.json", "bench")
     await ensure_topics(common.kafka, namespace)
@@ -531,54 +594,52 @@ async def main() -> None:
             load_model(common.triton_http_url, model)
         router_model.install(staged["int8"], common.model_repository, delayed, queue_delay_us=500)
         load_model(common.triton_http_url, delayed)
-        texts = banking77_texts(args.frontier_n)
-        # Frontier path first (no routing decision yet = frontier mode): capture on, then off.
-        results["frontier_capture_on"] = await bench_frontier(workdir, namespace, key, common, True, texts,
-                                                              args.concurrency)
-        results["frontier_capture_off"] = await bench_frontier(workdir, namespace, key, common, False, texts,
-                                                               args.concurrency)
+        # the config before: one instance, onnxruntime's default threads (every core)
+        router_model.install(staged["int8"], common.model_repository, one_instance, instances=1, threads="0")
+        load_model(common.triton_http_url, one_instance)
+        # Frontier path first (no routing decision yet = frontier mode): capture on and off, interleaved.
+        if args.frontier_n > 0:
+            results |= await bench_frontier(workdir, namespace, key, common, banking77_texts(args.frontier_n),
+                                            args.concurrency, args.frontier_blocks)
         # Small path per variant, then Triton throughput against in-process batches.
         await decide(common, namespace, models["fp32"], "", key)
         sim, sim_url = simulator(workdir, "sim-small", SIM_LATENCY)  # only for fallbacks (none expected)
         rt, url = router(workdir, "router-small", namespace, sim_url, True, common)
         hop, hop_url = http_hop(workdir, "asgi")
         try:
-            for variant, model in models.items():
+            for variant, model in models.items() if args.small_n > 0 else ():
                 await decide(common, namespace, model, url, key)
                 small = await bench_small(url, hop_url, key, common.triton_grpc_url, model, args.small_n)
                 call_ids[variant] = small.pop("call_ids")
                 for k, v in small.items():
                     results[f"{k}_{variant}"] = v
-            legs = await router_triton_legs(common, namespace, sum(map(len, call_ids.values())))
+            legs = await router_triton_legs(common, namespace, sum(map(len, call_ids.values()))) if call_ids else {}
             for variant, ids in call_ids.items():
                 results[f"router_triton_call_{variant}"] = percentiles([legs[c] for c in ids if c in legs])
         finally:
             hop.terminate()
             hop.wait(10)
             rt.stop()
-        tp_texts = banking77_texts(args.throughput_n, offset=1000)
-        for variant, model in models.items() if args.throughput_n > 0 else ():
-            throughput[f"triton_8_clients_{variant}"] = await triton_throughput(common.triton_grpc_url, model,
-                                                                                tp_texts)
-            throughput[f"in_process_batch32_{variant}"] = await asyncio.to_thread(in_process_throughput,
-                                                                                  staged[variant], tp_texts)
-        queue_delay = await queue_delay_effect(common.triton_grpc_url, models["int8"], delayed, args.small_n)
+        compared = {**models, "int8_one_instance": one_instance, "int8_delay500": delayed}
         if args.throughput_n > 0:
-            queue_delay["triton_8_clients_delay_0us"] = throughput["triton_8_clients_int8"]
-            queue_delay["triton_8_clients_delay_500us"] = await triton_throughput(common.triton_grpc_url, delayed,
-                                                                                  tp_texts)
+            throughput = await throughput_rounds(common.triton_grpc_url, compared, staged,
+                                                 banking77_texts(args.throughput_n, offset=1000),
+                                                 args.throughput_rounds)
+        if args.small_n > 0:
+            lone = {"int8": models["int8"], "int8_delay500": delayed, "int8_one_instance": one_instance}
+            queue_delay = await lone_requests(common.triton_grpc_url, lone, args.small_n)
         if args.profile_s > 0:
             profile = await profile_router(workdir, namespace, key, common, sim_url, args.profile_s)
         sim.stop()
     finally:
-        for model in (*models.values(), delayed):
+        for model in (*models.values(), delayed, one_instance):
             unload_and_remove(common.triton_http_url, common.model_repository, model)
         await delete_topics(common.kafka, [topic_name(s, namespace) for s in CATALOG])
         shutil.rmtree(workdir, ignore_errors=True)
 
-    on, off = results["frontier_capture_on"], results["frontier_capture_off"]
+    on, off = results.get("frontier_capture_on"), results.get("frontier_capture_off")
     ratios: dict = {}
-    for v in models:
+    for v in models if args.small_n > 0 else ():
         small, direct = results[f"router_small_{v}"], results[f"direct_triton_{v}"]
         ratios[f"router_small_over_direct_triton_p50_ratio_{v}"] = round(small["p50_ms"] / direct["p50_ms"], 3)
         ratios[f"inside_route_over_direct_triton_p50_ratio_{v}"] = round(
@@ -592,20 +653,27 @@ async def main() -> None:
         for client in ("", "_httpx"):  # the best any Python hop does, with that client
             ratios[f"asgi_hop{client}_plus_triton_over_direct_triton_p50_ratio_{v}"] = round(
                 (results[f"asgi_hop_floor{client}_{v}"]["p50_ms"] + direct["p50_ms"]) / direct["p50_ms"], 3)
-        ratios[f"small_over_frontier_p95_ratio_{v}"] = round(small["p95_ms"] / on["p95_ms"], 5)
-        if not throughput:
-            continue
+        if on:
+            ratios[f"small_over_frontier_p95_ratio_{v}"] = round(small["p95_ms"] / on["p95_ms"], 5)
+    for v in models if throughput else ():
         ratios[f"triton_8_clients_over_in_process_batch32_ratio_{v}"] = round(
             throughput[f"triton_8_clients_{v}"]["texts_per_s"] / throughput[f"in_process_batch32_{v}"]["texts_per_s"],
             3)
-    ratios["lone_request_delay_0_over_500us_p50_ratio_int8"] = round(
-        queue_delay["lone_request_delay_0us"]["p50_ms"] / queue_delay["lone_request_delay_500us"]["p50_ms"], 3)
-    if throughput:
-        ratios["triton_8_clients_delay_0_over_500us_ratio_int8"] = round(
-            queue_delay["triton_8_clients_delay_0us"]["texts_per_s"]
-            / queue_delay["triton_8_clients_delay_500us"]["texts_per_s"], 3)
-    ratios["capture_on_over_off_p50_ratio"] = round(on["p50_ms"] / off["p50_ms"], 4)
-    ratios["capture_on_over_off_p95_ratio"] = round(on["p95_ms"] / off["p95_ms"], 4)
+    for other in ("delay500", "one_instance") if queue_delay else ():
+        ratios[f"lone_request_over_{other}_p50_ratio_int8"] = round(
+            queue_delay["lone_request_int8"]["p50_ms"] / queue_delay[f"lone_request_int8_{other}"]["p50_ms"], 3)
+    for other in ("delay500", "one_instance") if throughput else ():
+        ratios[f"triton_8_clients_over_{other}_ratio_int8"] = round(
+            throughput["triton_8_clients_int8"]["texts_per_s"]
+            / throughput[f"triton_8_clients_int8_{other}"]["texts_per_s"], 3)
+        ratios[f"triton_8_clients_{other}_over_in_process_batch32_ratio_int8"] = round(
+            throughput[f"triton_8_clients_int8_{other}"]["texts_per_s"]
+            / throughput["in_process_batch32_int8"]["texts_per_s"], 3)
+    if on:
+        ratios["capture_on_over_off_p50_ratio"] = round(on["p50_ms"] / off["p50_ms"], 4)
+        ratios["capture_on_over_off_p95_ratio"] = round(on["p95_ms"] / off["p95_ms"], 4)
+        added_on, added_off = results["frontier_added_capture_on"], results["frontier_added_capture_off"]
+        ratios["capture_on_minus_off_added_p50_ms"] = round(added_on["p50_ms"] - added_off["p50_ms"], 3)
     goals = {"router_small_over_direct_triton_p50_ratio_fp32": ("<=", 1.3),
              "router_small_over_direct_triton_p50_ratio_int8": ("<=", 1.3),
              "small_over_frontier_p95_ratio_fp32": ("<=", round(1 / 60, 5)),
@@ -627,21 +695,29 @@ async def main() -> None:
                   f"config.pbtxt) as fp32 and dynamic int8; inputs are Banking77 test texts. Small path and direct "
                   f"Triton: one request at a time, {args.small_n} each, interleaved blocks, the HTTP calls with aiohttp "
                   f"(router_small, asgi_hop_floor; the headline) and with httpx (*_httpx); frontier path (httpx): "
-                  f"{args.frontier_n} requests at concurrency {args.concurrency}, a fresh simulator with seed 0 per "
-                  f"run; throughput: {args.throughput_n} texts. Shared 2-core machine."),
-        "config": {"small_n": args.small_n, "frontier_n": args.frontier_n, "concurrency": args.concurrency,
-                   "throughput_n": args.throughput_n, "warmup": WARMUP, "model": trained},
+                  f"{args.frontier_n} requests per arm at concurrency {args.concurrency}, capture on and off through "
+                  f"two routers up at once in {args.frontier_blocks} interleaved blocks (the order alternating), one "
+                  f"simulator with seed {SIM_SEED} and --latency-per-input (both arms wait the same upstream latency "
+                  f"per text); frontier_added_*: the caller's latency minus the simulated latency of that text; "
+                  f"throughput: {args.throughput_n} texts per run, {args.throughput_rounds} interleaved rounds (median "
+                  f"and every run), the load generator one asyncio process with grpc.aio (8 channels); "
+                  f"*_one_instance: the trainer's config before (1 instance, onnxruntime's default threads). "
+                  f"Shared 2-core machine."),
+        "config": {"small_n": args.small_n, "frontier_n": args.frontier_n, "frontier_blocks": args.frontier_blocks,
+                   "concurrency": args.concurrency,
+                   "throughput_n": args.throughput_n, "throughput_rounds": args.throughput_rounds, "warmup": WARMUP, "model": trained},
         "results": results,
         "throughput": throughput,
-        "triton_queue_delay": queue_delay,
+        "triton_lone_request": queue_delay,
         "ratios": ratios,
         "headline": headline,
     }
     if profile:
         report["profile"] = profile.get("shares", profile)
         report["profile_samples"] = {k: v for k, v in profile.items() if k != "shares"}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out = args.out or (RESULTS if whole else common.var_dir / "bench" / "router-partial.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps({"results": results, "throughput": throughput, "ratios": ratios, "profile": profile}, indent=2))
 
 

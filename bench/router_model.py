@@ -78,19 +78,25 @@ def train_and_stage(root: Path, model_repository: Path, triton_http_url: str) ->
         shutil.rmtree(work, ignore_errors=True)
 
 
-def install(staged: Path, repository: Path, name: str, queue_delay_us: int | None = None) -> None:
+def install(staged: Path, repository: Path, name: str, queue_delay_us: int | None = None,
+            instances: int | None = None, threads: str | None = None) -> None:
     """Lay the staged version out as <repository>/<name>/1 with the trainer's own config.pbtxt and the
-    trainer's current model.py (`queue_delay_us`: another dynamic-batching delay, for comparison)."""
+    trainer's current model.py; for comparison, another dynamic-batching delay (`queue_delay_us`), instance
+    count (`instances`) or onnxruntime threads per instance (`threads`: "0" is onnxruntime's default)."""
     from trainer import triton_repo
 
     shutil.rmtree(repository / name, ignore_errors=True)
     shutil.copyfile(triton_repo.MODEL_PY, staged / "model.py")
     triton_repo.lay_out_version(staged, repository, name, "cpu")
-    if queue_delay_us is not None:
-        config = repository / name / "config.pbtxt"
-        ours = f"max_queue_delay_microseconds: {triton_repo.QUEUE_DELAY_US} "
-        assert ours in config.read_text(), config.read_text()
-        config.write_text(config.read_text().replace(ours, f"max_queue_delay_microseconds: {queue_delay_us} "))
+    config = repository / name / "config.pbtxt"
+    for value, ours, theirs in (
+            (queue_delay_us, f"max_queue_delay_microseconds: {triton_repo.QUEUE_DELAY_US} ",
+             f"max_queue_delay_microseconds: {queue_delay_us} "),
+            (instances, f"count: {triton_repo.CPU_INSTANCES} ", f"count: {instances} "),
+            (threads, f'string_value: "{triton_repo.CPU_INTRA_OP_THREADS}"', f'string_value: "{threads}"')):
+        if value is not None:
+            assert ours in config.read_text(), config.read_text()
+            config.write_text(config.read_text().replace(ours, theirs))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ I/O: TEXT (TYPE_STRING, [1]) -> LABEL (TYPE_STRING, [1]), CONFIDENCE (TYPE_FP32,
 calibrated max probability), PROBS (TYPE_FP32, [-1], in labels.json order).
 """
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +78,17 @@ class TextClassifier:
         return [self.labels[i] for i in best], probs[np.arange(len(best)), best], probs
 
 
+def intra_op_threads(config):
+    """onnxruntime's intra-op threads per instance from the model config's `intra_op_threads` parameter:
+    "auto" = the cores this process may use // the CPU instances (at least 1), so instances x threads =
+    cores; a number as it is; absent or 0: onnxruntime's default (every core, in every instance)."""
+    value = config.get("parameters", {}).get("intra_op_threads", {}).get("string_value", "")
+    if value != "auto":
+        return int(value or 0)
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", []) if g.get("kind") == "KIND_CPU")
+    return max(1, len(os.sched_getaffinity(0)) // max(1, instances))
+
+
 class TritonPythonModel:
     """The Triton entry point; requests of one dynamic batch share one onnxruntime run."""
 
@@ -85,8 +97,10 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.classifier = TextClassifier(version_dir, use_gpu=args.get("model_instance_kind") == "GPU",
-                                         device_id=args.get("model_instance_device_id", 0))
+        gpu = args.get("model_instance_kind") == "GPU"
+        threads = 0 if gpu else intra_op_threads(json.loads(args.get("model_config") or "{}"))
+        self.classifier = TextClassifier(version_dir, use_gpu=gpu, device_id=args.get("model_instance_device_id", 0),
+                                         threads=threads)
 
     def execute(self, requests):
         texts, sizes = [], []

@@ -144,6 +144,11 @@ class CaptureClient:
         self.publish(CALLS_CAPTURED, call.call_id, call, dedupe=True)
         return call.call_id
 
+    def defer_call(self, call_id: str, build: Callable[[], CapturedCall]) -> bool:
+        """Capture one frontier call whose CapturedCall `build` makes later, in the sender thread (built,
+        redacted and encoded there: the caller pays a lock and an append); False if call_id was seen."""
+        return self.publish(CALLS_CAPTURED, call_id, lambda: redact_call(build(), self.redactor), dedupe=True)
+
     async def arecord_call(self, call: CapturedCall | None = None, /, **fields: Any) -> str:
         """`record_call` for async code: never awaits the network, returns the call_id."""
         return self.record_call(call, **fields)

@@ -58,7 +58,7 @@ async def chat_completions(body: ChatRequest, sim: SimDep,
     if fault == "429":
         return error_response(SimError(429, "Rate limit reached (simulated fault)", kind="rate_limit_error",
                                        code="rate_limit_exceeded"), headers={"Retry-After": "1"})
-    await asyncio.sleep(sim.draw_latency_s())
+    await asyncio.sleep(sim.draw_latency_s(chat))
     if fault == "500":
         return error_response(SimError(500, "The server had an error processing your request (simulated fault)",
                                        kind="server_error"))
@@ -173,9 +173,9 @@ def create_app(settings: SimSettings, tasks: TaskRegistry | None = None) -> Fast
     async def lifespan(app: FastAPI):
         s = settings
         log.warning("SIMULATED frontier model, not a real LLM: %s answers %s from %s at a configured accuracy "
-                    "of %.1f %% (latency %g-%g ms, malformed %.2f %%, seed %d)", s.model_name,
+                    "of %.1f %% (latency %g-%g ms%s, malformed %.2f %%, seed %d)", s.model_name,
                     ", ".join(sorted(simulator.oracles)), s.data_dir, 100 * s.accuracy, s.latency_min_ms,
-                    s.latency_max_ms, 100 * s.malformed_rate, s.seed)
+                    s.latency_max_ms, " per input" if s.latency_per_input else "", 100 * s.malformed_rate, s.seed)
         yield
 
     app = FastAPI(title="graduate frontier simulator (SIMULATED, not a real LLM)", lifespan=lifespan)

@@ -31,6 +31,10 @@ def register(app: typer.Typer) -> None:
         accuracy: Optional[float] = typer.Option(None, help="share of right labels [GRADUATE_SIM_ACCURACY, 0.92]"),
         latency_ms: Optional[str] = typer.Option(None, "--latency-ms", metavar="MIN-MAX",
                                                  help="latency range [GRADUATE_SIM_LATENCY_MIN_MS/MAX_MS, 400-900]"),
+        latency_per_input: Optional[bool] = typer.Option(
+            None, "--latency-per-input/--latency-in-arrival-order",
+            help="each input's latency a function of the input and seed, not drawn in arrival order "
+                 "[GRADUATE_SIM_LATENCY_PER_INPUT, false]"),
         seed: Optional[int] = typer.Option(None, help="which inputs err, and how [GRADUATE_SIM_SEED, 0]"),
         malformed_rate: Optional[float] = typer.Option(None, help="share of unparseable answers "
                                                                   "[GRADUATE_SIM_MALFORMED_RATE, 0.003]"),
@@ -54,8 +58,9 @@ def register(app: typer.Typer) -> None:
         from services.frontier_sim.settings import SimSettings
 
         overrides = {"host": host, "port": port, "accuracy": accuracy, "seed": seed, "malformed_rate": malformed_rate,
-                     "data_dir": data_dir, "fault_rate_500": fault_500, "fault_rate_429": fault_429,
-                     "fault_rate_timeout": fault_timeout, "fault_rate_garbage": fault_garbage}
+                     "data_dir": data_dir, "latency_per_input": latency_per_input, "fault_rate_500": fault_500,
+                     "fault_rate_429": fault_429, "fault_rate_timeout": fault_timeout,
+                     "fault_rate_garbage": fault_garbage}
         if len(data) != len(task):
             raise typer.BadParameter(f"{len(data)} --data and {len(task)} --task: give one task per data folder")
         if data:

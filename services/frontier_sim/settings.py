@@ -36,6 +36,9 @@ class SimSettings(BaseSettings):
     accuracy: float = Field(0.92, gt=0.0, le=1.0, description="share of answers with the gold label")
     latency_min_ms: float = Field(400.0, ge=0.0)
     latency_max_ms: float = Field(900.0, ge=0.0)
+    latency_per_input: bool = Field(False, description="the latency a function of (task, normalised input, seed), "
+                                    "as the answers are, instead of drawn in arrival order: the same traffic waits "
+                                    "the same in every run and arm of a benchmark, whatever the arrival order")
     seed: int = Field(0, description="changes which inputs are answered wrongly, and how")
     malformed_rate: float = Field(0.003, ge=0.0, le=1.0, description="answers a strict parser refuses")
     confusable_labels: int = Field(4, ge=1, description="how many similar labels an error may land on")

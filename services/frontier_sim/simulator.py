@@ -13,13 +13,21 @@ from typing import Any
 from services.common.normalize import normalise_input
 from services.common.tasks import TaskRegistry, TaskSpec
 from services.frontier_sim.extraction import ExtractionOracle, FieldsVerdict, read_span_examples
-from services.frontier_sim.oracle import ClassificationOracle, Example, Verdict, read_examples
+from services.frontier_sim.oracle import ClassificationOracle, Example, Verdict, draw_uniforms, read_examples
 from services.frontier_sim.replies import draft_reply
 from services.frontier_sim.settings import DEFAULT_FIELD_ERROR_RATES, FAULTS, Fault, SimSettings
 
 log = logging.getLogger("graduate.frontier_sim")
 ERROR_KINDS = ("wrong_label", "wrong_fields", "malformed", "http_500", "http_429", "timeout", "garbage", "bad_request")
 FAULT_ERROR_KIND: dict[Fault, str] = {"500": "http_500", "429": "http_429", "timeout": "timeout", "garbage": "garbage"}
+
+
+def input_latency_ms(task: str, text: str, seed: int, low_ms: float, high_ms: float) -> float:
+    """The simulated latency of one input under latency_per_input: uniform in [low, high], a function of
+    (task, normalised input, seed) alone (drawn apart from the answer's own draws), so the same traffic
+    waits the same in every run, whatever the arrival order; a benchmark can compute it too."""
+    u = draw_uniforms(f"{task}\x00latency", normalise_input(text), seed, 1)[0]
+    return low_ms + (high_ms - low_ms) * u
 
 
 class SimError(Exception):
@@ -230,8 +238,13 @@ class Simulator:
             self.tally.errors[FAULT_ERROR_KIND[fault]] += 1
         return fault
 
-    def draw_latency_s(self) -> float:
+    def draw_latency_s(self, chat: ChatInput | None = None) -> float:
+        """How long to sleep before answering: drawn in arrival order from the seeded generator, or,
+        with latency_per_input, a function of the request's task and input (and the seed)."""
         s = self.settings
+        if s.latency_per_input and chat is not None:
+            return input_latency_ms(chat.task.name if chat.task else "", chat.text, s.seed, s.latency_min_ms,
+                                    s.latency_max_ms) / 1000.0
         return self._rng.uniform(s.latency_min_ms, s.latency_max_ms) / 1000.0
 
     def stats(self) -> dict[str, Any]:
@@ -250,7 +263,7 @@ class Simulator:
             "answers_by_task": {k or "(no task)": v for k, v in sorted(t.answers.items())},
             "errors_by_kind": {kind: t.errors[kind] for kind in ERROR_KINDS},
             "malformed_rate": s.malformed_rate,
-            "latency_ms": {"min": s.latency_min_ms, "max": s.latency_max_ms},
+            "latency_ms": {"min": s.latency_min_ms, "max": s.latency_max_ms, "per_input": s.latency_per_input},
             "seed": s.seed,
             "labelled_tasks": {name: str(s.extraction_data_dir if isinstance(o, ExtractionOracle)
                                          else s.more_data.get(name, s.data_dir))
@@ -269,7 +282,8 @@ class Simulator:
                 f"{', '.join(classified)} from the labelled data in "
                 f"{', '.join(str(p) for p in [s.data_dir, *s.more_data.values()])} with a configured "
                 f"accuracy of {100 * s.accuracy:.1f} % (realised {realised}), errs on confusable labels, "
-                f"and sleeps {s.latency_min_ms:g}-{s.latency_max_ms:g} ms per answer.")
+                f"and sleeps {s.latency_min_ms:g}-{s.latency_max_ms:g} ms per answer"
+                f"{' (a function of the input)' if s.latency_per_input else ''}.")
         for name, oracle in sorted(self.oracles.items()):
             if isinstance(oracle, ExtractionOracle):
                 text += f" It answers {name} " + _extraction_report(oracle, s, t.extraction.get(name))

@@ -45,6 +45,9 @@ class NullCapture:
     def record_call(self, call=None, /, **fields: Any) -> str:
         return call.call_id if call is not None else fields.get("call_id", "")
 
+    def defer_call(self, call_id: str, build) -> bool:
+        return True
+
     def publish(self, spec, key, value, *, dedupe: bool = False) -> bool:
         return True
 

@@ -41,6 +41,7 @@ class SmallModel(Protocol):
 
 class Capture(Protocol):
     def record_call(self, call: CapturedCall | None = None, /, **fields: Any) -> str: ...
+    def defer_call(self, call_id: str, build: Callable[[], CapturedCall]) -> bool: ...
     def publish(self, spec: TopicSpec, key: str | bytes | None, value: Contract | Callable[[], Contract], *,
                 dedupe: bool = False) -> bool: ...
     def stats(self) -> CaptureStats: ...
@@ -262,8 +263,8 @@ class FrontierLeg:
 
     def answered(self, answer: FrontierAnswer) -> Served:
         call, task = self.call, self.call.task
-        capture_answer(call, answer, self.served_by, self.ports, self.redactor)
         parsed, _ = parse_answer(task, answer.content)
+        capture_answer(call, answer, self.served_by, self.ports, self.redactor, parsed_ok=parsed is not None)
         served = self._served(parsed if parsed is not None else answer.content, answer.content, model=answer.model,
                               completion=answer.body, prompt_tokens=answer.prompt_tokens,
                               completion_tokens=answer.completion_tokens)
@@ -343,18 +344,20 @@ def warn_throttled(key: str, message: str, *args: Any) -> None:
         log.warning(message, *args)
 
 
-def capture_answer(call: TaskCall, answer: FrontierAnswer, source: str, ports: Ports, redactor: Redactor) -> None:
-    """Capture a frontier answer; never raises into the request."""
+def capture_answer(call: TaskCall, answer: FrontierAnswer, source: str, ports: Ports, redactor: Redactor, *,
+                   parsed_ok: bool) -> None:
+    """Capture a frontier answer; never raises into the request. The CapturedCall is built (parsed,
+    redacted, priced) and encoded in the capture's sender thread, not on the request's path."""
     try:
-        captured = captured_call(call, answer, source, redactor, ports.provider)
-        ports.capture.record_call(captured)
+        ports.capture.defer_call(call.call_id, functools.partial(captured_call, call, answer, source, redactor,
+                                                                 ports.provider))
     except Exception:  # capture never fails a request; the log says why
         log.exception("capture of %s failed", call.call_id)
         return
-    if not captured.parse_ok:
+    if not parsed_ok:
         ports.metrics.parse_failures.labels(call.task.name).inc()
     mean = ports.mean_frontier_cost.get(call.task.name)
-    cost = captured.cost_usd
+    cost = call.task.prices.cost(answer.prompt_tokens, answer.completion_tokens)
     ports.mean_frontier_cost[call.task.name] = cost if mean is None else 0.95 * mean + 0.05 * cost
 
 
@@ -391,7 +394,7 @@ async def sample(call: TaskCall, ports: Ports) -> None:
         ports.metrics.frontier_errors.labels(call.task.name, exc.code).inc()
         log.info("sampled frontier call for %s failed: %s", call.call_id, exc)
         return
-    capture_answer(call, answer, "sampled", ports, redactor)
+    capture_answer(call, answer, "sampled", ports, redactor, parsed_ok=parse_answer(call.task, answer.content)[1])
     ports.metrics.samples.labels(call.task.name, "captured").inc()
 
 

@@ -168,3 +168,29 @@ def test_a_record_given_as_a_builder_is_built_in_the_sender_thread(tmp_path):
     again.stop()
     assert record.key == b"call-0001"
     assert client.stats().dropped == {"build_error": 1}
+
+
+def test_a_deferred_call_is_built_redacted_and_deduplicated_in_the_sender_thread(tmp_path):
+    import threading
+
+    from services.common.codec import Codec
+
+    client = make(tmp_path).start()
+    built_in: list[str] = []
+
+    def call() -> CapturedCall:
+        built_in.append(threading.current_thread().name)
+        return CapturedCall(**fields(7) | {"input": "mail jane.doe@example.com about my card"})
+
+    assert client.defer_call("call-0007", call)
+    assert not client.defer_call("call-0007", call)  # the same call_id: ignored, never built
+    deadline = time.monotonic() + 10
+    while client.stats().spool_records < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.stop()
+    assert built_in == ["capture-unit"] and client.stats().duplicates_ignored == 1
+    again = make(tmp_path)
+    [(record, _)] = again.spool.read(10)
+    again.stop()
+    captured = Codec().decode(record.value, CapturedCall)
+    assert record.key == b"call-0007" and captured.redacted and "jane.doe" not in captured.input

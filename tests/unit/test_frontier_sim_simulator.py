@@ -11,7 +11,7 @@ from services.frontier_sim.cli import parse_latency_ms
 from services.frontier_sim.oracle import ClassificationOracle, read_examples
 from services.frontier_sim.replies import draft_reply
 from services.frontier_sim.settings import SimSettings
-from services.frontier_sim.simulator import SimError, Simulator
+from services.frontier_sim.simulator import SimError, Simulator, input_latency_ms
 
 TASK = "banking77-intent"
 
@@ -99,6 +99,21 @@ def test_fault_from_header_or_configured_rate(tasks, oracle):
 def test_latency_stays_in_the_configured_range(tasks, oracle):
     sim = make_simulator(tasks, oracle, latency_min_ms=200, latency_max_ms=250)
     assert all(0.2 <= sim.draw_latency_s() <= 0.25 for _ in range(100))
+
+
+def test_latency_per_input_is_a_function_of_the_input_not_the_arrival_order(tasks, oracle):
+    sim = make_simulator(tasks, oracle, latency_min_ms=400, latency_max_ms=900, latency_per_input=True)
+    texts = ["my card did not arrive", "How do I top up?", "  My card did NOT arrive  ", "where is my money"]
+    chats = [sim.read_request([user(t)], TASK, None) for t in texts]
+    first = [sim.draw_latency_s(c) for c in chats]
+    again = [sim.draw_latency_s(c) for c in reversed(chats)][::-1]
+    assert first == again and all(0.4 <= s <= 0.9 for s in first)
+    assert first[0] == first[2] and len({first[0], first[1], first[3]}) == 3  # normalised input, distinct inputs
+    assert first[0] == input_latency_ms(TASK, texts[0], 0, 400, 900) / 1000
+    reseeded = make_simulator(tasks, oracle, latency_min_ms=400, latency_max_ms=900, latency_per_input=True, seed=1)
+    assert reseeded.draw_latency_s(chats[0]) != first[0]
+    arrival = make_simulator(tasks, oracle, latency_min_ms=400, latency_max_ms=900)  # the default: arrival order
+    assert len({arrival.draw_latency_s(chats[0]) for _ in range(5)}) == 5
 
 
 def test_report_says_it_is_a_simulator(tasks, oracle):

@@ -107,6 +107,9 @@ class FakeCapture:
         self.publish(CALLS_CAPTURED, call.call_id, call)
         return call.call_id
 
+    def defer_call(self, call_id: str, build) -> bool:
+        return self.publish(CALLS_CAPTURED, call_id, build)
+
     def publish(self, spec, key, value, *, dedupe: bool = False) -> bool:
         if callable(value):  # as the real client does, in its sender thread
             value = value()

@@ -6,6 +6,7 @@ so every answer is known by hand. The Triton entry point runs against a stand-in
 tests run this file inside the real Triton).
 """
 import json
+import os
 import sys
 import types
 from pathlib import Path
@@ -18,7 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from trainer import triton_repo
 from trainer.calibrate import softmax
-from trainer.triton_model import TextClassifier, TritonPythonModel
+from trainer.triton_model import TextClassifier, TritonPythonModel, intra_op_threads
 
 LABELS = ["alpha", "beta", "gamma"]
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3, "c": 4}
@@ -142,7 +143,31 @@ def test_config_is_the_contract() -> None:
                  '{ name: "CONFIDENCE" data_type: TYPE_FP32 dims: [ 1 ] }',
                  '{ name: "PROBS" data_type: TYPE_FP32 dims: [ -1 ] }'):
         assert line in cpu
-    assert "kind: KIND_CPU count: 1" in cpu and "kind: KIND_GPU count: 1" in gpu
+    assert f"kind: KIND_CPU count: {triton_repo.CPU_INSTANCES}" in cpu and "kind: KIND_GPU count: 1" in gpu
+    assert 'parameters { key: "intra_op_threads" value { string_value: "auto" } }' in cpu
+
+
+def test_instances_split_the_cores_between_them_unless_told_otherwise() -> None:
+    cores = len(os.sched_getaffinity(0))
+
+    def config(count: int, threads: str | None, kind: str = "KIND_CPU") -> dict:
+        parameters = {"intra_op_threads": {"string_value": threads}} if threads is not None else {}
+        return {"instance_group": [{"kind": kind, "count": count}], "parameters": parameters}
+
+    assert intra_op_threads(config(2, "auto")) == max(1, cores // 2)
+    assert intra_op_threads(config(1, "auto")) == cores
+    assert intra_op_threads(config(4 * cores, "auto")) == 1  # never below one thread
+    assert intra_op_threads(config(2, "3")) == 3
+    assert intra_op_threads(config(2, None)) == 0 == intra_op_threads({})  # onnxruntime's default
+
+
+def test_the_served_instance_runs_onnxruntime_on_its_share_of_the_cores(version_dir: Path, pb_utils) -> None:
+    model = TritonPythonModel()
+    model.initialize({"model_repository": str(version_dir.parent), "model_version": version_dir.name,
+                      "model_instance_kind": "CPU", "model_config": json.dumps(
+                          {"instance_group": [{"kind": "KIND_CPU", "count": 1}],
+                           "parameters": {"intra_op_threads": {"string_value": "1"}}})})
+    assert model.classifier.session.get_session_options().intra_op_num_threads == 1
 
 
 def test_install_numbers_versions_and_stamps_them(version_dir: Path, tmp_path: Path) -> None:

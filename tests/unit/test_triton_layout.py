@@ -39,7 +39,9 @@ def test_cpu_layout_is_one_python_model_with_every_version_served(stage: Path, t
     assert (version, target) == (1, repo / "m" / "1")
     assert cfg.backend == "python" and cfg.max_batch_size == 64
     assert cfg.version_policy.WhichOneof("policy_choice") == "all"
-    assert [(g.kind, g.count) for g in cfg.instance_group] == [(model_config_pb2.ModelInstanceGroup.KIND_CPU, 1)]
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [
+        (model_config_pb2.ModelInstanceGroup.KIND_CPU, triton_repo.CPU_INSTANCES)]
+    assert cfg.parameters["intra_op_threads"].string_value == "auto"
     assert sorted(p.name for p in target.iterdir()) == sorted(triton_repo.VERSION_FILES)
     assert not (repo / "m_onnx").exists()
 
