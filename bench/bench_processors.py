@@ -269,7 +269,8 @@ async def kill_restore(name: str, namespace: str, kafka: KafkaSettings, n: int, 
         await until(lambda: processed() >= n, f"{n} calls processed")
         processing = time.perf_counter() - started
         await asyncio.sleep(3)  # one more checkpoint interval (1 s here) passes: the kill hits a quiet worker
-        before, rss_before, memory = counted_calls(worker), rss_mib(worker.proc.pid), memory_mib(worker.proc.pid)
+        # memory first: the stats or candidates page allocates too (quiet_rss reads no page)
+        rss_before, memory, before = rss_mib(worker.proc.pid), memory_mib(worker.proc.pid), counted_calls(worker)
         worker.proc.send_signal(signal.SIGKILL)
         worker.proc.wait()
         restarted = time.perf_counter()

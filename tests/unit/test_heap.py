@@ -22,24 +22,32 @@ def test_released_once_idle_after_work_and_every_period_while_busy(monkeypatch):
     clock, released = Clock(), []
     monkeypatch.setattr(heap.time, "monotonic", clock)
     monkeypatch.setattr(heap, "release_memory", lambda: released.append(clock.now))
-    release = heap.HeapRelease(every_s=10, idle_every_s=1)
+    release = heap.HeapRelease(every_s=10, idle_every_s=1, quiet_every_s=60)
     clock.now = 5
-    assert release(idle=True) is False  # idle without work since the start: nothing to give back
+    assert release(idle=True) is False  # idle without work since the start: wait a quiet minute
     for t in range(6, 30):  # busy: one release every 10 s
         clock.now = t
         release(idle=False)
     assert released == [10, 20]
     clock.now = 30
     assert release(idle=True) is True  # idle after work: at once
-    clock.now = 40
-    assert release(idle=True) is False  # still idle: nothing new to release
-    clock.now = 30.5
-    assert release(idle=False) is False  # a batch within the period: no release while busy
-    clock.now = 30.8
-    assert release(idle=True) is False  # idle again within a second of the last release
     clock.now = 31.5
+    assert release(idle=True) is False  # still idle: nothing new within the quiet minute
+    clock.now = 32
+    assert release(idle=False) is False  # a batch within the period: no release while busy
+    clock.now = 32.5
+    assert release(idle=True) is True  # idle after work
+    clock.now = 33
+    release(idle=False)
+    clock.now = 33.2
+    assert release(idle=True) is False  # idle again within a second of the last release
+    clock.now = 33.6
     assert release(idle=True) is True
-    assert released == [10, 20, 30, 31.5]
+    clock.now = 93
+    assert release(idle=True) is False  # idle since: once a minute (pages and timers allocate too)
+    clock.now = 94
+    assert release(idle=True) is True
+    assert released == [10, 20, 30, 32.5, 33.6, 94]
 
 
 def test_release_memory_collects_cycles_the_raised_thresholds_leave():
