@@ -20,7 +20,8 @@ with N) into a fresh namespace, then measures:
   records (what a checkpoint writes);
 - kill/restore: the curator and the profiler process 1 M calls fed through the broker, are
   SIGKILLed and restarted as themselves: seconds to /readyz and to counts equal to those before
-  the kill, and the workers' RSS;
+  the kill, and the workers' RSS 3 s after the last call, against a separate run of 100 k calls
+  measured the same way (`--rss-at`);
 - agents: the shadow (task in shadow mode on a keyword model in Triton, when Triton is up), the
   judge and the controller (faust agents, real handlers) vs raw read+decode of their input topics.
 Writes bench/results/processors.json. The machine is shared, so absolute numbers are noisy; the
@@ -268,7 +269,8 @@ async def kill_restore(name: str, namespace: str, kafka: KafkaSettings, n: int, 
         await until(lambda: processed() >= n, f"{n} calls processed")
         processing = time.perf_counter() - started
         await asyncio.sleep(3)  # one more checkpoint interval (1 s here) passes: the kill hits a quiet worker
-        before, rss_before = counted_calls(worker), rss_mib(worker.proc.pid)
+        # memory first: the stats or candidates page allocates too (quiet_rss reads no page)
+        rss_before, memory, before = rss_mib(worker.proc.pid), memory_mib(worker.proc.pid), counted_calls(worker)
         worker.proc.send_signal(signal.SIGKILL)
         worker.proc.wait()
         restarted = time.perf_counter()
@@ -292,12 +294,36 @@ async def kill_restore(name: str, namespace: str, kafka: KafkaSettings, n: int, 
                     "counts_after_restart": last[0], "restart_to_ready_seconds": round(ready, 3)}
         exact = time.perf_counter() - restarted
         return {"calls": n, "processing_seconds": round(processing, 1), "rss_mib_before_kill": rss_before,
+                "memory_mib_before_kill": memory,
                 "restart_to_ready_seconds": round(ready, 3), "restart_to_exact_counts_seconds": round(exact, 3),
                 "counts_before_kill": before, "counts_after_restart": last[0],
                 "counts_exact": last[0] == before, "counted_total": sum(before.values()),
                 "rss_mib_after_restore": rss_mib(worker.proc.pid)}
     finally:
         stop_worker(worker)
+
+
+async def quiet_rss(name: str, namespace: str, kafka: KafkaSettings, n: int, workdir: Path) -> dict:
+    """The processor as a real worker processes all `n` calls of the topic; its memory 3 s later
+    (kill_restore's protocol without the kill: the reference RSS for the larger run)."""
+    worker = start_worker(name, namespace, kafka, workdir, tag="-rss")
+    try:
+        deadline = time.monotonic() + 900
+        while (metric_or_zero(worker, name)) < n:
+            if worker.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not process {n} calls:\n{worker.tail()}")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(3)
+        return {"calls": n, "rss_mib": rss_mib(worker.proc.pid), "memory_mib": memory_mib(worker.proc.pid)}
+    finally:
+        stop_worker(worker)
+
+
+def metric_or_zero(worker, name: str) -> float:
+    try:
+        return metric(worker.get("/metrics"), "graduate_processor_processed_total", processor=name) or 0
+    except OSError:
+        return 0
 
 
 async def run_processor(name: str, namespace: str, kafka: KafkaSettings, n: int, workdir: Path) -> dict:
@@ -344,6 +370,13 @@ def rss_mib(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+def memory_mib(pid: int) -> dict:
+    """RSS split into anonymous (heap) and file-backed pages, and the peak RSS (VmHWM), in MiB."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return {k: round(int(fields[f].split()[0]) / 1024, 1)
+            for k, f in (("rss", "VmRSS"), ("anon", "RssAnon"), ("file", "RssFile"), ("peak", "VmHWM"))}
 
 
 def shadow_mode_on_triton(kafka: KafkaSettings, codec: Codec, namespace: str) -> dict:
@@ -423,18 +456,28 @@ async def agent_rates(kafka: KafkaSettings, n: int, agents: list[str]) -> dict:
             unload_and_remove(shadow_setup["triton_http"], Path(shadow_setup["repository"]), shadow_setup["triton_model"])
 
 
-async def kill_restore_all(kafka: KafkaSettings, n: int) -> dict:
+async def kill_restore_all(kafka: KafkaSettings, n: int, rss_at: int = 0) -> dict:
     """`kill_restore` for the curator and the profiler over `n` calls fed through the broker, in a
-    namespace of its own."""
-    namespace = f"benchkill{uuid.uuid4().hex[:8]}."
+    namespace of its own; before it, with `rss_at`, `quiet_rss` over that many calls in another
+    namespace (the reference of the RSS ratio: separate runs, the same protocol)."""
+    report: dict = {}
+    if rss_at:
+        report["rss_reference"] = {"calls": rss_at, **await in_namespace(kafka, "benchrss", rss_at, quiet_rss)}
+    report.update(await in_namespace(kafka, "benchkill", n, kill_restore))
+    report["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return report
+
+
+async def in_namespace(kafka: KafkaSettings, prefix: str, n: int, measure) -> dict:
+    """`n` calls produced into a fresh namespace, then `measure(name, ...)` of the curator and the profiler."""
+    namespace = f"{prefix}{uuid.uuid4().hex[:8]}."
     workdir = Path("/tmp") / f"graduate-{namespace.rstrip('.')}"
     workdir.mkdir(parents=True, exist_ok=True)
     await ensure_topics(kafka, namespace)
     try:
         report: dict = {"produce_seconds": await produce_calls(kafka, Codec(), topic_name(CALLS_CAPTURED, namespace), n)}
         for name in ("curator", "profiler"):
-            report[name] = await kill_restore(name, namespace, kafka, n, workdir)
-        report["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            report[name] = await measure(name, namespace, kafka, n, workdir)
         return report
     finally:
         await delete_topics(kafka, namespace=namespace)
@@ -455,7 +498,9 @@ NOTES = ("processor rate = captured calls per second between its first and last 
          "`graduate worker` processes) process kill_restore.*.calls captured calls fed through the broker, are "
          "SIGKILLed 3 s after the last one, and restarted as themselves (same port, datadir, member id): "
          "seconds from the restart to /readyz answering 200 and to their /stats (curator) or candidates "
-         "(profiler) counts equalling those before the kill. agents: the shadow, judge and controller faust "
+         "(profiler) counts equalling those before the kill; their RSS 3 s after the last call against "
+         "kill_restore.rss_reference, the same workers over a separate run of fewer calls (--rss-at, 100 k) "
+         "measured the same way (memory_mib: anonymous and file-backed pages, peak = VmHWM). agents: the shadow, judge and controller faust "
          "workers with their real handlers over agents.n calls' records, against raw read+decode of their input "
          "topics in the same run (per call, the times of each input topic added): the shadow with the task in "
          "shadow mode on a keyword model in Triton (its own CPU; the model's inference is Triton's), the judge "
@@ -478,7 +523,13 @@ def headline(report: dict) -> list[dict]:
             continue
         lines.append({"name": f"restore after a SIGKILL at {k['calls']:,} calls: {p}, seconds to /readyz",
                       "value": k.get("restart_to_ready_seconds"), "counts_exact": k.get("counts_exact")})
-        if results.get(p, {}).get("rss_mib_at_end") and k.get("rss_mib_before_kill"):
+        ref = kill.get("rss_reference", {})
+        if ref.get(p, {}).get("rss_mib") and k.get("rss_mib_before_kill"):  # same protocol, separate runs
+            lines.append({"name": f"worker RSS after {k['calls']:,} calls / after {ref['calls']:,} calls "
+                                  f"(separate runs, 3 s after the last call): {p}",
+                          "value": round(k["rss_mib_before_kill"] / ref[p]["rss_mib"], 3),
+                          "mib": [ref[p]["rss_mib"], k["rss_mib_before_kill"]], "goal": "<= 1.2"})
+        elif results.get(p, {}).get("rss_mib_at_end") and k.get("rss_mib_before_kill"):
             lines.append({"name": f"worker RSS after {k['calls']:,} calls / after {report['n']:,} calls "
                                   f"(separate runs): {p}",
                           "value": round(k["rss_mib_before_kill"] / results[p]["rss_mib_at_end"], 3),
@@ -490,7 +541,7 @@ def headline(report: dict) -> list[dict]:
 
 
 async def main(n: int, processors: list[str], memory: list[int], out: Path, kill_at: int = 0,
-               agents: list[str] = (), agents_n: int = 20_000) -> dict:
+               agents: list[str] = (), agents_n: int = 20_000, rss_at: int = 100_000) -> dict:
     kafka = KafkaSettings(bootstrap=os.environ.get("GRADUATE_KAFKA_BOOTSTRAP", "127.0.0.1:9092"))
     namespace = f"bench{uuid.uuid4().hex[:8]}."
     codec = Codec()
@@ -518,7 +569,7 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path, kill
             mem["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         else:  # rates only (--memory ""): the state's memory is kept from the last run that measured it
             mem = json.loads(out.read_text()).get("state_memory", {}) if out.exists() else {}
-        kill = (await kill_restore_all(kafka, kill_at) if kill_at
+        kill = (await kill_restore_all(kafka, kill_at, rss_at) if kill_at
                 else json.loads(out.read_text()).get("kill_restore", {}) if out.exists() else {})
         agent = (await agent_rates(kafka, agents_n, agents) if agents
                  else json.loads(out.read_text()).get("agents", {}) if out.exists() else {})
@@ -561,6 +612,9 @@ if __name__ == "__main__":
     parser.add_argument("--kill-at", type=int, default=1_000_000,
                         help="calls the curator and the profiler process through the broker before they are SIGKILLed "
                              "and restarted (restore time, exact counts); 0: keep the last measured")
+    parser.add_argument("--rss-at", type=int, default=100_000,
+                        help="calls of the separate run whose RSS (3 s after its last call) is the reference of "
+                             "the kill run's RSS ratio; 0: the rate run's RSS at its end")
     parser.add_argument("--kill-only", action="store_true",
                         help="measure only the kill/restore and write it into the existing --out file")
     parser.add_argument("--agents", default="shadow,judge,controller",
@@ -584,13 +638,13 @@ if __name__ == "__main__":
             report["agents"] = asyncio.run(agent_rates(kafka, args.agents_n, [a for a in args.agents.split(",") if a]))
             print(json.dumps(report["agents"], indent=2))
         elif args.kill_only:
-            report["kill_restore"] = asyncio.run(kill_restore_all(kafka, args.kill_at))
+            report["kill_restore"] = asyncio.run(kill_restore_all(kafka, args.kill_at, args.rss_at))
             print(json.dumps(report["kill_restore"], indent=2))
         report["headline"], report["notes"] = headline(report), NOTES
         args.out.write_text(json.dumps(report, indent=2) + "\n")
         sys.exit(0)
     report = asyncio.run(main(args.n, args.processors.split(","), [int(m) for m in args.memory.split(",") if m],
                               args.out, args.kill_at,
-                              [a for a in args.agents.split(",") if a], args.agents_n))
+                              [a for a in args.agents.split(",") if a], args.agents_n, args.rss_at))
     print(json.dumps({k: report[k] for k in ("results", "ratios_vs_raw_read_decode", "state_memory",
                                              "state_memory_growth", "kill_restore", "agents")}, indent=2))

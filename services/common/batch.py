@@ -41,6 +41,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from services.common import catalog
 from services.common.catalog import TopicSpec, topic_name
+from services.common.heap import HeapRelease
 from services.common.kafka import dead_letter, dead_letter_payload_limit, make_producer
 from services.common.reader import TopicReader
 from services.common.settings import RECORD_OVERHEAD_BYTES
@@ -179,6 +180,7 @@ class BatchProcessor(Generic[S]):
         # every 50 k allocations rather than every 700 (the default), and the old ones rarely.
         gc.freeze()
         gc.set_threshold(50_000, 20, 100)
+        release_heap = HeapRelease()
         try:
             self.consumer.subscribe([self.topic], listener=_Rebalance(self))
             delay = 0.5
@@ -189,6 +191,7 @@ class BatchProcessor(Generic[S]):
                         await self.handle(batch)
                         if time.monotonic() - self.checkpointed_at >= self.checkpoint_s:
                             await self.checkpoint()
+                        release_heap(idle=not batch)  # services/common/heap.py
                     delay = 0.5
                 except asyncio.CancelledError:
                     raise

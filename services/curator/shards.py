@@ -33,6 +33,16 @@ from services.curator.logic import CuratedCall
 
 log = logging.getLogger(__name__)
 CACHE_KIB = 2048
+SELECT_KEYS = 512  # keys per SELECT … IN (…), at most
+
+
+def padded(keys: list[str]) -> list[str]:
+    """`keys` repeated at the end to the next power of two (pure). sqlite3 caches a prepared
+    statement per distinct SQL text (128 per connection): one IN list per batch size made up to
+    128 statements of up to ~100 KiB each per shard, the curator's RSS growing with the sizes seen
+    (issue 16: +12 MiB per connection over sizes 1–500). Padded, a shard has at most 10."""
+    size = 1 << (len(keys) - 1).bit_length() if keys else 0
+    return keys + keys[-1:] * (size - len(keys))
 
 
 class ShardStore:
@@ -69,8 +79,8 @@ class ShardStore:
 
     def get_many(self, shard: int, keys: list[str]) -> dict[str, dict]:
         db, out = self.dbs[shard], {}
-        for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
+        for i in range(0, len(keys), SELECT_KEYS):
+            chunk = padded(keys[i:i + SELECT_KEYS])
             rows = db.execute(f"SELECT key, value FROM entry WHERE key IN ({','.join('?' * len(chunk))})", chunk)
             out.update((k, marshal.loads(v)) for k, v in rows)
         return out
