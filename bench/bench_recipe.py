@@ -172,6 +172,7 @@ def main() -> None:
     s.add_argument("--out", type=Path, default=RESULTS / "recipe.json")
     s.add_argument("--profile", type=Path, default=RESULTS / "recipe_profile.json")
     s.add_argument("--notes", default="")
+    s.add_argument("--append", action="store_true", help="keep the runs (and notes) already in --out")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.command == "profile":
@@ -187,10 +188,14 @@ def main() -> None:
     else:
         rows = [json.loads(x) for x in args.log.read_text().splitlines() if x.strip()]
         profile = json.loads(args.profile.read_text()) if args.profile.exists() else None
-        args.out.write_text(json.dumps({"benchmark": "recipe levers: validation accuracy per CPU second",
-                                        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                        "host": f"{platform.node()} ({os.cpu_count()} CPUs, shared)",
-                                        "notes": args.notes, "profile": profile, "runs": rows}, indent=1) + "\n")
+        kept = json.loads(args.out.read_text()) if args.append and args.out.exists() else {}
+        known = {(r["task"], r["variant"], r["seed"], r["when"]) for r in kept.get("runs", [])}
+        rows = kept.get("runs", []) + [r for r in rows if (r["task"], r["variant"], r["seed"], r["when"]) not in known]
+        notes = kept.get("notes", "") + ("\n" if kept.get("notes") else "") + args.notes
+        args.out.write_text(json.dumps(kept | {"benchmark": "recipe levers: validation accuracy per CPU second",
+                                               "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                               "host": f"{platform.node()} ({os.cpu_count()} CPUs, shared)",
+                                               "notes": notes, "profile": profile, "runs": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
