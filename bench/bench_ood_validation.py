@@ -2,7 +2,7 @@
 TRAIN rows of the intents the snapshot left out), so that nothing is chosen on a test split.
 
     .venv/bin/python bench/bench_recipe.py run --snapshot SNAP --variant frozen_fused --save DIR ...
-    .venv/bin/python bench/bench_ood_validation.py --model banking77=DIR [--model hwu64=DIR2]
+    .venv/bin/python bench/bench_ood_validation.py [--model banking77=DIR --model hwu64=DIR2]
 
 For a model that bench_recipe.py kept: embeddings and head logits (torch fp32) of the fit split (the
 kNN's and class means' reference), the validation split (in-scope rows, and rows the frontier answered
@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from bench.bench_quality import TASKS, data_dir  # noqa: E402
 
 COVERAGES = (0.8, 0.9, 0.95)
+MODELS = ROOT / "var" / "bench" / "recipe" / "models"
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -148,13 +149,28 @@ def evaluate(d: dict) -> dict:
     return res
 
 
+def flat(row: dict) -> dict:
+    """One table row: nested figures as "at_0.90 unseen_kept" columns, rounded."""
+    out = {}
+    for k, v in row.items():
+        for kk, vv in (v.items() if isinstance(v, dict) else [(None, v)]):
+            out[f"{k} {kk}" if kk else k] = None if vv is None else round(float(vv), 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", action="append", required=True, help="TASK=DIR (a bench_recipe.py --save folder)")
+    parser.add_argument("--model", action="append", help="TASK=DIR (a bench_recipe.py --save folder); default: "
+                        f"banking77 and hwu64 from {MODELS}/<task>-frozen_fused")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "ood_validation.json")
     args = parser.parse_args()
+    specs = args.model or [f"{t}={MODELS / f'{t}-frozen_fused'}" for t in ("banking77", "hwu64")]
+    missing = [x for x in specs if not Path(x.split("=", 1)[1], "graduate_bench.json").exists()]
+    if missing:
+        sys.exit(f"no kept model at {', '.join(missing)}: make one with bench/bench_recipe.py run --snapshot SNAP "
+                 "--variant frozen_fused --budget 0 --epochs 2 --save DIR (see this file's docstring)")
     results = {}
-    for spec in args.model:
+    for spec in specs:
         name, folder = spec.split("=", 1)
         print(f"{name}: embedding fit, validation and never-seen train rows ...", file=sys.stderr, flush=True)
         results[TASKS[name][0]] = evaluate(embed_model(name, Path(folder)))
@@ -164,7 +180,9 @@ def main() -> None:
         "notes": "torch fp32 of a bench_recipe.py model (the recipe's defaults, 2 epochs); agreement is with the "
                  "frontier SIMULATOR's labels (92 %), the only labels validation has; thresholds at in-scope "
                  "validation coverage; no test split read",
-        "results": results}, indent=1, default=lambda x: round(float(x), 4)) + "\n")
+        "sizes": {task: r["n"] for task, r in results.items()},
+        "scores": {f"{task}: {name}": flat(v) for task, r in results.items() for name, v in r.items() if name != "n"}},
+        indent=1) + "\n")
     for task, r in results.items():
         for name, v in r.items():
             if name == "n":
