@@ -40,6 +40,12 @@ VARIANTS: dict[str, dict] = {
                   "head_learning_rate": 2.8e-3},
     "fused_lr2": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "learning_rate": 2e-4},
     "fused_ls": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "label_smoothing": 0.1},
+    # Session 6 (the recipe of the time: frozen word embeddings + fused AdamW, changes on top of it):
+    "head1e2": {"head_learning_rate": 1e-2},
+    "lr2_llrd08": {"learning_rate": 2e-4, "layer_decay": 0.8},
+    "small_loss08": {"small_loss_drop": 0.08},
+    "freeze2": {"frozen_layers": 2},
+    "lr2_ls": {"learning_rate": 2e-4, "label_smoothing": 0.1},
 }
 
 
@@ -130,6 +136,10 @@ def run(args) -> dict:
                      recipe=recipe, base_model=None, seed=args.seed, threads=args.threads,
                      console=Console(stderr=True, quiet=True))
     s = tuned.summary()
+    if args.save:  # the model, for bench_ood_scores.py --model
+        tuned.save(args.save)
+        (args.save / "graduate_bench.json").write_text(json.dumps({"snapshot": str(args.snapshot), "seed": args.seed,
+                                                                   "max_length": recipe.max_length}))
     return {"task": kind.labels and Path(args.snapshot).parent.name, "variant": args.variant, "seed": args.seed,
             "budget_s": args.budget, "epochs": recipe.max_epochs, "threads": args.threads, "wall_s": round(time.perf_counter() - started, 1),
             "cpu_s": round(time.process_time() - cpu_started, 1),
@@ -155,12 +165,14 @@ def main() -> None:
     r.add_argument("--epochs", type=int, help="max epochs instead of the recipe's (with --budget 0: equal steps)")
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--seed", type=int, default=13)
+    r.add_argument("--save", type=Path, help="keep the fine-tuned model in this folder")
     r.add_argument("--log", type=Path, default=ROOT / "var" / "bench" / "recipe" / "runs.jsonl")
     s = sub.add_parser("summarise")
     s.add_argument("--log", type=Path, default=ROOT / "var" / "bench" / "recipe" / "runs.jsonl")
     s.add_argument("--out", type=Path, default=RESULTS / "recipe.json")
     s.add_argument("--profile", type=Path, default=RESULTS / "recipe_profile.json")
     s.add_argument("--notes", default="")
+    s.add_argument("--append", action="store_true", help="keep the runs (and notes) already in --out")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.command == "profile":
@@ -176,10 +188,14 @@ def main() -> None:
     else:
         rows = [json.loads(x) for x in args.log.read_text().splitlines() if x.strip()]
         profile = json.loads(args.profile.read_text()) if args.profile.exists() else None
-        args.out.write_text(json.dumps({"benchmark": "recipe levers: validation accuracy per CPU second",
-                                        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                                        "host": f"{platform.node()} ({os.cpu_count()} CPUs, shared)",
-                                        "notes": args.notes, "profile": profile, "runs": rows}, indent=1) + "\n")
+        kept = json.loads(args.out.read_text()) if args.append and args.out.exists() else {}
+        known = {(r["task"], r["variant"], r["seed"], r["when"]) for r in kept.get("runs", [])}
+        rows = kept.get("runs", []) + [r for r in rows if (r["task"], r["variant"], r["seed"], r["when"]) not in known]
+        notes = kept.get("notes", "") + ("\n" if kept.get("notes") else "") + args.notes
+        args.out.write_text(json.dumps(kept | {"benchmark": "recipe levers: validation accuracy per CPU second",
+                                               "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                               "host": f"{platform.node()} ({os.cpu_count()} CPUs, shared)",
+                                               "notes": notes, "profile": profile, "runs": rows}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import os
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,16 +304,9 @@ def train_loop(model, *, lengths: list[int], step_loss: Callable[[list[int]], to
     steps_per_epoch = -(-len(lengths) // recipe.batch_size)
     plan, pace = BudgetPlan(steps_per_epoch * recipe.max_epochs, recipe.warmup_ratio), Pace()
     freeze(model, recipe.frozen)
+    freeze_layers(model, recipe.frozen_layers)
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    head = [p for n, p in trained if n.startswith(head_prefix)]
-    body = [(n, p) for n, p in trained if not n.startswith(head_prefix)]
-    no_decay = ("bias", "LayerNorm", "layer_norm")
-    groups = [{"params": [p for n, p in body if not any(k in n for k in no_decay)],
-               "weight_decay": recipe.weight_decay, "lr": recipe.learning_rate},
-              {"params": [p for n, p in body if any(k in n for k in no_decay)], "weight_decay": 0.0,
-               "lr": recipe.learning_rate},
-              {"params": head, "weight_decay": 0.0, "lr": recipe.head_learning_rate}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], **adamw_impl(recipe.optimizer_impl))
+    optimizer = torch.optim.AdamW(param_groups(trained, recipe, head_prefix), **adamw_impl(recipe.optimizer_impl))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, plan.factor)
     eval_every = max(1, steps_per_epoch // recipe.evals_per_epoch)
     best_key, best_state, stale, step, seen = None, None, 0, 0, 0
@@ -401,6 +395,56 @@ def freeze(model, suffixes: tuple[str, ...]) -> int:
     return frozen
 
 
+LAYER = re.compile(r"\.layer\.(\d+)\.")
+
+
+def layer_depths(names: list[str]) -> dict[str, int]:
+    """Per parameter name: 0 for the embeddings, i + 1 for encoder layer i, -1 for the rest (the head)."""
+    depths = {}
+    for name in names:
+        m = LAYER.search(name)
+        depths[name] = int(m.group(1)) + 1 if m else 0 if ".embeddings." in f".{name}" else -1
+    return depths
+
+
+def freeze_layers(model, n_layers: int) -> int:
+    """Stop training the embeddings and encoder layers 0..n_layers-1; returns how many values."""
+    if n_layers <= 0:
+        return 0
+    depths = layer_depths([n for n, _ in model.named_parameters()])
+    frozen = 0
+    for name, param in model.named_parameters():
+        if 0 <= depths[name] <= n_layers:
+            param.requires_grad_(False)
+            frozen += param.numel()
+    return frozen
+
+
+def param_groups(trained: list[tuple[str, Any]], recipe: Recipe, head_prefix: str) -> list[dict[str, Any]]:
+    """AdamW's groups: the head at its own rate; the encoder without decay on biases and norms, and
+    with layer-wise rate decay when the recipe asks for it (the top layer at the full rate)."""
+    depths = layer_depths([n for n, _ in trained])
+    top = max(depths.values(), default=0)
+    no_decay = ("bias", "LayerNorm", "layer_norm")
+    groups: dict[tuple, dict[str, Any]] = {}
+    for name, param in trained:
+        if name.startswith(head_prefix):
+            key, lr, wd = ("head",), recipe.head_learning_rate, 0.0
+        else:
+            depth = max(0, depths[name])
+            lr = recipe.learning_rate * recipe.layer_decay ** (top - depth)
+            wd = 0.0 if any(k in name for k in no_decay) else recipe.weight_decay
+            key = (depth if recipe.layer_decay != 1.0 else 0, wd)
+        groups.setdefault(key, {"params": [], "weight_decay": wd, "lr": lr})["params"].append(param)
+    return list(groups.values())
+
+
+def small_loss(losses: torch.Tensor, drop: float) -> torch.Tensor:
+    """Mean of the per-example losses without the `drop` share with the highest loss (at least one kept)."""
+    keep = max(1, len(losses) - int(drop * len(losses)))
+    return losses.topk(keep, largest=False).values.mean() if keep < len(losses) else losses.mean()
+
+
 def adamw_impl(impl: str) -> dict[str, bool]:
     """AdamW's keyword for an implementation: the per-tensor loop, foreach (batched kernels) or fused."""
     return {"default": {}, "foreach": {"foreach": True}, "fused": {"fused": True}}[impl]
@@ -427,13 +471,17 @@ def finetune(train_texts: list[str], train_labels: list[int], val_texts: list[st
     if recipe.head_init == "prototypes":
         init_head_from_prototypes(model, tokenizer, train_texts, train_labels, recipe.max_length, dev, seed)
     targets = torch.tensor(train_labels)
+    ramp = max(1, -(-len(ids) // recipe.batch_size))  # the small-loss share grows over the first epoch
+    steps = [0]
 
     def step_loss(rows: list[int]) -> torch.Tensor:
         batch = {k: v.to(dev) for k, v in collate(ids, rows, tokenizer.pad_token_id).items()}
         with autocast:
             logits = model(**batch)
-        return torch.nn.functional.cross_entropy(logits.float(), targets[rows].to(dev),
-                                                 label_smoothing=recipe.label_smoothing)
+        losses = torch.nn.functional.cross_entropy(logits.float(), targets[rows].to(dev), reduction="none",
+                                                   label_smoothing=recipe.label_smoothing)
+        steps[0] += 1
+        return small_loss(losses, recipe.small_loss_drop * min(1.0, steps[0] / ramp))
 
     def validate() -> tuple[float, float]:
         return _validation_loss(model, tokenizer, val_texts, val_labels, recipe.max_length, dev)

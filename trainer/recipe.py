@@ -63,6 +63,15 @@ class Recipe:
     frozen: tuple[str, ...] = ()
     label_smoothing: float = 0.0
     optimizer_impl: str = "default"  # AdamW's implementation: "default", "foreach" or "fused"
+    # Layer-wise rate decay: encoder layer i of L learns at learning_rate * layer_decay ** (L - 1 - i),
+    # the embeddings at layer_decay ** L (1.0: one rate for the whole encoder).
+    layer_decay: float = 1.0
+    # The embeddings and the lowest `frozen_layers` encoder layers left as the base model has them
+    # (backward then stops above them: fewer CPU seconds a step).
+    frozen_layers: int = 0
+    # Small-loss trick for noisy labels: the share of each batch with the highest loss left out of the
+    # step, ramped up linearly over the first epoch (0: every example counts).
+    small_loss_drop: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
