@@ -263,8 +263,8 @@ class FrontierLeg:
 
     def answered(self, answer: FrontierAnswer) -> Served:
         call, task = self.call, self.call.task
-        parsed, _ = parse_answer(task, answer.content)
-        capture_answer(call, answer, self.served_by, self.ports, self.redactor, parsed_ok=parsed is not None)
+        parsed, ok = parse_answer(task, answer.content)
+        capture_answer(call, answer, self.served_by, self.ports, self.redactor, parsed_ok=ok)
         served = self._served(parsed if parsed is not None else answer.content, answer.content, model=answer.model,
                               completion=answer.body, prompt_tokens=answer.prompt_tokens,
                               completion_tokens=answer.completion_tokens)
@@ -394,7 +394,8 @@ async def sample(call: TaskCall, ports: Ports) -> None:
         ports.metrics.frontier_errors.labels(call.task.name, exc.code).inc()
         log.info("sampled frontier call for %s failed: %s", call.call_id, exc)
         return
-    capture_answer(call, answer, "sampled", ports, redactor, parsed_ok=parse_answer(call.task, answer.content)[1])
+    _, ok = parse_answer(call.task, answer.content)
+    capture_answer(call, answer, "sampled", ports, redactor, parsed_ok=ok)
     ports.metrics.samples.labels(call.task.name, "captured").inc()
 
 
