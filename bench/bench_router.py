@@ -588,6 +588,7 @@ async def main() -> None:
     throughput: dict = {}
     queue_delay: dict = {}
     profile: dict = {}
+    sim = None
     try:
         for variant, model in models.items():
             router_model.install(staged[variant], common.model_repository, model)
@@ -630,8 +631,9 @@ async def main() -> None:
             queue_delay = await lone_requests(common.triton_grpc_url, lone, args.small_n)
         if args.profile_s > 0:
             profile = await profile_router(workdir, namespace, key, common, sim_url, args.profile_s)
-        sim.stop()
     finally:
+        if sim is not None:  # stopped on a failure too: a crashed run left its simulator running
+            sim.stop()
         for model in (*models.values(), delayed, one_instance):
             unload_and_remove(common.triton_http_url, common.model_repository, model)
         await delete_topics(common.kafka, [topic_name(s, namespace) for s in CATALOG])
