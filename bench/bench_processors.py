@@ -57,7 +57,7 @@ from services.common.catalog import ROUTER_OUTCOMES, SHADOW_RESULTS  # noqa: E40
 from services.common.contracts import CapturedCall, RouterOutcome, ShadowResult  # noqa: E402
 from services.common.kafka import delete_topics, ensure_topics  # noqa: E402
 from services.common.settings import KafkaSettings  # noqa: E402
-from tests.integration.test_workers import metric, start_worker, stop_worker  # noqa: E402
+from tests.integration.test_workers import metric, start_worker, stop_worker, wait_for  # noqa: E402
 from tests.support import produce  # noqa: E402
 
 # source messages a processor's handlers see per captured call
@@ -258,15 +258,9 @@ async def kill_restore(name: str, namespace: str, kafka: KafkaSettings, n: int, 
                 raise TimeoutError(f"{name}: {what}:\n{worker.tail()}")
             await asyncio.sleep(0.2)
 
-    def processed() -> float:
-        try:
-            return metric(worker.get("/metrics"), "graduate_processor_processed_total", processor=name) or 0
-        except OSError:
-            return 0
-
     try:
         started = time.perf_counter()
-        await until(lambda: processed() >= n, f"{n} calls processed")
+        await until(lambda: processed(worker, name) >= n, f"{n} calls processed")
         processing = time.perf_counter() - started
         await asyncio.sleep(3)  # one more checkpoint interval (1 s here) passes: the kill hits a quiet worker
         # memory first: the stats or candidates page allocates too (quiet_rss reads no page)
@@ -308,18 +302,15 @@ async def quiet_rss(name: str, namespace: str, kafka: KafkaSettings, n: int, wor
     (kill_restore's protocol without the kill: the reference RSS for the larger run)."""
     worker = start_worker(name, namespace, kafka, workdir, tag="-rss")
     try:
-        deadline = time.monotonic() + 900
-        while (metric_or_zero(worker, name)) < n:
-            if worker.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not process {n} calls:\n{worker.tail()}")
-            await asyncio.sleep(0.2)
+        await wait_for(lambda: processed(worker, name) >= n, 900, f"{name}: {n} calls processed", worker, interval=0.2)
         await asyncio.sleep(3)
         return {"calls": n, "rss_mib": rss_mib(worker.proc.pid), "memory_mib": memory_mib(worker.proc.pid)}
     finally:
         stop_worker(worker)
 
 
-def metric_or_zero(worker, name: str) -> float:
+def processed(worker, name: str) -> float:
+    """The worker's processed-calls counter (0 while its page does not answer)."""
     try:
         return metric(worker.get("/metrics"), "graduate_processor_processed_total", processor=name) or 0
     except OSError:
