@@ -28,8 +28,11 @@ simulator and routers as real processes:
   dynamic batcher forms the batches; one asyncio process with grpc.aio) against in-process
   onnxruntime on batches of 32 (the same TextClassifier Triton runs: tokenizer, graph, calibration,
   session options, every core), in interleaved rounds;
-- the trainer's config against the configs it replaced (int8): a 500 us queue delay, and one
-  instance with onnxruntime's default threads; a lone request one at a time, and 8 clients;
+- the trainer's config (one instance; a batch runs as one onnxruntime call per core) against the
+  configs it replaced (int8): a 500 us queue delay, two instances with the cores split between them,
+  and one instance with onnxruntime's default threads; a lone request one at a time, sent back to
+  back and with a 0.8 ms pause before each (about the router's HTTP round trip between its calls),
+  and 8 clients;
 - with --profile-s: py-spy samples the small-path router under load and the active CPU is split by
   where it goes (needs py-spy in the venv: `uv pip install py-spy`).
 Writes bench/results/router.json with p50/p95/p99 per path, the throughputs, the profile and the
@@ -80,6 +83,7 @@ RESULTS = ROOT / "bench" / "results" / "router.json"
 WARMUP = 16
 SIM_LATENCY = "400-900"  # the simulator's default (GRADUATE_SIM_LATENCY_MIN_MS/MAX_MS)
 SIM_SEED = 0
+PAUSE_S = 0.0008  # between a lone request's answer and the next request: about the router's HTTP round trip
 GRADUATE = [str(Path(sys.executable).with_name("graduate"))]
 
 
@@ -268,13 +272,16 @@ async def load_lean(url: str, key: str, texts: list[str], expect: str | None = N
     return latencies, errors
 
 
-async def direct_triton(client: SmallModelClient, model: str, texts: list[str]) -> list[float]:
-    """Triton asked directly, as the router asks it (same client class, one warm channel)."""
+async def direct_triton(client: SmallModelClient, model: str, texts: list[str], pause_s: float = 0.0) -> list[float]:
+    """Triton asked directly, as the router asks it (same client class, one warm channel); `pause_s`
+    between an answer and the next request."""
     latencies = []
     for t in texts:
         start = time.perf_counter()
         await client.classify(model, "1", [t])
         latencies.append((time.perf_counter() - start) * 1000)
+        if pause_s:
+            await asyncio.sleep(pause_s)
     return latencies
 
 
@@ -305,17 +312,19 @@ async def lone_requests(grpc_url: str, models: dict[str, str], n: int, blocks: i
     int8 model under the trainer's config and under the configs it is compared with."""
     texts = banking77_texts(n, offset=2000)
     client = SmallModelClient(grpc_url, timeout_s=5)
-    lone: dict[str, list[float]] = {label: [] for label in models}
+    lone: dict[str, list[float]] = {}
     per = max(1, n // blocks)
     try:
         for model in models.values():
             await direct_triton(client, model, banking77_texts(WARMUP))
         for b in range(blocks):
             for label, model in models.items():
-                lone[label] += await direct_triton(client, model, texts[b * per:(b + 1) * per])
+                for pause, pause_s in (("", 0.0), ("_after_pause", PAUSE_S)):
+                    lone.setdefault(f"lone_request{pause}_{label}", []).extend(
+                        await direct_triton(client, model, texts[b * per:(b + 1) * per], pause_s))
     finally:
         await client.close()
-    return {f"lone_request_{label}": percentiles(samples) for label, samples in lone.items()}
+    return {name: percentiles(samples) for name, samples in lone.items()}
 
 
 async def throughput_rounds(grpc_url: str, models: dict[str, str], staged: dict[str, Path], texts: list[str],
@@ -580,6 +589,7 @@ async def main() -> None:
     models = {v: f"bench-router-{suffix}-{v}" for v in staged}
     delayed = f"bench-router-{suffix}-int8-delay500"
     one_instance = f"bench-router-{suffix}-int8-one-instance"
+    two_instances = f"bench-router-{suffix}-int8-two-instances"
     workdir = Path(tempfile.mkdtemp(prefix="graduate-bench-router-"))
     key = create_key(workdir / "keys.json", "bench")
     await ensure_topics(common.kafka, namespace)
@@ -598,6 +608,10 @@ async def main() -> None:
         # the config before: one instance, onnxruntime's default threads (every core)
         router_model.install(staged["int8"], common.model_repository, one_instance, instances=1, threads="0")
         load_model(common.triton_http_url, one_instance)
+        # the config before that: two instances, the cores split between them, a batch in one call
+        router_model.install(staged["int8"], common.model_repository, two_instances, instances=2, threads="auto",
+                             parallel="1")
+        load_model(common.triton_http_url, two_instances)
         # Frontier path first (no routing decision yet = frontier mode): capture on and off, interleaved.
         if args.frontier_n > 0:
             results |= await bench_frontier(workdir, namespace, key, common, banking77_texts(args.frontier_n),
@@ -621,20 +635,22 @@ async def main() -> None:
             hop.terminate()
             hop.wait(10)
             rt.stop()
-        compared = {**models, "int8_one_instance": one_instance, "int8_delay500": delayed}
+        compared = {**models, "int8_two_instances": two_instances, "int8_one_instance": one_instance,
+                    "int8_delay500": delayed}
         if args.throughput_n > 0:
             throughput = await throughput_rounds(common.triton_grpc_url, compared, staged,
                                                  banking77_texts(args.throughput_n, offset=1000),
                                                  args.throughput_rounds)
         if args.small_n > 0:
-            lone = {"int8": models["int8"], "int8_delay500": delayed, "int8_one_instance": one_instance}
+            lone = {"int8": models["int8"], "int8_delay500": delayed, "int8_two_instances": two_instances,
+                    "int8_one_instance": one_instance}
             queue_delay = await lone_requests(common.triton_grpc_url, lone, args.small_n)
         if args.profile_s > 0:
             profile = await profile_router(workdir, namespace, key, common, sim_url, args.profile_s)
     finally:
         if sim is not None:  # stopped on a failure too: a crashed run left its simulator running
             sim.stop()
-        for model in (*models.values(), delayed, one_instance):
+        for model in (*models.values(), delayed, one_instance, two_instances):
             unload_and_remove(common.triton_http_url, common.model_repository, model)
         await delete_topics(common.kafka, [topic_name(s, namespace) for s in CATALOG])
         shutil.rmtree(workdir, ignore_errors=True)
@@ -661,10 +677,12 @@ async def main() -> None:
         ratios[f"triton_8_clients_over_in_process_batch32_ratio_{v}"] = round(
             throughput[f"triton_8_clients_{v}"]["texts_per_s"] / throughput[f"in_process_batch32_{v}"]["texts_per_s"],
             3)
-    for other in ("delay500", "one_instance") if queue_delay else ():
-        ratios[f"lone_request_over_{other}_p50_ratio_int8"] = round(
-            queue_delay["lone_request_int8"]["p50_ms"] / queue_delay[f"lone_request_int8_{other}"]["p50_ms"], 3)
-    for other in ("delay500", "one_instance") if throughput else ():
+    for other in ("delay500", "two_instances", "one_instance") if queue_delay else ():
+        for pause in ("", "_after_pause"):
+            ratios[f"lone_request{pause}_over_{other}_p50_ratio_int8"] = round(
+                queue_delay[f"lone_request{pause}_int8"]["p50_ms"]
+                / queue_delay[f"lone_request{pause}_int8_{other}"]["p50_ms"], 3)
+    for other in ("delay500", "two_instances", "one_instance") if throughput else ():
         ratios[f"triton_8_clients_over_{other}_ratio_int8"] = round(
             throughput["triton_8_clients_int8"]["texts_per_s"]
             / throughput[f"triton_8_clients_int8_{other}"]["texts_per_s"], 3)
@@ -703,7 +721,10 @@ async def main() -> None:
                   f"per text); frontier_added_*: the caller's latency minus the simulated latency of that text; "
                   f"throughput: {args.throughput_n} texts per run, {args.throughput_rounds} interleaved rounds (median "
                   f"and every run), the load generator one asyncio process with grpc.aio (8 channels); "
-                  f"*_one_instance: the trainer's config before (1 instance, onnxruntime's default threads). "
+                  f"*_two_instances: the trainer's config before (2 instances, onnxruntime threads = cores // 2 "
+                  f"each, a batch in one call); *_one_instance: the one before that (1 instance, onnxruntime's "
+                  f"default threads); lone_request_after_pause_*: one at a time with {PAUSE_S * 1000:g} ms between "
+                  f"an answer and the next request. "
                   f"Shared 2-core machine."),
         "config": {"small_n": args.small_n, "frontier_n": args.frontier_n, "frontier_blocks": args.frontier_blocks,
                    "concurrency": args.concurrency,

@@ -79,10 +79,11 @@ def train_and_stage(root: Path, model_repository: Path, triton_http_url: str) ->
 
 
 def install(staged: Path, repository: Path, name: str, queue_delay_us: int | None = None,
-            instances: int | None = None, threads: str | None = None) -> None:
+            instances: int | None = None, threads: str | None = None, parallel: str | None = None) -> None:
     """Lay the staged version out as <repository>/<name>/1 with the trainer's own config.pbtxt and the
     trainer's current model.py; for comparison, another dynamic-batching delay (`queue_delay_us`), instance
-    count (`instances`) or onnxruntime threads per instance (`threads`: "0" is onnxruntime's default)."""
+    count (`instances`), onnxruntime threads per run (`threads`: "0" is onnxruntime's default) or concurrent
+    onnxruntime runs per batch (`parallel`: "1" runs a batch in one call)."""
     from trainer import triton_repo
 
     shutil.rmtree(repository / name, ignore_errors=True)
@@ -93,7 +94,10 @@ def install(staged: Path, repository: Path, name: str, queue_delay_us: int | Non
             (queue_delay_us, f"max_queue_delay_microseconds: {triton_repo.QUEUE_DELAY_US} ",
              f"max_queue_delay_microseconds: {queue_delay_us} "),
             (instances, f"count: {triton_repo.CPU_INSTANCES} ", f"count: {instances} "),
-            (threads, f'string_value: "{triton_repo.CPU_INTRA_OP_THREADS}"', f'string_value: "{threads}"')):
+            (threads, f'"intra_op_threads" value {{ string_value: "{triton_repo.CPU_INTRA_OP_THREADS}"',
+             f'"intra_op_threads" value {{ string_value: "{threads}"'),
+            (parallel, f'"parallel_runs" value {{ string_value: "{triton_repo.CPU_PARALLEL_RUNS}"',
+             f'"parallel_runs" value {{ string_value: "{parallel}"')):
         if value is not None:
             assert ours in config.read_text(), config.read_text()
             config.write_text(config.read_text().replace(ours, theirs))

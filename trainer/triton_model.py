@@ -10,6 +10,7 @@ calibrated max probability), PROBS (TYPE_FP32, [-1], in labels.json order).
 """
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ CHUNK = 64
 class TextClassifier:
     """Tokenizer + ONNX graph + temperature, for a version folder (no Triton needed)."""
 
-    def __init__(self, version_dir, onnx_file="model.onnx", use_gpu=False, device_id=0, threads=0):
+    def __init__(self, version_dir, onnx_file="model.onnx", use_gpu=False, device_id=0, threads=0, parallel=1):
         root = Path(version_dir)
         meta = json.loads((root / "version.json").read_text())
         self.labels = json.loads((root / "labels.json").read_text())
@@ -45,15 +46,26 @@ class TextClassifier:
         self.session = ort.InferenceSession(str(root / onnx_file), options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
+        # `parallel` > 1: a batch of several texts runs as that many concurrent onnxruntime calls on one
+        # session (thread-safe; run() and encode_batch() release the GIL), a lone text on the caller's thread.
+        self.parallel = max(1, int(parallel))
+        self.pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="ort") if self.parallel > 1 else None
 
     def logits(self, texts):
         """Raw logits [n, n_labels] (float32); long lists run in length-sorted chunks."""
         texts = list(texts)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), CHUNK):
-            rows = order[start:start + CHUNK]
-            out[rows] = self._run([texts[i] for i in rows])
+        size = CHUNK
+        if self.pool is not None and len(texts) > 1:
+            size = min(CHUNK, -(-len(texts) // self.parallel))
+        chunks = [order[start:start + size] for start in range(0, len(order), size)]
+        if self.pool is None or len(chunks) == 1:
+            results = [self._run([texts[i] for i in rows]) for rows in chunks]
+        else:
+            results = list(self.pool.map(lambda rows: self._run([texts[i] for i in rows]), chunks))
+        for rows, logits in zip(chunks, results):
+            out[rows] = logits
         return out
 
     def _run(self, texts):
@@ -89,6 +101,16 @@ def intra_op_threads(config):
     return max(1, len(os.sched_getaffinity(0)) // max(1, instances))
 
 
+def parallel_runs(config):
+    """Concurrent onnxruntime calls per batch from the `parallel_runs` parameter: "auto" = the cores this
+    process may use // the CPU instances; a number as it is; absent: 1."""
+    value = config.get("parameters", {}).get("parallel_runs", {}).get("string_value", "")
+    if value != "auto":
+        return int(value or 1)
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", []) if g.get("kind") == "KIND_CPU")
+    return max(1, len(os.sched_getaffinity(0)) // max(1, instances))
+
+
 class TritonPythonModel:
     """The Triton entry point; requests of one dynamic batch share one onnxruntime run."""
 
@@ -98,9 +120,11 @@ class TritonPythonModel:
 
         version_dir = Path(args["model_repository"]) / args["model_version"]
         gpu = args.get("model_instance_kind") == "GPU"
-        threads = 0 if gpu else intra_op_threads(json.loads(args.get("model_config") or "{}"))
+        config = json.loads(args.get("model_config") or "{}")
+        threads = 0 if gpu else intra_op_threads(config)
+        parallel = 1 if gpu else parallel_runs(config)
         self.classifier = TextClassifier(version_dir, use_gpu=gpu, device_id=args.get("model_instance_device_id", 0),
-                                         threads=threads)
+                                         threads=threads, parallel=parallel)
 
     def execute(self, requests):
         texts, sizes = [], []

@@ -9,9 +9,10 @@ is served (version_policy all), so a candidate in shadow and the version serving
 answer side by side.
 
 Two layouts, both written by `lay_out_version` (install_version picks one from `gpu`):
-- "cpu" (above): the Python backend runs tokenizer and onnxruntime in one process per instance,
-  CPU_INSTANCES instances (one runs a batch while the next forms), each with cores // instances
-  onnxruntime intra-op threads (worked out where Triton runs: instances x threads = its cores).
+- "cpu" (above): the Python backend runs tokenizer and onnxruntime in one process (CPU_INSTANCES =
+  1), and a dynamic batch of several texts as concurrent onnxruntime calls of one intra-op thread
+  each, one per core where Triton runs (`parallel_runs: "auto"`); a lone request runs at once on
+  one thread, on the instance that served the last one.
 - "gpu": the ONNX graph goes to its own model `<model>_onnx` on Triton's onnxruntime backend
   (platform onnxruntime_onnx, ONNX_GPU_INSTANCES instances per GPU, dynamic batching with
   preferred sizes), and `<model>` is a Python-backend front (trainer/triton_model_gpu.py:
@@ -46,11 +47,14 @@ PREFERRED_BATCHES = (16, 32, 64)
 QUEUE_DELAY_US = 0
 VERSION_FILES = ("model.py", "model.onnx", "tokenizer.json", "labels.json", "calibration.json", "version.json")
 MAX_BATCH_SIZE = 64
-# The "cpu" layout: two Python-backend processes, onnxruntime threads split between them ("auto": the
-# cores Triton may use // the instances, at least 1; a number fixes it). bench_router, int8 on 2 cores,
-# 8 clients: 2 x 1 thread ran 1.2-1.4x the texts/s of 1 x 2 threads (lone request within noise).
-CPU_INSTANCES = 2
-CPU_INTRA_OP_THREADS = "auto"
+# The "cpu" layout: one Python-backend process; a batch runs as CPU_PARALLEL_RUNS concurrent onnxruntime
+# calls ("auto": the cores Triton may use // the instances; a number fixes it) of CPU_INTRA_OP_THREADS
+# intra-op threads each. bench_router, int8 on 2 cores: as many texts/s with 8 clients as two instances
+# with the cores split between them (the layout before), and a lone request that follows a pause no
+# longer lands on an instance that has been idle (two instances cost the router's requests 0.3-0.8 ms).
+CPU_INSTANCES = 1
+CPU_INTRA_OP_THREADS = "1"
+CPU_PARALLEL_RUNS = "auto"
 
 # (name, data type, dims) of each output; the input is always TEXT (TYPE_STRING, [1]).
 CLASSIFICATION_OUTPUTS = (("LABEL", "TYPE_STRING", "1"), ("CONFIDENCE", "TYPE_FP32", "1"), ("PROBS", "TYPE_FP32", "-1"))
@@ -69,6 +73,7 @@ output [
 ]
 instance_group [ {{ kind: {kind} count: {instances} }} ]
 parameters {{ key: "intra_op_threads" value {{ string_value: "{threads}" }} }}
+parameters {{ key: "parallel_runs" value {{ string_value: "{parallel}" }} }}
 """
 
 
@@ -111,7 +116,7 @@ def config_pbtxt(name: str, gpu: bool = False, outputs: tuple[tuple[str, str, st
     lines = ",\n".join(f'  {{ name: "{o}" data_type: {t} dims: [ {d} ] }}' for o, t, d in outputs)
     return CONFIG_PBTXT.format(name=name, max_batch=MAX_BATCH_SIZE, delay_us=QUEUE_DELAY_US,
                                kind="KIND_GPU" if gpu else "KIND_CPU", instances=1 if gpu else CPU_INSTANCES,
-                               threads=CPU_INTRA_OP_THREADS, outputs=lines)
+                               threads=CPU_INTRA_OP_THREADS, parallel=CPU_PARALLEL_RUNS, outputs=lines)
 
 
 def stage_version(stage: Path, onnx_file: Path, tokenizer, labels: list[str], temperature: float,

@@ -19,7 +19,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 
 from trainer import triton_repo
 from trainer.calibrate import softmax
-from trainer.triton_model import TextClassifier, TritonPythonModel, intra_op_threads
+from trainer.triton_model import TextClassifier, TritonPythonModel, intra_op_threads, parallel_runs
 
 LABELS = ["alpha", "beta", "gamma"]
 VOCAB = {"[PAD]": 0, "[UNK]": 1, "a": 2, "b": 3, "c": 4}
@@ -144,7 +144,8 @@ def test_config_is_the_contract() -> None:
                  '{ name: "PROBS" data_type: TYPE_FP32 dims: [ -1 ] }'):
         assert line in cpu
     assert f"kind: KIND_CPU count: {triton_repo.CPU_INSTANCES}" in cpu and "kind: KIND_GPU count: 1" in gpu
-    assert 'parameters { key: "intra_op_threads" value { string_value: "auto" } }' in cpu
+    assert 'parameters { key: "intra_op_threads" value { string_value: "1" } }' in cpu
+    assert 'parameters { key: "parallel_runs" value { string_value: "auto" } }' in cpu
 
 
 def test_instances_split_the_cores_between_them_unless_told_otherwise() -> None:
@@ -161,13 +162,40 @@ def test_instances_split_the_cores_between_them_unless_told_otherwise() -> None:
     assert intra_op_threads(config(2, None)) == 0 == intra_op_threads({})  # onnxruntime's default
 
 
+def test_parallel_runs_are_one_per_core_of_each_instance_unless_told_otherwise() -> None:
+    cores = len(os.sched_getaffinity(0))
+
+    def config(count: int, runs: str | None) -> dict:
+        parameters = {"parallel_runs": {"string_value": runs}} if runs is not None else {}
+        return {"instance_group": [{"kind": "KIND_CPU", "count": count}], "parameters": parameters}
+
+    assert parallel_runs(config(1, "auto")) == cores
+    assert parallel_runs(config(2, "auto")) == max(1, cores // 2)
+    assert parallel_runs(config(4 * cores, "auto")) == 1
+    assert parallel_runs(config(1, "3")) == 3
+    assert parallel_runs(config(1, None)) == 1 == parallel_runs({})  # a batch in one call
+
+
+def test_a_batch_split_over_concurrent_runs_answers_as_one_run(version_dir: Path) -> None:
+    texts = [("a " * (i % 3 + 1)) + "b " * (i % 4) + "c" * (i % 2) for i in range(150)]
+    one = TextClassifier(version_dir, threads=1)
+    split = TextClassifier(version_dir, threads=1, parallel=3)
+    np.testing.assert_allclose(split.logits(texts), one.logits(texts))
+    np.testing.assert_allclose(split.logits(texts[:2]), one.logits(texts[:2]))  # fewer texts than runs
+    np.testing.assert_allclose(split.logits(texts[:1]), one.logits(texts[:1]))  # a lone text: the caller's thread
+    labels, confidence, probs = split.classify(texts)
+    assert (labels, confidence.tolist()) == (one.classify(texts)[0], one.classify(texts)[1].tolist())
+
+
 def test_the_served_instance_runs_onnxruntime_on_its_share_of_the_cores(version_dir: Path, pb_utils) -> None:
     model = TritonPythonModel()
     model.initialize({"model_repository": str(version_dir.parent), "model_version": version_dir.name,
                       "model_instance_kind": "CPU", "model_config": json.dumps(
                           {"instance_group": [{"kind": "KIND_CPU", "count": 1}],
-                           "parameters": {"intra_op_threads": {"string_value": "1"}}})})
+                           "parameters": {"intra_op_threads": {"string_value": "1"},
+                                          "parallel_runs": {"string_value": "2"}}})})
     assert model.classifier.session.get_session_options().intra_op_num_threads == 1
+    assert model.classifier.parallel == 2
 
 
 def test_install_numbers_versions_and_stamps_them(version_dir: Path, tmp_path: Path) -> None:

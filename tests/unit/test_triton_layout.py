@@ -41,7 +41,8 @@ def test_cpu_layout_is_one_python_model_with_every_version_served(stage: Path, t
     assert cfg.version_policy.WhichOneof("policy_choice") == "all"
     assert [(g.kind, g.count) for g in cfg.instance_group] == [
         (model_config_pb2.ModelInstanceGroup.KIND_CPU, triton_repo.CPU_INSTANCES)]
-    assert cfg.parameters["intra_op_threads"].string_value == "auto"
+    assert cfg.parameters["intra_op_threads"].string_value == "1"
+    assert cfg.parameters["parallel_runs"].string_value == "auto"
     assert sorted(p.name for p in target.iterdir()) == sorted(triton_repo.VERSION_FILES)
     assert not (repo / "m_onnx").exists()
 
