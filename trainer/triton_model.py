@@ -90,25 +90,24 @@ class TextClassifier:
         return [self.labels[i] for i in best], probs[np.arange(len(best)), best], probs
 
 
-def intra_op_threads(config):
-    """onnxruntime's intra-op threads per instance from the model config's `intra_op_threads` parameter:
-    "auto" = the cores this process may use // the CPU instances (at least 1), so instances x threads =
-    cores; a number as it is; absent or 0: onnxruntime's default (every core, in every instance)."""
-    value = config.get("parameters", {}).get("intra_op_threads", {}).get("string_value", "")
+def config_count(config, key, absent):
+    """A count from the model config's parameters: "auto" = the cores this process may use // the CPU
+    instances (at least 1), so instances x count = cores; a number as it is; absent: `absent`."""
+    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
     if value != "auto":
-        return int(value or 0)
+        return int(value or absent)
     instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", []) if g.get("kind") == "KIND_CPU")
     return max(1, len(os.sched_getaffinity(0)) // max(1, instances))
+
+
+def intra_op_threads(config):
+    """onnxruntime's intra-op threads per run (`intra_op_threads`; absent or 0: its default, every core)."""
+    return config_count(config, "intra_op_threads", 0)
 
 
 def parallel_runs(config):
-    """Concurrent onnxruntime calls per batch from the `parallel_runs` parameter: "auto" = the cores this
-    process may use // the CPU instances; a number as it is; absent: 1."""
-    value = config.get("parameters", {}).get("parallel_runs", {}).get("string_value", "")
-    if value != "auto":
-        return int(value or 1)
-    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", []) if g.get("kind") == "KIND_CPU")
-    return max(1, len(os.sched_getaffinity(0)) // max(1, instances))
+    """Concurrent onnxruntime runs per batch (`parallel_runs`; absent: 1, a batch in one run)."""
+    return config_count(config, "parallel_runs", 1)
 
 
 class TritonPythonModel:

@@ -18,6 +18,8 @@ where absent, keys sorted, as `parse_fields` writes it), CONFIDENCE (TYPE_FP32, 
 minimum field confidence), FIELD_CONFIDENCE (TYPE_FP32, [-1]: one per field, fields.json order).
 """
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +77,16 @@ def decode_fields(text, probs, offsets, fields):
     return values, confidences
 
 
+def config_count(config, key, absent):
+    """A count from the model config's parameters (trainer/triton_model.py's `intra_op_threads` and
+    `parallel_runs`, read the same way): "auto" = the cores this process may use // the CPU instances."""
+    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
+    if value != "auto":
+        return int(value or absent)
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", []) if g.get("kind") == "KIND_CPU")
+    return max(1, len(os.sched_getaffinity(0)) // max(1, instances))
+
+
 def fields_json(values, fields):
     return json.dumps({name: values.get(name) for name in fields}, sort_keys=True)
 
@@ -82,7 +94,7 @@ def fields_json(values, fields):
 class TextExtractor:
     """Tokenizer + ONNX graph + temperature for a version folder (no Triton needed)."""
 
-    def __init__(self, version_dir, onnx_file="model.onnx", use_gpu=False, device_id=0, threads=0):
+    def __init__(self, version_dir, onnx_file="model.onnx", use_gpu=False, device_id=0, threads=0, parallel=1):
         root = Path(version_dir)
         meta = json.loads((root / "version.json").read_text())
         self.tags = json.loads((root / "labels.json").read_text())
@@ -101,6 +113,9 @@ class TextExtractor:
         self.session = ort.InferenceSession(str(root / onnx_file), options, providers=providers)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
+        # as the classification model: a batch of several texts as `parallel` concurrent runs on one session
+        self.parallel = max(1, int(parallel))
+        self.pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="ort") if self.parallel > 1 else None
 
     def token_logits(self, texts):
         """Per text: (logits [n_tokens, n_tags] float32 over the tokens the model saw, specials included;
@@ -108,19 +123,23 @@ class TextExtractor:
         texts = list(texts)
         out = [None] * len(texts)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        for start in range(0, len(order), CHUNK):
-            rows = order[start:start + CHUNK]
-            encodings = self.tokenizer.encode_batch([texts[i] for i in rows])
-            feed = {
-                "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-            }
-            logits = self.session.run([self.output_name], {k: feed[k] for k in self.input_names})[0]
+        size = CHUNK if self.pool is None or len(texts) < 2 else min(CHUNK, -(-len(texts) // self.parallel))
+        chunks = [order[start:start + size] for start in range(0, len(order), size)]
+        runs = map if self.pool is None or len(chunks) == 1 else self.pool.map
+        for rows, (encodings, logits) in zip(chunks, runs(lambda rows: self._run([texts[i] for i in rows]), chunks)):
             for k, (i, e) in enumerate(zip(rows, encodings)):
                 n = int(sum(e.attention_mask))
                 out[i] = (logits[k, :n].astype(np.float32), e.offsets[:n], e.special_tokens_mask[:n])
         return out
+
+    def _run(self, texts):
+        encodings = self.tokenizer.encode_batch(texts)
+        feed = {
+            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
+        }
+        return encodings, self.session.run([self.output_name], {k: feed[k] for k in self.input_names})[0]
 
     def extract(self, texts, temperature=None):
         """(JSON labels, request confidences [n] float32, field confidences [n, n_fields] float32);
@@ -146,8 +165,11 @@ class TritonPythonModel:
         import triton_python_backend_utils as pb_utils
 
         version_dir = Path(args["model_repository"]) / args["model_version"]
-        self.extractor = TextExtractor(version_dir, use_gpu=args.get("model_instance_kind") == "GPU",
-                                       device_id=args.get("model_instance_device_id", 0))
+        gpu = args.get("model_instance_kind") == "GPU"
+        config = json.loads(args.get("model_config") or "{}")
+        self.extractor = TextExtractor(version_dir, use_gpu=gpu, device_id=args.get("model_instance_device_id", 0),
+                                       threads=0 if gpu else config_count(config, "intra_op_threads", 0),
+                                       parallel=1 if gpu else config_count(config, "parallel_runs", 1))
 
     def execute(self, requests):
         texts, sizes = [], []
