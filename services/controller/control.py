@@ -184,9 +184,9 @@ class Controller:
             return Effects()
         if result.passed:
             model = self.models[(stats.task, stats.model_version)]
-            return Effects(decisions=[self._decide(decision_for(model, "small", result.reason, result.as_evidence(),
-                                                               self.settings.decided_by,
-                                                               predicted=current.predicted_fallback_rate))])
+            predicted, evidence = promised_fallback(current, model, result)
+            return Effects(decisions=[self._decide(decision_for(model, "small", result.reason, evidence,
+                                                               self.settings.decided_by, predicted=predicted))])
         signature = ",".join(result.failed)
         note = (current.decision_id, signature)
         if note in self.noted_refusals:
@@ -381,6 +381,24 @@ class Controller:
             evidence=dumps(evidence), decided_by=self.settings.decided_by,
             predicted_fallback_rate=current.predicted_fallback_rate if current else None,
             triton_model=current.triton_model if current else None)
+
+
+def promised_fallback(current: RoutingDecision, model: ModelRegistered,
+                      result: GateResult) -> tuple[Optional[float], dict[str, Any]]:
+    """The fallback rate a cutover promises, and the decision's evidence: the shadow decision's prediction
+    (the holdout's, or the traffic's after a drift), or the live rate the shadow gate passed when that
+    is higher. The watch calls a breach at the same level the shadow gate allows, so a task that passed
+    near that level on live traffic would otherwise be demoted by its own fallback rate right after the
+    cutover: the watch looks for a change after the cutover, measured from what the shadow saw."""
+    evidence = result.as_evidence()
+    held = current.predicted_fallback_rate if current.predicted_fallback_rate is not None else model.predicted_fallback_rate
+    live = result.evidence.get("shadow_fallback_rate")
+    if held is None or live is None or live <= held:
+        return held, evidence
+    promised = round(float(live), 4)
+    return promised, evidence | {"promised_fallback_rate": {
+        "rate": promised, "predicted_fallback_rate": held,
+        "basis": "the live fallback rate the shadow gate passed, above the prediction"}}
 
 
 def decision_for(model: ModelRegistered, mode: Mode, reason: str, evidence: dict[str, Any], decided_by: str,

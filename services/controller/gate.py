@@ -57,7 +57,9 @@ predicted fallback rate is the shadow decision's, which for a retrain after a dr
 holdout's per-label rates weighted by the traffic since the drift (`traffic_prediction`):
 - comparisons: at least `min_shadow_comparisons` live comparisons, else pending;
 - fallback: the live fallback rate 1 - kept/compared is at most `fallback_limit(predicted)`,
-  the same level the post-cutover watch calls a breach (so a drifted task cannot flap back);
+  the same level the post-cutover watch calls a breach (so a drifted task cannot flap back); the
+  cutover then promises the higher of the prediction and the live rate it passed
+  (control.promised_fallback), so the watch measures change from what the shadow saw;
 - agreement at the threshold: with at least `min_shadow_kept` kept comparisons,
   kept_agreed/kept >= expected - margin, where expected is the holdout agreement with the
   frontier at the threshold (`kept_agreement` in the model's metrics_json) or else the holdout's

@@ -149,6 +149,28 @@ def test_a_fallback_rate_near_the_prediction_is_no_breach():
         assert not c.on_outcome(outcome(i, fallback=i % 4 == 0, confidence=0.5 if i % 4 == 0 else 0.9))
 
 
+def test_a_cutover_promises_the_live_fallback_rate_the_shadow_gate_passed_when_it_is_higher():
+    c = Controller(SETTINGS)
+    c.on_model(registered("v1"))  # predicted 0.2 from the holdout: the watch's breach level would be 0.30
+    small = read_back(c, c.on_stats(shadow_stats("v1", kept=213, kept_agreed=206)).decisions[0])  # live 0.29
+    assert small.mode == "small" and small.predicted_fallback_rate == pytest.approx(0.29)
+    assert evidence_of(small)["promised_fallback_rate"]["predicted_fallback_rate"] == 0.2
+    for i in range(300):  # 0.32 live after the cutover: above 0.30, but no change from what the shadow saw
+        assert not c.on_outcome(outcome(i, fallback=i % 25 < 8, confidence=0.5 if i % 25 < 8 else 0.9))
+    demoted = None
+    for i in range(300, 300 + SETTINGS.window_size):  # a real change still breaches
+        demoted = c.on_outcome(outcome(i, fallback=True, confidence=0.3)) or demoted
+    assert demoted and demoted.decisions[0].mode == "shadow"
+    assert "breach at 0.435" in demoted.decisions[0].reason
+
+
+def test_a_live_fallback_rate_below_the_prediction_keeps_the_prediction():
+    c = Controller(SETTINGS)
+    c.on_model(registered("v1"))
+    small = c.on_stats(shadow_stats("v1", kept=270, kept_agreed=262)).decisions[0]  # live 0.10 < 0.2
+    assert small.predicted_fallback_rate == 0.2 and "promised_fallback_rate" not in evidence_of(small)
+
+
 def test_a_new_cutover_starts_a_new_episode_that_can_breach_again():
     c = Controller(SETTINGS)
     cut_over(c)
