@@ -97,12 +97,14 @@ def read_state_record(raw: Optional[bytes]) -> tuple[Optional[int], Any]:
 def split_decoded(codec, model: Model, records: Iterable[Any]) -> tuple[list[Item], list[tuple[Meta, Any, Exception]]]:
     """Decode aiokafka records into items; the undecodable come back apart with their error.
     Avro's reader checks the types, so the contract is not validated a second time where that
-    would change nothing (`Codec.decode(revalidate=False)`)."""
+    would change nothing (`Codec.trusted_decoder`: `Codec.decode(revalidate=False)` bound per model)."""
     items, failures = [], []
+    read = codec.trusted_decoder(model) if not isinstance(model, tuple) else \
+        (lambda raw: decode(codec, model, raw, revalidate=False))
     for r in records:
         meta = Meta(r.topic, r.partition, r.offset, r.key, r.timestamp / 1000.0, tuple(r.headers or ()))
         try:
-            items.append(Item(decode(codec, model, r.value, revalidate=False), meta))
+            items.append(Item(read(r.value), meta))
         except Exception as exc:  # noqa: BLE001 - a bad record is dead-lettered, never crashes the loop
             failures.append((meta, r.value, exc))
     return items, failures
