@@ -13,8 +13,8 @@ call (process time):
   read+decode without the read (aiokafka's read of the bytes is ~1.2 µs a record there);
 - `whole`: per partition batch, what `BatchProcessor.handle` does: `split_decoded`, the app's
   `curate` (admission, curation, tally, dataset writing), `send_many`;
-- `stages`: the same steps called one by one, each timed: decode, admission, curation
-  (normalise/redact/hash/split), tally, and the dataset writing's grouping, SQLite select, fold,
+- `stages`: the same steps called one by one, each timed: decode, admission + curation
+  (`Admission.curate`: call_id, task, re-parse, redact, normalise, hash, split), tally, and the dataset writing's grouping, SQLite select, fold,
   SQLite insert, encode + Emit, then `send_many`'s batching.
 Writes bench/results/curator_stages.json.
 
@@ -44,7 +44,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 PARTITIONS = 12
 GETMANY = 2000  # GRADUATE_CURATOR_BATCH_SIZE
 FETCH_BYTES = 1 << 20  # aiokafka's max_partition_fetch_bytes
-STAGES = ("decode", "admission", "curation", "tally", "dataset: group by key", "dataset: SQLite select",
+STAGES = ("decode", "admission + curation", "tally", "dataset: group by key", "dataset: SQLite select",
           "dataset: read entries", "dataset: fold", "dataset: encode + Emit", "dataset: SQLite insert",
           "send_many batching")
 
@@ -123,7 +123,7 @@ def run(mode: str, n: int, profile: bool = False) -> dict:
     from services.common.streams import Emit, Meta
     import services.curator.app as worker
     from services.curator.admission import Refused
-    from services.curator.logic import curate_call, tally_calls
+    from services.curator.logic import tally_calls
     from services.curator.shards import ShardStore, dataset_emits, fold_entries, group_by_key, read_entries
 
     folder = Path(tempfile.mkdtemp(prefix="bench-stages-"))
@@ -161,33 +161,31 @@ def run(mode: str, n: int, profile: bool = False) -> dict:
             t0 = clock()
             items, failures = split_decoded(codec, CapturedCall, records)
             t1 = clock()
-            admitted = []
+            curated = []
             for item in items:
                 try:
-                    admitted.append((worker.admission.admit(item.value), item.meta.offset))
+                    curated.append((worker.admission.curate(item.value, fraction), item.meta.offset))
                 except Refused as exc:
                     outbox.append((worker.refusal(worker.app, item, exc), None))
             t2 = clock()
-            curated = [(curate_call(call, fraction), offset) for call, offset in admitted]
-            t3 = clock()
             tally_calls(tallies[p], [c for c, _ in curated])
-            t4 = clock()
+            t3 = clock()
             by_key = group_by_key(curated, forgotten)
-            t5 = clock()
+            t4 = clock()
             values = store.get_many(p, list(by_key))
-            t6 = clock()
+            t5 = clock()
             entries = read_entries(codec, values)
-            t7 = clock()
+            t6 = clock()
             changed = fold_entries(entries, by_key, p)
-            t8 = clock()
+            t7 = clock()
             emits: list[Emit] = dataset_emits(codec, changed, p)
-            t9 = clock()
+            t8 = clock()
             store.put_many(p, [(e.key, e.value) for e in emits])
-            t10 = clock()
+            t9 = clock()
             meta = source(records)
             outbox += [(e, meta) for e in emits]
             for name, took in zip(STAGES, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6, t8 - t7,
-                                           t9 - t8, t10 - t9)):
+                                           t9 - t8)):
                 spent[name] += took
             assert not failures
         t0 = clock()

@@ -10,13 +10,14 @@ the worker dead-letters a refusal with its reason, the snapshot leaves it out an
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
 from services.common.contracts import CapturedCall
 from services.common.redaction import Redacted, Redactor
 from services.common.tasks import ParseFailure, TaskRegistry, TaskSpec
+from services.curator.logic import CuratedCall, curate_call, ts_ms
 
 CALL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 PRODUCER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -38,6 +39,7 @@ class Admission:
     redactors: dict[str, Callable[[str], Redacted]]  # of answers (a task's few labels, cached)
     parsers: dict[str, Callable[[str], str]]
     input_redactors: dict[str, Callable[[str], Redacted]] | None = None  # of inputs (re-asked ones, cached)
+    curated: dict[tuple, tuple] = field(default_factory=dict)  # what `curate` remembers (oldest out first)
 
     @classmethod
     def of(cls, tasks: TaskRegistry) -> "Admission":
@@ -59,6 +61,22 @@ class Admission:
         return redact_by_policy(spec, self.redactors[spec.name], reparse(spec, call, self.parsers[spec.name]),
                                 self.input_redactors[spec.name] if self.input_redactors else None)
 
+    def curate(self, call: CapturedCall, holdout_fraction: float) -> CuratedCall:
+        """`curate_call(self.admit(call), holdout_fraction)`: the same CuratedCall, or the same
+        refusal. What admission and curation make of a call depends on its call_id (checked every
+        time), its timestamp (taken every time) and its task, input and answer: that part is
+        remembered for the latest INPUTS_CACHED (task, input, answer)s, so a re-asked input with an
+        answer seen before costs a check and a lookup (refusals are not remembered)."""
+        key = (call.task, call.input, call.output_raw, call.output, call.parse_ok, holdout_fraction)
+        known = self.curated.get(key)
+        if known is None or not CALL_ID.fullmatch(call.call_id):
+            curated = curate_call(self.admit(call), holdout_fraction)
+            while len(self.curated) >= INPUTS_CACHED:
+                del self.curated[next(iter(self.curated))]
+            self.curated[key] = (curated.input, curated.normalised_hash, curated.split, curated.label)
+            return curated
+        text, digest, split, label = known
+        return CuratedCall(call.call_id, call.task, ts_ms(call.ts), text, digest, split, label)
 
 INPUTS_CACHED = 1 << 15  # inputs remembered per task: as many as the curator's input hashes (logic.py)
 
