@@ -10,6 +10,7 @@ the worker dead-letters a refusal with its reason, the snapshot leaves it out an
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
@@ -39,7 +40,7 @@ class Admission:
     redactors: dict[str, Callable[[str], Redacted]]  # of answers (a task's few labels, cached)
     parsers: dict[str, Callable[[str], str]]
     input_redactors: dict[str, Callable[[str], Redacted]] | None = None  # of inputs (re-asked ones, cached)
-    curated: dict[tuple, tuple] = field(default_factory=dict)  # what `curate` remembers (oldest out first)
+    curated: OrderedDict[tuple, tuple] = field(default_factory=OrderedDict)  # what `curate` remembers (LRU)
 
     @classmethod
     def of(cls, tasks: TaskRegistry) -> "Admission":
@@ -65,16 +66,20 @@ class Admission:
         """`curate_call(self.admit(call), holdout_fraction)`: the same CuratedCall, or the same
         refusal. What admission and curation make of a call depends on its call_id (checked every
         time), its timestamp (taken every time) and its task, input and answer: that part is
-        remembered for the latest INPUTS_CACHED (task, input, answer)s, so a re-asked input with an
-        answer seen before costs a check and a lookup (refusals are not remembered)."""
+        remembered for the INPUTS_CACHED (task, input, answer)s used last, so a re-asked input with
+        an answer seen before costs a check and a lookup (refusals are not remembered). An OrderedDict:
+        evicting a plain dict's first key scans the holes earlier evictions left (14 % of the worker's
+        time in a py-spy profile)."""
         key = (call.task, call.input, call.output_raw, call.output, call.parse_ok, holdout_fraction)
-        known = self.curated.get(key)
+        cache = self.curated
+        known = cache.get(key)
         if known is None or not CALL_ID.fullmatch(call.call_id):
             curated = curate_call(self.admit(call), holdout_fraction)
-            while len(self.curated) >= INPUTS_CACHED:
-                del self.curated[next(iter(self.curated))]
-            self.curated[key] = (curated.input, curated.normalised_hash, curated.split, curated.label)
+            while len(cache) >= INPUTS_CACHED:
+                cache.popitem(last=False)
+            cache[key] = (curated.input, curated.normalised_hash, curated.split, curated.label)
             return curated
+        cache.move_to_end(key)
         text, digest, split, label = known
         return CuratedCall(call.call_id, call.task, ts_ms(call.ts), text, digest, split, label)
 
