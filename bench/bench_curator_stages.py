@@ -18,7 +18,8 @@ call (process time):
   SQLite insert, encode + Emit, then `send_many`'s batching.
 Writes bench/results/curator_stages.json.
 
-    .venv/bin/python bench/bench_curator_stages.py [--n 100000] [--rounds 3] [--profile]
+    .venv/bin/python bench/bench_curator_stages.py [--n 100000] [--rounds 3] [--profile] [--label L]
+        [--baseline an-earlier-report.json]
 """
 from __future__ import annotations
 
@@ -239,6 +240,8 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="cProfile the `whole` mode (to stderr), write nothing")
     parser.add_argument("--label", default="", help="what the code measured is (kept in the JSON)")
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "curator_stages.json")
+    parser.add_argument("--baseline", type=Path, help="an earlier report of this bench (another commit's code), "
+                                                      "kept in the new one under `baseline`")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.profile:
@@ -274,6 +277,12 @@ def main() -> None:
                  "whole = split_decoded + the app's curate + send_many per getmany batch; stages = the same steps "
                  "timed one by one (their sum is whole plus the timers).",
     }
+    if args.baseline:
+        base = json.loads(args.baseline.read_text())
+        report["baseline"] = {k: base.get(k) for k in ("label", "when", "host", "n", "us_per_call_median",
+                                                        "stages_us_per_call_median")}
+        report["headline"] += [{"name": f"baseline ({base.get('label')}): in-process CPU µs per call ({mode})",
+                                "value": v} for mode, v in base.get("us_per_call_median", {}).items() if mode != "stages"]
     if "raw" in median and "whole" in median:
         report["headline"].append({"name": "raw decode / whole (in-process ratio, no Kafka read on either side)",
                                    "value": round(median["raw"] / median["whole"], 3)})
