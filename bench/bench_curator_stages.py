@@ -29,6 +29,7 @@ import gc
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -224,11 +225,8 @@ def run(mode: str, n: int, profile: bool = False) -> dict:
     if mode != "raw":
         out["dataset_records"] = proc.producer.records
         out["entries"] = sum(store.count(p) for p in range(PARTITIONS))
-    for p in range(PARTITIONS):
-        store.close(p)
-    for f in folder.iterdir():
-        f.unlink()
-    folder.rmdir()
+    store.keep_only(())  # closes every shard file
+    shutil.rmtree(folder)
     return out
 
 
