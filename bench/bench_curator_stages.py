@@ -14,8 +14,9 @@ call (process time):
 - `whole`: per partition batch, what `BatchProcessor.handle` does: `split_decoded`, the app's
   `curate` (admission, curation, tally, dataset writing), `send_many`;
 - `stages`: the same steps called one by one, each timed: decode, admission + curation
-  (`Admission.curate`: call_id, task, re-parse, redact, normalise, hash, split), tally, and the dataset writing's grouping, SQLite select, fold,
-  SQLite insert, encode + Emit, then `send_many`'s batching.
+  (`Admission.curate`: call_id, task, re-parse, redact, normalise, hash, split), tally, the dataset
+  writing's grouping, SQLite select, entries read back, fold, encode + Emit, SQLite insert, then
+  `send_many`'s batching.
 Writes bench/results/curator_stages.json.
 
     .venv/bin/python bench/bench_curator_stages.py [--n 100000] [--rounds 3] [--profile] [--label L]
@@ -280,7 +281,8 @@ def main() -> None:
         report["baseline"] = {k: base.get(k) for k in ("label", "when", "host", "n", "us_per_call_median",
                                                         "stages_us_per_call_median")}
         report["headline"] += [{"name": f"baseline ({base.get('label')}): in-process CPU µs per call ({mode})",
-                                "value": v} for mode, v in base.get("us_per_call_median", {}).items() if mode != "stages"]
+                                "value": v} for mode, v in base.get("us_per_call_median", {}).items()
+                               if mode != "stages"]
     if "raw" in median and "whole" in median:
         report["headline"].append({"name": "raw decode / whole (in-process ratio, no Kafka read on either side)",
                                    "value": round(median["raw"] / median["whole"], 3)})

@@ -68,8 +68,7 @@ class Admission:
         time), its timestamp (taken every time) and its task, input and answer: that part is
         remembered for the INPUTS_CACHED (task, input, answer)s used last, so a re-asked input with
         an answer seen before costs a check and a lookup (refusals are not remembered). An OrderedDict:
-        evicting a plain dict's first key scans the holes earlier evictions left (14 % of the worker's
-        time in a py-spy profile)."""
+        evicting a plain dict's oldest key scans the holes that earlier evictions left."""
         key = (call.task, call.input, call.output_raw, call.output, call.parse_ok, holdout_fraction)
         cache = self.curated
         known = cache.get(key)
@@ -82,6 +81,7 @@ class Admission:
         cache.move_to_end(key)
         text, digest, split, label = known
         return CuratedCall(call.call_id, call.task, ts_ms(call.ts), text, digest, split, label)
+
 
 INPUTS_CACHED = 1 << 15  # inputs remembered per task: as many as the curator's input hashes (logic.py)
 

@@ -4,12 +4,13 @@ Per input and captured partition (shard) the curator needs the record it last wr
 next call to it (services/curator/dataset.py). Kept in the worker's heap for every input that
 would grow without bound, so each owned shard has a SQLite file (stdlib; journal off: it is a cache)
 with a 2 MiB page cache: memory stays bounded whatever the number of inputs. The file keeps each
-record as the bytes sent (or read back from the topic): the record is encoded once, for the topic
-and the file, and read back into plain values (`Codec.fields_decoder`) only when its input returns. The dataset topic is
-the truth: after every assignment (and after a failed batch) the file is deleted and rebuilt from
-partition `shard` of the dataset topic, which holds everything sent before the state checkpoint
-and possibly more (a batch sent but not checkpointed) — a replayed call at or below a record's
-`last_offset` then changes nothing, so nothing is counted twice and nothing sent is lost.
+record as the bytes sent (or read back from the topic): a record is encoded once, for the topic and
+the file, and read back into plain values (`Codec.fields_decoder`) only when its input returns.
+The dataset topic is the truth: after every assignment (and after a failed batch) the file is
+deleted and rebuilt from partition `shard` of the dataset topic, which holds everything sent before
+the state checkpoint and possibly more (a batch sent but not checkpointed) — a replayed call at or
+below a record's `last_offset` then changes nothing, so nothing is counted twice and nothing sent is
+lost.
 
 Deletions (`graduate dataset forget`) come from the compacted forgotten topic, followed from its
 start: a forgotten input is dropped from the files and never taken in again, also on replay.
@@ -35,6 +36,7 @@ from services.curator.logic import CuratedCall
 log = logging.getLogger(__name__)
 CACHE_KIB = 2048
 SELECT_KEYS = 512  # keys per SELECT … IN (…), at most
+UPSERT = "INSERT OR REPLACE INTO entry (key, value) VALUES (?, ?)"
 
 
 def padded(keys: list[str]) -> list[str]:
@@ -66,7 +68,6 @@ class ShardStore:
         db.execute("PRAGMA journal_mode=OFF")
         db.execute("PRAGMA synchronous=OFF")
         db.execute("CREATE TABLE entry (key TEXT PRIMARY KEY, value BLOB NOT NULL)")
-        self.upsert = "INSERT OR REPLACE INTO entry (key, value) VALUES (?, ?)"
         self.dbs[shard] = db
         return db
 
@@ -90,7 +91,7 @@ class ShardStore:
         """(key, record bytes) pairs, in one transaction (a key given twice: the last wins)."""
         db = self.dbs[shard]
         db.execute("BEGIN")
-        db.executemany(self.upsert, values)
+        db.executemany(UPSERT, values)
         db.execute("COMMIT")
 
     def delete(self, key: str, shard: int | None = None) -> None:
