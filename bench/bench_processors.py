@@ -564,6 +564,11 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path, kill
                 else json.loads(out.read_text()).get("kill_restore", {}) if out.exists() else {})
         agent = (await agent_rates(kafka, agents_n, agents) if agents
                  else json.loads(out.read_text()).get("agents", {}) if out.exists() else {})
+        # processors not measured in this run keep their last measured figures, marked with when
+        old = json.loads(out.read_text()) if out.exists() else {}
+        kept = [p for p in old.get("results", {}) if p not in processors and p in EVENTS_PER_CALL]
+        for p in kept:
+            results[p] = {**old["results"][p], "measured": old["results"][p].get("measured", old.get("when"))}
         sizes = sorted((int(m) for m in mem.get("profiler", {})), key=int)
         growth = {p: round(mem[p][str(sizes[-1])]["state_bytes"] / mem[p][str(sizes[0])]["state_bytes"], 3)
                   for p in ("profiler", "curator")} if len(sizes) > 1 else {}
@@ -572,11 +577,14 @@ async def main(n: int, processors: list[str], memory: list[int], out: Path, kill
             "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "shared_machine": True},
             "n": n, "partitions": CALLS_CAPTURED.partitions, "results": results,
-            "ratios_vs_raw_read_decode": {p: round(results[p]["msgs_per_s"] / raw, 3) for p in processors},
-            "ratios_vs_raw_read": {p: round(results[p]["msgs_per_s"] / results["raw_read"]["msgs_per_s"], 3)
-                                   for p in processors},
+            "ratios_vs_raw_read_decode": {**{p: old["ratios_vs_raw_read_decode"][p] for p in kept},
+                                          **{p: round(results[p]["msgs_per_s"] / raw, 3) for p in processors}},
+            "ratios_vs_raw_read": {**{p: old["ratios_vs_raw_read"][p] for p in kept},
+                                   **{p: round(results[p]["msgs_per_s"] / results["raw_read"]["msgs_per_s"], 3)
+                                      for p in processors}},
             "ratios_per_cpu_second_vs_raw_read_decode": {
-                p: round(results[p]["msgs_per_cpu_s"] / raw_cpu, 3) for p in processors},
+                **{p: old["ratios_per_cpu_second_vs_raw_read_decode"][p] for p in kept},
+                **{p: round(results[p]["msgs_per_cpu_s"] / raw_cpu, 3) for p in processors}},
             "goal": "ratio >= 0.5",
             "headline": [],
             "state_memory": mem,
@@ -615,7 +623,8 @@ if __name__ == "__main__":
                         help="measure only the agents and write them into the existing --out file")
     parser.add_argument("--recompose", action="store_true",
                         help="measure nothing: rewrite the --out file's headline and notes")
-    parser.add_argument("--processors", default="faust-noop,curator,profiler")
+    parser.add_argument("--processors", default="faust-noop,curator,profiler",
+                        help="processors measured; the others keep their last figures in --out (with when)")
     parser.add_argument("--serve-noop", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "processors.json")
     args = parser.parse_args()

@@ -2,7 +2,8 @@
 
 The curator sends a dataset record per input touched, to a chosen partition (its shard), so a
 batch's records can go in one `BatchBuilder` per partition (`create_batch` / `append` /
-`send_batch`, services/common/batch.py `send_many`) instead of one `send` future each. Measured
+`send_batch`: services/common/record_batches.py, what the batch processors send through) instead of
+one `send` future each. Measured
 side by side in one run against the broker at GRADUATE_KAFKA_BOOTSTRAP: CPU µs and wall µs per
 record to send N real DatasetRecords (bench_processors' feed, one record per call, 2,000 a batch
 as the curator reads them, spread over the dataset topic's 12 partitions) and await them, for
@@ -34,6 +35,7 @@ from services.common.catalog import DATASET, topic_name  # noqa: E402
 from services.common.codec import Codec  # noqa: E402
 from services.common.contracts import DatasetRecord  # noqa: E402
 from services.common.kafka import delete_topics, ensure_topics, make_producer  # noqa: E402
+from services.common.record_batches import send_batched  # noqa: E402
 from services.common.settings import KafkaSettings  # noqa: E402
 from services.curator.dataset import new_entry, record_key  # noqa: E402
 from services.curator.logic import curate_call  # noqa: E402
@@ -60,18 +62,8 @@ async def send_each(producer, topic: str, records: list) -> None:
 
 async def send_batches(producer, topic: str, records: list) -> None:
     for i in range(0, len(records), BATCH):
-        futures, builders = [], {}
-        for p, key, value in records[i:i + BATCH]:
-            builder = builders.get(p) or builders.setdefault(p, producer.create_batch())
-            if builder.append(key=key, value=value, timestamp=None) is None:
-                builder.close()
-                futures.append(await producer.send_batch(builder, topic, partition=p))
-                builder = builders[p] = producer.create_batch()
-                builder.append(key=key, value=value, timestamp=None)
-        for p, builder in builders.items():
-            builder.close()
-            futures.append(await producer.send_batch(builder, topic, partition=p))
-        await asyncio.gather(*futures)
+        await asyncio.gather(*await send_batched(producer, ((topic, p, key, value, []) for p, key, value
+                                                            in records[i:i + BATCH])))
 
 
 async def measure(kafka: KafkaSettings, n: int, rounds: int) -> dict:

@@ -30,11 +30,11 @@ FIGURES: dict[str, Figure] = {
                              "assumed: ~15x the 2-core CPU rate; bench/ (issue 5, --device cuda) replaces it"),
     "router_rps": Figure(400, "req/s per router pod (1 vCPU, uvicorn, async frontier calls)", False,
                          "assumed; bench/ router load test (issue 3) replaces it"),
-    "curator_rps": Figure(20900, "records/s per curator process (1 vCPU: batch read, Avro decode, admission, tally, "
-                          "dataset writing)", True, "bench/results/processors.json (issue 16j, 2026-12-05 19:44, "
-                          "100 k calls): 20,851 records per CPU second with the dataset writing, 0.23x raw "
-                          "read+decode (19.1-22.3 k, 0.23-0.24x, in five runs that day; 14.4-14.8 k, 0.16x, before "
-                          "the dataset records went in record batches)"),
+    "curator_rps": Figure(21500, "records/s per curator process (1 vCPU: batch read, Avro decode, admission, tally, "
+                          "dataset writing)", True, "bench/results/processors.json (issue 16, 2026-12-05 22:53, "
+                          "100 k calls, load 3.7): 21,491 records per CPU second with the dataset writing, 0.26x raw "
+                          "read+decode (20.5-25.7 k, 0.25-0.29x, in eight runs that evening; the code before the "
+                          "stage cuts 21.9-23.7 k, 0.24-0.26x, run alternately with it)"),
     "profiler_rps": Figure(50400, "records/s per profiler process (1 vCPU: batch read, Avro decode, aggregates)",
                            True, "bench/results/processors.json (2026-12-05 17:15, 100 k calls): 50,363 records per "
                            "CPU second, same run; 0.53x raw read+decode (0.45-0.61x in ten runs that day)"),

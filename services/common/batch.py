@@ -44,6 +44,7 @@ from services.common.catalog import TopicSpec, topic_name
 from services.common.heap import HeapRelease
 from services.common.kafka import dead_letter, dead_letter_payload_limit, make_producer
 from services.common.reader import TopicReader
+from services.common.record_batches import Record, send_batched
 from services.common.settings import RECORD_OVERHEAD_BYTES
 from services.common.streams import (DEADLETTERED, FAILED, PROCESSED, PROCESSING_SECONDS, Emit, Item, Meta, Model,
                                      app_id, decode, plumbing, source_topic)
@@ -96,12 +97,14 @@ def read_state_record(raw: Optional[bytes]) -> tuple[Optional[int], Any]:
 def split_decoded(codec, model: Model, records: Iterable[Any]) -> tuple[list[Item], list[tuple[Meta, Any, Exception]]]:
     """Decode aiokafka records into items; the undecodable come back apart with their error.
     Avro's reader checks the types, so the contract is not validated a second time where that
-    would change nothing (`Codec.decode(revalidate=False)`)."""
+    would change nothing (`Codec.trusted_decoder`: `Codec.decode(revalidate=False)` bound per model)."""
     items, failures = [], []
+    read = codec.trusted_decoder(model) if not isinstance(model, tuple) else \
+        (lambda raw: decode(codec, model, raw, revalidate=False))
     for r in records:
         meta = Meta(r.topic, r.partition, r.offset, r.key, r.timestamp / 1000.0, tuple(r.headers or ()))
         try:
-            items.append(Item(decode(codec, model, r.value, revalidate=False), meta))
+            items.append(Item(read(r.value), meta))
         except Exception as exc:  # noqa: BLE001 - a bad record is dead-lettered, never crashes the loop
             failures.append((meta, r.value, exc))
     return items, failures
@@ -262,34 +265,22 @@ class BatchProcessor(Generic[S]):
 
     async def send_many(self, outbox: list[tuple[Emit, Optional[Meta]]]) -> list[asyncio.Future]:
         """Send a batch's emits (each with its source, see `send`); returns the futures to await.
-        Those bound for a chosen partition are appended to one record batch per topic partition
-        (aiokafka's `create_batch`/`send_batch`: 1.6-1.8 µs of CPU a record against 7.8-8.5 for
-        `send`, bench/results/send.json); the rest (dead letters, partitioned by key) are sent one by
-        one. Order per topic partition is kept: a full record batch is sent before the next is begun;
-        a record larger than a batch goes alone in one (a builder always takes its first record)."""
+        Those bound for a chosen partition go in one record batch per topic partition, in order
+        (services/common/record_batches.py); the rest (dead letters, partitioned by key) and any
+        record over the producer's limit (dead-lettered alone) are sent one by one."""
         futures: list[asyncio.Future] = []
-        builders: dict[tuple[str, int], Any] = {}
+        batched: list[Record] = []
+        limit = self.record_limit()
         for e, source in outbox:
             if e.partition is None or not isinstance(e.value, bytes):
                 futures.append(await self.send(e, source))
                 continue
-            topic, key = self.topic_of(e), e.key_bytes()
-            headers = list(e.headers)
-            if source is not None and self.size_of(e.value, key, headers) > self.record_limit():
+            key, headers = e.key_bytes(), list(e.headers)
+            if source is not None and self.size_of(e.value, key, headers) > limit:
                 futures.append(await self.send(e, source))  # dead-lettered alone
                 continue
-            builder = builders.get((topic, e.partition))
-            if builder is None:
-                builder = builders[(topic, e.partition)] = self.producer.create_batch()
-            if builder.append(key=key, value=e.value, timestamp=None, headers=headers) is None:  # full
-                builder.close()
-                futures.append(await self.producer.send_batch(builder, topic, partition=e.partition))
-                builder = builders[(topic, e.partition)] = self.producer.create_batch()
-                builder.append(key=key, value=e.value, timestamp=None, headers=headers)
-        for (topic, partition), builder in builders.items():
-            builder.close()  # ours alone: a `send` to the same partition meanwhile starts a batch of its own
-            futures.append(await self.producer.send_batch(builder, topic, partition=partition))
-        return futures
+            batched.append((self.topic_of(e), e.partition, key, e.value, headers))
+        return futures + await send_batched(self.producer, batched)
 
     def topic_of(self, e: Emit) -> str:
         return topic_name(e.spec, self.plumb.settings.topic_namespace) if isinstance(e.spec, TopicSpec) else e.spec

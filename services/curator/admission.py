@@ -10,13 +10,15 @@ the worker dead-letters a refusal with its reason, the snapshot leaves it out an
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Callable
 
 from services.common.contracts import CapturedCall
 from services.common.redaction import Redacted, Redactor
 from services.common.tasks import ParseFailure, TaskRegistry, TaskSpec
+from services.curator.logic import CuratedCall, curate_call, ts_ms
 
 CALL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 PRODUCER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -38,6 +40,7 @@ class Admission:
     redactors: dict[str, Callable[[str], Redacted]]  # of answers (a task's few labels, cached)
     parsers: dict[str, Callable[[str], str]]
     input_redactors: dict[str, Callable[[str], Redacted]] | None = None  # of inputs (re-asked ones, cached)
+    curated: OrderedDict[tuple, tuple] = field(default_factory=OrderedDict)  # what `curate` remembers (LRU)
 
     @classmethod
     def of(cls, tasks: TaskRegistry) -> "Admission":
@@ -58,6 +61,26 @@ class Admission:
             raise Refused("empty_input", "the input is empty")
         return redact_by_policy(spec, self.redactors[spec.name], reparse(spec, call, self.parsers[spec.name]),
                                 self.input_redactors[spec.name] if self.input_redactors else None)
+
+    def curate(self, call: CapturedCall, holdout_fraction: float) -> CuratedCall:
+        """`curate_call(self.admit(call), holdout_fraction)`: the same CuratedCall, or the same
+        refusal. What admission and curation make of a call depends on its call_id (checked every
+        time), its timestamp (taken every time) and its task, input and answer: that part is
+        remembered for the INPUTS_CACHED (task, input, answer)s used last, so a re-asked input with
+        an answer seen before costs a check and a lookup (refusals are not remembered). An OrderedDict:
+        evicting a plain dict's oldest key scans the holes that earlier evictions left."""
+        key = (call.task, call.input, call.output_raw, call.output, call.parse_ok, holdout_fraction)
+        cache = self.curated
+        known = cache.get(key)
+        if known is None or not CALL_ID.fullmatch(call.call_id):
+            curated = curate_call(self.admit(call), holdout_fraction)
+            while len(cache) >= INPUTS_CACHED:
+                cache.popitem(last=False)
+            cache[key] = (curated.input, curated.normalised_hash, curated.split, curated.label)
+            return curated
+        cache.move_to_end(key)
+        text, digest, split, label = known
+        return CuratedCall(call.call_id, call.task, ts_ms(call.ts), text, digest, split, label)
 
 
 INPUTS_CACHED = 1 << 15  # inputs remembered per task: as many as the curator's input hashes (logic.py)

@@ -24,7 +24,7 @@ from services.common.settings import load_settings
 from services.common.streams import Emit, Item, WorkerSettings, make_app, plumbing, refusal
 from services.common.tasks import load_tasks
 from services.curator.admission import Admission, Refused, producer_of
-from services.curator.logic import Tally, curate_call, tallies_from_json, tallies_json, tally_calls, tally_stats
+from services.curator.logic import Tally, tallies_from_json, tallies_json, tally_calls, tally_stats
 from services.curator.settings import CuratorSettings
 from services.curator.shards import Forgotten, ShardStore, rebuild_shards, write_dataset
 
@@ -44,7 +44,7 @@ def curate(tallies: dict[str, Tally], items: list[Item[CapturedCall]]) -> list[E
     admitted, offsets, refused = [], [], []
     for item in items:
         try:
-            admitted.append(curate_call(admission.admit(item.value), curator.holdout_fraction))
+            admitted.append(admission.curate(item.value, curator.holdout_fraction))
             offsets.append(item.meta.offset)
         except Refused as exc:
             REFUSED.labels(producer_of(item.value), exc.code).inc()

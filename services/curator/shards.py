@@ -3,11 +3,14 @@
 Per input and captured partition (shard) the curator needs the record it last wrote, to apply the
 next call to it (services/curator/dataset.py). Kept in the worker's heap for every input that
 would grow without bound, so each owned shard has a SQLite file (stdlib; journal off: it is a cache)
-with a 2 MiB page cache: memory stays bounded whatever the number of inputs. The dataset topic is
-the truth: after every assignment (and after a failed batch) the file is deleted and rebuilt from
-partition `shard` of the dataset topic, which holds everything sent before the state checkpoint
-and possibly more (a batch sent but not checkpointed) — a replayed call at or below a record's
-`last_offset` then changes nothing, so nothing is counted twice and nothing sent is lost.
+with a 2 MiB page cache: memory stays bounded whatever the number of inputs. The file keeps each
+record as the bytes sent (or read back from the topic): a record is encoded once, for the topic and
+the file, and read back into plain values (`Codec.fields_decoder`) only when its input returns.
+The dataset topic is the truth: after every assignment (and after a failed batch) the file is
+deleted and rebuilt from partition `shard` of the dataset topic, which holds everything sent before
+the state checkpoint and possibly more (a batch sent but not checkpointed) — a replayed call at or
+below a record's `last_offset` then changes nothing, so nothing is counted twice and nothing sent is
+lost.
 
 Deletions (`graduate dataset forget`) come from the compacted forgotten topic, followed from its
 start: a forgotten input is dropped from the files and never taken in again, also on replay.
@@ -15,7 +18,6 @@ start: a forgotten input is dropped from the files and never taken in again, als
 from __future__ import annotations
 
 import logging
-import marshal
 import sqlite3
 from collections import defaultdict
 from pathlib import Path
@@ -28,12 +30,13 @@ from services.common.follow import TopicFollower
 from services.common.reader import TopicReader
 from services.common.settings import KafkaSettings
 from services.common.streams import Emit
-from services.curator.dataset import apply_call, record_key, to_entry
+from services.curator.dataset import apply_call, record_key
 from services.curator.logic import CuratedCall
 
 log = logging.getLogger(__name__)
 CACHE_KIB = 2048
 SELECT_KEYS = 512  # keys per SELECT … IN (…), at most
+UPSERT = "INSERT OR REPLACE INTO entry (key, value) VALUES (?, ?)"
 
 
 def padded(keys: list[str]) -> list[str]:
@@ -46,8 +49,8 @@ def padded(keys: list[str]) -> list[str]:
 
 
 class ShardStore:
-    """One SQLite file per owned shard: key task/hash -> the entry (plain values, marshalled: the
-    file is this worker's own cache, written and read by this code only)."""
+    """One SQLite file per owned shard: key task/hash -> the DatasetRecord's bytes as sent to the
+    dataset topic (Avro, framed with its schema: the file is this worker's own cache)."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -77,19 +80,18 @@ class ShardStore:
         for shard in set(self.dbs) - set(shards):
             self.close(shard)
 
-    def get_many(self, shard: int, keys: list[str]) -> dict[str, dict]:
+    def get_many(self, shard: int, keys: list[str]) -> dict[str, bytes]:
         db, out = self.dbs[shard], {}
         for i in range(0, len(keys), SELECT_KEYS):
             chunk = padded(keys[i:i + SELECT_KEYS])
-            rows = db.execute(f"SELECT key, value FROM entry WHERE key IN ({','.join('?' * len(chunk))})", chunk)
-            out.update((k, marshal.loads(v)) for k, v in rows)
+            out.update(db.execute(f"SELECT key, value FROM entry WHERE key IN ({','.join('?' * len(chunk))})", chunk))
         return out
 
-    def put_many(self, shard: int, entries: dict[str, dict]) -> None:
+    def put_many(self, shard: int, values: Iterable[tuple[str, bytes]]) -> None:
+        """(key, record bytes) pairs, in one transaction (a key given twice: the last wins)."""
         db = self.dbs[shard]
         db.execute("BEGIN")
-        db.executemany("INSERT OR REPLACE INTO entry (key, value) VALUES (?, ?)",
-                       [(k, marshal.dumps(v)) for k, v in entries.items()])
+        db.executemany(UPSERT, values)
         db.execute("COMMIT")
 
     def delete(self, key: str, shard: int | None = None) -> None:
@@ -133,15 +135,38 @@ def write_dataset(store: ShardStore, codec: Codec, forgotten: set[str], shard: i
                   calls: list[tuple[CuratedCall, int]]) -> list[Emit]:
     """Apply a batch of one captured partition's admitted calls (with their offsets) to its shard and
     return the changed records, one per input touched, to send to partition `shard` of the dataset
-    topic (encoded from the entries: building a DatasetRecord model each would double the cost)."""
+    topic (encoded from the entries, once for the topic and the file: building a DatasetRecord model
+    each would double the cost). The steps are apart so bench/bench_curator_stages.py can time each."""
+    by_key = group_by_key(calls, forgotten)
+    if not by_key:
+        return []
+    changed = fold_entries(read_entries(codec, store.get_many(shard, list(by_key))), by_key, shard)
+    if not changed:
+        return []
+    emits = dataset_emits(codec, changed, shard)
+    store.put_many(shard, [(e.key, e.value) for e in emits])
+    return emits
+
+
+def group_by_key(calls: list[tuple[CuratedCall, int]], forgotten: set[str]) -> dict[str, list[tuple[CuratedCall, int]]]:
+    """A batch's calls (with offsets) by dataset key, in read order; forgotten inputs left out."""
     by_key: dict[str, list[tuple[CuratedCall, int]]] = defaultdict(list)
     for call, offset in calls:
         key = record_key(call.task, call.normalised_hash)
         if key not in forgotten:
             by_key[key].append((call, offset))
-    if not by_key:
-        return []
-    entries = store.get_many(shard, list(by_key))
+    return by_key
+
+
+def read_entries(codec: Codec, values: dict[str, bytes]) -> dict[str, dict]:
+    """The shard's records of these keys as entries (plain values, timestamps in epoch ms)."""
+    read = codec.fields_decoder(DatasetRecord)
+    return {key: read(value) for key, value in values.items()}
+
+
+def fold_entries(entries: dict[str, dict], by_key: dict[str, list[tuple[CuratedCall, int]]],
+                 shard: int) -> dict[str, dict]:
+    """The entries the calls change (`entries`: what the shard holds of these keys)."""
     changed: dict[str, dict] = {}
     for key, group in by_key.items():
         entry = entries.get(key)
@@ -149,8 +174,11 @@ def write_dataset(store: ShardStore, codec: Codec, forgotten: set[str], shard: i
             out = apply_call(entry, call, offset, shard)
             if out is not None:
                 entry = changed[key] = out
-    if changed:
-        store.put_many(shard, changed)
+    return changed
+
+
+def dataset_emits(codec: Codec, changed: dict[str, dict], shard: int) -> list[Emit]:
+    """The changed entries as encoded DatasetRecords for partition `shard` of the dataset topic."""
     encode = codec.fields_encoder(DatasetRecord)
     return [Emit(catalog.DATASET, key, encode(e), partition=shard) for key, e in changed.items()]
 
@@ -163,6 +191,7 @@ async def rebuild_shards(store: ShardStore, kafka: KafkaSettings, codec: Codec, 
         store.reset(shard)
     if not shards:
         return {}
+    read = codec.fields_decoder(DatasetRecord)
     async with TopicReader(kafka, topic, partitions=shards, missing_ok=False,
                            client_id=f"{kafka.client_id}-curator-dataset-restore") as reader:
         missing = sorted(set(shards) - {tp.partition for tp in reader.spans})
@@ -170,7 +199,7 @@ async def rebuild_shards(store: ShardStore, kafka: KafkaSettings, codec: Codec, 
             raise RuntimeError(f"{topic} lacks partitions {missing}: captured partitions {missing} have no "
                                "dataset partition; give it as many partitions as the captured topic")
         async for records in reader:
-            puts: dict[str, dict] = {}
+            puts: dict[str, bytes] = {}
             partition = records[0].partition
             for r in records:
                 key = r.key.decode()
@@ -179,8 +208,9 @@ async def rebuild_shards(store: ShardStore, kafka: KafkaSettings, codec: Codec, 
                     store.delete(key, partition)
                     continue
                 try:
-                    puts[key] = to_entry(codec.decode(r.value, DatasetRecord))
+                    read(r.value)  # kept as read, once it is known to be a DatasetRecord
+                    puts[key] = bytes(r.value)
                 except Exception as exc:  # noqa: BLE001 - a foreign record is skipped, not restored
                     log.warning("dataset restore: %s[%d]@%d skipped (%s)", topic, partition, r.offset, exc)
-            store.put_many(partition, puts)
+            store.put_many(partition, puts.items())
     return {shard: store.count(shard) for shard in shards}

@@ -222,6 +222,24 @@ def test_decoding_without_revalidation_gives_the_validated_model(codec, record):
         assert copied.__pydantic_fields_set__ is not fast.__pydantic_fields_set__  # updates touch the copy's own
 
 
+@pytest.mark.parametrize("record", EXAMPLES, ids=lambda r: type(r).__name__)
+def test_the_bound_trusted_decoder_answers_as_decode_does(codec, record):
+    """`Codec.trusted_decoder(model)` (the batch processors' decode) hoists `decode`'s checks; what it
+    returns, and what it refuses with which message, must not change."""
+    model, data = type(record), codec.encode(record)
+    read = codec.trusted_decoder(model)
+    assert read(data) == codec.decode(data, model, revalidate=False) == record
+    assert read(bytearray(data)) == record and read(memoryview(data)) == record
+    bad = [data[:-1], data + b"\x00", data[:9], b"\xc3\x01" + b"\x00" * 8 + data[10:], b"{}", "text",
+           data[:10] + b"\xff" * 4]
+    for raw in bad:
+        with pytest.raises(CodecError) as want:
+            codec.decode(raw, model, revalidate=False)
+        with pytest.raises(CodecError) as got:
+            read(raw)
+        assert str(got.value) == str(want.value)
+
+
 def test_only_what_avro_types_as_pydantic_would_skips_revalidation(codec):
     from typing import Literal, Optional
 

@@ -86,3 +86,32 @@ def test_the_producer_label_is_bounded():
     assert producer_of(call(trace={"caller": "billing"})) == "billing"
     assert producer_of(call()) == "unknown"
     assert producer_of(call(trace={"caller": "x" * 500})) == "other"
+
+
+def test_curate_remembers_an_input_and_answer_but_checks_every_call_id_and_timestamp(monkeypatch):
+    """`Admission.curate` is admit + curate_call; what it remembers per (task, input, answer) must
+    not change a result, nor let a bad call_id or a refused record through the second time."""
+    from datetime import datetime, timezone
+
+    from services.curator import admission as module
+    from services.curator.logic import curate_call
+
+    admission = Admission.of(TaskRegistry(tasks={t.name: t for t in (INTENT, STRICT, FIELDS)}))
+    calls = [call(), call(call_id="c2", ts=datetime(2026, 1, 2, tzinfo=timezone.utc)),
+             call(call_id="c3", input=f"card {CARD} lost"), call(call_id="c4", input=f"card {CARD} lost"),
+             call(call_id="c5", output_raw="maybe", output="maybe"), call(call_id="c6", parse_ok=False, output=None),
+             call(call_id="c7", task="booking", output_raw='{"people": "2"}', output='{"people": "2"}')]
+    for _ in range(2):  # cold, then remembered
+        for c in calls:
+            assert admission.curate(c, 0.3) == curate_call(admission.admit(c), 0.3)
+    assert len(admission.curated) == 5
+    for bad in (call(call_id="a b"), call(call_id="s1", task="strict", input=f"card {CARD}", output_raw="yes",
+                                          output="yes")):
+        for _ in range(2):
+            with pytest.raises(Refused):
+                admission.curate(bad, 0.3)
+    monkeypatch.setattr(module, "INPUTS_CACHED", 3)
+    for i in range(10):
+        admission.curate(call(call_id=f"n{i}", input=f"input {i}"), 0.3)
+    assert len(admission.curated) == 3 and ("intent", "input 9", "card_arrival", "card_arrival", True, 0.3) \
+        in admission.curated

@@ -87,7 +87,7 @@ def test_records_round_trip_through_the_contract(codec):
 
 def test_the_shard_files_fold_batches_as_the_pure_fold_does_and_skip_forgotten_inputs(tmp_path, codec):
     from services.curator.dataset import record_key
-    from services.curator.shards import ShardStore, write_dataset
+    from services.curator.shards import ShardStore, read_entries, write_dataset
 
     calls = traffic(11, 120)
     store = ShardStore(tmp_path)
@@ -104,7 +104,10 @@ def test_the_shard_files_fold_batches_as_the_pure_fold_does_and_skip_forgotten_i
                 sent[(shard, e.key)] = codec.decode(e.value, DatasetRecord)
     want = {k: e for k, e in fold_calls(curated).items() if k[1] not in forgotten}
     assert {k: to_entry(v) for k, v in sent.items()} == want
-    assert {(s, k): e for s in range(3) for k, e in store.get_many(s, [k for _, k in want]).items()} == want
+    held = {(s, k): v for s in range(3) for k, v in store.get_many(s, [k for _, k in want]).items()}
+    assert {k: codec.encode(v) for k, v in sent.items()} == held  # the file keeps the bytes sent
+    assert {(s, k): e for s in range(3) for k, e in read_entries(codec, {k: v for (t, k), v in held.items()
+                                                                         if t == s}).items()} == want
     # replayed batches send nothing and change nothing
     for shard in range(3):
         assert write_dataset(store, codec, forgotten, shard, [(c, o) for s, o, c in curated if s == shard]) == []
@@ -116,6 +119,25 @@ def test_an_entry_encodes_to_the_same_bytes_as_its_record(codec):
     encode = codec.fields_encoder(DatasetRecord)  # the curator's bound encoder (timestamps as epoch ms)
     for entry in fold(traffic(5, 30)).values():
         assert codec.encode_fields(DatasetRecord, entry) == codec.encode(to_record(entry)) == encode(entry)
+
+
+def test_the_fields_decoder_gives_back_the_entry_the_bound_encoder_wrote(codec):
+    """The curator's shard files keep the records' bytes and read entries back with
+    `Codec.fields_decoder`: plain values, timestamps in epoch ms, the same dict as the fold's."""
+    from services.common.codec import CodecError
+
+    encode, read = codec.fields_encoder(DatasetRecord), codec.fields_decoder(DatasetRecord)
+    for entry in fold(traffic(5, 30)).values():
+        data = encode(entry)
+        assert read(data) == entry and read(bytearray(data)) == entry
+        assert list(read(data)) == list(entry)
+    other = codec.encode(CapturedCall(call_id="x", task=TASK, ts=T0, input="hi", output_raw="a", latency_ms=1.0))
+    for bad in (data[:-1], data + b"\x00", data[:9], b"{}", other):
+        with pytest.raises(CodecError) as want:
+            codec.decode(bad, DatasetRecord)
+        with pytest.raises(CodecError) as got:
+            read(bad)
+        assert str(got.value) == str(want.value)
 
 
 def test_the_bound_encoder_refuses_a_datetime_where_the_schema_has_a_timestamp(codec):

@@ -15,8 +15,8 @@ def test_padded_repeats_the_last_key_up_to_a_power_of_two():
 def test_reads_of_every_batch_size_find_their_keys_with_a_few_statements(tmp_path):
     store = ShardStore(tmp_path)
     db = store.reset(0)
-    entries = {f"t/{i:04d}": {"calls": i} for i in range(1200)}
-    store.put_many(0, entries)
+    entries = {f"t/{i:04d}": b"record %d" % i for i in range(1200)}
+    store.put_many(0, entries.items())
     in_lists: set[int] = set()  # the IN list's length of each SELECT: one prepared statement each
     db.set_trace_callback(lambda sql: sql.startswith("SELECT") and in_lists.add(sql.split(" IN ")[1].count(",") + 1))
     keys = list(entries)

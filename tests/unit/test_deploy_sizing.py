@@ -30,7 +30,7 @@ def test_plan_arithmetic():
     assert (p.shadow_consumers, p.judge_consumers, p.controller_consumers) == (1, 1, 1)
     big = sizing.plan(1_000_000_000)
     assert (big.router_pods, big.triton_cpu_pods, big.triton_gpus) == (125, 193, 13)
-    # 34,722 / (20,900 x 0.7) = 2.37; / (50,400 x 0.7) = 0.98
+    # 34,722 / (21,500 x 0.7) = 2.31; / (50,400 x 0.7) = 0.98
     assert (big.curator_consumers, big.profiler_consumers) == (3, 1)
     # / (3,000 x 0.7) = 16.5; / (1,600 x 0.7) = 31.0; / (4,000 x 0.7) = 12.4: the judge sets the partitions
     assert (big.shadow_consumers, big.judge_consumers, big.controller_consumers) == (17, 32, 13)

@@ -99,18 +99,19 @@ def batches(codec: Codec, calls: list[CapturedCall], size: int = 200) -> list[li
 
 
 def curate_batch(tallies: dict, items: list) -> list:
-    """The curator worker's per-record path (services/curator/app.py `curate`: admit, curate, tally;
+    """The curator worker's per-record path (services/curator/app.py `curate`: admit and curate
+    (`Admission.curate`, which remembers per input and answer), tally;
     a refusal is a dead letter), composed here from the same functions, so the pin holds whatever
     else the worker's step does with the admitted calls."""
     from services.common.streams import refusal
     from services.curator import app as curator
     from services.curator.admission import Refused
-    from services.curator.logic import curate_call, tally_calls
+    from services.curator.logic import tally_calls
 
     admitted, letters = [], []
     for item in items:
         try:
-            admitted.append(curate_call(curator.admission.admit(item.value), curator.curator.holdout_fraction))
+            admitted.append(curator.admission.curate(item.value, curator.curator.holdout_fraction))
         except Refused as exc:
             letters.append(refusal(curator.app, item, exc))
     tally_calls(tallies, admitted)
@@ -136,6 +137,7 @@ def curator_results() -> dict:
                 per_record.append({"refused": exc.code})
                 continue
             curated = curate_call(admitted, curator.curator.holdout_fraction)
+            assert curator.admission.curate(item.value, curator.curator.holdout_fraction) == curated
             assert {k: v for k, v in admitted.model_dump().items() if k not in CHANGEABLE} == \
                 {k: v for k, v in item.value.model_dump().items() if k not in CHANGEABLE}
             per_record.append([short(admitted.input), short(admitted.output_raw), short(admitted.output),
