@@ -120,3 +120,14 @@ def test_the_trainer_settings_carry_the_frozen_layers_knob(monkeypatch):
     monkeypatch.delenv("GRADUATE_TRAIN_FROZEN_LAYERS")
     assert choose_recipe(TrainerSettings(), n_train=5000, n_labels=5, token_lengths=[20],
                          device="cpu").frozen_layers == FROZEN_LAYERS
+
+
+def test_the_model_card_says_what_the_recipe_chose_and_why():
+    from trainer.model_card import training_section
+
+    auto = choose_recipe(knobs(frozen_layers=1), n_train=5000, n_labels=5, token_lengths=[20], device="cpu")
+    text = training_section({"recipe": auto.as_dict(), "epochs_run": 2.5, "stopped_by": "time budget",
+                             "best_val_accuracy": 0.875, "examples_per_s": 60.0})
+    assert "| frozen_layers | 1 | set by the user |" in text
+    assert "| max_length | 24 | 99th percentile" in text and "ended by time budget" in text and "87.5 %" in text
+    assert training_section(None) == "" and training_section({"recipe": None}) == ""
