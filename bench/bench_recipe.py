@@ -29,23 +29,26 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 FROZEN_WORDS = ("word_embeddings",)
 FROZEN_ALL = ("word_embeddings", "position_embeddings", "token_type_embeddings")
-# Each variant: the recipe's fields it changes (the rest as choose_recipe picks them).
+# Each variant: the recipe's fields it changes (the rest as choose_recipe picks them). The early ones spell
+# out their frozen layers, so that they stay what they were when the recipe's default moves.
 VARIANTS: dict[str, dict] = {
-    "base": {"frozen": (), "optimizer_impl": "default"},  # the recipe before issue 14's levers
-    "frozen": {"frozen": FROZEN_WORDS},
-    "frozen_all": {"frozen": FROZEN_ALL},
-    "frozen_foreach": {"frozen": FROZEN_WORDS, "optimizer_impl": "foreach"},
-    "frozen_fused": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused"},
+    "base": {"frozen": (), "optimizer_impl": "default", "frozen_layers": 0},  # the recipe before issue 14's levers
+    "frozen": {"frozen": FROZEN_WORDS, "frozen_layers": 0},
+    "frozen_all": {"frozen": FROZEN_ALL, "frozen_layers": 0},
+    "frozen_foreach": {"frozen": FROZEN_WORDS, "optimizer_impl": "foreach", "frozen_layers": 0},
+    # the recipe of sessions 5-6 (frozen word embeddings, fused AdamW)
+    "frozen_fused": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "frozen_layers": 0},
     "fused_b64": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "batch_size": 64, "learning_rate": 1.4e-4,
-                  "head_learning_rate": 2.8e-3},
-    "fused_lr2": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "learning_rate": 2e-4},
-    "fused_ls": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "label_smoothing": 0.1},
-    # Session 6 (the recipe of the time: frozen word embeddings + fused AdamW, changes on top of it):
-    "head1e2": {"head_learning_rate": 1e-2},
-    "lr2_llrd08": {"learning_rate": 2e-4, "layer_decay": 0.8},
-    "small_loss08": {"small_loss_drop": 0.08},
+                  "head_learning_rate": 2.8e-3, "frozen_layers": 0},
+    "fused_lr2": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "learning_rate": 2e-4, "frozen_layers": 0},
+    "fused_ls": {"frozen": FROZEN_WORDS, "optimizer_impl": "fused", "label_smoothing": 0.1, "frozen_layers": 0},
+    # Session 6 (the recipe of the time: frozen word embeddings + fused AdamW, changes on top of it; freeze2
+    # became the recipe's default for classifiers in issue-14h):
+    "head1e2": {"head_learning_rate": 1e-2, "frozen_layers": 0},
+    "lr2_llrd08": {"learning_rate": 2e-4, "layer_decay": 0.8, "frozen_layers": 0},
+    "small_loss08": {"small_loss_drop": 0.08, "frozen_layers": 0},
     "freeze2": {"frozen_layers": 2},
-    "lr2_ls": {"learning_rate": 2e-4, "label_smoothing": 0.1},
+    "lr2_ls": {"learning_rate": 2e-4, "label_smoothing": 0.1, "frozen_layers": 0},
 }
 
 

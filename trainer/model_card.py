@@ -108,6 +108,33 @@ def _reviewed_threshold(r: dict[str, Any]) -> str:
             f"bias); served accuracy {_pct(t['served_accuracy'])} vs the frontier's {_pct(t['frontier_accuracy'])}.")
 
 
+def training_section(finetune: dict[str, Any] | None) -> str:
+    """What the recipe chose and why (trainer/recipe.py), and how the fine-tune ended."""
+    if not finetune or not finetune.get("recipe"):
+        return ""
+    recipe = finetune["recipe"]
+    why = recipe.get("why") or {}
+    shown = {"max_length": recipe.get("max_length"), "batch_size": recipe.get("batch_size"),
+             "learning_rate": recipe.get("learning_rate"), "head_learning_rate": recipe.get("head_learning_rate"),
+             "epochs": recipe.get("max_epochs"), "patience": recipe.get("patience"),
+             "evals_per_epoch": recipe.get("evals_per_epoch"), "time_budget_s": recipe.get("time_budget_s"),
+             "freeze_word_embeddings": bool(recipe.get("frozen")), "frozen_layers": recipe.get("frozen_layers", 0),
+             "optimizer_impl": recipe.get("optimizer_impl")}
+    rows = "\n".join(f"| {name} | {value} | {why.get(name, '')} |" for name, value in shown.items())
+    best = finetune.get("best_val_accuracy")
+    ended = (f"{finetune.get('epochs_run')} epochs, ended by {finetune.get('stopped_by')}; best validation accuracy "
+             f"{_pct(best) if best is not None else 'n/a'}; {finetune.get('examples_per_s') or 0:.0f} examples/s.")
+    return f"""## Training (chosen from the train split; a GRADUATE_TRAIN_* setting wins)
+
+| setting | value | why |
+|---|---|---|
+{rows}
+
+{ended}
+
+"""
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """The card's text from the run's report (see trainer.pipeline)."""
     h, t, rev = r["holdout"], r["threshold"], r["holdout"]["reviewed_only"]
@@ -139,7 +166,7 @@ frontier only {h['paired']['frontier_only']}, neither {h['paired']['neither']}.
 On the unreviewed part the gold *is* the frontier's answer, so the frontier's accuracy over all
 gold is optimistic; the reviewed-only row grades both against a person.
 
-## Calibration and threshold
+{training_section(r.get('finetune'))}## Calibration and threshold
 
 Temperature {r['temperature']:.3f} (fitted on {r['validation_size']} validation items carved from train).
 ECE on the holdout: {r['ece_before']:.4f} before, {r['ece_after']:.4f} after.

@@ -47,6 +47,9 @@ class TrainerSettings(CommonSettings):
     freeze_word_embeddings: Optional[bool] = _knob(
         "freeze_word_embeddings", None, "keep the base model's word-embedding matrix as it is (default: yes for "
         "classification: AdamW and the gradient of its 11.7 M values cost 19 % of a CPU step)")
+    frozen_layers: Optional[int] = _knob(
+        "frozen_layers", None, "the embeddings and this many of the lowest encoder layers stay as the base model has "
+        "them (default: 2 for classification, 0 for extraction; 0 trains every layer)", ge=0)
     device: Device = _knob("device", "auto", "auto picks cuda when present")
     threads: Optional[int] = _knob("threads", None, "torch CPU threads (default: torch's choice)", ge=1)
     max_examples: Optional[int] = _knob("max_examples", None, "cap on train examples (seeded sample)", ge=1)

@@ -115,3 +115,24 @@ def test_small_loss_leaves_out_the_highest_losses():
     assert small_loss(losses, 0.2).item() == pytest.approx(losses.sort().values[:8].mean().item())
     assert small_loss(losses, 0.0).item() == pytest.approx(losses.mean().item())
     assert small_loss(losses[:1], 0.9).item() == pytest.approx(0.1)  # at least one example counts
+
+
+def test_train_loop_with_frozen_layers_leaves_the_embeddings_and_the_lowest_layers_as_they_were():
+    model = deep_classifier(layers=3)
+    words = model.encoder.embeddings.word_embeddings.weight.detach().clone()
+    low = model.encoder.encoder.layer[1].attention.self.query.weight.detach().clone()
+    high = model.encoder.encoder.layer[2].attention.self.query.weight.detach().clone()
+    ids = [[1 + (i * 7 + j) % 39 for j in range(5)] for i in range(16)]
+    targets = torch.tensor([i % 3 for i in range(16)])
+
+    def step_loss(rows):
+        logits = model(input_ids=torch.tensor([ids[r] for r in rows]),
+                       attention_mask=torch.ones(len(rows), 5, dtype=torch.long))
+        return torch.nn.functional.cross_entropy(logits, targets[rows])
+
+    train_loop(model, lengths=[5] * 16, step_loss=step_loss, validate=lambda: (0.0, 0.5),
+               recipe=recipe(frozen=FROZEN_EMBEDDINGS, optimizer_impl="fused", frozen_layers=2), seed=0,
+               head_prefix="head.", result=FineTuned(model, None, ["a", "b", "c"], "cpu", 8), label="test")
+    assert torch.equal(model.encoder.embeddings.word_embeddings.weight, words)
+    assert torch.equal(model.encoder.encoder.layer[1].attention.self.query.weight, low)
+    assert not torch.equal(model.encoder.encoder.layer[2].attention.self.query.weight, high)

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 import pytest
 
 from trainer.schedule import BudgetPlan, fit_to_budget
-from trainer.recipe import (FINETUNE_SHARE, FROZEN_EMBEDDINGS, MAX_EPOCHS, MIN_EPOCHS, choose_epochs, choose_max_length,
-                            choose_recipe, describe)
+from trainer.recipe import (FINETUNE_SHARE, FROZEN_EMBEDDINGS, FROZEN_LAYERS, MAX_EPOCHS, MIN_EPOCHS, choose_epochs,
+                            choose_max_length, choose_recipe, describe)
 
 
 def knobs(**set_):
@@ -86,3 +86,48 @@ def test_classification_freezes_the_word_embeddings_unless_the_user_says_no():
     assert kept.frozen == () and kept.why["freeze_word_embeddings"] == "set by the user"
     tokens = choose_recipe(knobs(), n_train=5000, n_labels=5, token_lengths=[20], device="cpu", kind="extraction")
     assert tokens.frozen == ()
+
+
+def test_a_classifier_freezes_its_two_lowest_layers_by_default_with_the_reason():
+    auto = choose_recipe(knobs(), n_train=5000, n_labels=5, token_lengths=[20], device="cpu")
+    assert auto.frozen_layers == FROZEN_LAYERS == 2
+    assert "fewer CPU seconds an epoch" in auto.why["frozen_layers"]
+    assert "2 lowest layers" in describe(auto)
+    tokens = choose_recipe(knobs(), n_train=5000, n_labels=5, token_lengths=[20], device="cpu", kind="extraction")
+    assert tokens.frozen_layers == 0 and tokens.why["frozen_layers"] == "not measured on token classification"
+
+
+def test_frozen_layers_is_overridable_and_follows_trained_word_embeddings():
+    none = choose_recipe(knobs(frozen_layers=0), n_train=5000, n_labels=5, token_lengths=[20], device="cpu")
+    assert none.frozen_layers == 0 and none.why["frozen_layers"] == "set by the user"
+    assert "lowest layers" not in describe(none)
+    four = choose_recipe(knobs(frozen_layers=4), n_train=5000, n_labels=5, token_lengths=[20], device="cpu",
+                         kind="extraction")
+    assert four.frozen_layers == 4
+    # a user who trains the word embeddings gets every layer above them trained too, unless they say otherwise
+    words = choose_recipe(knobs(freeze_word_embeddings=False), n_train=5000, n_labels=5, token_lengths=[20],
+                          device="cpu")
+    assert words.frozen == () and words.frozen_layers == 0
+
+
+def test_the_trainer_settings_carry_the_frozen_layers_knob(monkeypatch):
+    from trainer.settings import TrainerSettings
+
+    monkeypatch.setenv("GRADUATE_TRAIN_FROZEN_LAYERS", "0")
+    settings = TrainerSettings()
+    assert settings.frozen_layers == 0
+    assert choose_recipe(settings, n_train=5000, n_labels=5, token_lengths=[20], device="cpu").frozen_layers == 0
+    monkeypatch.delenv("GRADUATE_TRAIN_FROZEN_LAYERS")
+    assert choose_recipe(TrainerSettings(), n_train=5000, n_labels=5, token_lengths=[20],
+                         device="cpu").frozen_layers == FROZEN_LAYERS
+
+
+def test_the_model_card_says_what_the_recipe_chose_and_why():
+    from trainer.model_card import training_section
+
+    auto = choose_recipe(knobs(frozen_layers=1), n_train=5000, n_labels=5, token_lengths=[20], device="cpu")
+    text = training_section({"recipe": auto.as_dict(), "epochs_run": 2.5, "stopped_by": "time budget",
+                             "best_val_accuracy": 0.875, "examples_per_s": 60.0})
+    assert "| frozen_layers | 1 | set by the user |" in text
+    assert "| max_length | 24 | 99th percentile" in text and "ended by time budget" in text and "87.5 %" in text
+    assert training_section(None) == "" and training_section({"recipe": None}) == ""
