@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import time
+from pathlib import Path
 from typing import TypeVar
 
 from services.common.codec import Codec
@@ -39,3 +41,12 @@ async def read_topic(kafka: KafkaSettings, topic: str, *, min_count: int = 0, ti
 
 def decode_all(codec: Codec, records: list, model: type[T]) -> list[T]:
     return [codec.decode(r.value, model) for r in records]
+
+
+def load_bench_script(name: str):
+    """bench/<name>.py as a module (the benches are scripts, not a package)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,19 +1,14 @@
 """bench/run_all.py composes RESULTS.md and marks results that the run did not re-measure as stale."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import load_bench_script
 
 
 def load_run_all():
-    spec = importlib.util.spec_from_file_location("bench_run_all", ROOT / "bench" / "run_all.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("run_all")
 
 
 def test_results_not_rewritten_by_this_run_are_marked_stale(tmp_path, monkeypatch):

@@ -1,20 +1,15 @@
 """bench/bench_quality.py's pure parts: a task left out keeps its last figures; the coverage ceiling."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support import load_bench_script
 
 
 def load_bench_quality():
-    spec = importlib.util.spec_from_file_location("bench_quality", ROOT / "bench" / "bench_quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("bench_quality")
 
 
 def test_a_task_left_out_keeps_its_last_figures_and_when(tmp_path):
