@@ -33,21 +33,26 @@ def test_freeze_stops_only_the_named_modules():
     assert model.encoder.embeddings.LayerNorm.weight.requires_grad and model.head.weight.requires_grad
 
 
-def test_a_frozen_matrix_is_unchanged_by_training_and_the_rest_learns():
-    model = tiny_classifier()
-    words = model.encoder.embeddings.word_embeddings.weight.detach().clone()
-    layer = model.encoder.encoder.layer[0].attention.self.query.weight.detach().clone()
+def train_on_toy_rows(model, recipe, label_smoothing: float = 0.0) -> FineTuned:
+    """train_loop over 16 rows of 5 token ids, 3 labels, the recipe as given."""
     ids = [[1 + (i * 7 + j) % 39 for j in range(5)] for i in range(16)]
     targets = torch.tensor([i % 3 for i in range(16)])
 
     def step_loss(rows):
         logits = model(input_ids=torch.tensor([ids[r] for r in rows]),
                        attention_mask=torch.ones(len(rows), 5, dtype=torch.long))
-        return torch.nn.functional.cross_entropy(logits, targets[rows], label_smoothing=0.1)
+        return torch.nn.functional.cross_entropy(logits, targets[rows], label_smoothing=label_smoothing)
 
-    tuned = train_loop(model, lengths=[5] * 16, step_loss=step_loss, validate=lambda: (0.0, 0.5),
-                       recipe=recipe(frozen=("word_embeddings",), optimizer_impl="fused"), seed=0, head_prefix="head.",
-                       result=FineTuned(model, None, ["a", "b", "c"], "cpu", 8), label="test")
+    return train_loop(model, lengths=[5] * 16, step_loss=step_loss, validate=lambda: (0.0, 0.5), recipe=recipe,
+                      seed=0, head_prefix="head.", result=FineTuned(model, None, ["a", "b", "c"], "cpu", 8),
+                      label="test")
+
+
+def test_a_frozen_matrix_is_unchanged_by_training_and_the_rest_learns():
+    model = tiny_classifier()
+    words = model.encoder.embeddings.word_embeddings.weight.detach().clone()
+    layer = model.encoder.encoder.layer[0].attention.self.query.weight.detach().clone()
+    tuned = train_on_toy_rows(model, recipe(frozen=("word_embeddings",), optimizer_impl="fused"), label_smoothing=0.1)
     assert torch.equal(model.encoder.embeddings.word_embeddings.weight, words)
     assert not torch.equal(model.encoder.encoder.layer[0].attention.self.query.weight, layer)
     assert tuned.history and tuned.epochs_run == pytest.approx(2.0)
@@ -122,17 +127,7 @@ def test_train_loop_with_frozen_layers_leaves_the_embeddings_and_the_lowest_laye
     words = model.encoder.embeddings.word_embeddings.weight.detach().clone()
     low = model.encoder.encoder.layer[1].attention.self.query.weight.detach().clone()
     high = model.encoder.encoder.layer[2].attention.self.query.weight.detach().clone()
-    ids = [[1 + (i * 7 + j) % 39 for j in range(5)] for i in range(16)]
-    targets = torch.tensor([i % 3 for i in range(16)])
-
-    def step_loss(rows):
-        logits = model(input_ids=torch.tensor([ids[r] for r in rows]),
-                       attention_mask=torch.ones(len(rows), 5, dtype=torch.long))
-        return torch.nn.functional.cross_entropy(logits, targets[rows])
-
-    train_loop(model, lengths=[5] * 16, step_loss=step_loss, validate=lambda: (0.0, 0.5),
-               recipe=recipe(frozen=FROZEN_EMBEDDINGS, optimizer_impl="fused", frozen_layers=2), seed=0,
-               head_prefix="head.", result=FineTuned(model, None, ["a", "b", "c"], "cpu", 8), label="test")
+    train_on_toy_rows(model, recipe(frozen=FROZEN_EMBEDDINGS, optimizer_impl="fused", frozen_layers=2))
     assert torch.equal(model.encoder.embeddings.word_embeddings.weight, words)
     assert torch.equal(model.encoder.encoder.layer[1].attention.self.query.weight, low)
     assert not torch.equal(model.encoder.encoder.layer[2].attention.self.query.weight, high)
