@@ -283,16 +283,16 @@ def unload_model(url: str, name: str) -> None:
 
 
 def infer_texts(url: str, name: str, version: int | str | None, texts: list[str],
-                extra: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Triton's LABEL, CONFIDENCE and `extra` output (PROBS or FIELD_CONFIDENCE) for texts, in
-    batches of 64 over HTTP (version None or "": the newest)."""
+                extra: str, batch: int = MAX_BATCH_SIZE) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Triton's LABEL, CONFIDENCE and `extra` output (PROBS or FIELD_CONFIDENCE) for texts, `batch`
+    texts a request over HTTP (version None or "": the newest)."""
     import tritonclient.http as httpclient
 
     client = httpclient.InferenceServerClient(url=url)
     labels, confidences, rows = [], [], []
     try:
-        for start in range(0, len(texts), MAX_BATCH_SIZE):
-            chunk = texts[start:start + MAX_BATCH_SIZE]
+        for start in range(0, len(texts), batch):
+            chunk = texts[start:start + batch]
             text = httpclient.InferInput("TEXT", [len(chunk), 1], "BYTES")
             text.set_data_from_numpy(np.array([[t.encode("utf-8")] for t in chunk], dtype=np.object_))
             outputs = [httpclient.InferRequestedOutput(n) for n in ("LABEL", "CONFIDENCE", extra)]
@@ -305,15 +305,25 @@ def infer_texts(url: str, name: str, version: int | str | None, texts: list[str]
     return labels, np.concatenate(confidences), np.concatenate(rows)
 
 
-def classify(url: str, name: str, version: int, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Triton's (labels, confidences [n], probabilities [n, L]) for texts."""
-    return infer_texts(url, name, version, texts, "PROBS")
+def classify(url: str, name: str, version: int, texts: list[str],
+             batch: int = MAX_BATCH_SIZE) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Triton's (labels, confidences [n], probabilities [n, L]) for texts, `batch` a request."""
+    return infer_texts(url, name, version, texts, "PROBS", batch)
+
+
+# The trainer checks the served version one text a request against its own run one text a call: an int8
+# graph quantizes activations with one scale per batch (onnxruntime's dynamic quantization), so a text's
+# answer depends on the texts it is batched with, and Triton splits a dynamic batch over the cores
+# (trainer/triton_model.py): one at a time is the comparison that means the same on both sides, and it is
+# what a lone request gets.
+VERIFY_BATCH = 1
 
 
 def verify(url: str, name: str, version: int, texts: list[str], expected_labels: list[str],
            expected_probs: np.ndarray, atol: float = 1e-4) -> dict[str, Any]:
-    """Triton must answer like the trainer's in-process run of the same version folder."""
-    labels, confidences, probs = classify(url, name, version, texts)
+    """Triton must answer like the trainer's in-process run of the same version folder (both one text
+    at a time: VERIFY_BATCH)."""
+    labels, confidences, probs = classify(url, name, version, texts, VERIFY_BATCH)
     agreement = float(np.mean([a == b for a, b in zip(labels, expected_labels)]))
     delta = float(np.max(np.abs(probs - expected_probs)))
     report = {"n": len(texts), "label_agreement": agreement, "max_abs_prob_delta": delta,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from trainer.calibrate import CoverageCurve, ReliabilityBin
-from trainer.triton_repo import TritonError, infer_texts
+from trainer.triton_repo import MAX_BATCH_SIZE, VERIFY_BATCH, TritonError, infer_texts
 
 MODEL_PY = Path(__file__).with_name("triton_model.py")
 EXTRACTION_FILES = ("model.py", "model.onnx", "tokenizer.json", "labels.json", "fields.json", "calibration.json",
@@ -22,15 +22,17 @@ EXTRACTION_OUTPUTS = (("LABEL", "TYPE_STRING", "1"), ("CONFIDENCE", "TYPE_FP32",
                       ("FIELD_CONFIDENCE", "TYPE_FP32", "-1"))
 
 
-def extract(url: str, name: str, version: int | str | None, texts: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Triton's (JSON labels, confidences [n], field confidences [n, n_fields])."""
-    return infer_texts(url, name, version, texts, "FIELD_CONFIDENCE")
+def extract(url: str, name: str, version: int | str | None, texts: list[str],
+            batch: int = MAX_BATCH_SIZE) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Triton's (JSON labels, confidences [n], field confidences [n, n_fields]), `batch` texts a request."""
+    return infer_texts(url, name, version, texts, "FIELD_CONFIDENCE", batch)
 
 
 def verify_extraction(url: str, name: str, version: int, texts: list[str], expected_labels: list[str],
                       expected_confidence: np.ndarray, expected_fields: np.ndarray, atol: float = 1e-4) -> dict[str, Any]:
-    """Triton must answer like the trainer's in-process run of the same version folder."""
-    labels, confidences, fields = extract(url, name, version, texts)
+    """Triton must answer like the trainer's in-process run of the same version folder (both one text
+    at a time: triton_repo.VERIFY_BATCH)."""
+    labels, confidences, fields = extract(url, name, version, texts, VERIFY_BATCH)
     agreement = float(np.mean([a == b for a, b in zip(labels, expected_labels)]))
     delta = float(np.max(np.abs(fields - expected_fields))) if len(texts) else 0.0
     report = {"n": len(texts), "label_agreement": agreement, "max_abs_field_confidence_delta": delta,

@@ -154,7 +154,10 @@ class Classification:
                torch_holdout: np.ndarray) -> dict[str, Any]:
         from trainer.triton_model import TextClassifier
 
-        expected_labels, _, expected_probs = TextClassifier(version_dir).classify(sample)
+        classifier = TextClassifier(version_dir)
+        answers = [classifier.classify([text]) for text in sample]  # one at a time, as triton_repo.verify asks
+        expected_labels = [labels[0] for labels, _, _ in answers]
+        expected_probs = np.concatenate([probs for _, _, probs in answers]) if answers else np.zeros((0, 0))
         check = triton_repo.verify(settings.triton_http_url, name, version, sample, expected_labels, expected_probs)
         torch_agree = float(np.mean(torch_holdout[:len(sample)].argmax(1) == np.array(self._ids(expected_labels))))
         return check | {"argmax_agreement_with_torch": torch_agree,

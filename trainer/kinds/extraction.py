@@ -174,8 +174,12 @@ class Extraction:
                torch_holdout) -> dict[str, Any]:
         from trainer.extraction.triton_model import TextExtractor
 
+        extractor = TextExtractor(version_dir)
+        answers = [extractor.extract([text]) for text in sample]  # one at a time, as verify_extraction asks
         return verify_extraction(settings.triton_http_url, name, version, sample,
-                                 *TextExtractor(version_dir).extract(sample))
+                                 [labels[0] for labels, _, _ in answers],
+                                 np.concatenate([c for _, c, _ in answers]) if answers else np.zeros(0),
+                                 np.concatenate([f for _, _, f in answers]) if answers else np.zeros((0, 0)))
 
     def model_card(self, settings: TrainerSettings, run_dir: Path, report: dict[str, Any], curve,
                    evaluation: Evaluation, version_dir: Path) -> tuple[Path, Path]:
