@@ -111,7 +111,7 @@ def parallel_runs(config):
 
 
 class TritonPythonModel:
-    """The Triton entry point; requests of one dynamic batch share one onnxruntime run."""
+    """The Triton entry point; the texts of one dynamic batch run together (split over `parallel_runs`)."""
 
     def initialize(self, args):
         global pb_utils

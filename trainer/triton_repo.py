@@ -49,9 +49,9 @@ VERSION_FILES = ("model.py", "model.onnx", "tokenizer.json", "labels.json", "cal
 MAX_BATCH_SIZE = 64
 # The "cpu" layout: one Python-backend process; a batch runs as CPU_PARALLEL_RUNS concurrent onnxruntime
 # calls ("auto": the cores Triton may use // the instances; a number fixes it) of CPU_INTRA_OP_THREADS
-# intra-op threads each. bench_router, int8 on 2 cores: as many texts/s with 8 clients as two instances
-# with the cores split between them (the layout before), and a lone request that follows a pause no
-# longer lands on an instance that has been idle (two instances cost the router's requests 0.3-0.8 ms).
+# intra-op threads each. bench_router, int8 on 2 cores, against two instances with the cores split between
+# them (the layout before): 0.91-1.07x its texts/s with 8 clients (quiet machine / load 6), and lone requests
+# 14-16 % faster: one that follows a pause no longer lands on an instance that has been idle.
 CPU_INSTANCES = 1
 CPU_INTRA_OP_THREADS = "1"
 CPU_PARALLEL_RUNS = "auto"
