@@ -91,6 +91,19 @@ async def test_follow_reports_caught_up_then_reads_what_arrives(kafka_settings, 
         await delete_topics(kafka_settings, [name])
 
 
+async def marker_written(kafka_settings, name: str, end: int, timeout_s: float = 30) -> None:
+    """Wait until partition 0 ends at `end`: the coordinator appends a transaction's commit marker after
+    the commit returns to the producer (CI once read the partition while it still ended at the last record)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        async with TopicReader(kafka_settings, name, partitions=[0], last=1) as probe:
+            if [s.end for s in probe.spans.values()] == [end]:
+                return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"{name}[0] did not reach offset {end} in {timeout_s} s")
+        await asyncio.sleep(0.1)
+
+
 async def test_gap_at_the_end_latest_per_key_and_tombstones(kafka_settings, namespace):
     """A transaction's commit marker takes the last offset, so `end - 1` is no record: the read must
     still finish (the way a compacted gap does); the latest value per key wins, a tombstone is None."""
@@ -104,6 +117,7 @@ async def test_gap_at_the_end_latest_per_key_and_tombstones(kafka_settings, name
                 await producer.send(name, value, key=key, partition=0)
         latest = await read_latest(kafka_settings, name, [0])
         assert latest == {b"a": b"3", b"b": None}
+        await marker_written(kafka_settings, name, end=5)
         async with TopicReader(kafka_settings, name, last=1) as reader:  # only the marker is in [end-1, end)
             assert await asyncio.wait_for(read_all(reader), 30) == [] and reader.caught_up
         assert [s.end for s in reader.spans.values()] == [5]  # four records and the commit marker
