@@ -1,0 +1,161 @@
+"""How accurate can the default small model be on the task at all? Issue 14's diagnostic.
+
+The quality bench trains on the simulated frontier's answers (92 % right, wrong on confusable labels),
+the only labels graduate has for a train split. This bench asks what the same recipe reaches when the
+labels are *right*: one arm fine-tunes on the frontier's answers (what graduate does), the other on the
+data set's own labels for the same rows (what no product has, a ceiling), side by side with one torch
+thread each, at the default budget. Both are scored on the pipeline's VALIDATION carve of the train
+split against the data set's own labels, beside the frontier's answers for the same rows, and the
+gate's fixed-sequence threshold search (margin 0.01, alpha 0.05) is run on those rows as it is on a
+reviewed holdout. The test split (the quality bench's holdout) is never read.
+
+  python bench/bench_label_ceiling.py run --snapshot <train snapshot> --data ../shared/data/banking77 \
+      --labels frontier --out var/bench/ceiling/b77-frontier.json &
+  python bench/bench_label_ceiling.py run ... --labels gold --out var/bench/ceiling/b77-gold.json
+  python bench/bench_label_ceiling.py summarise var/bench/ceiling/*.json
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import platform
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+BUDGET_S = 405.0  # the loop's share of the default run budget (bench_recipe's figure)
+
+
+def gold_by_text(data_dir: Path) -> dict[str, str]:
+    with (data_dir / "train.csv").open(newline="") as f:
+        return {row["text"]: row["category"] for row in csv.DictReader(f)}
+
+
+def run(args) -> dict:
+    import torch
+    from rich.console import Console
+
+    from bench.bench_recipe import base_recipe, load_train
+    from trainer.calibrate import softmax
+    from trainer.finetune import finetune, predict_logits
+    from trainer.threshold import REQUEST, search_threshold
+
+    kind, train, val = load_train(args.snapshot)
+    gold = gold_by_text(args.data)
+    oos = kind.classes[-1] if len(kind.classes) > len(kind.labels) else None
+
+    def gold_class(text: str):
+        g = gold.get(text)
+        if g is None:
+            return None
+        return g if g in kind.labels else oos
+
+    fit_rows = [i for i, t in enumerate(train.input) if gold_class(t) is not None]
+    fit = train.take(fit_rows)
+    fit_labels = list(fit.label) if args.labels != "gold" else [gold_class(t) for t in fit.input]
+    reviewed = []
+    if args.labels == "reviewed":  # a person checks the K train rows the first model disputes most
+        saved = np.load(args.suspects_from, allow_pickle=True)
+        assert list(saved["inputs"]) == list(fit.input), "the suspects were saved for another train split"
+        reviewed = [int(i) for i in saved["suspects"][:args.review]]
+        for i in reviewed:
+            fit_labels[i] = gold_class(fit.input[i])
+    val_rows = [i for i, t in enumerate(val.input) if gold_class(t) is not None]
+    val = val.take(val_rows)
+    val_gold = [gold_class(t) for t in val.input]
+    recipe = base_recipe(kind, fit, args.budget)
+    # early stopping and the best state are chosen on the arm's own labels for validation, as the
+    # pipeline would (frontier arm: the frontier's answers; gold arm: the gold)
+    val_labels = val.label if args.labels != "gold" else val_gold
+    started, cpu0 = time.perf_counter(), time.process_time()
+    tuned = finetune(fit.input, kind._ids(fit_labels), val.input, kind._ids(val_labels), kind.classes,
+                     recipe=recipe, base_model=None, seed=args.seed, threads=1,
+                     console=Console(stderr=True, quiet=True))
+    wall, cpu = time.perf_counter() - started, time.process_time() - cpu0
+    if args.save_suspects:  # train rows the model disputes, highest loss on their label first
+        train_probs = softmax(predict_logits(tuned.model, tuned.tokenizer, fit.input, tuned.max_length, "cpu"))
+        ids = np.array(kind._ids(fit_labels))
+        loss = -np.log(train_probs[np.arange(len(ids)), ids] + 1e-12)
+        disputed = np.flatnonzero(train_probs.argmax(1) != ids)
+        order = disputed[np.argsort(-loss[disputed])]
+        np.savez(args.save_suspects, inputs=np.array(fit.input, dtype=object), suspects=order)
+        wrong = np.array([a != gold_class(t) for a, t in zip(fit_labels, fit.input)])
+        model_right = np.array([kind.classes[c] == gold_class(t) for c, t in zip(train_probs.argmax(1), fit.input)])
+        suspects_info = {"disputed": int(len(order)), "disputed_wrong": int(wrong[order].sum()),
+                         "model_right_at": {k: round(float(model_right[order[:k]].mean()), 3) for k in (100, 250, 500, 1000) if k <= len(order)},
+                         "wrong_labels": int(wrong.sum()),
+                         "precision_at": {k: round(float(wrong[order[:k]].mean()), 3) for k in (100, 250, 500, 1000) if k <= len(order)}}
+    else:
+        suspects_info = None
+    logits = predict_logits(tuned.model, tuned.tokenizer, val.input, tuned.max_length, "cpu")
+    probs = softmax(logits)
+    in_scope = np.array([g in kind.labels for g in val_gold])
+    n_in = len(kind.labels)
+    pred = probs[:, :n_in].argmax(1)  # the served answer: the best in-scope class
+    conf = probs[np.arange(len(pred)), pred]
+    small_ok = np.array([kind.labels[p] == g for p, g in zip(pred, val_gold)])
+    frontier_ok = np.array([f == g for f, g in zip(val.label, val_gold)])
+    s = small_ok[in_scope]
+    f = frontier_ok[in_scope]
+    choice = search_threshold(conf[in_scope], {REQUEST: (s, f)}, margin=0.01, alpha=0.05)
+    noise = float(np.mean([a != gold_class(t) for a, t in zip(fit_labels, fit.input)]))
+    del torch
+    return {"task": args.snapshot.parent.name, "labels": args.labels, "seed": args.seed, "budget_s": args.budget,
+            "train_rows": len(fit), "train_label_noise": round(noise, 4), "reviewed_train_rows": len(reviewed),
+            "reviewed_were_wrong": sum(fit.label[i] != fit_labels[i] for i in reviewed), "suspects": suspects_info,
+            "validation_in_scope": int(in_scope.sum()),
+            "small_accuracy_in_scope": round(float(s.mean()), 4), "frontier_accuracy_in_scope": round(float(f.mean()), 4),
+            "search_coverage_in_scope": round(choice.coverage, 4),
+            "served_accuracy_in_scope": round(choice.served_accuracy, 4),
+            "threshold": choice.threshold, "best_val_on_own_labels": tuned.summary()["best_val_accuracy"],
+            "epochs_run": tuned.summary()["epochs_run"], "stopped_by": tuned.stopped_by,
+            "wall_s": round(wall, 1), "cpu_s": round(cpu, 1), "load_1m": round(os.getloadavg()[0], 2),
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+
+
+def summarise(args) -> None:
+    rows = [json.loads(p.read_text()) for p in args.runs]
+    out = {"benchmark": "label ceiling: the default recipe trained on the frontier's answers vs on the data set's own labels",
+           "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+           "host": f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})",
+           "notes": args.notes, "runs": rows}
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(rows, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--snapshot", type=Path, required=True)
+    r.add_argument("--data", type=Path, required=True, help="the data set's folder (train.csv: text,category)")
+    r.add_argument("--labels", choices=("frontier", "gold", "reviewed"), required=True)
+    r.add_argument("--save-suspects", type=Path, help="(frontier arm) save the disputed train rows, ranked")
+    r.add_argument("--suspects-from", type=Path, help="(reviewed arm) the frontier arm's --save-suspects file")
+    r.add_argument("--review", type=int, default=500, help="(reviewed arm) how many suspects a person checks")
+    r.add_argument("--budget", type=float, default=BUDGET_S)
+    r.add_argument("--seed", type=int, default=13)
+    r.add_argument("--out", type=Path, required=True)
+    s = sub.add_parser("summarise")
+    s.add_argument("runs", type=Path, nargs="+")
+    s.add_argument("--out", type=Path, default=RESULTS / "label_ceiling.json")
+    s.add_argument("--notes", default="")
+    args = parser.parse_args()
+    if args.command == "run":
+        res = run(args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res))
+    else:
+        summarise(args)
+
+
+if __name__ == "__main__":
+    main()
