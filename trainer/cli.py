@@ -6,6 +6,7 @@ stays fast.
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any, Optional
 
@@ -81,16 +82,27 @@ def snapshot_banking77(
     frontier_accuracy: float = typer.Option(0.92, "--frontier-accuracy", help="the simulated frontier's accuracy"),
     out_of_scope_share: float = typer.Option(0.0, "--out-of-scope-share", help="share of the intents taken out of "
                                              "the label set (the frontier answers them 'other')"),
+    review_disputed: Optional[Path] = typer.Option(
+        None, "--review-disputed", help="a run's disputed_labels.json: its first --review-limit train rows get "
+        "their true label, as if a person checked them on the review page"),
+    review_limit: int = typer.Option(500, "--review-limit", help="how many disputed train labels the person checks"),
 ) -> None:
     """Build a dataset snapshot from an intent CSV folder (Banking77, HWU64) with simulated frontier labels."""
     from trainer.dataset_from_banking77 import build_banking77_snapshot
 
     settings = trainer_settings()
+    reviewed_train = None
+    if review_disputed is not None:
+        try:
+            items = json.loads(review_disputed.read_text())
+            reviewed_train = {item["normalised_hash"] for item in items[:review_limit]}
+        except (OSError, ValueError, TypeError, KeyError) as exc:
+            raise SystemExit(f"graduate snapshot-banking77: --review-disputed {review_disputed}: {exc}") from None
     try:
         path = build_banking77_snapshot(settings.datasets_dir, task, data_dir, labels_subset=labels_subset,
                                         per_label_train=per_label_train, per_label_holdout=per_label_holdout,
                                         reviewed_share=reviewed_share, frontier_accuracy=frontier_accuracy,
-                                        out_of_scope_share=out_of_scope_share)
+                                        out_of_scope_share=out_of_scope_share, reviewed_train=reviewed_train)
     except ValueError as exc:
         raise SystemExit(f"graduate snapshot-banking77: {exc}") from None
     print(path)

@@ -101,11 +101,12 @@ def build_banking77_snapshot(datasets_dir: Path, task: str, data_dir: Path, *, s
                              labels_subset: Optional[int] = None, per_label_train: Optional[int] = None,
                              per_label_holdout: Optional[int] = None, reviewed_share: float = 0.3,
                              frontier_accuracy: float = FRONTIER_ACCURACY, frontier_seed: int = FRONTIER_SEED,
-                             out_of_scope_share: float = 0.0) -> Path:
+                             out_of_scope_share: float = 0.0, reviewed_train: Optional[set[str]] = None) -> Path:
     """Write a snapshot of an intent data set (text,category CSVs: Banking77, HWU64; official
     train/test as train/holdout, deduplicated by normalised input) with simulated frontier labels
     and a reviewed share of the holdout; `out_of_scope_share` of the intents become inputs outside
-    the task's label set, which the frontier answers with "other"."""
+    the task's label set, which the frontier answers with "other". `reviewed_train` (normalised
+    hashes) are train rows a person checked (e.g. the labels a run disputed): they carry the true label."""
     if not 0.0 <= reviewed_share <= 1.0:
         raise ValueError(f"reviewed_share must be in [0, 1], got {reviewed_share}")
     labels, train_rows, test_rows = read_banking77(data_dir)
@@ -132,16 +133,20 @@ def build_banking77_snapshot(datasets_dir: Path, task: str, data_dir: Path, *, s
     train_answers = [answers[normalise_input(e.text)] for e in train_rows]
     test_answers = [answers[normalise_input(e.text)] for e in test_rows]
 
+    checked = [h in (reviewed_train or set()) for h in train_hashes]
     train = Split([f"b77-train-{h[:16]}" for h in train_hashes], [e.text for e in train_rows],
-                  train_answers, list(train_answers), [False] * len(train_rows), train_hashes)
+                  [e.label if r else a for e, r, a in zip(train_rows, checked, train_answers)],
+                  list(train_answers), checked, train_hashes)
     reviewed = [_unit(task, e.text, "reviewed") < reviewed_share for e in test_rows]
     holdout = Split([f"b77-holdout-{h[:16]}" for h in test_hashes], [e.text for e in test_rows],
                     [e.label if r else a for e, r, a in zip(test_rows, reviewed, test_answers)],
                     test_answers, reviewed, test_hashes)
-    snapshot_id = snapshot_id or _snapshot_id(task, train_hashes + test_hashes)
+    snapshot_id = snapshot_id or _snapshot_id(task, train_hashes + test_hashes + sorted(reviewed_train or ()))
     source = {"generator": "trainer.dataset_from_banking77", "data": str(data_dir),
               "frontier": report, "reviewed_share": reviewed_share, "labels_subset": labels_subset,
               "per_label_train": per_label_train, "per_label_holdout": per_label_holdout,
+              "reviewed_train": {"rows": sum(checked), "label_changed": sum(
+                  t != a for t, a, r in zip(train.label, train_answers, checked) if r)},
               "holdout_dropped_as_duplicates": n_test - len(test_rows),
               "out_of_scope": {"share": out_of_scope_share, "seen_intents": seen_oos, "unseen_intents": unseen_oos}}
     return write_snapshot(datasets_dir, task, snapshot_id, labels, train, holdout, source,

@@ -135,6 +135,27 @@ def training_section(finetune: dict[str, Any] | None) -> str:
 """
 
 
+def label_review_section(review: dict[str, Any] | None, shown: int = 10) -> str:
+    """The train labels the model disputes (trainer/disputes.py): how many, and the likeliest errors."""
+    if not review:
+        return ""
+    rows = "\n".join(f"| {i['input'][:80].replace('|', '/')} | {i['label']} | {i['model_label']} "
+                     f"({_pct(i['model_probability'])}) | {i['label_probability']:.3f} |"
+                     for i in review["items"][:shown])
+    return f"""## Train labels the model disputes
+
+{review['disputed']} of {review['rows']} train rows carry a label the model does not answer ({review['reviewed_rows']}
+rows reviewed by a person are never listed). Most are the frontier's errors; a person checking them on the
+review page (the first {review['listed']} are listed there, likeliest errors first) gives the next run
+cleaner labels. `disputed_labels.json` in the run folder lists them all.
+
+| input | trained on | model's answer | p(trained label) |
+|---|---|---|---|
+{rows}
+
+"""
+
+
 def render_markdown(r: dict[str, Any]) -> str:
     """The card's text from the run's report (see trainer.pipeline)."""
     h, t, rev = r["holdout"], r["threshold"], r["holdout"]["reviewed_only"]
@@ -166,7 +187,7 @@ frontier only {h['paired']['frontier_only']}, neither {h['paired']['neither']}.
 On the unreviewed part the gold *is* the frontier's answer, so the frontier's accuracy over all
 gold is optimistic; the reviewed-only row grades both against a person.
 
-{training_section(r.get('finetune'))}## Calibration and threshold
+{training_section(r.get('finetune'))}{label_review_section(r.get('label_review'))}## Calibration and threshold
 
 Temperature {r['temperature']:.3f} (fitted on {r['validation_size']} validation items carved from train).
 ECE on the holdout: {r['ece_before']:.4f} before, {r['ece_after']:.4f} after.

@@ -111,6 +111,18 @@ def run_pipeline(kind, settings: TrainerSettings, task: str, snapshot_ref: str =
     hf_dir = tuned.save(run_dir / "hf")
     t = _phase(timings, "finetune_s", t)
 
+    # The train labels the model disputes (likeliest frontier errors), for a person to check: the next
+    # run learns from what they say (trainer/disputes.py). All of them in the run folder, the first
+    # LISTED with the model.
+    disputed = kind.disputes(settings, tuned, train_all)
+    label_review = None
+    if disputed is not None:
+        label_review, every_item = disputed
+        (run_dir / "disputed_labels.json").write_text(json.dumps(every_item, indent=1) + "\n")
+        console.print(f"train labels the model disputes: {label_review['disputed']} of {label_review['rows']} rows "
+                      f"(likeliest frontier errors first; the first {label_review['listed']} go to the review page)")
+    t = _phase(timings, "disputes_s", t)
+
     torch_holdout = kind.torch_logits(settings, tuned, holdout)
     exported = export.export_onnx(hf_dir, run_dir / "onnx" / "model.onnx", settings.exporter, kind.export_task)
     stage = run_dir / "version"
@@ -178,7 +190,7 @@ def run_pipeline(kind, settings: TrainerSettings, task: str, snapshot_ref: str =
         "parity": parity, "quantization": quant, "served_onnx": "int8" if quant["kept"] else "fp32",
         "finetune": tuned.summary() | {"seed": settings.seed, "validation_accuracy": validation_accuracy},
         "timings": timings,
-    } | kind.report_extras(choice.threshold)
+    } | kind.report_extras(choice.threshold) | ({"label_review": label_review} if label_review is not None else {})
     console.print(f"holdout: small {h['small_accuracy']:.4f}, frontier {h['frontier_accuracy']:.4f} (gold: "
                   f"{h['gold_reviewed']} reviewed, {h['gold_frontier']} frontier); validation {validation_accuracy:.4f}; "
                   f"T={temperature:.3f}, ECE {ece_before:.4f} -> {ece_after:.4f}; threshold {choice.threshold} "
@@ -206,7 +218,8 @@ def run_pipeline(kind, settings: TrainerSettings, task: str, snapshot_ref: str =
         k: gate_view[k] for k in ("fallback_by_label",) if k in gate_view} | {
         k: report[k] for k in ("holdout", "parity", "quantization", "curve", "export", "timings", "threshold",
                                "train_size", "validation_size", "frontier_source", "run_id")} | {
-        "triton_verify": report.get("triton_verify"), "run_dir": str(run_dir)}
+        "triton_verify": report.get("triton_verify"), "run_dir": str(run_dir)} | (
+        {"label_review": label_review} if label_review is not None else {})
     event = model_registered(
         task=task, version=version, base_model=str(base_model), snapshot_id=data.snapshot_id,
         holdout=_published_holdout(h, basis), threshold=choice.as_dict(), ece_before=ece_before,

@@ -138,6 +138,29 @@ async def test_fine_tune_serves_in_triton_like_torch_and_registers(
     checks = {c.name: c.status for c in evaluate_offline(event, None, ControllerSettings()).checks}
     assert checks.get("threshold_search", "pass") == "pass", checks  # absent only when no threshold was found
 
+    # the train labels the model disputes: published (first LISTED) and all in the run folder; each is an
+    # unreviewed train row whose label the model, asked again here, does not answer
+    review = metrics["label_review"]
+    every = json.loads((run.run_dir / "disputed_labels.json").read_text())
+    assert review["disputed"] == len(every) and review["items"] == every[:review["listed"]]
+    train = await asyncio.to_thread(_train_split, tmp_path)
+    assert review["rows"] == len(train.input)
+    rows = {c: (text, label, reviewed) for c, text, label, reviewed in
+            zip(train.call_id, train.input, train.label, train.reviewed)}
+    if every:
+        again = predict_logits(load_pooled(hf), AutoTokenizer.from_pretrained(hf), [i["input"] for i in every],
+                               settings.max_length, "cpu").argmax(1)
+        for item, answer in zip(every, again):
+            text, label, reviewed = rows[item["call_id"]]
+            assert (item["input"], item["label"], reviewed) == (text, label, False)
+            assert item["model_label"] == run.report["labels"][answer] != label
+
+
+def _train_split(var_dir: Path):
+    from trainer.snapshot import load_snapshot, resolve_snapshot
+
+    return load_snapshot(resolve_snapshot(var_dir / "datasets", TASK)).train
+
 
 def _holdout_texts(var_dir: Path) -> list[str]:
     from trainer.snapshot import load_snapshot, resolve_snapshot

@@ -1,4 +1,5 @@
 """A Banking77 snapshot with the simulated frontier's labels, and the model card's files."""
+import csv
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,28 @@ def test_banking77_snapshot_is_valid_and_honest(tmp_path: Path) -> None:
     again = build_banking77_snapshot(tmp_path / "again", TASK, REPO_ROOT / "data" / "banking77", labels_subset=6,
                                      per_label_train=30, per_label_holdout=30, reviewed_share=0.5)
     assert load_snapshot(again).holdout.frontier_label == h.frontier_label  # deterministic per input
+
+
+def test_train_rows_a_person_checked_carry_the_true_label(tmp_path: Path) -> None:
+    """`reviewed_train` stands in for a person checking disputed train labels (bench_quality)."""
+    data = REPO_ROOT / "data" / "banking77"
+    plain = load_snapshot(build_banking77_snapshot(tmp_path / "plain", TASK, data, labels_subset=6,
+                                                   per_label_train=30, per_label_holdout=10)).train
+    with (data / "train.csv").open(newline="") as f:
+        truth = {row["text"]: row["category"] for row in csv.DictReader(f)}
+    wrong = [i for i, (t, y) in enumerate(zip(plain.input, plain.label)) if truth[t] != y]
+    right = [i for i, (t, y) in enumerate(zip(plain.input, plain.label)) if truth[t] == y]
+    assert wrong and right  # the simulated frontier errs on some train rows
+    checked = {plain.normalised_hash[i] for i in wrong[:3] + right[:2]}
+    path = build_banking77_snapshot(tmp_path / "checked", TASK, data, labels_subset=6, per_label_train=30,
+                                    per_label_holdout=10, reviewed_train=checked)
+    snap = load_snapshot(path)
+    train = snap.train
+    assert train.input == plain.input and train.frontier_label == plain.frontier_label
+    for i, h in enumerate(train.normalised_hash):
+        assert train.reviewed[i] == (h in checked)
+        assert train.label[i] == (truth[train.input[i]] if h in checked else plain.label[i])
+    assert snap.manifest["source"]["reviewed_train"] == {"rows": 5, "label_changed": 3}
 
 
 def test_model_card_writes_markdown_and_plots(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from trainer import calibrate, evaluate, export, model_card, scope, snapshot as snap, triton_repo
+from trainer import calibrate, disputes, evaluate, export, model_card, scope, snapshot as snap, triton_repo
 from trainer.kinds import Evaluation, TrainingRefused
 from trainer.settings import TrainerSettings
 from trainer.threshold import REQUEST
@@ -75,6 +75,14 @@ class Classification:
         from trainer.finetune import predict_logits
 
         return predict_logits(tuned.model, tuned.tokenizer, holdout.input, self.recipe.max_length, tuned.device)
+
+    def disputes(self, settings: TrainerSettings, tuned, train: snap.Split):
+        """(the label_review record published with the model, every disputed item): the train rows,
+        validation carve included, whose label the fine-tuned model does not answer (trainer/disputes.py)."""
+        from trainer.finetune import predict_logits
+
+        logits = predict_logits(tuned.model, tuned.tokenizer, train.input, self.recipe.max_length, tuned.device)
+        return disputes.label_review(calibrate.softmax(logits), self._ids(train.label), self.classes, train)
 
     def meta(self) -> dict[str, Any]:
         return {"out_of_scope_label": self.classes[-1]} if len(self.classes) > len(self.labels) else {}

@@ -97,6 +97,11 @@ class Extraction:
         ids = tuned.tokenizer(holdout.input, truncation=True, max_length=self.recipe.max_length)["input_ids"]
         return predict_token_logits(tuned.model, ids, tuned.tokenizer.pad_token_id, tuned.device)
 
+    def disputes(self, settings: TrainerSettings, tuned, train: snap.Split) -> None:
+        """Disputed train labels are listed for classification only (a span tagger's disagreement with
+        a row is per field and token: not measured, so not listed)."""
+        return None
+
     def meta(self) -> dict[str, Any]:
         return {"kind": "extraction", "fields": self.fields}
 

@@ -1,0 +1,49 @@
+"""The train labels the fine-tuned model disputes: the likeliest errors in what it learned from.
+
+A classifier learns from the frontier's answers, and a frontier errs on confusable labels, the same
+way every time. After the fine-tune, the train rows whose label the model does not answer are mostly
+those errors (HWU64: 515 such rows, 73 % of them wrong, 91 % of the 100 with the highest loss; the
+frontier had 707 wrong of 8,465), so a person checking them fixes half the label noise with 500
+reviews, and the next run learns from the fix (bench/bench_label_ceiling.py; docs/DESIGN.md, issue 14
+"disputed train labels"). Rows a person already reviewed are never listed: their label is gold.
+
+Pure numpy; the kind computes the probabilities (trainer/kinds/classification.py `disputes`).
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+LISTED = 500  # items published with the model (the review page's queue); the run folder keeps them all
+
+
+def disputed_rows(probs: np.ndarray, label_ids: Sequence[int], reviewed: Sequence[bool]) -> np.ndarray:
+    """Indices of the unreviewed rows whose label is not the model's answer, likeliest error first
+    (lowest probability of the label; ties by index, so the order is stable)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    ids = np.asarray(label_ids, dtype=np.int64)
+    if not len(ids):
+        return np.zeros(0, dtype=np.int64)
+    label_p = probs[np.arange(len(ids)), ids]
+    candidates = np.flatnonzero((probs.argmax(1) != ids) & ~np.asarray(reviewed, dtype=bool))
+    return candidates[np.lexsort((candidates, label_p[candidates]))]
+
+
+def label_review(probs: np.ndarray, label_ids: Sequence[int], classes: Sequence[str], rows, *,
+                 listed: int = LISTED) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(the record published with the model: counts and the first `listed` items, every disputed item).
+
+    `rows` is a snapshot Split (call_id, input, label, frontier_label, reviewed, normalised_hash) in the
+    order of `probs` and `label_ids`."""
+    probs = np.asarray(probs, dtype=np.float64)
+    order = disputed_rows(probs, label_ids, rows.reviewed)
+    answer = probs.argmax(1) if len(probs) else np.zeros(0, dtype=np.int64)
+    items = [{"call_id": rows.call_id[i], "normalised_hash": rows.normalised_hash[i], "input": rows.input[i],
+              "label": rows.label[i], "frontier_label": rows.frontier_label[i],
+              "model_label": classes[int(answer[i])],
+              "label_probability": round(float(probs[i, label_ids[i]]), 6),
+              "model_probability": round(float(probs[i, answer[i]]), 6)} for i in order.tolist()]
+    record = {"rows": int(len(probs)), "reviewed_rows": int(np.sum(np.asarray(rows.reviewed, dtype=bool))),
+              "disputed": len(items), "listed": min(listed, len(items)), "items": items[:listed]}
+    return record, items
