@@ -11,11 +11,14 @@ Pure numpy; the kind computes the probabilities (trainer/kinds/classification.py
 """
 from __future__ import annotations
 
+import json
 from typing import Any, Sequence
 
 import numpy as np
 
 LISTED = 500  # items published with the model (the review page's queue); the run folder keeps them all
+MAX_INPUT_CHARS = 1000  # a published item's input is cut here (input_truncated: true); the run folder has it whole
+MAX_PUBLISHED_BYTES = 256 * 1024  # the published items stop before this much JSON (ModelRegistered stays small)
 
 
 def disputed_rows(probs: np.ndarray, label_ids: Sequence[int], reviewed: Sequence[bool]) -> np.ndarray:
@@ -44,6 +47,14 @@ def label_review(probs: np.ndarray, label_ids: Sequence[int], classes: Sequence[
               "model_label": classes[int(answer[i])],
               "label_probability": round(float(probs[i, label_ids[i]]), 6),
               "model_probability": round(float(probs[i, answer[i]]), 6)} for i in order.tolist()]
+    published, size = [], 0
+    for item in items[:listed]:
+        if len(item["input"]) > MAX_INPUT_CHARS:
+            item = item | {"input": item["input"][:MAX_INPUT_CHARS], "input_truncated": True}
+        size += len(json.dumps(item)) + 2
+        if size > MAX_PUBLISHED_BYTES:
+            break
+        published.append(item)
     record = {"rows": int(len(probs)), "reviewed_rows": int(np.sum(np.asarray(rows.reviewed, dtype=bool))),
-              "disputed": len(items), "listed": min(listed, len(items)), "items": items[:listed]}
+              "disputed": len(items), "listed": len(published), "items": published}
     return record, items

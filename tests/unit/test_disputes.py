@@ -59,6 +59,23 @@ def test_the_record_lists_at_most_listed_items_with_what_a_reviewer_needs():
     json.dumps(record)  # published inside metrics_json
 
 
+def test_published_items_are_bounded_in_size_and_long_inputs_are_cut(monkeypatch):
+    from trainer import disputes
+
+    n = 40
+    probs = np.tile([0.1, 0.9, 0.0], (n, 1))
+    rows = split(["card_arrival"] * n)
+    rows.input[:] = [("x" * 5000) if i % 2 else f"short {i}" for i in range(n)]
+    record, every = label_review(probs, [0] * n, CLASSES, rows)
+    assert record["disputed"] == n == len(every) and all(len(i["input"]) in (5000, 7, 8) for i in every)
+    long = [i for i in record["items"] if i.get("input_truncated")]
+    assert long and all(len(i["input"]) == disputes.MAX_INPUT_CHARS for i in long)
+    monkeypatch.setattr(disputes, "MAX_PUBLISHED_BYTES", 3000)
+    capped, _ = label_review(probs, [0] * n, CLASSES, rows)
+    assert 0 < capped["listed"] == len(capped["items"]) < n
+    assert len(json.dumps(capped["items"])) <= 3000
+
+
 def test_the_model_card_section_names_the_count_and_the_likeliest_errors():
     probs = np.array([[0.1, 0.9, 0.0], [0.9, 0.1, 0.0]])
     record, _ = label_review(probs, [0, 0], CLASSES, split(["card_arrival", "card_arrival"]))
