@@ -448,7 +448,8 @@ def underfit_reason(model: ModelRegistered) -> Optional[str]:
         return None
     text = (f"the small model underfits: holdout accuracy {model.small_accuracy:.1%} vs the frontier's "
             f"{model.frontier_accuracy:.1%} ({100 * gap:.1f} points below, more than {100 * UNDERFIT_GAP:g})")
-    fit = _metrics_json(model).get("fit")
+    metrics = _metrics_json(model)
+    fit = metrics.get("fit")
     if isinstance(fit, dict):
         tried = []
         if isinstance(fit.get("epochs_run"), (int, float)) and isinstance(fit.get("epochs"), (int, float)):
@@ -462,8 +463,13 @@ def underfit_reason(model: ModelRegistered) -> Optional[str]:
             tried.append(f"learning rate {fit['learning_rate']:g}")
         if tried:
             text += "; the trainer tried " + ", ".join(tried)
-    return text + ("; more gold holdout would not help: train longer or with a recipe suited to the task "
-                   "(more epochs, learning rate), or with more examples per label")
+    text += ("; more gold holdout would not help: train longer or with a recipe suited to the task "
+             "(more epochs, learning rate), or with more examples per label")
+    review = metrics.get("label_review")
+    if isinstance(review, dict) and isinstance(review.get("disputed"), int) and review["disputed"] > 0:
+        text += (f"; or check the {review['disputed']} train labels the model disputes (the review page lists "
+                 f"them, likeliest frontier errors first): the next run learns from what a person says")
+    return text
 
 
 def _threshold_check(model: ModelRegistered, underfit: Optional[str] = None) -> Check:

@@ -285,6 +285,10 @@ def test_an_underfit_model_is_told_so_with_what_the_trainer_tried_not_to_gather_
     assert "more gold holdout examples would show it" not in result.reason
     assert all(c.more_needed is None for c in result.checks if c.name != "holdout")
     assert result.evidence["underfit"].startswith("the small model underfits")
+    assert "train labels the model disputes" not in result.reason  # the registration lists none
+    disputed = registered(both=290, small_only=15, frontier_only=170, neither=25, threshold=None,
+                          metrics={"fit": fit, "label_review": {"disputed": 612, "listed": 500, "items": []}})
+    assert "check the 612 train labels the model disputes" in evaluate_offline(disputed, None, SETTINGS).reason
     # close to the frontier, an inconclusive test still says how much more holdout would show it
     close = evaluate_offline(registered(both=270, small_only=14, frontier_only=16, neither=20), None, SETTINGS)
     assert "underfits" not in close.reason and "more gold holdout examples would show it" in close.reason
