@@ -156,3 +156,27 @@ def test_the_json_api_lists_disputed_labels_with_reviews_and_the_summary_counts_
     assert client.get("/api/tasks/intent/disputed", headers=bearer(world, "other")).status_code == 403
     assert client.post("/api/tasks/intent/reviews", headers=bearer(world),
                        json={"call_id": "nope", "label": "card_arrival"}).status_code == 404
+
+
+async def test_the_demo_reviewer_checks_the_disputed_labels_with_the_gold_through_the_api(world):  # noqa: F811
+    import httpx
+
+    from services.demo.loop import check_disputed
+
+    app = world["client"].app
+    listed = [row("t1", "card late"), row("t2", "card taken", "card_arrival", "lost_or_stolen_card"),
+              row("t3", "what is the weather", "card_arrival", "card_arrival"), row("t4", "no gold for me")]
+    model = registered("4", listed, disputed=9)
+    world["view"].apply(catalog.MODELS, model, key="intent/4")
+    gold = {"card late": "card_arrival", "card taken": "lost_or_stolen_card", "what is the weather": "weather"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1",
+                                 headers=bearer(world)) as http:
+        facts = await check_disputed(http, TASK, gold, model, wait_s=0)
+        assert facts == {"model_version": "4", "disputed": 9, "listed": 4, "checked": 3, "frontier_wrong": 2,
+                         "model_right": 1}
+        sent = {r.call_id: (r.verdict, r.label) for r in world["publisher"].sent}
+        assert sent == {"t1": ("label", "card_arrival"), "t2": ("label", "lost_or_stolen_card"),
+                        "t3": ("not_in_label_set", None)}
+        older = registered("3", None)  # no label_review: nothing to check, no waiting
+        assert (await check_disputed(http, TASK, gold, older, wait_s=60))["checked"] == 0
+    assert len(world["publisher"].sent) == 3
