@@ -22,6 +22,7 @@ import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any, Callable, Optional
 
 from services.common import catalog
@@ -79,6 +80,11 @@ class Disputed:
     @property
     def to_check(self) -> list[DisputedLabel]:
         return [d for d, review in self.items if review is None]
+
+    @cached_property
+    def reviews(self) -> dict[str, Optional[ReviewedLabel]]:
+        """call_id -> the item's review (None: to check)."""
+        return {d.call_id: review for d, review in self.items}
 
 
 @dataclass(frozen=True)
@@ -434,7 +440,7 @@ class ReviewView:
         d = t.disputed.get(call_id)
         if d is None or d.normalised_hash in t.forgotten:
             return None
-        review = next((r for x, r in self.disputed(task).items if x.call_id == call_id), None)
+        review = self.disputed(task).reviews.get(call_id)
         return Item(d.call_id, task, d.input, d.label, "disputed", d.model_label, d.model_probability,
                     t.model_version, review, d.normalised_hash)
 
