@@ -279,9 +279,11 @@ async def graduate_once(s: LoopSettings, product: Product, topics: Topics, traff
         return False
     model = topics.models[-1]
     manifest = Path(product.env["GRADUATE_VAR_DIR"]) / "datasets" / model.task / model.snapshot_id / "manifest.json"
+    written = json.loads(manifest.read_text()) if manifest.exists() else {}
     facts["models"].append({"version": model.version, "snapshot_id": model.snapshot_id,
-                            "snapshot_by_curator_code": manifest.exists()
-                            and json.loads(manifest.read_text())["snapshot_id"] == model.snapshot_id,
+                            "snapshot_by_curator_code": written.get("snapshot_id") == model.snapshot_id,
+                            # train rows a person labelled (the disputed labels checked after the first model)
+                            "reviewed_train_rows": (written.get("reviewed") or {}).get("train"),
                             "retrain_request_id": model.retrain_request_id, "small_accuracy": model.small_accuracy,
                             "frontier_accuracy": model.frontier_accuracy, "threshold": model.threshold,
                             "coverage": model.coverage})
