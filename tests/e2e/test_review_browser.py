@@ -184,7 +184,8 @@ async def test_a_person_checks_a_disputed_train_label_in_chromium(browser, start
               "frontier_label": label, "model_label": model, "label_probability": 0.03, "model_probability": 0.88}
              for (cid, text, label), model in zip(calls, ("card_arrival", "card_delivery_estimate"))]
     records = [(catalog.CALLS_CAPTURED, cid, CapturedCall(call_id=cid, task=TASK, input=text, output_raw=label,
-                                                          output=label, latency_ms=300.0)) for cid, text, label in calls]
+                                                          output=label, latency_ms=300.0))
+               for cid, text, label in calls]
     async with running_curator(namespace, kafka_settings, tmp_path) as curator:
         await publish_records(kafka_settings, codec, namespace, records)
         await curated(kafka_settings, codec, namespace, records, curator)

@@ -98,7 +98,8 @@ def test_a_review_naming_the_call_id_or_the_input_hash_takes_an_item_off_to_chec
 
 
 def test_a_forgotten_input_leaves_the_list_whichever_is_read_first():
-    forget = DatasetForgotten(task="intent", normalised_hash=ROWS[0]["normalised_hash"], requested_by="ana", reason="gdpr")
+    forget = DatasetForgotten(task="intent", normalised_hash=ROWS[0]["normalised_hash"], requested_by="ana",
+                              reason="gdpr")
     view = view_with(registered("1", ROWS))
     view.apply(catalog.DATASET_FORGOTTEN, forget)
     assert to_check(view) == ["t2", "t3"] and view.item("intent", "t1") is None
