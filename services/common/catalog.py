@@ -41,7 +41,7 @@ SHADOW_RESULTS = TopicSpec("graduate.shadow.results", "call_id", c.ShadowResult,
 DISAGREEMENTS = TopicSpec("graduate.disagreements", "call_id", c.Disagreement, 3, "delete", 90 * DAY_MS,
                           "judge", "data engineers, review UI")
 MODELS = TopicSpec("graduate.models", "task/version", c.ModelRegistered, 1, "compact", None,
-                   "trainer", "controller, shadow, router")
+                   "trainer", "controller, shadow, router, review page")
 ROUTING_DECISIONS = TopicSpec("graduate.routing.decisions", "task", c.RoutingDecision, 1, "compact", None,
                               "controller, CLI", "router, shadow")
 ROUTING_HISTORY = TopicSpec("graduate.routing.history", "task", c.RoutingDecision, 1, "delete", None,

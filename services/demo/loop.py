@@ -3,7 +3,9 @@
 The runner starts the product as `graduate up` (Kafka, Triton, router, review page, every worker,
 the trainer, the frontier SIMULATOR), then only does what its users do: backend services send
 traffic through the router with the `openai` SDK; a reviewer labels holdout items through the
-review page's HTTP API until the gate has enough; a person approves the graduation there. What
+review page's HTTP API until the gate has enough; a person approves the graduation there; once the
+first model is registered, the reviewer checks the train labels it disputes (the page's list of
+likeliest label errors) against the data set's gold, so the retrain trains on them. What
 happens next — the trainer's own snapshot, the gate, shadow, cutover, the watch, the demotion, the
 collection of data since the drift and the retrain (banking77) — the product decides; the runner narrates it from the topics
 and writes demo-report/facts.json. It never trains, snapshots or decides anything itself.
@@ -227,6 +229,43 @@ async def review(product: Product, key: str, task: str, gold: dict[str, str], *,
     return reviewed
 
 
+async def check_disputed(http: httpx.AsyncClient, spec: TaskSpec, gold: dict[str, str], model: ModelRegistered,
+                         wait_s: float = 60.0) -> dict:
+    """Review the train labels `model` disputes, as listed on the review page, with the data set's gold
+    (a gold label outside the task's labels is 'not in the label set'); how many, and how many the
+    frontier had wrong. Nothing to do where the model's metrics list none (extraction, an older trainer).
+    `http`: a client of the review page that sends the reviewer's key."""
+    facts: dict[str, Any] = {"model_version": model.version, "listed": 0, "checked": 0, "frontier_wrong": 0,
+                             "model_right": 0}
+    if "label_review" not in json.loads(model.metrics_json or "{}"):
+        say(f"  model {model.version} lists no disputed train labels")
+        return facts
+    deadline = time.monotonic() + wait_s
+    while True:  # the page follows the models topic: wait until it shows this version's list
+        disputed = (await http.get(f"/api/tasks/{spec.name}/disputed")).json()
+        if disputed.get("model_version") == model.version or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(1.0)
+    items = disputed["items"] if disputed.get("model_version") == model.version else []
+    facts.update(disputed=disputed.get("disputed", 0), listed=len(items))
+    for item in items:
+        truth = gold.get(item["input"])
+        if item["review"] is not None or truth is None:
+            continue
+        body = ({"call_id": item["call_id"], "label": truth} if truth in spec.answers
+                else {"call_id": item["call_id"], "verdict": "not_in_label_set"})
+        r = await http.post(f"/api/tasks/{spec.name}/reviews", json=body)
+        if r.status_code != 200:
+            say(f"  the page refused a review of {item['call_id']}: {r.status_code} {r.text[:200]}")
+            continue
+        facts["checked"] += 1
+        facts["frontier_wrong"] += item["label"] != truth
+        facts["model_right"] += item["model_label"] == truth
+    say(f"  checked {facts['checked']} of the {facts['listed']} train labels model {model.version} disputes: "
+        f"the frontier had {facts['frontier_wrong']} wrong, the model was right on {facts['model_right']}")
+    return facts
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 async def graduate_once(s: LoopSettings, product: Product, topics: Topics, traffic: Traffic, test: list[Example],
@@ -240,9 +279,11 @@ async def graduate_once(s: LoopSettings, product: Product, topics: Topics, traff
         return False
     model = topics.models[-1]
     manifest = Path(product.env["GRADUATE_VAR_DIR"]) / "datasets" / model.task / model.snapshot_id / "manifest.json"
+    written = json.loads(manifest.read_text()) if manifest.exists() else {}
     facts["models"].append({"version": model.version, "snapshot_id": model.snapshot_id,
-                            "snapshot_by_curator_code": manifest.exists()
-                            and json.loads(manifest.read_text())["snapshot_id"] == model.snapshot_id,
+                            "snapshot_by_curator_code": written.get("snapshot_id") == model.snapshot_id,
+                            # train rows a person labelled (the disputed labels checked after the first model)
+                            "reviewed_train_rows": (written.get("reviewed") or {}).get("train"),
                             "retrain_request_id": model.retrain_request_id, "small_accuracy": model.small_accuracy,
                             "frontier_accuracy": model.frontier_accuracy, "threshold": model.threshold,
                             "coverage": model.coverage})
@@ -314,6 +355,11 @@ async def run(s: LoopSettings) -> dict:
         # shadow traffic: test inputs, then unsent train inputs where the test split is short (HWU64)
         shadow = (test_before + before[s.capture_calls:])[:s.shadow_calls]
         small = await graduate_once(s, product, topics, traffic, shadow, facts)
+        if topics.models:
+            say("  check the train labels the first model disputes on the review page (the retrain trains on them)")
+            async with httpx.AsyncClient(base_url=product.review, headers={"Authorization": f"Bearer {reviewer}"},
+                                         timeout=60) as http:
+                facts["disputed_checked"] = await check_disputed(http, spec, gold, topics.models[0])
         rest = test_before[s.shadow_calls:]
         if small and scenario.launch:
             say("6 small mode, then the launch: intents the model never saw")

@@ -108,7 +108,10 @@ def make_review(task: TaskSpec, call_id: str, verdict: str, label: Optional[str]
 
 def input_digest(task: TaskSpec, item) -> Optional[str]:
     """The reviewed call's input hash as the curator files it, so the review applies to the input
-    whichever of its calls was reviewed; an item known only by its earlier review keeps that one's."""
+    whichever of its calls was reviewed; an item known only by its earlier review keeps that one's. A
+    disputed train label carries the hash the trainer read from the snapshot."""
+    if item.normalised_hash:
+        return item.normalised_hash
     if item.input:
         return hash_of_input(task, item.input)
     return item.review.normalised_hash if item.review is not None else None

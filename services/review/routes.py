@@ -12,14 +12,14 @@ from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from services.common.contracts import RetrainRequest
+from services.common.contracts import RetrainRequest, ReviewedLabel
 from services.common.tasks import TaskSpec
 from services.judge.logic import differing_fields
 from services.review.auth import COOKIE, AuthError, Reviewer, check_csrf, reviewer_key, safe_next
 from services.review.charts import time_chart
 from services.review.deps import PageError, ReviewerDep, ReviewState, StateDep, TaskDep
 from services.review.logic import ReviewRefused, submit_review
-from services.review.view import Item
+from services.review.view import DisputedLabel, Item
 from services.review.web import make_templates
 
 templates = make_templates()
@@ -40,6 +40,16 @@ def render(request: Request, name: str, state: ReviewState, reviewer: Optional[R
 def queue_url(task: str, **params) -> str:
     query = urlencode({k: v for k, v in params.items() if v})
     return f"/tasks/{quote(task, safe='')}/queue" + (f"?{query}" if query else "")
+
+
+def disputed_url(task: str) -> str:
+    return f"/tasks/{quote(task, safe='')}/disputed"
+
+
+def disputed_queue(state: ReviewState, task: str) -> list[Item]:
+    """The disputed train labels still to check, as review items, in the trainer's order."""
+    return [i for i in (state.view.disputed_item(task, d.call_id) for d in state.view.disputed(task).to_check)
+            if i is not None]
 
 
 # --- signing in -------------------------------------------------------------------------------
@@ -83,7 +93,8 @@ def task_rows(state: ReviewState, reviewer: Reviewer) -> list[dict]:
         rows.append({"task": name, "kind": spec.kind, "mode": decision.mode if decision else "frontier",
                      "model_version": decision.model_version if decision else None,
                      "queue": len(state.queue(name)), "reviewed": state.view.review_counts(name)["total"],
-                     "reviews_needed": state.reviews_needed(name)})
+                     "reviews_needed": state.reviews_needed(name),
+                     "disputed_to_check": len(state.view.disputed(name).to_check)})
     return rows
 
 
@@ -104,6 +115,7 @@ def task_page(request: Request, state: StateDep, reviewer: ReviewerDep, task: Ta
     return render(
         request, "task.html", state, reviewer, task=task, decision=decision, t=t,
         queue_length=len(state.queue(task.name)), counts=view.review_counts(task.name),
+        disputed=view.disputed(task.name),
         reviews_needed=state.reviews_needed(task.name),
         holdout_inputs=len(view.dataset(task.name).examples), distribution=distribution,
         distribution_max=max([1] + [max(r["frontier"], r["gold"]) for r in distribution]),
@@ -152,15 +164,21 @@ def field_rows(task: TaskSpec, item: Optional[Item], submitted: Optional[dict[st
 
 def item_page(request: Request, state: StateDep, reviewer: Reviewer, task: TaskSpec, item: Optional[Item], *,
               status: int = 200, error: Optional[str] = None, form: Optional[dict] = None,
-              next_url: Optional[str] = None, saved: Optional[str] = None) -> Response:
-    queue = state.queue(task.name)
+              next_url: Optional[str] = None, saved: Optional[str] = None,
+              disputed: Optional[bool] = None) -> Response:
+    """An item and its form beside its queue: the holdout's review queue, or for a disputed train
+    label (`disputed`, by default when the item is one) the disputed labels still to check."""
+    disputed = item is not None and item.reason == "disputed" if disputed is None else disputed
+    queue = disputed_queue(state, task.name) if disputed else state.queue(task.name)
+    home = disputed_url(task.name) if disputed else queue_url(task.name)
     saved_review = state.view.latest_review(task.name, saved) if saved else None
     position = next((i + 1 for i, q in enumerate(queue) if item and q.call_id == item.call_id), None)
     review = item.review if item else None
     form = form or {"label": review.label if review else None, "note": review.note if review and review.note else ""}
     return render(request, "queue.html", state, reviewer, status=status, task=task, item=item, queue=queue,
-                  position=position, error=error, form=form, next_url=next_url or queue_url(task.name),
-                  saved=saved_review, fields=field_rows(task, item, form.get("fields")))
+                  position=position, error=error, form=form, next_url=next_url or home, queue_url=home,
+                  saved=saved_review, fields=field_rows(task, item, form.get("fields")),
+                  disputed=state.view.disputed(task.name) if disputed else None)
 
 
 @pages.get("/tasks/{task}/queue")
@@ -170,13 +188,22 @@ def queue_page(request: Request, state: StateDep, reviewer: ReviewerDep, task: T
     return item_page(request, state, reviewer, task, queue[0] if queue else None, saved=saved)
 
 
+@pages.get("/tasks/{task}/disputed")
+def disputed_page(request: Request, state: StateDep, reviewer: ReviewerDep, task: TaskDep,
+                  saved: Optional[str] = None) -> Response:
+    """The train labels the newest model disputes, first one still to check with its form."""
+    queue = disputed_queue(state, task.name)
+    return item_page(request, state, reviewer, task, queue[0] if queue else None, saved=saved, disputed=True)
+
+
 @pages.get("/tasks/{task}/items/{call_id}")
 def item_view(request: Request, state: StateDep, reviewer: ReviewerDep, task: TaskDep, call_id: str,
               next: Optional[str] = None) -> Response:
     item = state.view.item(task.name, call_id)
     if item is None:
         raise PageError(404, f"call {call_id[:80]!r} is not an item of task {task.name} on this page")
-    return item_page(request, state, reviewer, task, item, next_url=safe_next(next, queue_url(task.name)))
+    home = disputed_url(task.name) if item.reason == "disputed" else queue_url(task.name)
+    return item_page(request, state, reviewer, task, item, next_url=safe_next(next, home))
 
 
 @pages.post("/tasks/{task}/items/{call_id}/review")
@@ -185,7 +212,9 @@ async def review_form(request: Request, state: StateDep, reviewer: ReviewerDep, 
                       note: Annotated[Optional[str], Form()] = None, csrf: Annotated[str, Form()] = "",
                       next: Annotated[str, Form()] = "") -> Response:
     check_csrf(reviewer, csrf)
-    next_url = safe_next(next, queue_url(task.name))
+    known = state.view.item(task.name, call_id)
+    next_url = safe_next(next, disputed_url(task.name) if known and known.reason == "disputed"
+                         else queue_url(task.name))
     submitted = {k[len(FIELD_PREFIX):]: v for k, v in (await request.form()).multi_items() if k.startswith(FIELD_PREFIX)}
     fields = submitted if submitted and verdict == "label" else None
     try:
@@ -251,6 +280,22 @@ def api_queue(state: StateDep, task: TaskDep, limit: Annotated[Optional[int], Qu
             "items": [item_json(i) for i in state.queue(task.name, limit)]}
 
 
+@api.get("/tasks/{task}/disputed")
+def api_disputed(state: StateDep, task: TaskDep) -> dict:
+    """The train labels the newest model disputes (likeliest label errors first), each with its review."""
+    d = state.view.disputed(task.name)
+    return {"task": task.name, "ready": state.is_ready(), "model_version": d.model_version, "disputed": d.disputed,
+            "listed": d.listed, "to_check": len(d.to_check),
+            "items": [disputed_json(x, review) for x, review in d.items]}
+
+
+def disputed_json(d: DisputedLabel, review: Optional[ReviewedLabel]) -> dict:
+    return {"call_id": d.call_id, "normalised_hash": d.normalised_hash, "input": d.input, "label": d.label,
+            "frontier_label": d.frontier_label, "model_label": d.model_label,
+            "label_probability": d.label_probability, "model_probability": d.model_probability,
+            "review": review.model_dump(mode="json") if review else None}
+
+
 @api.get("/tasks/{task}/items/{call_id}")
 def api_item(state: StateDep, task: TaskDep, call_id: str) -> dict:
     item = state.view.item(task.name, call_id)
@@ -301,5 +346,6 @@ def api_summary(state: StateDep, task: TaskDep) -> dict:
             "model_version": decision.model_version if decision else None,
             "threshold": decision.threshold if decision else None, "queue": len(state.queue(task.name)),
             "reviews_needed": state.reviews_needed(task.name),
+            "disputed_to_check": len(view.disputed(task.name).to_check),
             "reviewed": view.review_counts(task.name), "holdout_inputs": len(view.dataset(task.name).examples),
             "frontier_labels": dict(view.task(task.name).frontier_labels.most_common())}

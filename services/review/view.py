@@ -9,24 +9,32 @@ inputs, not the calls. Memory: the dataset records of each task's holdout inputs
 drawn from them; a train input's record is read and dropped), the forgotten inputs, the small
 model's answers on holdout inputs, the latest review of every call, and bounded windows of
 disagreements, routing history, shadow statistics and fallback-rate buckets.
+
+It also follows the models topic for one thing: the train labels the newest model of a task
+disputes (`label_review` in its metrics, the trainer's list of likeliest label errors, at most
+`MAX_DISPUTED` per task). They stay "to check" until a review names their input hash or call id;
+a forgotten input leaves the list.
 """
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any, Callable, Optional
 
 from services.common import catalog
-from services.common.contracts import (Contract, DatasetForgotten, DatasetRecord, Disagreement, ReviewedLabel,
-                                       RouterOutcome, RoutingDecision, ShadowResult, ShadowStats)
+from services.common.contracts import (Contract, DatasetForgotten, DatasetRecord, Disagreement, ModelRegistered,
+                                       ReviewedLabel, RouterOutcome, RoutingDecision, ShadowResult, ShadowStats)
 from services.common.normalize import split_of, split_of_hash
 from services.curator.dataset import Input, dataset_of, merge_shards
 from services.curator.logic import Dataset, ReviewItem, SmallAnswer, build_review_queue
 from services.judge.logic import same_output
 
 MAX_OUTCOME_BUCKETS = 7 * 24 * 60  # a week of one-minute buckets
+MAX_DISPUTED = 500  # the trainer lists at most this many; more is not kept
 
 
 @dataclass(frozen=True)
@@ -42,6 +50,41 @@ class Item:
     confidence: Optional[float] = None
     model_version: Optional[str] = None
     review: Optional[ReviewedLabel] = None
+    normalised_hash: Optional[str] = None  # set where the page knows it without hashing the input
+
+
+@dataclass(frozen=True)
+class DisputedLabel:
+    """A train row whose label (the frontier's answer it was trained on) the model disputes, as the
+    trainer listed it in `label_review`."""
+
+    call_id: str
+    normalised_hash: str
+    input: str
+    label: str
+    frontier_label: Optional[str]
+    model_label: str
+    label_probability: Optional[float]
+    model_probability: Optional[float]
+
+
+@dataclass(frozen=True)
+class Disputed:
+    """The newest model's disputed train labels of a task, each with its latest review (None: to check)."""
+
+    model_version: Optional[str]
+    disputed: int  # rows the model disputed, listed or not
+    listed: int
+    items: list[tuple[DisputedLabel, Optional[ReviewedLabel]]]
+
+    @property
+    def to_check(self) -> list[DisputedLabel]:
+        return [d for d, review in self.items if review is None]
+
+    @cached_property
+    def reviews(self) -> dict[str, Optional[ReviewedLabel]]:
+        """call_id -> the item's review (None: to check)."""
+        return {d.call_id: review for d, review in self.items}
 
 
 @dataclass(frozen=True)
@@ -71,6 +114,9 @@ class TaskView:
     outcomes: dict[int, list[int]] = field(default_factory=dict)  # bucket start (epoch s) -> [small mode, fallback]
     version: int = 0  # bumped by every change the queue can see
     cached: dict[tuple, "Cached"] = field(default_factory=dict)
+    model_version: Optional[str] = None  # the newest registration's, whose disputed labels are kept
+    disputed_counts: Optional[tuple[int, int]] = None  # (disputed, listed); None: the newest has no label_review
+    disputed: dict[str, DisputedLabel] = field(default_factory=dict)  # call_id -> item, in the listed order
 
 
 @dataclass(frozen=True)
@@ -109,6 +155,7 @@ class ReviewView:
             catalog.ROUTING_HISTORY.name: self.apply_history,
             catalog.SHADOW_STATS.name: self.apply_stats,
             catalog.ROUTER_OUTCOMES.name: self.apply_outcome,
+            catalog.MODELS.name: self.apply_model,
         }
 
     @property
@@ -145,6 +192,12 @@ class ReviewView:
                 t.version += 1
         elif spec.name == catalog.ROUTING_DECISIONS.name and key:
             self.task(key).decision = None
+        elif spec.name == catalog.MODELS.name and "/" in key:
+            task, version = key.rsplit("/", 1)
+            t = self.tasks.get(task)
+            if t is not None and t.model_version == version:
+                t.disputed, t.disputed_counts = {}, None
+                t.version += 1
         elif spec.name == catalog.DATASET.name and "/" in key and partition is not None:
             task, digest = key.rsplit("/", 1)
             t = self.tasks.get(task)
@@ -167,6 +220,7 @@ class ReviewView:
         """A forgotten input leaves the page for good, also if a record of it is read later."""
         t = self.task(f.task)
         t.forgotten.add(f.normalised_hash)
+        t.version += 1
         if t.holdout.pop(f.normalised_hash, None) is not None:
             self._merge_input(t, f.task, f.normalised_hash)
 
@@ -192,6 +246,16 @@ class ReviewView:
             t.by_call.update(dict.fromkeys(new.call_ids, digest))
         else:
             t.holdout.pop(digest, None)
+        t.version += 1
+
+    def apply_model(self, m: ModelRegistered) -> None:
+        """The newest registration of a task replaces its disputed labels (none when its metrics have
+        no `label_review`: an extraction task, an older trainer); an older one read later changes nothing."""
+        t = self.task(m.task)
+        if t.model_version is not None and version_key(m.version) < version_key(t.model_version):
+            return
+        t.model_version = m.version
+        t.disputed_counts, t.disputed = disputed_of(m.metrics_json)
         t.version += 1
 
     def apply_review(self, review: ReviewedLabel, *, partition: Optional[int] = None,
@@ -324,7 +388,7 @@ class ReviewView:
 
     def item(self, task: str, call_id: str) -> Optional[Item]:
         """Any call of the task the page knows: one of a holdout input's latest calls (as its dataset
-        records name them), a recent disagreement, a reviewed call."""
+        records name them), a train label the newest model disputes, a recent disagreement, a reviewed call."""
         t = self.task(task)
         held = t.reviews.get(call_id)
         review = held.review if held else None
@@ -336,12 +400,49 @@ class ReviewView:
             small = best or (SmallAnswer(call_id, d.small_output, d.confidence, d.model_version, True) if d else None)
             return Item(call_id, task, call.input, call.label, reason, small.output if small else None,
                         small.confidence if small else None, small.model_version if small else None, review)
+        disputed = self.disputed_item(task, call_id)
+        if disputed is not None:
+            return disputed
         if d is not None:
             return Item(call_id, task, d.input, d.frontier_output, "disagreement", d.small_output, d.confidence,
                         d.model_version, review)
         if review is not None:
             return Item(call_id, task, "", None, "reviewed", review=review)
         return None
+
+    def disputed(self, task: str) -> Disputed:
+        """The newest model's disputed train labels in the listed order, forgotten inputs left out,
+        each with the latest review naming its call id or its input hash."""
+        t = self.task(task)
+        held = t.cached.get(("disputed",))
+        if held is not None and held.version == t.version:  # O(reviews): reused only while nothing changed
+            return held.value
+        by_hash: dict[str, ReviewedLabel] = {}
+        for p in t.reviews.values():
+            h = p.review.normalised_hash
+            if h is not None and (h not in by_hash or epoch_s(p.review.ts) >= epoch_s(by_hash[h].ts)):
+                by_hash[h] = p.review
+        items = []
+        for d in t.disputed.values():
+            if d.normalised_hash in t.forgotten:
+                continue
+            by_call = t.reviews.get(d.call_id)
+            items.append((d, by_call.review if by_call else by_hash.get(d.normalised_hash)))
+        counts = t.disputed_counts
+        value = Disputed(t.model_version if counts else None, *(counts or (0, 0)), items)
+        t.cached[("disputed",)] = Cached(t.version, self.clock(), value)
+        return value
+
+    def disputed_item(self, task: str, call_id: str) -> Optional[Item]:
+        """A disputed train label as a review item: the label trained on as the frontier's answer, the
+        model's answer and probability as the small model's."""
+        t = self.task(task)
+        d = t.disputed.get(call_id)
+        if d is None or d.normalised_hash in t.forgotten:
+            return None
+        review = self.disputed(task).reviews.get(call_id)
+        return Item(d.call_id, task, d.input, d.label, "disputed", d.model_label, d.model_probability,
+                    t.model_version, review, d.normalised_hash)
 
     def reviews(self, task: str) -> list[ReviewedLabel]:
         """The latest review of every reviewed call, newest first."""
@@ -381,6 +482,48 @@ class ReviewView:
 
     def latest_stats(self, task: str) -> list[ShadowStats]:
         return [series[-1] for _, series in sorted(self.task(task).stats.items()) if series]
+
+
+def version_key(version: str) -> tuple:
+    """Model versions in order: numbers by value (the trainer's), anything else after them by text."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
+def disputed_of(metrics_json: str) -> tuple[Optional[tuple[int, int]], dict[str, DisputedLabel]]:
+    """((disputed, listed), call_id -> item) from a registration's metrics; (None, {}) where it has
+    no well-formed `label_review`. At most MAX_DISPUTED items; an item missing a field is left out."""
+    try:
+        review = json.loads(metrics_json or "{}").get("label_review")
+    except (json.JSONDecodeError, AttributeError):
+        return None, {}
+    if not isinstance(review, dict) or not isinstance(review.get("items"), list):
+        return None, {}
+    items: dict[str, DisputedLabel] = {}
+    for raw in review["items"][:MAX_DISPUTED]:
+        try:
+            d = DisputedLabel(str(raw["call_id"]), str(raw["normalised_hash"]), str(raw["input"]), str(raw["label"]),
+                              _opt_str(raw.get("frontier_label")), str(raw["model_label"]),
+                              _opt_float(raw.get("label_probability")), _opt_float(raw.get("model_probability")))
+        except (KeyError, TypeError, ValueError):
+            continue
+        items.setdefault(d.call_id, d)
+    counts = (_int(review.get("disputed"), len(items)), _int(review.get("listed"), len(items)))
+    return counts, items
+
+
+def _opt_str(value: Any) -> Optional[str]:
+    return None if value is None else str(value)
+
+
+def _opt_float(value: Any) -> Optional[float]:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _is_older(partition: Optional[int], offset: Optional[int], held: Positioned) -> bool:

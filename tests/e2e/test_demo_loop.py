@@ -89,3 +89,11 @@ def test_nothing_is_left_running(run):
     run_dir = run["var"] / "run"
     assert not list(run_dir.glob("*.pid")), list(run_dir.glob("*.pid"))
     assert "stop the product" in run["out"]
+
+
+def test_the_reviewer_checks_the_train_labels_the_first_model_disputes(run):
+    facts = run["facts"]
+    checked = facts["disputed_checked"]
+    assert checked["model_version"] == facts["models"][0]["version"], checked
+    assert 0 <= checked["frontier_wrong"] <= checked["checked"] <= checked["listed"], checked
+    assert checked["listed"] == 0 or checked["checked"] > 0, checked  # the demo's gold covers what it sent

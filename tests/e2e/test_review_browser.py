@@ -167,3 +167,48 @@ async def test_a_person_corrects_one_field_of_an_extraction_item_in_chromium(bro
     assert (records[0].key, review.verdict, review.reviewer) == (b"f-1", "label", "ana")
     assert review.label == answer(people="2", time="7:15 pm", date="friday")
     assert (screenshots / "review-fields.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_a_person_checks_a_disputed_train_label_in_chromium(browser, start_review_page, kafka_settings,
+                                                                  namespace, codec, tmp_path):
+    from tests.integration.test_review_disputed import CAPTURED, registration, train_text
+    from services.common.contracts import CapturedCall
+    from services.common.normalize import hash_of_input
+    from services.common.settings import REPO_ROOT as ROOT
+    from services.common.tasks import load_tasks
+
+    chromium, node = browser
+    spec = load_tasks(ROOT / "config" / "tasks.yaml").get(TASK)
+    calls = [(cid, train_text(text), label) for cid, text, label in CAPTURED[:2]]
+    items = [{"call_id": cid, "normalised_hash": hash_of_input(spec, text), "input": text, "label": label,
+              "frontier_label": label, "model_label": model, "label_probability": 0.03, "model_probability": 0.88}
+             for (cid, text, label), model in zip(calls, ("card_arrival", "card_delivery_estimate"))]
+    records = [(catalog.CALLS_CAPTURED, cid, CapturedCall(call_id=cid, task=TASK, input=text, output_raw=label,
+                                                          output=label, latency_ms=300.0))
+               for cid, text, label in calls]
+    async with running_curator(namespace, kafka_settings, tmp_path) as curator:
+        await publish_records(kafka_settings, codec, namespace, records)
+        await curated(kafka_settings, codec, namespace, records, curator)
+    await publish_records(kafka_settings, codec, namespace, [(catalog.MODELS, f"{TASK}/1", registration(items))])
+    url, key = start_review_page()
+    screenshots = CommonSettings().var_dir / "screenshots"
+    screenshots.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run([node, str(DRIVER.with_name("test_review_browser_disputed.mjs"))], cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=180,
+                         env={**os.environ, "REVIEW_URL": url, "REVIEW_KEY": key, "REVIEW_TASK": TASK,
+                              "CHROMIUM": chromium, "SCREENSHOT_DIR": str(screenshots)})
+    assert run.returncode == 0, f"browser driver failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n" \
+                                f"{(tmp_path / 'review.log').read_text()[-3000:]}"
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen["task_link"] == "2 train labels the model v1 disputes — check them"
+    assert (seen["path"], seen["call_id"], seen["trained_on"]) == (f"/tasks/{TASK}/disputed", "t-wrong",
+                                                                   "card_delivery_estimate")
+    assert seen["model"] == "card_arrival probability 0.88" and seen["chosen"] == "card_arrival"
+    assert "t-wrong" in seen["flash"] and seen["next_call_id"] == "t-doubt"
+    assert seen["errors"] == [] and seen["dialogs"] == []
+
+    records = await read_topic(kafka_settings, topic_name(catalog.LABELS_REVIEWED, namespace), min_count=1)
+    (review,) = decode_all(codec, records, ReviewedLabel)
+    assert (records[0].key, review.label, review.normalised_hash) == (b"t-wrong", "card_arrival",
+                                                                      items[0]["normalised_hash"])
+    assert (screenshots / "review-disputed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
