@@ -188,7 +188,8 @@ def first_run(first: dict) -> dict:
     ro = metrics["holdout"].get("reviewed_only", {})
     scope = in_scope_view(Path(first["version_dir"]), event.threshold, first["snapshot"])
     return {"train_wall_s": round(first["train_wall_s"], 1), "gate": evaluate_offline(event, None, ControllerSettings()).verdict,
-            "threshold": event.threshold, "coverage": metrics.get("gate", {}).get("coverage"),
+            "threshold": event.threshold,
+            "coverage": metrics.get("gate", {}).get("coverage", metrics["threshold"].get("coverage")),
             "small_alone_accuracy_reviewed": ro.get("small_accuracy"),
             "in_scope_coverage": scope["coverage"], "in_scope_served": scope["served_accuracy"],
             "in_scope_small_alone": scope["small_alone_accuracy"], "in_scope_frontier": scope["frontier_accuracy"],
