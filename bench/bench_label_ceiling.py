@@ -120,6 +120,53 @@ def run(args) -> dict:
             "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
 
 
+def out_of_fold(args) -> dict:
+    """The disputed rows by models that never trained on them: two fine-tunes, each on half of the fit
+    rows (half the loop budget each), each asked about the other half; ranked like trainer/disputes.py."""
+    from rich.console import Console
+
+    from bench.bench_recipe import base_recipe, load_train
+    from trainer.calibrate import softmax
+    from trainer.disputes import disputed_rows
+    from trainer.finetune import finetune, predict_logits
+
+    kind, train, val = load_train(args.snapshot)
+    gold = gold_by_text(args.data)
+    oos = kind.classes[-1] if len(kind.classes) > len(kind.labels) else None
+
+    def gold_class(text: str):
+        g = gold.get(text)
+        return None if g is None else (g if g in kind.labels else oos)
+
+    fit = train.take([i for i, t in enumerate(train.input) if gold_class(t) is not None])
+    ids = np.array(kind._ids(fit.label))
+    order = np.random.default_rng(args.seed).permutation(len(fit))
+    halves = [np.sort(order[: len(fit) // 2]), np.sort(order[len(fit) // 2:])]
+    probs = np.zeros((len(fit), len(kind.classes)))
+    started, cpu0 = time.perf_counter(), time.process_time()
+    for k in (0, 1):
+        on, asked = halves[1 - k], halves[k]
+        part = fit.take(on.tolist())
+        recipe = base_recipe(kind, part, args.budget / 2)
+        tuned = finetune(part.input, kind._ids(part.label), val.input, kind._ids(val.label), kind.classes,
+                         recipe=recipe, base_model=None, seed=args.seed, threads=1,
+                         console=Console(stderr=True, quiet=True))
+        probs[asked] = softmax(predict_logits(tuned.model, tuned.tokenizer, [fit.input[i] for i in asked],
+                                              tuned.max_length, "cpu"))
+    suspects = disputed_rows(probs, ids, [False] * len(fit))
+    np.savez(args.out.with_suffix(".npz"), inputs=np.array(fit.input, dtype=object), suspects=suspects)
+    wrong = np.array([a != gold_class(t) for a, t in zip(fit.label, fit.input)])
+    res = {"task": args.snapshot.parent.name, "labels": "out-of-fold disputes", "seed": args.seed,
+           "budget_s": args.budget, "train_rows": len(fit), "wrong_labels": int(wrong.sum()),
+           "disputed": int(len(suspects)), "disputed_wrong": int(wrong[suspects].sum()),
+           "precision_at": {k: round(float(wrong[suspects[:k]].mean()), 3) for k in (100, 250, 500, 1000)
+                            if k <= len(suspects)},
+           "wrong_in_first_500": int(wrong[suspects[:500]].sum()),
+           "wall_s": round(time.perf_counter() - started, 1), "cpu_s": round(time.process_time() - cpu0, 1),
+           "load_1m": round(os.getloadavg()[0], 2), "when": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    return res
+
+
 def summarise(args) -> None:
     rows = [json.loads(p.read_text()) for p in args.runs]
     headline, table = [], {}
@@ -192,6 +239,12 @@ def main() -> None:
     r.add_argument("--budget", type=float, default=BUDGET_S)
     r.add_argument("--seed", type=int, default=13)
     r.add_argument("--out", type=Path, required=True)
+    o = sub.add_parser("oof", help="disputes by out-of-fold models (two half fine-tunes); saves OUT.npz for --suspects-from")
+    o.add_argument("--snapshot", type=Path, required=True)
+    o.add_argument("--data", type=Path, required=True)
+    o.add_argument("--budget", type=float, default=BUDGET_S, help="split between the two fine-tunes")
+    o.add_argument("--seed", type=int, default=13)
+    o.add_argument("--out", type=Path, required=True)
     s = sub.add_parser("summarise")
     s.add_argument("runs", type=Path, nargs="+")
     s.add_argument("--out", type=Path, default=RESULTS / "label_ceiling.json")
@@ -199,6 +252,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.command is None:
         run_all(args)
+    elif args.command == "oof":
+        res = out_of_fold(args)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2) + "\n")
+        print(json.dumps(res))
     elif args.command == "run":
         res = run(args)
         args.out.parent.mkdir(parents=True, exist_ok=True)
