@@ -132,6 +132,11 @@ async def test_delete_topics_by_namespace_takes_that_namespace_only(kafka_settin
     await admin.start()
     try:
         await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        for _ in range(50):  # creation reaches the broker's metadata a moment later too: CI once listed
+            if set(names) <= set(await admin.list_topics()):  # none of them, deleted nothing, and the
+                break  # assertion below read that as the other namespace's topic deleted
+            await asyncio.sleep(0.2)
+        assert set(names) <= set(await admin.list_topics())
         await delete_topics(kafka_settings, namespace=namespace)
         for _ in range(50):  # deletion reaches the metadata a moment later
             left = set(await admin.list_topics())
