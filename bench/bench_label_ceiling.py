@@ -168,14 +168,18 @@ def out_of_fold(args) -> dict:
 
 
 def summarise(args) -> None:
-    rows = [json.loads(p.read_text()) for p in args.runs]
+    loaded = [json.loads(p.read_text()) for p in args.runs]
+    rows = [r for r in loaded if "small_accuracy_in_scope" in r]
+    oof = [r for r in loaded if r.get("labels") == "out-of-fold disputes"]
     headline, table = [], {}
     for r in rows:
-        table[f"{r['task']} / {r['labels']}"] = {
+        arm = r["labels"] + (f" ({r['disputes']})" if r.get("disputes") else "")
+        table[f"{r['task']} / {arm}"] = {
             k: r.get(k) for k in ("train_label_noise", "reviewed_train_rows", "reviewed_were_wrong",
                               "small_accuracy_in_scope", "frontier_accuracy_in_scope", "search_coverage_in_scope",
                               "epochs_run", "stopped_by", "cpu_s")}
-        headline.append({"name": f"{r['task']}, trained on {LABELS[r['labels']]}: validation in scope, small vs "
+        headline.append({"name": f"{r['task']}, trained on {LABELS[r['labels']]}"
+                                 + (f" ({r['disputes']})" if r.get("disputes") else "") + ": validation in scope, small vs "
                                  f"frontier / coverage at parity",
                          "value": f"{r['small_accuracy_in_scope']:.3f} vs {r['frontier_accuracy_in_scope']:.3f} / "
                                   f"{r['search_coverage_in_scope']:.3f}"})
@@ -183,7 +187,8 @@ def summarise(args) -> None:
                         "labels, and after a person checks the train labels the first model disputes",
            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
            "host": f"{platform.node()} ({os.cpu_count()} CPUs, Python {platform.python_version()})",
-           "notes": args.notes or NOTES, "headline": headline, "results": table, "runs": rows}
+           "notes": args.notes or NOTES, "headline": headline, "results": table, "runs": rows,
+           "out_of_fold_disputes": oof}
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps(rows, indent=1))
 
