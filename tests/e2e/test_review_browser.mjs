@@ -3,24 +3,14 @@
 // page. It signs in, labels three items (keyboard, mouse, keyboard search), looks at an item whose
 // input is HTML/script, saves screenshots, and prints what it saw as one JSON line; the Python
 // test seeded Kafka, started the page, and checks the topic.
-import { chromium } from "playwright-core";
+import { launch, watchedPage } from "./browser.mjs";
 
 const { REVIEW_URL, REVIEW_KEY, REVIEW_TASK, CHROMIUM, SCREENSHOT_DIR } = process.env;
 const seen = { steps: [], dialogs: [], errors: [], foreign_requests: [] };
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch(CHROMIUM);
 try {
-  const context = await browser.newContext({ viewport: { width: 1360, height: 940 } });
-  const page = await context.newPage();
-  page.setDefaultTimeout(15000);
-  page.on("dialog", async (d) => { seen.dialogs.push(d.message()); await d.dismiss(); });
-  page.on("pageerror", (e) => seen.errors.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") seen.errors.push(m.text()); });
+  const page = await watchedPage(browser, seen);
   page.on("request", (r) => { if (!r.url().startsWith(REVIEW_URL)) seen.foreign_requests.push(r.url()); });
 
   await page.goto(`${REVIEW_URL}/tasks/${REVIEW_TASK}/queue`);

@@ -1,23 +1,14 @@
 // The browser half of test_review_browser.py's disputed-labels test: playwright-core drives the system's
 // Chromium from the task page's "train labels the model disputes" link to the first listed item, reads
 // what it shows, presses "2" (the model's label) and Enter, and prints what it saw as one JSON line.
-import { chromium } from "playwright-core";
+import { launch, watchedPage } from "./browser.mjs";
 
 const { REVIEW_URL, REVIEW_KEY, REVIEW_TASK, CHROMIUM, SCREENSHOT_DIR } = process.env;
 const seen = { errors: [], dialogs: [] };
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch(CHROMIUM);
 try {
-  const page = await (await browser.newContext({ viewport: { width: 1360, height: 940 } })).newPage();
-  page.setDefaultTimeout(15000);
-  page.on("dialog", async (d) => { seen.dialogs.push(d.message()); await d.dismiss(); });
-  page.on("pageerror", (e) => seen.errors.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") seen.errors.push(m.text()); });
+  const page = await watchedPage(browser, seen);
   const text = async (selector) => (await page.textContent(selector)).replace(/\s+/g, " ").trim();
 
   await page.goto(`${REVIEW_URL}/tasks/${REVIEW_TASK}`);

@@ -2,23 +2,14 @@
 // Chromium through an extraction item. It signs in, reads which fields are marked as differing,
 // presses "2" (every field takes the small model's value), corrects one field by typing, submits
 // with Enter in that field, and prints what it saw as one JSON line.
-import { chromium } from "playwright-core";
+import { launch, watchedPage } from "./browser.mjs";
 
 const { REVIEW_URL, REVIEW_KEY, REVIEW_TASK, CHROMIUM, SCREENSHOT_DIR, FIX_FIELD, FIX_VALUE } = process.env;
 const seen = { errors: [], dialogs: [] };
 
-const browser = await chromium.launch({
-  executablePath: CHROMIUM,
-  headless: true,
-  args: ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"],
-});
+const browser = await launch(CHROMIUM);
 try {
-  const page = await (await browser.newContext({ viewport: { width: 1360, height: 940 } })).newPage();
-  page.setDefaultTimeout(15000);
-  page.on("dialog", async (d) => { seen.dialogs.push(d.message()); await d.dismiss(); });
-  page.on("pageerror", (e) => seen.errors.push(String(e)));
-  page.on("console", (m) => { if (m.type() === "error") seen.errors.push(m.text()); });
+  const page = await watchedPage(browser, seen);
 
   await page.goto(`${REVIEW_URL}/tasks/${REVIEW_TASK}/queue`);
   await page.fill("#key", REVIEW_KEY);
