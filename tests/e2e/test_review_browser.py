@@ -84,6 +84,23 @@ def start_review_page(topics, tmp_path, kafka_settings, namespace):
             proc.wait(5)
 
 
+
+def screenshot_dir() -> Path:
+    return CommonSettings().var_dir / "screenshots"
+
+
+def drive(node: str, driver: str, url: str, key: str, task: str, chromium: str, tmp_path: Path, **env: str) -> dict:
+    """Run one browser driver (tests/e2e/*.mjs) against the page; what it saw (its last JSON line).
+    Screenshots go to screenshot_dir()."""
+    screenshots = screenshot_dir()
+    screenshots.mkdir(parents=True, exist_ok=True)
+    run = subprocess.run([node, str(DRIVER.with_name(driver))], cwd=REPO_ROOT, capture_output=True, text=True,
+                         timeout=180, env={**os.environ, "REVIEW_URL": url, "REVIEW_KEY": key, "REVIEW_TASK": task,
+                                           "CHROMIUM": chromium, "SCREENSHOT_DIR": str(screenshots), **env})
+    assert run.returncode == 0, f"browser driver failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n" \
+                                f"{(tmp_path / 'review.log').read_text()[-3000:]}"
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
 async def test_a_person_reviews_three_items_in_chromium(browser, start_review_page, kafka_settings, namespace, codec,
                                                         tmp_path):
     chromium, node = browser
@@ -92,14 +109,7 @@ async def test_a_person_reviews_three_items_in_chromium(browser, start_review_pa
         await publish_records(kafka_settings, codec, namespace, records)
         await curated(kafka_settings, codec, namespace, records, curator)
     url, key = start_review_page()  # after the curator filed the seed: it is ready once it has read them
-    screenshots = CommonSettings().var_dir / "screenshots"
-    screenshots.mkdir(parents=True, exist_ok=True)
-    run = subprocess.run([node, str(DRIVER)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180,
-                         env={**os.environ, "REVIEW_URL": url, "REVIEW_KEY": key, "REVIEW_TASK": TASK,
-                              "CHROMIUM": chromium, "SCREENSHOT_DIR": str(screenshots)})
-    assert run.returncode == 0, f"browser driver failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n" \
-                                f"{(tmp_path / 'review.log').read_text()[-3000:]}"
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    seen = drive(node, DRIVER.name, url, key, TASK, chromium, tmp_path)
 
     assert [(s["call_id"], s["label"]) for s in seen["steps"]] == [
         ("b-d1", "card_arrival"), ("b-d2", "card_delivery_estimate"), ("b-l1", "top_up_failed")]
@@ -120,7 +130,7 @@ async def test_a_person_reviews_three_items_in_chromium(browser, start_review_pa
     assert "b-l1" in seen["flash"] and "top_up_failed" in seen["flash"]
     assert (seen["task_mode"], seen["task_reviewed"]) == ("shadow", "3")
     for name in ("review-queue.png", "review-task.png"):
-        assert (screenshots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (screenshot_dir() / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 async def test_a_person_corrects_one_field_of_an_extraction_item_in_chromium(browser, start_review_page,
@@ -147,16 +157,8 @@ async def test_a_person_corrects_one_field_of_an_extraction_item_in_chromium(bro
         await publish_records(kafka_settings, codec, namespace, records)
         await curated(kafka_settings, codec, namespace, records, curator)
     url, key = start_review_page()
-    screenshots = CommonSettings().var_dir / "screenshots"
-    screenshots.mkdir(parents=True, exist_ok=True)
-    run = subprocess.run([node, str(DRIVER.with_name("test_review_browser_fields.mjs"))], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=180,
-                         env={**os.environ, "REVIEW_URL": url, "REVIEW_KEY": key, "REVIEW_TASK": booking,
-                              "CHROMIUM": chromium, "SCREENSHOT_DIR": str(screenshots), "FIX_FIELD": "time",
-                              "FIX_VALUE": "7:15 pm"})
-    assert run.returncode == 0, f"browser driver failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n" \
-                                f"{(tmp_path / 'review.log').read_text()[-3000:]}"
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    seen = drive(node, "test_review_browser_fields.mjs", url, key, booking, chromium, tmp_path, FIX_FIELD="time",
+                 FIX_VALUE="7:15 pm")
     assert seen["call_id"] == "f-1" and seen["differs"] == ["time", "date"]  # the task spec's field order
     assert seen["prefilled"] == {"people": "2", "time": "7 pm", "date": "", "first_name": "", "last_name": ""}
     assert seen["after_2"] == {"people": "2", "time": "8 pm", "date": "friday", "first_name": "", "last_name": ""}
@@ -166,7 +168,7 @@ async def test_a_person_corrects_one_field_of_an_extraction_item_in_chromium(bro
     (review,) = decode_all(codec, records, ReviewedLabel)
     assert (records[0].key, review.verdict, review.reviewer) == (b"f-1", "label", "ana")
     assert review.label == answer(people="2", time="7:15 pm", date="friday")
-    assert (screenshots / "review-fields.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (screenshot_dir() / "review-fields.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 async def test_a_person_checks_a_disputed_train_label_in_chromium(browser, start_review_page, kafka_settings,
@@ -191,15 +193,7 @@ async def test_a_person_checks_a_disputed_train_label_in_chromium(browser, start
         await curated(kafka_settings, codec, namespace, records, curator)
     await publish_records(kafka_settings, codec, namespace, [(catalog.MODELS, f"{TASK}/1", registration(items))])
     url, key = start_review_page()
-    screenshots = CommonSettings().var_dir / "screenshots"
-    screenshots.mkdir(parents=True, exist_ok=True)
-    run = subprocess.run([node, str(DRIVER.with_name("test_review_browser_disputed.mjs"))], cwd=REPO_ROOT,
-                         capture_output=True, text=True, timeout=180,
-                         env={**os.environ, "REVIEW_URL": url, "REVIEW_KEY": key, "REVIEW_TASK": TASK,
-                              "CHROMIUM": chromium, "SCREENSHOT_DIR": str(screenshots)})
-    assert run.returncode == 0, f"browser driver failed:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}\n" \
-                                f"{(tmp_path / 'review.log').read_text()[-3000:]}"
-    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    seen = drive(node, "test_review_browser_disputed.mjs", url, key, TASK, chromium, tmp_path)
     assert seen["task_link"] == "2 train labels the model v1 disputes — check them"
     assert (seen["path"], seen["call_id"], seen["trained_on"]) == (f"/tasks/{TASK}/disputed", "t-wrong",
                                                                    "card_delivery_estimate")
@@ -211,4 +205,4 @@ async def test_a_person_checks_a_disputed_train_label_in_chromium(browser, start
     (review,) = decode_all(codec, records, ReviewedLabel)
     assert (records[0].key, review.label, review.normalised_hash) == (b"t-wrong", "card_arrival",
                                                                       items[0]["normalised_hash"])
-    assert (screenshots / "review-disputed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (screenshot_dir() / "review-disputed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
