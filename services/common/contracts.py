@@ -24,6 +24,11 @@ def utcnow() -> datetime:
     return now.replace(microsecond=(now.microsecond // 1000) * 1000)
 
 
+def version_key(version: str) -> tuple:
+    """Model versions in order: numbers by value (the trainer's), anything else after them by text."""
+    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+
+
 def new_id() -> str:
     return uuid.uuid4().hex
 

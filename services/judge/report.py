@@ -12,7 +12,7 @@ from rich.table import Table
 
 from services.common import catalog
 from services.common.codec import Codec
-from services.common.contracts import ShadowStats
+from services.common.contracts import ShadowStats, version_key
 from services.common.settings import KafkaSettings
 from services.common.reader import replay_topic
 
@@ -23,11 +23,7 @@ async def read_latest_stats(kafka: KafkaSettings, codec: Codec, namespace: str,
     replay = await replay_topic(kafka, codec, catalog.SHADOW_STATS, namespace, ShadowStats, missing_ok=False)
     latest = {f"{i.value.task}/{i.value.model_version}": i.value for i in replay.records}
     return sorted((s for s in latest.values() if task is None or s.task == task),
-                  key=lambda s: (s.task, _version_key(s.model_version)))
-
-
-def _version_key(version: str) -> tuple:
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
+                  key=lambda s: (s.task, version_key(s.model_version)))
 
 
 def _rate(num: int, den: int) -> float | None:

@@ -27,7 +27,8 @@ from typing import Any, Callable, Optional
 
 from services.common import catalog
 from services.common.contracts import (Contract, DatasetForgotten, DatasetRecord, Disagreement, ModelRegistered,
-                                       ReviewedLabel, RouterOutcome, RoutingDecision, ShadowResult, ShadowStats)
+                                       ReviewedLabel, RouterOutcome, RoutingDecision, ShadowResult, ShadowStats,
+                                       version_key)
 from services.common.normalize import split_of, split_of_hash
 from services.curator.dataset import Input, dataset_of, merge_shards
 from services.curator.logic import Dataset, ReviewItem, SmallAnswer, build_review_queue
@@ -331,11 +332,12 @@ class ReviewView:
         held = self.task(task).reviews.get(call_id)
         return held.review if held else None
 
-    def _cached(self, t: TaskView, key: tuple, compute: Callable[[], Any]) -> Any:
+    def _cached(self, t: TaskView, key: tuple, compute: Callable[[], Any], *, stale_ok: bool = True) -> Any:
         """`compute()`, reused while nothing changed, or while it is younger than `refresh_s` (the
-        curator's functions are O(holdout) and a busy task changes all the time)."""
+        curator's functions are O(holdout) and a busy task changes all the time); with `stale_ok`
+        false, only while nothing changed."""
         held, now = t.cached.get(key), self.clock()
-        if held is not None and (held.version == t.version or now - held.at < self.refresh_s):
+        if held is not None and (held.version == t.version or stale_ok and now - held.at < self.refresh_s):
             return held.value
         value = compute()
         t.cached[key] = Cached(t.version, now, value)
@@ -414,24 +416,23 @@ class ReviewView:
         """The newest model's disputed train labels in the listed order, forgotten inputs left out,
         each with the latest review naming its call id or its input hash."""
         t = self.task(task)
-        held = t.cached.get(("disputed",))
-        if held is not None and held.version == t.version:  # O(reviews): reused only while nothing changed
-            return held.value
-        by_hash: dict[str, ReviewedLabel] = {}
-        for p in t.reviews.values():
-            h = p.review.normalised_hash
-            if h is not None and (h not in by_hash or epoch_s(p.review.ts) >= epoch_s(by_hash[h].ts)):
-                by_hash[h] = p.review
-        items = []
-        for d in t.disputed.values():
-            if d.normalised_hash in t.forgotten:
-                continue
-            by_call = t.reviews.get(d.call_id)
-            items.append((d, by_call.review if by_call else by_hash.get(d.normalised_hash)))
-        counts = t.disputed_counts
-        value = Disputed(t.model_version if counts else None, *(counts or (0, 0)), items)
-        t.cached[("disputed",)] = Cached(t.version, self.clock(), value)
-        return value
+
+        def compute() -> Disputed:  # O(reviews)
+            by_hash: dict[str, ReviewedLabel] = {}
+            for p in t.reviews.values():
+                h = p.review.normalised_hash
+                if h is not None and (h not in by_hash or epoch_s(p.review.ts) >= epoch_s(by_hash[h].ts)):
+                    by_hash[h] = p.review
+            items = []
+            for d in t.disputed.values():
+                if d.normalised_hash in t.forgotten:
+                    continue
+                by_call = t.reviews.get(d.call_id)
+                items.append((d, by_call.review if by_call else by_hash.get(d.normalised_hash)))
+            counts = t.disputed_counts
+            return Disputed(t.model_version if counts else None, *(counts or (0, 0)), items)
+
+        return self._cached(t, ("disputed",), compute, stale_ok=False)  # a review must leave the list at once
 
     def disputed_item(self, task: str, call_id: str) -> Optional[Item]:
         """A disputed train label as a review item: the label trained on as the frontier's answer, the
@@ -482,11 +483,6 @@ class ReviewView:
 
     def latest_stats(self, task: str) -> list[ShadowStats]:
         return [series[-1] for _, series in sorted(self.task(task).stats.items()) if series]
-
-
-def version_key(version: str) -> tuple:
-    """Model versions in order: numbers by value (the trainer's), anything else after them by text."""
-    return (0, int(version), "") if version.isdigit() else (1, 0, version)
 
 
 def disputed_of(metrics_json: str) -> tuple[Optional[tuple[int, int]], dict[str, DisputedLabel]]:
