@@ -46,6 +46,11 @@ def disputed_url(task: str) -> str:
     return f"/tasks/{quote(task, safe='')}/disputed"
 
 
+def home_url(task: str, item: Optional[Item]) -> str:
+    """Where an item's page returns to: the disputed labels for a disputed train label, else the queue."""
+    return disputed_url(task) if item is not None and item.reason == "disputed" else queue_url(task)
+
+
 def disputed_queue(state: ReviewState, task: str) -> list[Item]:
     """The disputed train labels still to check, as review items, in the trainer's order."""
     return [i for i in (state.view.disputed_item(task, d.call_id) for d in state.view.disputed(task).to_check)
@@ -202,8 +207,7 @@ def item_view(request: Request, state: StateDep, reviewer: ReviewerDep, task: Ta
     item = state.view.item(task.name, call_id)
     if item is None:
         raise PageError(404, f"call {call_id[:80]!r} is not an item of task {task.name} on this page")
-    home = disputed_url(task.name) if item.reason == "disputed" else queue_url(task.name)
-    return item_page(request, state, reviewer, task, item, next_url=safe_next(next, home))
+    return item_page(request, state, reviewer, task, item, next_url=safe_next(next, home_url(task.name, item)))
 
 
 @pages.post("/tasks/{task}/items/{call_id}/review")
@@ -212,9 +216,7 @@ async def review_form(request: Request, state: StateDep, reviewer: ReviewerDep, 
                       note: Annotated[Optional[str], Form()] = None, csrf: Annotated[str, Form()] = "",
                       next: Annotated[str, Form()] = "") -> Response:
     check_csrf(reviewer, csrf)
-    known = state.view.item(task.name, call_id)
-    next_url = safe_next(next, disputed_url(task.name) if known and known.reason == "disputed"
-                         else queue_url(task.name))
+    next_url = safe_next(next, home_url(task.name, state.view.item(task.name, call_id)))
     submitted = {k[len(FIELD_PREFIX):]: v for k, v in (await request.form()).multi_items() if k.startswith(FIELD_PREFIX)}
     fields = submitted if submitted and verdict == "label" else None
     try:
