@@ -40,6 +40,18 @@ def gold_by_text(data_dir: Path) -> dict[str, str]:
         return {row["text"]: row["category"] for row in csv.DictReader(f)}
 
 
+def gold_classes(kind, data_dir: Path):
+    """text -> its true class as the model's classes name it (an intent outside the label set: the
+    out-of-scope class, or None without one; a text not in the data set: None)."""
+    gold = gold_by_text(data_dir)
+    oos = kind.classes[-1] if len(kind.classes) > len(kind.labels) else None
+
+    def gold_class(text: str):
+        g = gold.get(text)
+        return None if g is None else (g if g in kind.labels else oos)
+    return gold_class
+
+
 def run(args) -> dict:
     from rich.console import Console
 
@@ -49,14 +61,7 @@ def run(args) -> dict:
     from trainer.threshold import REQUEST, search_threshold
 
     kind, train, val = load_train(args.snapshot)
-    gold = gold_by_text(args.data)
-    oos = kind.classes[-1] if len(kind.classes) > len(kind.labels) else None
-
-    def gold_class(text: str):
-        g = gold.get(text)
-        if g is None:
-            return None
-        return g if g in kind.labels else oos
+    gold_class = gold_classes(kind, args.data)
 
     fit_rows = [i for i, t in enumerate(train.input) if gold_class(t) is not None]
     fit = train.take(fit_rows)
@@ -131,12 +136,7 @@ def out_of_fold(args) -> dict:
     from trainer.finetune import finetune, predict_logits
 
     kind, train, val = load_train(args.snapshot)
-    gold = gold_by_text(args.data)
-    oos = kind.classes[-1] if len(kind.classes) > len(kind.labels) else None
-
-    def gold_class(text: str):
-        g = gold.get(text)
-        return None if g is None else (g if g in kind.labels else oos)
+    gold_class = gold_classes(kind, args.data)
 
     fit = train.take([i for i, t in enumerate(train.input) if gold_class(t) is not None])
     ids = np.array(kind._ids(fit.label))

@@ -109,24 +109,34 @@ def train_round(task: str, snap_args: list[str], env: dict[str, str], var_dir: P
             "run_dir": str(run_dir)}
 
 
-def summarise(name: str, var_dir: Path) -> dict:
-    """The figures of one task's run folder (what `run_task` made, or a kept one: --from-runs)."""
+def load_run(run_dir: Path):
+    """(metrics.json, the ModelRegistered beside it, the controller's offline gate on it) of one run folder."""
     from services.common.contracts import ModelRegistered
     from services.controller.gate import evaluate_offline
     from services.controller.settings import ControllerSettings
 
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    event = ModelRegistered.model_validate_json((run_dir / "model_registered.json").read_text())
+    return metrics, event, evaluate_offline(event, None, ControllerSettings())
+
+
+def gate_coverage(metrics: dict):
+    """The threshold's coverage on the gate's basis (the search's own where the gate view lacks it)."""
+    return metrics.get("gate", {}).get("coverage", metrics["threshold"].get("coverage"))
+
+
+def summarise(name: str, var_dir: Path) -> dict:
+    """The figures of one task's run folder (what `run_task` made, or a kept one: --from-runs)."""
     task, kind = TASKS[name]
     run = json.loads((var_dir / "bench_run.json").read_text()) if (var_dir / "bench_run.json").exists() else {}
     run_dir = Path(run["run_dir"]) if run.get("run_dir") else max((var_dir / "trainer" / "runs" / task).iterdir(),
                                                                    key=lambda p: p.stat().st_mtime)
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    metrics, event, gate = load_run(run_dir)
     snap_path = run.get("snapshot") or str(max((var_dir / "datasets" / task).iterdir(), key=lambda p: p.stat().st_mtime))
     version_dir = run.get("version_dir") or str(max((p for p in (var_dir / "model-repository" / task).iterdir()
                                                     if p.is_dir()), key=lambda p: int(p.name)))
     train_s = run.get("train_wall_s")
     snap_s = run.get("snapshot_s", 0.0)
-    event = ModelRegistered.model_validate_json((run_dir / "model_registered.json").read_text())
-    gate = evaluate_offline(event, None, ControllerSettings())
     gate_evidence = gate.as_evidence()
     gate_view = metrics.get("gate", {})
     paired = gate_view.get("paired_at_threshold", {})
@@ -142,7 +152,7 @@ def summarise(name: str, var_dir: Path) -> dict:
         "small_alone_accuracy_reviewed": ro.get("small_accuracy"),
         "frontier_accuracy_reviewed": ro.get("frontier_accuracy"),
         "served_accuracy_at_threshold": gate_view.get("served_accuracy"),
-        "threshold": event.threshold, "coverage": gate_view.get("coverage", metrics["threshold"].get("coverage")),
+        "threshold": event.threshold, "coverage": gate_coverage(metrics),
         "paired_at_threshold": paired,
         "gate": {"verdict": gate.verdict, "reason": gate.reason,
                  "statistics": gate_evidence.get("statistics"), "checks": gate_evidence.get("checks")},
@@ -178,18 +188,11 @@ def label_review_round(first: dict, snap_path: Path, last_metrics: dict) -> dict
 
 def first_run(first: dict) -> dict:
     """The first run's figures (before any train label was checked), beside the final ones."""
-    from services.controller.gate import evaluate_offline
-    from services.common.contracts import ModelRegistered
-    from services.controller.settings import ControllerSettings
-
-    run_dir = Path(first["run_dir"])
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    event = ModelRegistered.model_validate_json((run_dir / "model_registered.json").read_text())
+    metrics, event, gate = load_run(Path(first["run_dir"]))
     ro = metrics["holdout"].get("reviewed_only", {})
     scope = in_scope_view(Path(first["version_dir"]), event.threshold, first["snapshot"])
-    return {"train_wall_s": round(first["train_wall_s"], 1), "gate": evaluate_offline(event, None, ControllerSettings()).verdict,
-            "threshold": event.threshold,
-            "coverage": metrics.get("gate", {}).get("coverage", metrics["threshold"].get("coverage")),
+    return {"train_wall_s": round(first["train_wall_s"], 1), "gate": gate.verdict, "threshold": event.threshold,
+            "coverage": gate_coverage(metrics),
             "small_alone_accuracy_reviewed": ro.get("small_accuracy"),
             "in_scope_coverage": scope["coverage"], "in_scope_served": scope["served_accuracy"],
             "in_scope_small_alone": scope["small_alone_accuracy"], "in_scope_frontier": scope["frontier_accuracy"],
