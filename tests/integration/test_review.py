@@ -135,6 +135,16 @@ async def curated(kafka: KafkaSettings, codec, namespace: str, records, worker) 
     await wait_for_dataset(kafka, codec, namespace, dict(calls), worker)
 
 
+@asynccontextmanager
+async def curated_reviewer(namespace: str, kafka: KafkaSettings, codec, tmp_path: Path, records, reviewer_key: str):
+    """A running curator that has filed `records`, and an HTTP client sending the reviewer's key."""
+    async with running_curator(namespace, kafka, tmp_path) as curator, \
+            httpx.AsyncClient(headers={"Authorization": f"Bearer {reviewer_key}"}, timeout=10) as client:
+        await publish_records(kafka, codec, namespace, records)
+        await curated(kafka, codec, namespace, records, curator)
+        yield client
+
+
 def review_settings(tmp_path: Path, kafka: KafkaSettings, namespace: str, port: int | None = None) -> ReviewSettings:
     return ReviewSettings(port=port or free_port(), api_keys_file=tmp_path / "keys.json", retry_s=0.5,
                           common=CommonSettings(kafka=kafka, topic_namespace=namespace, var_dir=tmp_path))
@@ -185,11 +195,7 @@ async def test_reviews_land_on_the_compacted_topic_and_the_latest_one_wins_acros
         topics, tmp_path, kafka_settings, namespace, codec, reviewer_key):
     records, texts = seed_records("r-")
     settings = review_settings(tmp_path, kafka_settings, namespace)
-    headers = {"Authorization": f"Bearer {reviewer_key}"}
-    async with running_curator(namespace, kafka_settings, tmp_path) as curator, \
-            httpx.AsyncClient(headers=headers, timeout=10) as client:
-        await publish_records(kafka_settings, codec, namespace, records)
-        await curated(kafka_settings, codec, namespace, records, curator)
+    async with curated_reviewer(namespace, kafka_settings, codec, tmp_path, records, reviewer_key) as client:
         with ReviewServer(settings) as page:
             ids = await queue_ids(client, page.url)
             assert ids[:4] == ["r-d1", "r-d2", "r-l1", "r-x1"] and set(ids[4:]) == {"r-s1", "r-s2"}

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import httpx
 import pytest
 
 from services.common import catalog
@@ -21,8 +20,8 @@ from services.curator.forget import forget_input
 from services.curator.logic import DEFAULT_HOLDOUT_FRACTION
 from services.curator.snapshot import read_snapshot
 from tests.integration.test_curator_worker import run_cli
-from tests.integration.test_review import (ReviewServer, curated, eventually, publish_records, review_settings,
-                                           reviewer_key, running_curator)  # noqa: F401 - reviewer_key: a fixture
+from tests.integration.test_review import (ReviewServer, curated_reviewer, eventually, publish_records,
+                                           review_settings, reviewer_key)  # noqa: F401 - reviewer_key: a fixture
 from tests.integration.test_workers import worker_env
 from tests.support import decode_all, read_topic
 
@@ -72,11 +71,7 @@ async def test_a_disputed_train_label_reviewed_on_the_page_is_the_snapshots_trai
               "frontier_label": label, "model_label": model, "label_probability": 0.03, "model_probability": 0.88}
              for (cid, text, label), model in zip(calls[:2], ("card_arrival", "card_delivery_estimate"))]
     settings = review_settings(tmp_path, kafka_settings, namespace)
-    headers = {"Authorization": f"Bearer {reviewer_key}"}
-    async with running_curator(namespace, kafka_settings, tmp_path) as curator, \
-            httpx.AsyncClient(headers=headers, timeout=10) as client:
-        await publish_records(kafka_settings, codec, namespace, records)
-        await curated(kafka_settings, codec, namespace, records, curator)
+    async with curated_reviewer(namespace, kafka_settings, codec, tmp_path, records, reviewer_key) as client:
         await publish_records(kafka_settings, codec, namespace, [(catalog.MODELS, f"{TASK}/1", registration(items))])
         with ReviewServer(settings) as page:
             async def disputed() -> dict:
