@@ -133,7 +133,8 @@ def build_banking77_snapshot(datasets_dir: Path, task: str, data_dir: Path, *, s
     train_answers = [answers[normalise_input(e.text)] for e in train_rows]
     test_answers = [answers[normalise_input(e.text)] for e in test_rows]
 
-    checked = [h in (reviewed_train or set()) for h in train_hashes]
+    reviewed_train = set(reviewed_train or ())
+    checked = [h in reviewed_train for h in train_hashes]
     train = Split([f"b77-train-{h[:16]}" for h in train_hashes], [e.text for e in train_rows],
                   [e.label if r else a for e, r, a in zip(train_rows, checked, train_answers)],
                   list(train_answers), checked, train_hashes)
@@ -141,7 +142,7 @@ def build_banking77_snapshot(datasets_dir: Path, task: str, data_dir: Path, *, s
     holdout = Split([f"b77-holdout-{h[:16]}" for h in test_hashes], [e.text for e in test_rows],
                     [e.label if r else a for e, r, a in zip(test_rows, reviewed, test_answers)],
                     test_answers, reviewed, test_hashes)
-    snapshot_id = snapshot_id or _snapshot_id(task, train_hashes + test_hashes + sorted(reviewed_train or ()))
+    snapshot_id = snapshot_id or _snapshot_id(task, train_hashes + test_hashes + sorted(reviewed_train))
     source = {"generator": "trainer.dataset_from_banking77", "data": str(data_dir),
               "frontier": report, "reviewed_share": reviewed_share, "labels_subset": labels_subset,
               "per_label_train": per_label_train, "per_label_holdout": per_label_holdout,

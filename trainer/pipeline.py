@@ -218,8 +218,8 @@ def run_pipeline(kind, settings: TrainerSettings, task: str, snapshot_ref: str =
         k: gate_view[k] for k in ("fallback_by_label",) if k in gate_view} | {
         k: report[k] for k in ("holdout", "parity", "quantization", "curve", "export", "timings", "threshold",
                                "train_size", "validation_size", "frontier_source", "run_id")} | {
-        "triton_verify": report.get("triton_verify"), "run_dir": str(run_dir)} | (
-        {"label_review": label_review} if label_review is not None else {})
+        "triton_verify": report.get("triton_verify"), "run_dir": str(run_dir)} | {
+        k: report[k] for k in ("label_review",) if k in report}
     event = model_registered(
         task=task, version=version, base_model=str(base_model), snapshot_id=data.snapshot_id,
         holdout=_published_holdout(h, basis), threshold=choice.as_dict(), ece_before=ece_before,
